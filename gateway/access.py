@@ -1,0 +1,134 @@
+"""The one door both front ends call: verify the token, load the grant, decide the scope, open the live session."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.config import Config, Login, Target
+from gateway.policy import Policies
+from gateway.sessions import LiveSession, SessionRegistry, new_session_record
+from gateway.store import Store
+from gateway.tokens import Claims, KeyRing, TokenError, unverified_claims, verify_token
+
+RECORDING_SUFFIX = {"postgres": ".sql.jsonl", "ssh": ".cast"}
+
+
+class AccessDenied(Exception):
+    """A connection was refused; `code` is stable, str() is safe to show the client (it never echoes the token)."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """Everything a front end needs to admit a connection."""
+
+    config: Config
+    ring: KeyRing
+    store: Store
+    policies: Policies
+    registry: SessionRegistry
+    clock: Callable[[], float] = time.time
+
+    async def open_session(self, *, token: str, target: str, protocol: str, client_addr: str,
+                           user: str | None = None, login: str | None = None) -> LiveSession:  # fmt: skip
+        """Admit a connection or raise AccessDenied (audited either way).
+
+        `user` is what the client claimed to be (Postgres `user`), checked against the token's subject;
+        `login` is an explicit upstream login name (SSH `login@target`), checked against the grant's login.
+        """
+        try:
+            claims = self._verify(token)
+            tgt = self._target(claims, target, protocol)
+            if user is not None and user != claims.sub:
+                raise AccessDenied("wrong-user", f"this token is for {claims.sub!r}, not {user!r}")
+            await self._check_grant(claims)
+            upstream = self._login(tgt, claims, login)
+            policy = self.policies.scope(tgt.name, claims.scope)
+            if policy is None:
+                raise AccessDenied("unknown-scope", f"scope {claims.scope!r} is not defined for {tgt.name}")
+            await self._check_session_limit(claims)
+        except AccessDenied as denied:
+            await self._audit_rejection(token, target, protocol, client_addr, denied)
+            raise
+        now = self.clock()
+        sid = secrets.token_hex(8)
+        session = LiveSession(
+            id=sid, claims=claims, target=tgt, login=upstream, policy=policy, protocol=protocol,
+            client_addr=client_addr, started_at=now, recording_path=self._recording_path(sid, protocol, now),
+            store=self.store, registry=self.registry,
+        )  # fmt: skip
+        await self.store.add_session(new_session_record(session))
+        self.registry.add(session)
+        await session.audit(
+            "session.start", protocol=protocol, client=client_addr, scope=claims.scope, login=upstream.user,
+            reason=claims.reason, approvers=list(claims.approvers), deadline=claims.exp,
+            recording=str(session.recording_path),
+        )  # fmt: skip
+        if tgt.sensitive:
+            session.alert("session.sensitive", f"{claims.sub} started a session on sensitive target {tgt.name}")
+        return session
+
+    def _verify(self, token: str) -> Claims:
+        try:
+            return verify_token(token, self.ring, issuer=self.config.issuer, audience=self.config.audience,
+                                leeway=self.config.leeway, now=self.clock())  # fmt: skip
+        except TokenError as exc:
+            raise AccessDenied(exc.code, exc.reason) from None
+
+    def _target(self, claims: Claims, name: str, protocol: str) -> Target:
+        tgt = self.config.targets.get(name)
+        if tgt is None or tgt.kind != protocol:
+            raise AccessDenied("unknown-target", f"no {protocol} target named {name!r}")
+        if claims.target != name:
+            raise AccessDenied("wrong-target", f"this token is for target {claims.target!r}, not {name!r}")
+        return tgt
+
+    async def _check_grant(self, claims: Claims) -> None:
+        grant = await self.store.get_grant(claims.jti)
+        if grant is None:
+            raise AccessDenied("unknown-grant", "this token's grant is not known to the gateway")
+        if grant.state == "revoked":
+            raise AccessDenied("revoked", f"this grant was revoked: {grant.revoke_reason or 'no reason given'}")
+        if grant.state != "active" or grant.expires_at <= self.clock():
+            raise AccessDenied("expired", "this grant has expired")
+        if (grant.user, grant.target, grant.scope) != (claims.sub, claims.target, claims.scope):
+            # The token and the stored grant disagree: a forged or mixed-up token. Never trust the token alone.
+            raise AccessDenied("grant-mismatch", "this token does not match its grant")
+
+    def _login(self, tgt: Target, claims: Claims, login: str | None) -> Login:
+        upstream = tgt.logins.get(claims.scope)
+        if upstream is None:
+            raise AccessDenied("no-login", f"target {tgt.name} has no login for scope {claims.scope!r}")
+        if login is not None and login != upstream.user:
+            raise AccessDenied("wrong-login", f"scope {claims.scope!r} logs in as {upstream.user!r}, not {login!r}")
+        return upstream
+
+    async def _check_session_limit(self, claims: Claims) -> None:
+        if claims.max_sessions is None:
+            return
+        live = await self.store.list_sessions(grant_id=claims.jti, live=True)
+        if len(live) >= claims.max_sessions:
+            raise AccessDenied("max-sessions", f"this grant allows {claims.max_sessions} concurrent session(s)")
+
+    def _recording_path(self, sid: str, protocol: str, now: float) -> Path:
+        day = time.strftime("%Y/%m/%d", time.gmtime(now))
+        return self.config.recordings_dir / day / f"{sid}{RECORDING_SUFFIX[protocol]}"
+
+    async def _audit_rejection(self, token: str, target: str, protocol: str, client: str, denied: AccessDenied) -> None:
+        # Who it claimed to be, from the unverified payload, helps an investigation; the token itself is never stored.
+        hint = unverified_claims(token) if token else {}
+        sub, jti = hint.get("sub"), hint.get("jti")
+        await self.store.append(
+            "token.rejected", actor=sub if isinstance(sub, str) else "unknown", grant=jti if isinstance(jti, str) else "",
+            target=target, severity="warning",
+            data={"code": denied.code, "reason": denied.reason, "protocol": protocol, "client": client},
+        )  # fmt: skip
+

@@ -1,0 +1,58 @@
+"""Build the shared services (keys, store, policies, sessions, alerts, access) from a Config."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.access import Access
+from gateway.alerts import Alerts
+from gateway.config import Config
+from gateway.policy import Policies
+from gateway.sessions import LiveSession, SessionRegistry
+from gateway.store import Store
+from gateway.tokens import KeyRing
+
+
+@dataclass
+class Services:
+    """The services one gateway process shares between its front ends, API and CLI."""
+
+    config: Config
+    ring: KeyRing
+    store: Store
+    policies: Policies
+    alerts: Alerts
+    registry: SessionRegistry
+    access: Access
+
+    async def close(self) -> None:
+        """End live sessions and close the store (signing a final checkpoint)."""
+        await self.registry.close_all("gateway shutting down")
+        await self.store.close()
+
+
+def load_policies(config: Config) -> Policies:
+    """Policies for the configured targets (files in policies_dir, built-in defaults for the rest)."""
+    return Policies.load(config.policies_dir, {name: (t.kind, list(t.logins)) for name, t in config.targets.items()})
+
+
+async def build_services(config: Config, *, clock: Callable[[], float] = time.time) -> Services:
+    """Open keys (made on first start), the store and policies; wire sessions and alerts."""
+    ring = KeyRing.load_or_create(config.keys_dir)
+    store = await Store(config.store_path, ring, checkpoint_every=config.checkpoint_every).open()
+    policies = load_policies(config)
+    alerts = Alerts(store, file=config.alerts_file)
+
+    async def alert(s: LiveSession | None, type_: str, summary: str, severity: str, data: dict[str, Any]) -> None:
+        if s is None:
+            await alerts.emit(type_, summary, severity=severity, data=data)
+        else:
+            await alerts.emit(type_, summary, severity=severity, actor=s.user, session=s.id, grant=s.claims.jti,
+                              target=s.target.name, data=data)  # fmt: skip
+
+    registry = SessionRegistry(store, clock=clock, warn_before=config.warn_before, alert=alert)
+    access = Access(config, ring, store, policies, registry, clock)
+    return Services(config, ring, store, policies, alerts, registry, access)
