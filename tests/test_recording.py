@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway import recording
 from gateway.recording import (
     AsciicastRecorder,
     BinaryStreamRecorder,
@@ -318,7 +317,7 @@ async def test_enospc_from_write_fails_closed_once(tmp_path: Path, monkeypatch: 
     def full(fd: int, data: object) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(recording.os, "write", only_fd(lambda: rec._fd, full))
+    monkeypatch.setattr(os, "write", only_fd(lambda: rec._fd, full))
     rec.output(b"lost")
     await failures.wait()
     rec.output(b"more")
@@ -334,7 +333,7 @@ async def test_short_writes_are_completed(tmp_path: Path, monkeypatch: pytest.Mo
     rec = cast(path, Failures())
     real = os.write
     monkeypatch.setattr(
-        recording.os, "write", only_fd(lambda: rec._fd, lambda fd, data: real(fd, bytes(data)[:7]))  # type: ignore[arg-type]
+        os, "write", only_fd(lambda: rec._fd, lambda fd, data: real(fd, bytes(data)[:7]))  # type: ignore[arg-type]
     )
     rec.output(b"a fairly long line of output\r\n" * 20)
     digest = await rec.close()
@@ -353,7 +352,7 @@ async def test_backlog_bound_fails_closed(tmp_path: Path, monkeypatch: pytest.Mo
         release.wait(10)
         return real(fd, data)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(recording.os, "write", only_fd(lambda: rec._fd, stuck))
+    monkeypatch.setattr(os, "write", only_fd(lambda: rec._fd, stuck))
     start = time.perf_counter()
     for _ in range(100):
         rec.output(b"y" * 65536)  # 6.4 MB against a 2 MB bound, with the disk stuck

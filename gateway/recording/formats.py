@@ -1,0 +1,284 @@
+"""The three recording formats: asciicast v2, SQL statement JSON lines, framed binary streams."""
+
+from __future__ import annotations
+
+import codecs
+import json
+import struct
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
+from pathlib import Path
+from typing import IO, Any
+
+from gateway.recording.writer import DEFAULT_MAX_BACKLOG, PendingEvent, Recorder, RecordingError
+
+_FRAME = struct.Struct(">cII")
+_BINARY_FORMAT = "gateway-binary-stream"
+
+
+def _utf8_decoder() -> codecs.IncrementalDecoder:
+    """A per-stream decoder: a character split across chunks is joined, bad bytes become U+FFFD."""
+    return codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+
+class AsciicastRecorder(Recorder):
+    """asciicast v2 recording of a terminal session (output, input, resizes, markers)."""
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        width: int,
+        height: int,
+        title: str,
+        env: dict[str, str],
+        started_at: float,
+        on_failure: Callable[[str], None],
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> AsciicastRecorder:
+        """Create the file and write the header line; raises RecordingError if that fails."""
+        rec = cls(path, on_failure=on_failure, started_at=started_at, max_backlog=max_backlog, clock=clock)
+        header = {
+            "version": 2,
+            "width": int(width),
+            "height": int(height),
+            "timestamp": int(started_at),
+            "title": title,
+            "env": dict(env),
+        }
+        rec._write_header(json.dumps(header) + "\n")
+        return rec
+
+    def __init__(self, path: Path, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self._decoders = {"o": _utf8_decoder(), "i": _utf8_decoder()}
+        self._last_t = 0.0
+
+    def output(self, data: bytes) -> None:
+        """Record terminal output: ``[t, "o", text]``."""
+        if data:
+            self._append("o", data, len(data), True)
+
+    def input(self, data: bytes) -> None:
+        """Record keystrokes / pasted input: ``[t, "i", text]``."""
+        if data:
+            self._append("i", data, len(data), True)
+
+    def resize(self, width: int, height: int) -> None:
+        """Record a terminal resize: ``[t, "r", "WxH"]``."""
+        self._append("r", f"{int(width)}x{int(height)}", 16, False)
+
+    def marker(self, label: str) -> None:
+        """Record a marker: ``[t, "m", label]`` (the SSH front end marks command lines with these)."""
+        self._append("m", label, len(label) + 16, False)
+
+    def _encode(self, batch: list[PendingEvent], final: bool) -> bytes:
+        """One ``[t, code, data]`` line per event, ASCII-only JSON."""
+        lines: list[str] = []
+        for ev in batch:
+            if ev.kind in self._decoders:
+                raw = ev.parts[0] if len(ev.parts) == 1 else b"".join(ev.parts)
+                text = self._decoders[ev.kind].decode(raw)
+                if not text:  # only the first bytes of a split character: they go out with the rest
+                    continue
+            else:
+                text = ev.parts[0]
+            lines.append(f'[{ev.t:.6f}, "{ev.kind}", {encode_basestring_ascii(text)}]\n')
+            self._last_t = ev.t
+        if final:
+            for kind, decoder in self._decoders.items():
+                tail = decoder.decode(b"", final=True)
+                if tail:
+                    lines.append(f'[{self._last_t:.6f}, "{kind}", {encode_basestring_ascii(tail)}]\n')
+        return "".join(lines).encode("ascii")
+
+
+class StatementRecorder(Recorder):
+    """JSON-lines recording of a SQL session: a header line, then one object per event."""
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        header: dict[str, Any],
+        on_failure: Callable[[str], None],
+        started_at: float | None = None,
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> StatementRecorder:
+        """Create the file and write ``{"type": "header", ...header}``; raises RecordingError on failure."""
+        rec = cls(path, on_failure=on_failure, started_at=started_at, max_backlog=max_backlog, clock=clock)
+        line = {"type": "header", **{k: v for k, v in header.items() if k != "type"}}
+        rec._write_header(_dump_event(line) + "\n")
+        return rec
+
+    def record(self, event: dict[str, Any]) -> None:
+        """Queue one event (shallow-copied); ``t`` (seconds since start) is added if missing."""
+        ev = dict(event) if "t" in event else {"t": round(self.elapsed(), 6), **event}
+        size = 256 + sum(len(v) for v in ev.values() if isinstance(v, str | bytes))
+        self._append("s", ev, size, False)
+
+    def _encode(self, batch: list[PendingEvent], final: bool) -> bytes:
+        """One JSON object per line."""
+        return "".join(_dump_event(ev.parts[0]) + "\n" for ev in batch).encode("ascii")
+
+
+def _dump_event(ev: dict[str, Any]) -> str:
+    """Compact ASCII JSON; values JSON cannot carry are written as str() rather than failing."""
+    return json.dumps(ev, separators=(",", ":"), default=str)
+
+
+class BinaryStreamRecorder(Recorder):
+    """Raw-bytes recording of an exec session without a terminal (see the module docstring)."""
+
+    STREAMS = {"o": "stdout", "e": "stderr", "i": "stdin", "m": "marker", "r": "resize"}
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        title: str,
+        env: dict[str, str],
+        started_at: float,
+        on_failure: Callable[[str], None],
+        width: int = 80,
+        height: int = 24,
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> BinaryStreamRecorder:
+        """Create the file and write the JSON header line; raises RecordingError on failure."""
+        rec = cls(path, on_failure=on_failure, started_at=started_at, max_backlog=max_backlog, clock=clock)
+        header = {
+            "format": _BINARY_FORMAT,
+            "version": 1,
+            "width": int(width),
+            "height": int(height),
+            "timestamp": int(started_at),
+            "title": title,
+            "env": dict(env),
+            "streams": cls.STREAMS,
+        }
+        rec._write_header(json.dumps(header) + "\n")
+        return rec
+
+    def stdout(self, data: bytes) -> None:
+        """Record bytes the server sent on stdout."""
+        if data:
+            self._append("o", data, len(data), True)
+
+    def stderr(self, data: bytes) -> None:
+        """Record bytes the server sent on stderr."""
+        if data:
+            self._append("e", data, len(data), True)
+
+    def stdin(self, data: bytes) -> None:
+        """Record bytes the client sent."""
+        if data:
+            self._append("i", data, len(data), True)
+
+    output = stdout  # same calls as AsciicastRecorder, so a front end can hold either
+    input = stdin
+
+    def resize(self, width: int, height: int) -> None:
+        """Record a window change (rare without a terminal, kept for the same interface)."""
+        self._append("r", f"{int(width)}x{int(height)}".encode(), 16, False)
+
+    def marker(self, label: str) -> None:
+        """Record a marker (UTF-8 label)."""
+        data = label.encode("utf-8", "replace")
+        self._append("m", data, len(data) + 16, False)
+
+    def _encode(self, batch: list[PendingEvent], final: bool) -> bytes:
+        """One frame per event."""
+        out: list[bytes] = []
+        for ev in batch:
+            data = ev.parts[0] if len(ev.parts) == 1 else b"".join(ev.parts)
+            t_ms = min(int(ev.t * 1000), 0xFFFFFFFF)
+            out.append(_FRAME.pack(ev.kind.encode(), t_ms, len(data)))
+            out.append(data)
+        return b"".join(out)
+
+    @staticmethod
+    def to_asciicast(src: Path, out: IO[str]) -> bool:
+        """Convert a binary stream recording to asciicast v2; see ``binary_to_asciicast``."""
+        return binary_to_asciicast(src, out)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame of a binary stream recording."""
+
+    stream: str
+    t: float
+    data: bytes
+
+
+def read_binary_stream(src: Path) -> tuple[dict[str, Any], Iterator[Frame]]:
+    """Open a binary stream recording: its header and an iterator of frames.
+
+    The iterator raises RecordingError after the last whole frame if the file ends in a torn one.
+    """
+    with open(src, "rb") as f:
+        line = f.readline(1 << 20)
+    try:
+        header = json.loads(line) if line.endswith(b"\n") else None
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != _BINARY_FORMAT:
+        raise RecordingError("not a binary stream recording")
+
+    def frames() -> Iterator[Frame]:
+        with open(src, "rb") as f:
+            offset = f.seek(len(line))
+            while True:
+                head = f.read(_FRAME.size)
+                if not head:
+                    return
+                if len(head) < _FRAME.size:
+                    raise RecordingError(f"torn frame header at offset {offset}")
+                stream, t_ms, length = _FRAME.unpack(head)
+                data = f.read(length)
+                if len(data) < length:
+                    raise RecordingError(f"torn frame at offset {offset}")
+                offset += _FRAME.size + length
+                yield Frame(stream.decode("latin-1"), t_ms / 1000, data)
+
+    return header, frames()
+
+
+def binary_to_asciicast(src: Path, out: IO[str]) -> bool:
+    """Write an asciicast v2 version of a binary stream recording to `out`.
+
+    Returns False if the recording ends in a torn frame (everything before it is converted).
+    """
+    header, frames = read_binary_stream(src)
+    cast_header = {k: header[k] for k in ("width", "height", "timestamp", "title", "env") if k in header}
+    out.write(json.dumps({"version": 2, **cast_header}) + "\n")
+    decoders = {"o": _utf8_decoder(), "e": _utf8_decoder(), "i": _utf8_decoder()}
+    code = {"o": "o", "e": "o", "i": "i"}
+    t = 0.0
+    complete = True
+    try:
+        for frame in frames:
+            t = frame.t
+            if frame.stream in decoders:
+                kind, text = code[frame.stream], decoders[frame.stream].decode(frame.data)
+            elif frame.stream in ("m", "r"):
+                kind, text = frame.stream, frame.data.decode("utf-8", "replace")
+            else:
+                continue
+            if text:
+                out.write(f"[{t:.6f}, {json.dumps(kind)}, {encode_basestring_ascii(text)}]\n")
+    except RecordingError:
+        complete = False
+    for stream, decoder in decoders.items():
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            out.write(f'[{t:.6f}, "{code[stream]}", {encode_basestring_ascii(tail)}]\n')
+    return complete
