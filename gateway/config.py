@@ -223,7 +223,7 @@ def load_config(path: Path | None, *, need_secrets: bool = True) -> Config:
 def _build(doc: dict[str, Any], path: Path | None, base: Path, need_secrets: bool) -> Config:
     r = _Reader(str(path) if path else "(defaults)")
     r.table(doc, "", _SCHEMA[""])
-    sections = {name: r.table(doc.get(name), name, _SCHEMA[name]) for name in _SCHEMA if name}
+    sections = {name: r.table(doc.get(name), name, _SCHEMA.get(name)) for name in _SCHEMA[""]}
     listen = sections["listen"]
     d = Config(path=None, base_dir=base)
     addrs = {
