@@ -37,8 +37,16 @@ class Access:
     registry: SessionRegistry
     clock: Callable[[], float] = time.time
 
-    async def open_session(self, *, token: str, target: str, protocol: str, client_addr: str,
-                           user: str | None = None, login: str | None = None) -> LiveSession:  # fmt: skip
+    async def open_session(
+        self,
+        *,
+        token: str,
+        target: str,
+        protocol: str,
+        client_addr: str,
+        user: str | None = None,
+        login: str | None = None,
+    ) -> LiveSession:
         """Admit a connection or raise AccessDenied (audited either way).
 
         `user` is what the client claimed to be (Postgres `user`), checked against the token's subject;
@@ -61,25 +69,45 @@ class Access:
         now = self.clock()
         sid = secrets.token_hex(8)
         session = LiveSession(
-            id=sid, claims=claims, target=tgt, login=upstream, policy=policy, protocol=protocol,
-            client_addr=client_addr, started_at=now, recording_path=self._recording_path(sid, protocol, now),
-            store=self.store, registry=self.registry,
-        )  # fmt: skip
+            id=sid,
+            claims=claims,
+            target=tgt,
+            login=upstream,
+            policy=policy,
+            protocol=protocol,
+            client_addr=client_addr,
+            started_at=now,
+            recording_path=self._recording_path(sid, protocol, now),
+            store=self.store,
+            registry=self.registry,
+        )
         await self.store.add_session(new_session_record(session))
         self.registry.add(session)
         await session.audit(
-            "session.start", protocol=protocol, client=client_addr, scope=claims.scope, login=upstream.user,
-            reason=claims.reason, approvers=list(claims.approvers), deadline=claims.exp,
+            "session.start",
+            protocol=protocol,
+            client=client_addr,
+            scope=claims.scope,
+            login=upstream.user,
+            reason=claims.reason,
+            approvers=list(claims.approvers),
+            deadline=claims.exp,
             recording=str(session.recording_path),
-        )  # fmt: skip
+        )
         if tgt.sensitive:
             session.alert("session.sensitive", f"{claims.sub} started a session on sensitive target {tgt.name}")
         return session
 
     def _verify(self, token: str) -> Claims:
         try:
-            return verify_token(token, self.ring, issuer=self.config.issuer, audience=self.config.audience,
-                                leeway=self.config.leeway, now=self.clock())  # fmt: skip
+            return verify_token(
+                token,
+                self.ring,
+                issuer=self.config.issuer,
+                audience=self.config.audience,
+                leeway=self.config.leeway,
+                now=self.clock(),
+            )
         except TokenError as exc:
             raise AccessDenied(exc.code, exc.reason) from None
 
@@ -127,8 +155,10 @@ class Access:
         hint = unverified_claims(token) if token else {}
         sub, jti = hint.get("sub"), hint.get("jti")
         await self.store.append(
-            "token.rejected", actor=sub if isinstance(sub, str) else "unknown", grant=jti if isinstance(jti, str) else "",
-            target=target, severity="warning",
+            "token.rejected",
+            actor=sub if isinstance(sub, str) else "unknown",
+            grant=jti if isinstance(jti, str) else "",
+            target=target,
+            severity="warning",
             data={"code": denied.code, "reason": denied.reason, "protocol": protocol, "client": client},
-        )  # fmt: skip
-
+        )

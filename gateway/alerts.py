@@ -31,19 +31,46 @@ class Alerts:
         self.stream = stream
         self.sinks: list[Sink] = []
 
-    async def emit(self, type_: str, summary: str, *, severity: str = "warning", actor: str = "gateway",
-                   session: str = "", grant: str = "", target: str = "", data: dict[str, Any] | None = None) -> None:  # fmt: skip
+    async def emit(
+        self,
+        type_: str,
+        summary: str,
+        *,
+        severity: str = "warning",
+        actor: str = "gateway",
+        session: str = "",
+        grant: str = "",
+        target: str = "",
+        data: dict[str, Any] | None = None,
+    ) -> None:
         """Audit the alert, write its line, hand it to the sinks; failures are logged, never raised."""
         data = dict(data or {})
         try:
-            ev = await self.store.append(f"alert.{type_}", actor=actor, session=session, grant=grant, target=target,
-                                         severity=severity, data={"summary": summary, **data})  # fmt: skip
+            ev = await self.store.append(
+                f"alert.{type_}",
+                actor=actor,
+                session=session,
+                grant=grant,
+                target=target,
+                severity=severity,
+                data={"summary": summary, **data},
+            )
             seq: int | None = ev.seq
         except Exception as exc:
             log.error("alert %s could not be audited: %s", type_, type(exc).__name__)
             seq = None
-        alert = {"type": type_, "severity": severity, "summary": summary, "ts": time.time(), "actor": actor,
-                 "session": session, "grant": grant, "target": target, "audit_seq": seq, "data": data}  # fmt: skip
+        alert = {
+            "type": type_,
+            "severity": severity,
+            "summary": summary,
+            "ts": time.time(),
+            "actor": actor,
+            "session": session,
+            "grant": grant,
+            "target": target,
+            "audit_seq": seq,
+            "data": data,
+        }
         line = json.dumps(alert, sort_keys=True, default=str)
         try:
             if self.file is not None:

@@ -152,7 +152,9 @@ class _Reader:
         if allowed is not None:
             for k in doc:
                 if k not in allowed:
-                    raise self.fail(f"{key}.{k}" if key else k, f"unknown key; expected one of {', '.join(sorted(allowed))}")
+                    raise self.fail(
+                        f"{key}.{k}" if key else k, f"unknown key; expected one of {', '.join(sorted(allowed))}"
+                    )
         return doc
 
     def string(self, doc: dict[str, Any], key: str, prefix: str, default: str | None = None) -> str:
@@ -181,11 +183,11 @@ class _Reader:
 
     def address(self, value: Any, key: str) -> Address:
         if not isinstance(value, str) or ":" not in value:
-            raise self.fail(key, f"must be \"host:port\", got {value!r}")
+            raise self.fail(key, f'must be "host:port", got {value!r}')
         host, _, port = value.rpartition(":")
         host = host.strip("[]")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise self.fail(key, f"must be \"host:port\" with a port from 1 to 65535, got {value!r}")
+            raise self.fail(key, f'must be "host:port" with a port from 1 to 65535, got {value!r}')
         return Address(host, int(port))
 
 
@@ -269,7 +271,9 @@ def _check_distinct_ports(r: _Reader, addrs: dict[str, Address]) -> None:
     seen: dict[tuple[str, int], str] = {}
     for name, a in addrs.items():
         if (a.host, a.port) in seen:
-            raise r.fail(f"listen.{name}", f"port {a.port} is already used by listen.{seen[(a.host, a.port)]}; pick another")
+            raise r.fail(
+                f"listen.{name}", f"port {a.port} is already used by listen.{seen[(a.host, a.port)]}; pick another"
+            )
         seen[(a.host, a.port)] = name
 
 
@@ -282,7 +286,7 @@ def _targets(r: _Reader, doc: dict[str, Any], base: Path, need_secrets: bool) ->
         if kind not in TARGET_KINDS:
             raise r.fail(f"{key}.kind", f"must be one of {', '.join(TARGET_KINDS)}, got {kind!r}")
         if "address" not in body:
-            raise r.fail(f"{key}.address", "is required (\"host:port\")")
+            raise r.fail(f"{key}.address", 'is required ("host:port")')
         addr = r.address(body["address"], f"{key}.address")
         tls = r.string(body, "tls", f"{key}.", "disable")
         if tls not in UPSTREAM_TLS_MODES:
@@ -294,7 +298,7 @@ def _targets(r: _Reader, doc: dict[str, Any], base: Path, need_secrets: bool) ->
         if kind == "ssh" and not host_key:
             raise r.fail(f"{key}.host_key", "is required for an ssh target: pin the upstream's public host key")
         if kind == "ssh" and len(host_key.split()) < 2:
-            raise r.fail(f"{key}.host_key", "must be a public key line like \"ssh-ed25519 AAAA...\"")
+            raise r.fail(f"{key}.host_key", 'must be a public key line like "ssh-ed25519 AAAA..."')
         logins_doc = r.table(body.get("logins"), f"{key}.logins", None)
         if not logins_doc:
             raise r.fail(f"{key}.logins", "needs at least one scope = { user = ..., ... }")
@@ -324,7 +328,7 @@ def _login(r: _Reader, scope: str, doc: Any, key: str, kind: str, base: Path, ne
         raise r.fail(f"{key}.user", "is required")
     sources = [k for k in ("password_env", "password_file", "key_file") if k in doc]
     if kind == "ssh" and sources != ["key_file"]:
-        raise r.fail(f"{key}", "an ssh login takes exactly key_file = \"path to the private key\"")
+        raise r.fail(f"{key}", 'an ssh login takes exactly key_file = "path to the private key"')
     if kind == "postgres" and len(sources) > 1:
         raise r.fail(f"{key}", "give one of password_env or password_file, not both")
     if kind == "postgres" and "key_file" in doc:
@@ -383,6 +387,8 @@ def _webhooks(r: _Reader, doc: Any) -> tuple[Webhook, ...]:
         if sev not in ("info", "warning", "critical"):
             raise r.fail(f"{key}.min_severity", "must be info, warning or critical")
         out.append(
-            Webhook(r.string(body, "name", f"{key}.", f"webhook-{i}"), url, fmt, r.strings(body, "events", f"{key}."), sev)
+            Webhook(
+                r.string(body, "name", f"{key}.", f"webhook-{i}"), url, fmt, r.strings(body, "events", f"{key}."), sev
+            )
         )
     return tuple(out)

@@ -27,7 +27,7 @@ def parse_duration(text: str) -> float:
 
 def format_duration(seconds: float) -> str:
     """The shortest exact form: 3600 -> '1h', 90 -> '1m30s'."""
-    rest = int(round(seconds))
+    rest = round(seconds)
     if rest <= 0:
         return "0s"
     out = []

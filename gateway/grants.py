@@ -24,10 +24,24 @@ class Issued:
     token: str
 
 
-async def issue_grant(config: Config, ring: KeyRing, store: Store, policies: Policies, *, user: str, target: str,
-                      scope: str, ttl: float, reason: str, approvers: tuple[str, ...], now: float,
-                      break_glass: bool = False, request_id: str | None = None, actor: str | None = None,
-                      max_sessions: int | None = None) -> Issued:  # fmt: skip
+async def issue_grant(
+    config: Config,
+    ring: KeyRing,
+    store: Store,
+    policies: Policies,
+    *,
+    user: str,
+    target: str,
+    scope: str,
+    ttl: float,
+    reason: str,
+    approvers: tuple[str, ...],
+    now: float,
+    break_glass: bool = False,
+    request_id: str | None = None,
+    actor: str | None = None,
+    max_sessions: int | None = None,
+) -> Issued:
     """Check target, scope and TTL cap against policy, sign the token, store and audit the grant."""
     if not user:
         raise GrantRefused("a grant needs a user")
@@ -44,19 +58,49 @@ async def issue_grant(config: Config, ring: KeyRing, store: Store, policies: Pol
     if ttl <= 0:
         raise GrantRefused("ttl must be more than zero")
     if ttl > sp.max_ttl:
-        raise GrantRefused(f"ttl {format_duration(ttl)} exceeds the policy's max_ttl {format_duration(sp.max_ttl)} "
-                           f"for {target}/{scope}; ask for {format_duration(sp.max_ttl)} or less")  # fmt: skip
+        raise GrantRefused(
+            f"ttl {format_duration(ttl)} exceeds the policy's max_ttl {format_duration(sp.max_ttl)} "
+            f"for {target}/{scope}; ask for {format_duration(sp.max_ttl)} or less"
+        )
     jti = "g_" + secrets.token_hex(10)
     iat = int(now)
     exp = int(now + ttl)
-    claims = Claims(sub=user, jti=jti, target=target, scope=scope, iat=iat, nbf=iat, exp=exp, reason=reason,
-                    approvers=approvers, iss=config.issuer, aud=config.audience, max_sessions=max_sessions)  # fmt: skip
+    claims = Claims(
+        sub=user,
+        jti=jti,
+        target=target,
+        scope=scope,
+        iat=iat,
+        nbf=iat,
+        exp=exp,
+        reason=reason,
+        approvers=approvers,
+        iss=config.issuer,
+        aud=config.audience,
+        max_sessions=max_sessions,
+    )
     token = ring.issue(claims)
-    grant = GrantRecord(jti, user, target, scope, reason, approvers, iat, iat, exp, "active", break_glass, request_id,
-                        max_sessions)  # fmt: skip
+    grant = GrantRecord(
+        jti, user, target, scope, reason, approvers, iat, iat, exp, "active", break_glass, request_id, max_sessions
+    )
     await store.add_grant(grant)
-    data = {"user": user, "scope": scope, "ttl": ttl, "expires_at": exp, "reason": reason,
-            "approvers": list(approvers), "break_glass": break_glass, "request": request_id, "kid": ring.active_kid}  # fmt: skip
-    await store.append("grant.issued", actor=actor or user, grant=jti, target=target,
-                       severity="warning" if break_glass else "info", data=data)  # fmt: skip
+    data = {
+        "user": user,
+        "scope": scope,
+        "ttl": ttl,
+        "expires_at": exp,
+        "reason": reason,
+        "approvers": list(approvers),
+        "break_glass": break_glass,
+        "request": request_id,
+        "kid": ring.active_kid,
+    }
+    await store.append(
+        "grant.issued",
+        actor=actor or user,
+        grant=jti,
+        target=target,
+        severity="warning" if break_glass else "info",
+        data=data,
+    )
     return Issued(grant, token)

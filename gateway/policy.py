@@ -199,9 +199,17 @@ _SCOPE_KEYS = {"max_ttl", "requesters", "approvals", "auto_approve", "sql", "ssh
 _SQL_KEYS = {"mode", "allow_functions", "rules", "max_rows", "sensitive_tables", "alert_write_without_where"}
 _SQL_RULE_KEYS = {"name", "action", "kinds", "tables", "functions", "pattern"}
 _SSH_KEYS = {
-    "shell", "exec", "allowed_commands", "commands", "sftp", "scp",
-    "local_forwarding", "remote_forwarding", "agent_forwarding", "x11_forwarding",
-}  # fmt: skip
+    "shell",
+    "exec",
+    "allowed_commands",
+    "commands",
+    "sftp",
+    "scp",
+    "local_forwarding",
+    "remote_forwarding",
+    "agent_forwarding",
+    "x11_forwarding",
+}
 _CMD_RULE_KEYS = {"name", "action", "pattern"}
 
 
@@ -267,9 +275,7 @@ def load_policy_file(path: Path, kind_of: Mapping[str, str]) -> TargetPolicy:
     scopes_doc = doc.get("scopes")
     if not isinstance(scopes_doc, dict) or not scopes_doc:
         raise ctx.fail("scopes", "must be a mapping of scope name -> settings")
-    scopes = {
-        str(name): _load_scope(ctx, str(name), kind, body, f"scopes.{name}") for name, body in scopes_doc.items()
-    }
+    scopes = {str(name): _load_scope(ctx, str(name), kind, body, f"scopes.{name}") for name, body in scopes_doc.items()}
     return TargetPolicy(target, scopes, source=str(path))
 
 
@@ -409,12 +415,18 @@ class Policies:
             for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
                 tp = load_policy_file(path, kind_of)
                 if tp.target in found:
-                    raise PolicyError(f"{path}: target: {tp.target!r} already has a policy in {found[tp.target].source}")
+                    raise PolicyError(
+                        f"{path}: target: {tp.target!r} already has a policy in {found[tp.target].source}"
+                    )
                 found[tp.target] = tp
         for name, (kind, scopes) in targets.items():
             if name not in found:
                 found[name] = default_policy(name, kind, scopes)
         return cls(found)
+
+    def replace(self, other: Policies) -> None:
+        """Take another set's contents in place (SIGHUP reload: holders of this object see the new rules)."""
+        self._by_target = dict(other._by_target)
 
     def target(self, name: str) -> TargetPolicy | None:
         """The policy of a target, or None for an unknown target."""

@@ -50,8 +50,16 @@ async def build_services(config: Config, *, clock: Callable[[], float] = time.ti
         if s is None:
             await alerts.emit(type_, summary, severity=severity, data=data)
         else:
-            await alerts.emit(type_, summary, severity=severity, actor=s.user, session=s.id, grant=s.claims.jti,
-                              target=s.target.name, data=data)  # fmt: skip
+            await alerts.emit(
+                type_,
+                summary,
+                severity=severity,
+                actor=s.user,
+                session=s.id,
+                grant=s.claims.jti,
+                target=s.target.name,
+                data=data,
+            )
 
     registry = SessionRegistry(store, clock=clock, warn_before=config.warn_before, alert=alert)
     access = Access(config, ring, store, policies, registry, clock)

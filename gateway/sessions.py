@@ -78,8 +78,15 @@ class LiveSession:
     async def audit(self, type_: str, *, severity: str = "info", **data: Any) -> None:
         """Append an audit event about this session; if it cannot be written, the session ends (fail closed)."""
         try:
-            await self.store.append(type_, actor=self.user, session=self.id, grant=self.claims.jti,
-                                    target=self.target.name, severity=severity, data=data)  # fmt: skip
+            await self.store.append(
+                type_,
+                actor=self.user,
+                session=self.id,
+                grant=self.claims.jti,
+                target=self.target.name,
+                severity=severity,
+                data=data,
+            )
         except Exception as exc:
             log.error("session %s: audit write failed: %s", self.id, type(exc).__name__)
             await self.kill(f"audit log unavailable ({type(exc).__name__})")
@@ -107,9 +114,18 @@ class LiveSession:
         if self._killing or self.closed:
             return
         self._killing = True
-        await self.store.append("session.kill", actor=by, session=self.id, grant=self.claims.jti, target=self.target.name,
-                                severity="warning", data={"reason": reason, "user": self.user})  # fmt: skip
-        self.alert("session.killed", f"session {self.id} of {self.user} on {self.target.name} killed: {reason}", reason=reason)
+        await self.store.append(
+            "session.kill",
+            actor=by,
+            session=self.id,
+            grant=self.claims.jti,
+            target=self.target.name,
+            severity="warning",
+            data={"reason": reason, "user": self.user},
+        )
+        self.alert(
+            "session.killed", f"session {self.id} of {self.user} on {self.target.name} killed: {reason}", reason=reason
+        )
         if self._kill is not None:
             try:
                 await self._kill(reason)
@@ -127,12 +143,25 @@ class LiveSession:
             t.cancel()
         self.registry._forget(self)
         now = self.registry.clock()
-        data = {"reason": reason, "duration": round(now - self.started_at, 3), "stats": self.stats,
-                "recording": str(self.recording_path), "recording_sha256": recording_sha256}  # fmt: skip
+        data = {
+            "reason": reason,
+            "duration": round(now - self.started_at, 3),
+            "stats": self.stats,
+            "recording": str(self.recording_path),
+            "recording_sha256": recording_sha256,
+        }
         try:
-            await self.store.end_session(self.id, ended_at=now, reason=reason, recording_sha256=recording_sha256, stats=self.stats)
-            await self.store.append("session.end", actor=self.user, session=self.id, grant=self.claims.jti,
-                                    target=self.target.name, data=data)  # fmt: skip
+            await self.store.end_session(
+                self.id, ended_at=now, reason=reason, recording_sha256=recording_sha256, stats=self.stats
+            )
+            await self.store.append(
+                "session.end",
+                actor=self.user,
+                session=self.id,
+                grant=self.claims.jti,
+                target=self.target.name,
+                data=data,
+            )
         except Exception as exc:
             log.error("session %s: could not record its end: %s", self.id, type(exc).__name__)
         if self._tasks:
@@ -145,8 +174,9 @@ AlertFn = Callable[[LiveSession | None, str, str, str, dict[str, Any]], Awaitabl
 class SessionRegistry:
     """Every live session of this process; deadlines, kills and revocations all end sessions through here."""
 
-    def __init__(self, store: Store, *, clock: Clock = time.time, warn_before: float = 60.0,
-                 alert: AlertFn | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, store: Store, *, clock: Clock = time.time, warn_before: float = 60.0, alert: AlertFn | None = None
+    ) -> None:
         self.store = store
         self.clock = clock
         self.warn_before = warn_before
@@ -234,5 +264,14 @@ class SessionRegistry:
 
 def new_session_record(s: LiveSession) -> SessionRecord:
     """The row stored at a session's start."""
-    return SessionRecord(s.id, s.claims.jti, s.user, s.target.name, s.scope, s.protocol, s.client_addr, s.started_at,
-                         recording_path=str(s.recording_path))  # fmt: skip
+    return SessionRecord(
+        s.id,
+        s.claims.jti,
+        s.user,
+        s.target.name,
+        s.scope,
+        s.protocol,
+        s.client_addr,
+        s.started_at,
+        recording_path=str(s.recording_path),
+    )

@@ -82,7 +82,13 @@ def key_id(key: Ed25519PublicKey) -> str:
 class KeyRing:
     """Signing keys in a folder: `<kid>.pem` private keys (0600) and `active` naming the one that signs."""
 
-    def __init__(self, folder: Path | None, private: Mapping[str, Ed25519PrivateKey], public: Mapping[str, Ed25519PublicKey], active: str | None) -> None:
+    def __init__(
+        self,
+        folder: Path | None,
+        private: Mapping[str, Ed25519PrivateKey],
+        public: Mapping[str, Ed25519PublicKey],
+        active: str | None,
+    ) -> None:
         self.folder = folder
         self._private = dict(private)
         self._public = dict(public)
@@ -134,7 +140,9 @@ class KeyRing:
         kid = key_id(key.public_key())
         signing = self.folder / "signing"
         signing.mkdir(parents=True, exist_ok=True, mode=0o700)
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         fd = os.open(signing / f"{kid}.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
@@ -177,7 +185,14 @@ class KeyRing:
         """The public keys as a JWKS document."""
         return {
             "keys": [
-                {"kty": "OKP", "crv": "Ed25519", "alg": ALGORITHM, "use": "sig", "kid": kid, "x": _b64url(_raw_public(k))}
+                {
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "alg": ALGORITHM,
+                    "use": "sig",
+                    "kid": kid,
+                    "x": _b64url(_raw_public(k)),
+                }
                 for kid, k in sorted(self._public.items())
             ]
         }
@@ -188,7 +203,9 @@ class KeyRing:
         return jwt.encode(claims.to_jwt_claims(), self._private[kid], algorithm=ALGORITHM, headers={"kid": kid})
 
 
-def verify_token(token: str, ring: KeyRing, *, issuer: str, audience: str, leeway: int, now: float | None = None) -> Claims:
+def verify_token(
+    token: str, ring: KeyRing, *, issuer: str, audience: str, leeway: int, now: float | None = None
+) -> Claims:
     """Check signature, algorithm, key id, every required claim, iss/aud and the time window; raise TokenError."""
     now = time.time() if now is None else now
     token = token.strip()
@@ -257,8 +274,20 @@ def _claims(p: Mapping[str, Any]) -> Claims:
             raise TypeError("max_sessions")
         aud = p["aud"]
         aud_s = aud if isinstance(aud, str) else ",".join(aud)
-        return Claims(p["sub"], p["jti"], p["target"], p["scope"], p["iat"], p["nbf"], p["exp"], p["reason"],
-                      tuple(approvers), p["iss"], aud_s, ms)  # fmt: skip
+        return Claims(
+            p["sub"],
+            p["jti"],
+            p["target"],
+            p["scope"],
+            p["iat"],
+            p["nbf"],
+            p["exp"],
+            p["reason"],
+            tuple(approvers),
+            p["iss"],
+            aud_s,
+            ms,
+        )
     except (TypeError, KeyError) as exc:
         raise TokenError("malformed", f"approval token claim {exc.args[0]!r} has the wrong type") from None
 

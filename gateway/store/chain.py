@@ -16,8 +16,17 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def event_body(seq: int, ts: float, type_: str, actor: str, session: str, grant: str, target: str,
-               severity: str, data: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
+def event_body(
+    seq: int,
+    ts: float,
+    type_: str,
+    actor: str,
+    session: str,
+    grant: str,
+    target: str,
+    severity: str,
+    data: Mapping[str, Any],
+) -> dict[str, Any]:
     """The hashed content of an audit row (everything but the hashes)."""
     return {
         "seq": seq,
@@ -85,8 +94,9 @@ class Verdict:
         return f"audit chain BROKEN at {where}: {self.problem}"
 
 
-def verify_chain(rows: Iterable[Row], checkpoints: Iterable[Checkpoint],
-                 verify_sig: Callable[[str, str, bytes], bool]) -> Verdict:  # fmt: skip
+def verify_chain(
+    rows: Iterable[Row], checkpoints: Iterable[Checkpoint], verify_sig: Callable[[str, str, bytes], bool]
+) -> Verdict:
     """Walk rows in stored order; detect edits, deletions, reordering, insertions and a truncated tail."""
     prev = GENESIS
     expected_seq = 1
@@ -97,9 +107,13 @@ def verify_chain(rows: Iterable[Row], checkpoints: Iterable[Checkpoint],
         seq = row.seq
         if seq != expected_seq:
             kind = "deleted or missing" if seq > expected_seq else "duplicated or reordered"
-            return Verdict(False, count, expected_seq, f"expected record #{expected_seq}, found #{seq} ({kind} records)")
+            return Verdict(
+                False, count, expected_seq, f"expected record #{expected_seq}, found #{seq} ({kind} records)"
+            )
         if row.prev_hash != prev:
-            return Verdict(False, count, seq, "its prev_hash does not match the record before it (inserted, deleted or reordered)")
+            return Verdict(
+                False, count, seq, "its prev_hash does not match the record before it (inserted, deleted or reordered)"
+            )
         if chain_hash(prev, row.body) != row.hash:
             return Verdict(False, count, seq, "its content does not match its hash (edited)")
         heads[seq] = row.hash
@@ -110,8 +124,12 @@ def verify_chain(rows: Iterable[Row], checkpoints: Iterable[Checkpoint],
         if not verify_sig(cp.kid, cp.signature, checkpoint_message(cp.seq, cp.head)):
             return Verdict(False, count, cp.seq, f"checkpoint at #{cp.seq} has an invalid signature")
         if cp.seq not in heads:
-            return Verdict(False, count, expected_seq,
-                           f"the chain ends at #{expected_seq - 1} but a signed checkpoint covers #{cp.seq} (truncated)")  # fmt: skip
+            return Verdict(
+                False,
+                count,
+                expected_seq,
+                f"the chain ends at #{expected_seq - 1} but a signed checkpoint covers #{cp.seq} (truncated)",
+            )
         if heads[cp.seq] != cp.head:
             return Verdict(False, count, cp.seq, f"record #{cp.seq} does not match the signed checkpoint")
         last_cp = cp.seq

@@ -11,7 +11,16 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.store.chain import GENESIS, Checkpoint, Row, Verdict, chain_hash, checkpoint_message, event_body, verify_chain
+from gateway.store.chain import (
+    GENESIS,
+    Checkpoint,
+    Row,
+    Verdict,
+    chain_hash,
+    checkpoint_message,
+    event_body,
+    verify_chain,
+)
 from gateway.store.records import AuditEvent, GrantRecord, RequestRecord, SessionRecord
 from gateway.tokens import KeyRing
 
@@ -53,8 +62,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE checkpoints (
         seq INTEGER PRIMARY KEY, head TEXT NOT NULL, kid TEXT NOT NULL, signature TEXT NOT NULL, ts REAL NOT NULL
     );
-    CREATE TRIGGER checkpoints_no_update BEFORE UPDATE ON checkpoints BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
-    CREATE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
+    CREATE TRIGGER checkpoints_no_update BEFORE UPDATE ON checkpoints
+        BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
+    CREATE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints
+        BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
     """,
 )
 
@@ -123,9 +134,18 @@ class SqliteStore:
 
     # --- audit -------------------------------------------------------------------------------------
 
-    async def append(self, type_: str, *, actor: str = "gateway", session: str = "", grant: str = "",
-                     target: str = "", severity: str = "info", data: dict[str, Any] | None = None,
-                     ts: float | None = None) -> AuditEvent:  # fmt: skip
+    async def append(
+        self,
+        type_: str,
+        *,
+        actor: str = "gateway",
+        session: str = "",
+        grant: str = "",
+        target: str = "",
+        severity: str = "info",
+        data: dict[str, Any] | None = None,
+        ts: float | None = None,
+    ) -> AuditEvent:
         """Append one event to the chain (serialised across processes by an immediate transaction)."""
         if severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {SEVERITIES}")
@@ -140,7 +160,19 @@ class SqliteStore:
             digest = chain_hash(prev, body)
             await self.db.execute(
                 "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (seq, ts, type_, actor, session, grant, target, severity, json.dumps(data, sort_keys=True), prev, digest),
+                (
+                    seq,
+                    ts,
+                    type_,
+                    actor,
+                    session,
+                    grant,
+                    target,
+                    severity,
+                    json.dumps(data, sort_keys=True),
+                    prev,
+                    digest,
+                ),
             )
             await self.db.execute("COMMIT")
         except Exception:
@@ -161,15 +193,28 @@ class SqliteStore:
         seq, head = int(last[0]), str(last[1])
         kid, sig = self.ring.sign_bytes(checkpoint_message(seq, head))
         cp = Checkpoint(seq, head, kid, sig, time.time())
-        await self.db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?,?,?,?,?)", (cp.seq, cp.head, cp.kid, cp.signature, cp.ts))
+        await self.db.execute(
+            "INSERT OR IGNORE INTO checkpoints VALUES (?,?,?,?,?)", (cp.seq, cp.head, cp.kid, cp.signature, cp.ts)
+        )
         with self.checkpoint_file.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"seq": cp.seq, "head": cp.head, "kid": cp.kid, "signature": cp.signature, "ts": cp.ts}) + "\n")
+            f.write(
+                json.dumps({"seq": cp.seq, "head": cp.head, "kid": cp.kid, "signature": cp.signature, "ts": cp.ts})
+                + "\n"
+            )
         return cp
 
-    async def events(self, *, since: float | None = None, until: float | None = None, types: Iterable[str] = (),
-                     session: str | None = None, limit: int | None = None) -> list[AuditEvent]:  # fmt: skip
+    async def events(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        types: Iterable[str] = (),
+        session: str | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEvent]:
         """Audit events in chain order, filtered."""
-        where, args = ["1=1"], []
+        where: list[str] = ["1=1"]
+        args: list[object] = []
         if since is not None:
             where.append("ts >= ?")
             args.append(since)
@@ -214,9 +259,22 @@ class SqliteStore:
         await self.db.execute(
             "INSERT INTO grants (id,user,target,scope,reason,approvers,issued_at,not_before,expires_at,state,"
             "break_glass,request_id,max_sessions) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (g.id, g.user, g.target, g.scope, g.reason, json.dumps(list(g.approvers)), g.issued_at, g.not_before,
-             g.expires_at, g.state, int(g.break_glass), g.request_id, g.max_sessions),
-        )  # fmt: skip
+            (
+                g.id,
+                g.user,
+                g.target,
+                g.scope,
+                g.reason,
+                json.dumps(list(g.approvers)),
+                g.issued_at,
+                g.not_before,
+                g.expires_at,
+                g.state,
+                int(g.break_glass),
+                g.request_id,
+                g.max_sessions,
+            ),
+        )
 
     async def get_grant(self, grant_id: str) -> GrantRecord | None:
         """One grant by id (the token's jti)."""
@@ -278,12 +336,23 @@ class SqliteStore:
         await self.db.execute(
             "INSERT INTO sessions (id,grant_id,user,target,scope,protocol,client_addr,started_at,recording_path,stats)"
             " VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (s.id, s.grant_id, s.user, s.target, s.scope, s.protocol, s.client_addr, s.started_at, s.recording_path,
-             json.dumps(s.stats)),
-        )  # fmt: skip
+            (
+                s.id,
+                s.grant_id,
+                s.user,
+                s.target,
+                s.scope,
+                s.protocol,
+                s.client_addr,
+                s.started_at,
+                s.recording_path,
+                json.dumps(s.stats),
+            ),
+        )
 
-    async def end_session(self, session_id: str, *, ended_at: float, reason: str, recording_sha256: str | None,
-                          stats: dict[str, Any]) -> None:  # fmt: skip
+    async def end_session(
+        self, session_id: str, *, ended_at: float, reason: str, recording_sha256: str | None, stats: dict[str, Any]
+    ) -> None:
         """Record a session's end."""
         await self.db.execute(
             "UPDATE sessions SET ended_at=?, end_reason=?, recording_sha256=?, stats=? WHERE id=? AND ended_at IS NULL",
@@ -296,14 +365,22 @@ class SqliteStore:
             r = await cur.fetchone()
         if r is None and len(session_id) >= 6:
             async with self.db.execute("SELECT * FROM sessions WHERE id LIKE ? LIMIT 2", (session_id + "%",)) as cur:
-                found = await cur.fetchall()
+                found = list(await cur.fetchall())
             r = found[0] if len(found) == 1 else None
         return _session(r) if r else None
 
-    async def list_sessions(self, *, user: str | None = None, target: str | None = None, since: float | None = None,
-                            live: bool | None = None, grant_id: str | None = None) -> list[SessionRecord]:  # fmt: skip
+    async def list_sessions(
+        self,
+        *,
+        user: str | None = None,
+        target: str | None = None,
+        since: float | None = None,
+        live: bool | None = None,
+        grant_id: str | None = None,
+    ) -> list[SessionRecord]:
         """Sessions, newest first."""
-        where, args = ["1=1"], []
+        where: list[str] = ["1=1"]
+        args: list[object] = []
         for col, val in (("user", user), ("target", target), ("grant_id", grant_id)):
             if val:
                 where.append(f"{col} = ?")
@@ -319,14 +396,17 @@ class SqliteStore:
 
     async def request_kill(self, session_id: str, reason: str) -> None:
         """Ask whichever process runs a live session to end it (picked up by its watcher)."""
-        await self.db.execute("UPDATE sessions SET kill_requested=? WHERE id=? AND ended_at IS NULL", (reason, session_id))
+        await self.db.execute(
+            "UPDATE sessions SET kill_requested=? WHERE id=? AND ended_at IS NULL", (reason, session_id)
+        )
 
     async def kill_requests(self, ids: Iterable[str]) -> dict[str, str]:
         """Kill requests pending for these live sessions."""
         idl = list(ids)
         if not idl:
             return {}
-        sql = f"SELECT id, kill_requested FROM sessions WHERE kill_requested IS NOT NULL AND id IN ({','.join('?' * len(idl))})"  # noqa: S608
+        marks = ",".join("?" * len(idl))
+        sql = f"SELECT id, kill_requested FROM sessions WHERE kill_requested IS NOT NULL AND id IN ({marks})"  # noqa: S608
         async with self.db.execute(sql, idl) as cur:
             return {str(r[0]): str(r[1]) for r in await cur.fetchall()}
 
@@ -336,9 +416,23 @@ class SqliteStore:
         """Store a new access request."""
         await self.db.execute(
             "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (r.id, r.requester, r.target, r.scope, r.reason, r.ttl, r.created_at, r.state, json.dumps(list(r.approvals)),
-             r.decided_at, r.decided_by, r.comment, r.grant_id, r.expires_at),
-        )  # fmt: skip
+            (
+                r.id,
+                r.requester,
+                r.target,
+                r.scope,
+                r.reason,
+                r.ttl,
+                r.created_at,
+                r.state,
+                json.dumps(list(r.approvals)),
+                r.decided_at,
+                r.decided_by,
+                r.comment,
+                r.grant_id,
+                r.expires_at,
+            ),
+        )
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
         """One request by id."""
@@ -351,12 +445,22 @@ class SqliteStore:
         cur = await self.db.execute(
             "UPDATE requests SET state=?, approvals=?, decided_at=?, decided_by=?, comment=?, grant_id=? "
             "WHERE id=? AND state=?",
-            (r.state, json.dumps(list(r.approvals)), r.decided_at, r.decided_by, r.comment, r.grant_id, r.id, expect_state),
+            (
+                r.state,
+                json.dumps(list(r.approvals)),
+                r.decided_at,
+                r.decided_by,
+                r.comment,
+                r.grant_id,
+                r.id,
+                expect_state,
+            ),
         )
         return cur.rowcount == 1
 
-    async def list_requests(self, *, requester: str | None = None, state: str | None = None,
-                            target: str | None = None) -> list[RequestRecord]:  # fmt: skip
+    async def list_requests(
+        self, *, requester: str | None = None, state: str | None = None, target: str | None = None
+    ) -> list[RequestRecord]:
         """Requests, newest first."""
         where, args = ["1=1"], []
         for col, val in (("requester", requester), ("state", state), ("target", target)):
@@ -398,28 +502,75 @@ def _read_checkpoint_file(path: Path) -> list[Checkpoint]:
 
 
 def _event(r: Any) -> AuditEvent:
-    return AuditEvent(int(r["seq"]), float(r["ts"]), r["type"], r["actor"], r["session"], r["grant_id"], r["target"],
-                      r["severity"], json.loads(r["data"]), r["prev_hash"], r["hash"])  # fmt: skip
+    return AuditEvent(
+        int(r["seq"]),
+        float(r["ts"]),
+        r["type"],
+        r["actor"],
+        r["session"],
+        r["grant_id"],
+        r["target"],
+        r["severity"],
+        json.loads(r["data"]),
+        r["prev_hash"],
+        r["hash"],
+    )
 
 
 def _grant(r: Any) -> GrantRecord:
     return GrantRecord(
-        r["id"], r["user"], r["target"], r["scope"], r["reason"], tuple(json.loads(r["approvers"])), r["issued_at"],
-        r["not_before"], r["expires_at"], r["state"], bool(r["break_glass"]), r["request_id"], r["max_sessions"],
-        r["revoked_at"], r["revoked_by"], r["revoke_reason"],
-    )  # fmt: skip
+        r["id"],
+        r["user"],
+        r["target"],
+        r["scope"],
+        r["reason"],
+        tuple(json.loads(r["approvers"])),
+        r["issued_at"],
+        r["not_before"],
+        r["expires_at"],
+        r["state"],
+        bool(r["break_glass"]),
+        r["request_id"],
+        r["max_sessions"],
+        r["revoked_at"],
+        r["revoked_by"],
+        r["revoke_reason"],
+    )
 
 
 def _session(r: Any) -> SessionRecord:
     return SessionRecord(
-        r["id"], r["grant_id"], r["user"], r["target"], r["scope"], r["protocol"], r["client_addr"], r["started_at"],
-        r["ended_at"], r["end_reason"], r["recording_path"], r["recording_sha256"], json.loads(r["stats"]),
+        r["id"],
+        r["grant_id"],
+        r["user"],
+        r["target"],
+        r["scope"],
+        r["protocol"],
+        r["client_addr"],
+        r["started_at"],
+        r["ended_at"],
+        r["end_reason"],
+        r["recording_path"],
+        r["recording_sha256"],
+        json.loads(r["stats"]),
         r["kill_requested"],
-    )  # fmt: skip
+    )
 
 
 def _request(r: Any) -> RequestRecord:
     return RequestRecord(
-        r["id"], r["requester"], r["target"], r["scope"], r["reason"], r["ttl"], r["created_at"], r["state"],
-        tuple(json.loads(r["approvals"])), r["decided_at"], r["decided_by"], r["comment"], r["grant_id"], r["expires_at"],
-    )  # fmt: skip
+        r["id"],
+        r["requester"],
+        r["target"],
+        r["scope"],
+        r["reason"],
+        r["ttl"],
+        r["created_at"],
+        r["state"],
+        tuple(json.loads(r["approvals"])),
+        r["decided_at"],
+        r["decided_by"],
+        r["comment"],
+        r["grant_id"],
+        r["expires_at"],
+    )

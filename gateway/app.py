@@ -1,0 +1,118 @@
+"""Composition root: build services, start the front ends, the API and the watchers; shut down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from gateway.config import Config
+from gateway.keyfiles import ensure_ssh_host_key, ensure_tls_cert
+from gateway.policy import PolicyError
+from gateway.services import Services, build_services, load_policies
+
+log = logging.getLogger(__name__)
+
+
+class Listener(Protocol):
+    """What every front end offers the composition root."""
+
+    @property
+    def port(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class App:
+    """One gateway process: SSH and Postgres front ends, the HTTP API, the revocation watcher, the expiry sweeper."""
+
+    def __init__(self, config: Config, *, enable: tuple[str, ...] = ("postgres", "ssh", "http")) -> None:
+        self.config = config
+        self.enable = enable
+        self.services: Services | None = None
+        self.listeners: dict[str, Listener] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> Services:
+        """Make missing key material, open services, start listeners and background tasks."""
+        ensure_tls_cert(self.config.tls_cert, self.config.tls_key)
+        ensure_ssh_host_key(self.config.ssh_host_key)
+        svc = self.services = await build_services(self.config)
+        await svc.store.append("gateway.start", data={"listen": self._addresses(), "kid": svc.ring.active_kid})
+        for name, factory in self._factories().items():
+            if name in self.enable:
+                listener = factory(svc)
+                await listener.start()
+                self.listeners[name] = listener
+        self._tasks.append(asyncio.create_task(svc.registry.watch(), name="revocation-watcher"))
+        self._tasks.append(asyncio.create_task(self._expire_grants(), name="grant-expiry"))
+        return svc
+
+    def _factories(self) -> dict[str, Callable[[Services], Listener]]:
+        # Imported here so each front end stays optional for tools that only need the store.
+        from gateway.api.server import ApiServer
+        from gateway.pg.listener import PostgresListener
+        from gateway.ssh.listener import SshListener
+
+        return {"postgres": PostgresListener, "ssh": SshListener, "http": ApiServer}
+
+    def _addresses(self) -> dict[str, str]:
+        c = self.config
+        return {"ssh": str(c.listen_ssh), "postgres": str(c.listen_postgres), "http": str(c.listen_http)}
+
+    async def _expire_grants(self, interval: float = 5.0) -> None:
+        assert self.services is not None
+        store = self.services.store
+        while True:
+            try:
+                for gid in await store.expire_grants(time.time()):
+                    await store.append("grant.expired", grant=gid)
+            except Exception:
+                log.exception("grant expiry pass failed")
+            await asyncio.sleep(interval)
+
+    async def reload_policies(self) -> bool:
+        """SIGHUP: reload policies; a bad file keeps the old ones. The result is audited either way."""
+        assert self.services is not None
+        svc = self.services
+        try:
+            policies = load_policies(self.config)
+        except PolicyError as exc:
+            await svc.store.append("policy.reload_failed", severity="warning", data={"error": str(exc)})
+            log.error("policy reload failed, keeping the old policies: %s", exc)
+            return False
+        svc.policies.replace(policies)
+        await svc.store.append("policy.reloaded", data={"targets": [t.target for t in policies.targets()]})
+        return True
+
+    async def stop(self) -> None:
+        """Stop accepting, end live sessions, sign the final checkpoint."""
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        for listener in self.listeners.values():
+            await listener.close()
+        if self.services is not None:
+            await self.services.store.append("gateway.stop")
+            await self.services.close()
+
+    async def serve_forever(self) -> None:
+        """Run until SIGINT/SIGTERM; SIGHUP reloads policies."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload_policies()))
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()

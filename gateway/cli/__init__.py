@@ -1,0 +1,57 @@
+"""Command line: thin; parses arguments, calls services, prints. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from gateway import __version__
+from gateway.cli import admin, run
+from gateway.cli.common import CliError
+
+GROUPS = (admin, run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `gateway` argument parser with every command group registered."""
+    parser = argparse.ArgumentParser(prog="gateway", description="Just-in-time access proxy for SSH and PostgreSQL.")
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    parser.add_argument(
+        "--config", help="config file (default: $GATEWAY_CONFIG, else ./gateway.toml, else built-in defaults)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `gateway` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        result = args.func(args)
+        if asyncio.iscoroutine(result):
+            result = _run_async(result)
+        return int(result or 0)
+    except CliError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run_async(coro: object) -> object:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[arg-type]

@@ -1,0 +1,221 @@
+"""Admin commands: init, grant (break-glass), token verify, keys, audit verify/export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.cli.common import CliError, config_from, print_json, services_from, since_arg
+from gateway.cli.templates import EXAMPLE_POLICIES, config_template
+from gateway.durations import parse_duration
+from gateway.grants import GrantRefused, issue_grant
+from gateway.keyfiles import ensure_ssh_host_key, ensure_tls_cert
+from gateway.recording_check import check_recording
+from gateway.store import Store
+from gateway.tokens import KeyRing, TokenError, unverified_claims, verify_token
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the admin commands."""
+    p = sub.add_parser("init", help="write gateway.toml, keys and example policies into the current folder")
+    p.add_argument("--dir", default=".", help="folder to write into (default: current)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing gateway.toml")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("grant", help="break-glass: issue a token now, without approval (audited, alerts)")
+    p.add_argument("--user", required=True, help="the engineer (token subject)")
+    p.add_argument("--target", required=True)
+    p.add_argument("--scope", required=True)
+    p.add_argument("--ttl", default="15m", help="lifetime, e.g. 30s, 10m, 1h (capped by policy max_ttl)")
+    p.add_argument("--reason", required=True, help="ticket or incident id and why")
+    p.add_argument("--max-sessions", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print the grant as JSON, token included")
+    p.set_defaults(func=cmd_grant)
+
+    tok = sub.add_parser("token", help="approval tokens").add_subparsers(dest="token_cmd", required=True)
+    p = tok.add_parser("verify", help="verify a token and print its claims, or why it is invalid")
+    p.add_argument("token", help="the JWT, or - to read it from stdin")
+    p.set_defaults(func=cmd_token_verify)
+
+    keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_cmd", required=True)
+    keys.add_parser("jwks", help="print the public keys as JWKS").set_defaults(func=cmd_keys_jwks)
+    keys.add_parser("rotate", help="make a new signing key; old keys still verify").set_defaults(func=cmd_keys_rotate)
+
+    audit = sub.add_parser("audit", help="the tamper-evident audit log").add_subparsers(dest="audit_cmd", required=True)
+    p = audit.add_parser("verify", help="walk the chain; exit 1 and name the first bad record if broken")
+    p.add_argument("--no-recordings", action="store_true", help="skip checking recordings against their hashes")
+    p.set_defaults(func=cmd_audit_verify)
+    p = audit.add_parser("export", help="events as JSON lines (for a SIEM)")
+    p.add_argument("--since", help="only events newer than this, e.g. 1h, 7d")
+    p.add_argument("--type", action="append", default=[], help="only this event type (repeatable)")
+    p.set_defaults(func=cmd_audit_export)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write a complete config, keys and example policies."""
+    root = Path(args.dir).resolve()
+    cfg = root / "gateway.toml"
+    if cfg.exists() and not args.force:
+        raise CliError(f"{cfg} exists; use --force to overwrite it")
+    root.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(config_template(), encoding="utf-8")
+    config = config_from(argparse.Namespace(config=str(cfg)))
+    ring = KeyRing.load_or_create(config.keys_dir)
+    ensure_tls_cert(config.tls_cert, config.tls_key)
+    ensure_ssh_host_key(config.ssh_host_key)
+    config.policies_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in EXAMPLE_POLICIES.items():
+        path = config.policies_dir / name
+        if not path.exists():
+            path.write_text(text, encoding="utf-8")
+            written.append(path.name)
+    config.recordings_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    print(f"wrote {cfg}")
+    print(f"signing key {ring.active_kid} in {config.keys_dir}")
+    print(f"TLS certificate {config.tls_cert}, SSH host key {config.ssh_host_key}")
+    if written:
+        print(f"example policies in {config.policies_dir}: {', '.join(written)}")
+    print("next: gateway grant --user alice --target orders-db --scope read --ttl 10m --reason 'INC-1234'")
+    return 0
+
+
+async def cmd_grant(args: argparse.Namespace) -> int:
+    """Issue a break-glass grant and print its token."""
+    try:
+        ttl = parse_duration(args.ttl)
+    except ValueError as exc:
+        raise CliError(str(exc), 2) from None
+    async with services_from(args) as svc:
+        try:
+            issued = await issue_grant(
+                svc.config,
+                svc.ring,
+                svc.store,
+                svc.policies,
+                user=args.user,
+                target=args.target,
+                scope=args.scope,
+                ttl=ttl,
+                reason=args.reason,
+                approvers=(),
+                now=time.time(),
+                break_glass=True,
+                actor=_operator(),
+                max_sessions=args.max_sessions,
+            )
+        except GrantRefused as exc:
+            raise CliError(str(exc), 2) from None
+        g = issued.grant
+        await svc.alerts.emit(
+            "break_glass",
+            f"break-glass grant {g.id}: {g.user} on {g.target}/{g.scope} for {args.ttl}: {g.reason}",
+            severity="critical",
+            actor=_operator(),
+            grant=g.id,
+            target=g.target,
+            data={"user": g.user, "scope": g.scope, "expires_at": g.expires_at, "reason": g.reason},
+        )
+    if args.json:
+        print_json(
+            {
+                "grant": g.id,
+                "user": g.user,
+                "target": g.target,
+                "scope": g.scope,
+                "expires_at": g.expires_at,
+                "token": issued.token,
+            }
+        )
+    else:
+        print(issued.token)
+    return 0
+
+
+def _operator() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+async def cmd_token_verify(args: argparse.Namespace) -> int:
+    """Verify a token against the keys and the store; print claims or the reason."""
+    token = sys.stdin.readline() if args.token == "-" else args.token  # noqa: S105 - "-" means stdin
+    async with services_from(args) as svc:
+        cfg = svc.config
+        try:
+            claims = verify_token(token, svc.ring, issuer=cfg.issuer, audience=cfg.audience, leeway=cfg.leeway)
+        except TokenError as exc:
+            hint = unverified_claims(token.strip())
+            who = f" (claims to be {hint.get('sub')!r} for {hint.get('target')!r})" if hint.get("sub") else ""
+            raise CliError(f"invalid token [{exc.code}]: {exc.reason}{who}") from None
+        grant = await svc.store.get_grant(claims.jti)
+    if grant is None:
+        raise CliError(f"invalid token [unknown-grant]: grant {claims.jti} is not in this gateway's store")
+    if grant.state != "active" or grant.expires_at <= time.time():
+        why = f"revoked by {grant.revoked_by}: {grant.revoke_reason}" if grant.state == "revoked" else "expired"
+        raise CliError(f"invalid token [{grant.state}]: grant {grant.id} is {why}")
+    out: dict[str, Any] = claims.to_jwt_claims()
+    out["valid"] = True
+    out["expires_in"] = int(claims.exp - time.time())
+    out["grant_state"] = grant.state
+    out["break_glass"] = grant.break_glass
+    print_json(out)
+    return 0
+
+
+def cmd_keys_jwks(args: argparse.Namespace) -> int:
+    """Print the JWKS."""
+    config = config_from(args)
+    print_json(KeyRing.load_or_create(config.keys_dir).jwks())
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    """Rotate the signing key."""
+    config = config_from(args)
+    ring = KeyRing.load_or_create(config.keys_dir)
+    old = ring.active_kid
+    new = ring.rotate()
+    print(f"new signing key {new}; {old} still verifies until its file is removed from {config.keys_dir / 'signing'}")
+    return 0
+
+
+async def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Verify the chain, then every closed recording against the hash recorded at close."""
+    # Read-only: verification must not add a checkpoint that would bless a tampered chain.
+    async with services_from(args, read_only=True) as svc:
+        verdict = await svc.store.verify()
+        problems = [] if args.no_recordings else await _check_recordings(svc.store)
+    print(verdict.describe())
+    for p in problems:
+        print(f"recording problem: {p}")
+    return 0 if verdict.ok and not problems else 1
+
+
+async def _check_recordings(store: Store) -> list[str]:
+    problems = []
+    for ev in await store.events(types=["session.end"]):
+        path, digest = ev.data.get("recording"), ev.data.get("recording_sha256")
+        if path and digest:
+            problem = check_recording(Path(path), digest)
+            if problem:
+                problems.append(f"session {ev.session} (audit #{ev.seq}): {problem}")
+    return problems
+
+
+async def cmd_audit_export(args: argparse.Namespace) -> int:
+    """Events as JSON lines on stdout."""
+    since = since_arg(args.since)
+    async with services_from(args, read_only=True) as svc:
+        events = await svc.store.events(since=since, types=args.type)
+    for ev in events:
+        sys.stdout.write(json.dumps(ev.to_json(), sort_keys=True, ensure_ascii=False) + "\n")
+    return 0

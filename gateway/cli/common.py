@@ -1,0 +1,77 @@
+"""Shared CLI plumbing: errors, config and store loading, output formatting."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from gateway.config import Config, ConfigError, find_config_path, load_config
+from gateway.durations import parse_duration
+from gateway.policy import PolicyError
+from gateway.services import Services, build_services
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit code non-zero."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def config_from(args: argparse.Namespace, *, need_secrets: bool = False) -> Config:
+    """Load the config the user pointed at (or the embedded defaults)."""
+    try:
+        return load_config(find_config_path(getattr(args, "config", None)), need_secrets=need_secrets)
+    except ConfigError as exc:
+        raise CliError(str(exc), 2) from None
+
+
+@asynccontextmanager
+async def services_from(
+    args: argparse.Namespace, *, need_secrets: bool = False, read_only: bool = False
+) -> AsyncIterator[Services]:
+    """Open the embedded services (keys, store, policies) for one command; writers sign a checkpoint at the end."""
+    config = config_from(args, need_secrets=need_secrets)
+    try:
+        services = await build_services(config)
+    except (PolicyError, ValueError) as exc:
+        raise CliError(str(exc), 2) from None
+    try:
+        yield services
+    finally:
+        await services.store.close(checkpoint=not read_only)
+
+
+def since_arg(text: str | None, now: float | None = None) -> float | None:
+    """`--since 1h` -> an absolute timestamp."""
+    if text is None:
+        return None
+    try:
+        return (time.time() if now is None else now) - parse_duration(text)
+    except ValueError as exc:
+        raise CliError(str(exc), 2) from None
+
+
+def iso(ts: float | None) -> str:
+    """A UTC timestamp for humans."""
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+
+def print_json(obj: Any) -> None:
+    """Pretty JSON on stdout."""
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A plain aligned table on stdout."""
+    cells = [[str(c) for c in headers], *[[("-" if c is None else str(c)) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for r in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
