@@ -215,7 +215,7 @@ def verify_token(
         raise TokenError("malformed", "approval token is too long")
     try:
         header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError:
+    except (jwt.PyJWTError, UnicodeError):  # lone surrogates (undecodable client bytes) are not a JWT either
         raise TokenError("malformed", "approval token is malformed (not a JWT)") from None
     alg = header.get("alg")
     if alg != ALGORITHM:
@@ -270,7 +270,7 @@ def _claims(p: Mapping[str, Any]) -> Claims:
             if not isinstance(p[k], int) or isinstance(p[k], bool):
                 raise TypeError(k)
         ms = p.get("max_sessions")
-        if ms is not None and (not isinstance(ms, int) or ms < 1):
+        if ms is not None and (not isinstance(ms, int) or isinstance(ms, bool) or ms < 1):
             raise TypeError("max_sessions")
         aud = p["aud"]
         aud_s = aud if isinstance(aud, str) else ",".join(aud)
@@ -300,5 +300,5 @@ def unverified_claims(token: str) -> dict[str, Any]:
     """Decode without verifying, for error messages and `token verify` output only."""
     try:
         return dict(jwt.decode(token, options={"verify_signature": False}))
-    except jwt.PyJWTError:
+    except (jwt.PyJWTError, UnicodeError):
         return {}
