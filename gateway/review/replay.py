@@ -1,0 +1,456 @@
+"""Show recordings to a reviewer: real-time terminal replay, final text, SQL statement transcripts.
+
+Terminal recordings are asciicast v2 (``gateway.recording.AsciicastRecorder``) or binary streams
+(``BinaryStreamRecorder``, exec sessions without a PTY). Output always goes through
+``gateway.review.sanitize``: a recording is attacker-controlled text and the reviewer's terminal is
+the target.
+
+SQL statement recordings (``StatementRecorder``) are JSON lines. The Postgres front end writes exactly
+this schema; every key except ``type`` and ``t`` is optional and unknown keys are ignored::
+
+    {"type": "header", "session": "s-1", "user": "alice", "target": "orders-db",
+     "database": "shop", "upstream_user": "ro_alice", "started_at": 1764210136.2}    first line
+    {"type": "statement", "t": 1.5,                  seconds since the session started
+     "sql": "SELECT ...",                             the statement text as the client sent it
+     "verdict": "allowed" | "denied" | "killed",
+     "rule": "read-only", "reason": "UPDATE on orders",   why denied / killed
+     "rows": 50, "duration_ms": 0.8,                  when it ran
+     "tag": "SELECT 50",                              CommandComplete tag, when it ran
+     "sqlstate": "42P01", "error": "relation ... does not exist",   when the server refused it
+     "tx": "idle" | "in" | "failed"}                  transaction state after it (ReadyForQuery I/T/E)
+    {"type": "tx", "t": 9.1, "tx": "commit" | "rollback"}     a transaction outcome
+    {"type": "kill", "t": 12.0, "reason": "grant revoked"}    the session was killed
+    {"type": "end", "t": 12.1, "reason": "client closed"}     last line of a complete session
+
+Any other ``type`` is printed generically. A statement whose ``tx`` goes from ``in``/``failed`` to
+``idle`` ended a transaction: it is shown as committed when its tag is ``COMMIT``, else rolled back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from gateway.recording import RecordingError, read_binary_stream
+from gateway.review.sanitize import RESTORE, LineScreen, Neutraliser, neutralise
+
+END_MARKER = "session end"
+"""Label prefix of the marker a front end writes just before closing a terminal recording."""
+
+Event = tuple[float, str, str]
+_READ_CHUNK = 1 << 20
+
+
+@dataclass
+class ReplayResult:
+    """What happened while showing a recording."""
+
+    events: int = 0
+    warnings: list[str] = field(default_factory=list)
+    quit: bool = False
+    ended_by: str = "eof"  # eof | end-marker | closed | quit
+
+
+def _parse_event(line: bytes, lineno: int, warnings: list[str]) -> Event | None:
+    """One ``[t, code, data]`` line, or None with a warning."""
+    try:
+        ev = json.loads(line)
+    except ValueError:
+        ev = None
+    if (
+        isinstance(ev, list)
+        and len(ev) == 3
+        and isinstance(ev[0], int | float)
+        and isinstance(ev[1], str)
+        and isinstance(ev[2], str)
+    ):
+        return float(ev[0]), ev[1], ev[2]
+    warnings.append(f"line {lineno} does not parse as an asciicast event: skipped")
+    return None
+
+
+class _LineReader:
+    """Reads complete lines from a file that may still be growing."""
+
+    def __init__(self, path: Path) -> None:
+        self._f = open(path, "rb")  # closed by close()
+        self._partial = b""
+        self.lineno = 0
+
+    def read_lines(self) -> list[tuple[int, bytes]]:
+        """Every complete line appended since the last call, numbered from 1."""
+        lines: list[tuple[int, bytes]] = []
+        while chunk := self._f.read(_READ_CHUNK):
+            *complete, self._partial = (self._partial + chunk).split(b"\n")
+            for line in complete:
+                self.lineno += 1
+                lines.append((self.lineno, line))
+            if len(lines) > 1000:
+                break
+        return lines
+
+    def close(self) -> None:
+        """Close the file."""
+        self._f.close()
+
+    def tail_event(self, warnings: list[str]) -> Event | None:
+        """The last line if it lacks its newline: kept if it parses, else reported as torn."""
+        tail, lineno = self._partial, self.lineno + 1
+        if not tail:
+            return None
+        ev = _parse_event(tail, lineno, [])
+        if ev is None:
+            warnings.append(f"line {lineno} is torn (recording cut off): skipped")
+        else:
+            warnings.append(f"line {lineno} lacks its newline (recording cut off)")
+        return ev
+
+
+def _read_header(line: bytes, warnings: list[str]) -> dict[str, Any] | None:
+    """The asciicast v2 header, or None if this is not an asciicast file."""
+    try:
+        header = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(header, dict):
+        return None
+    if header.get("version") != 2:
+        warnings.append(f"asciicast version {header.get('version')!r}, expected 2")
+    return header
+
+
+def _is_binary(path: Path) -> bool:
+    """True for a binary stream recording (JSON header line with its format name)."""
+    try:
+        read_binary_stream(path)
+    except (RecordingError, OSError):
+        return False
+    return True
+
+
+def iter_events(path: Path, warnings: list[str]) -> Iterator[Event]:
+    """All events of a complete terminal recording (asciicast or binary stream), with warnings."""
+    if _is_binary(path):
+        yield from _binary_events(path, warnings)
+        return
+    reader = _LineReader(path)
+    try:
+        header_seen = False
+        while batch := reader.read_lines():
+            for lineno, line in batch:
+                if not header_seen:
+                    header_seen = True
+                    if _read_header(line, warnings) is None:
+                        raise RecordingError("not an asciicast recording (first line is not a JSON header)")
+                    continue
+                ev = _parse_event(line, lineno, warnings)
+                if ev is not None:
+                    yield ev
+        if not header_seen:
+            raise RecordingError("not an asciicast recording (no complete header line)")
+        ev = reader.tail_event(warnings)
+        if ev is not None:
+            yield ev
+    finally:
+        reader.close()
+
+
+def _binary_events(path: Path, warnings: list[str]) -> Iterator[Event]:
+    """Binary stream frames as asciicast-like events (stdout and stderr both become "o")."""
+    _, frames = read_binary_stream(path)
+    decoders = {s: codecs.getincrementaldecoder("utf-8")(errors="replace") for s in "oei"}
+    try:
+        for frame in frames:
+            if frame.stream in decoders:
+                text = decoders[frame.stream].decode(frame.data)
+                if text:
+                    yield frame.t, "i" if frame.stream == "i" else "o", text
+            elif frame.stream in ("m", "r"):
+                yield frame.t, frame.stream, frame.data.decode("utf-8", "replace")
+    except RecordingError as exc:
+        warnings.append(f"{exc} (recording cut off): the rest is skipped")
+
+
+class _Controls:
+    """Playback state driven by keys: pause, step, speed, quit."""
+
+    def __init__(
+        self, speed: float, sleep: Callable[[float], Awaitable[None]], clock: Callable[[], float]
+    ) -> None:
+        self.speed = speed
+        self.paused = False
+        self.steps = 0
+        self.quit = False
+        self.interactive = False
+        self.polled = 0.0  # real seconds spent waiting for a live file since the last event played
+        self._changed = asyncio.Event()
+        self._sleep = sleep
+        self._clock = clock
+
+    async def consume(self, keys: AsyncIterator[str]) -> None:
+        """Apply keys as they come; when keys run out, a paused playback resumes rather than hangs."""
+        self.interactive = True
+        async for key in keys:
+            for k in key:
+                if k == " ":
+                    self.paused = not self.paused
+                elif k == "." and self.paused:
+                    self.steps += 1
+                elif k == "+":
+                    self.speed = min(self.speed * 2, 64.0)
+                elif k == "-":
+                    self.speed = max(self.speed / 2, 1 / 64)
+                elif k in "qQ":
+                    self.quit = True
+            self._changed.set()
+            if self.quit:
+                return
+        self.interactive = False
+        self.paused = False
+        self._changed.set()
+
+    async def _interruptible(self, seconds: float) -> bool:
+        """Sleep; returns True if a key changed the state first."""
+        if not self.interactive:
+            await self._sleep(seconds)
+            return False
+        self._changed.clear()
+        sleeper = asyncio.ensure_future(self._sleep(seconds))
+        waiter = asyncio.ensure_future(self._changed.wait())
+        done, pending = await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return sleeper not in done
+
+    async def delay(self, recorded_seconds: float) -> None:
+        """Wait out a gap of recording time at the current speed, honouring pause and step."""
+        remaining = recorded_seconds
+        while not self.quit:
+            if self.paused:
+                if self.steps:
+                    self.steps -= 1
+                    return
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            if remaining <= 0:
+                return
+            speed, start = self.speed, self._clock()
+            if not await self._interruptible(remaining / speed):
+                return
+            remaining -= (self._clock() - start) * speed
+
+    async def poll(self, seconds: float) -> None:
+        """Wait for a live file to grow (real time, not scaled); a quit key cuts it short."""
+        start = self._clock()
+        await self._interruptible(seconds)
+        self.polled += self._clock() - start
+
+
+async def play(
+    cast_path: Path,
+    out: TextIO,
+    *,
+    speed: float = 1.0,
+    idle_limit: float | None = None,
+    keys: AsyncIterator[str] | None = None,
+    follow: bool = False,
+    is_live: Callable[[], bool] | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Callable[[], float] | None = None,
+    poll_interval: float = 0.25,
+    settle: float = 2.0,
+) -> ReplayResult:
+    """Play a terminal recording's output in real time (scaled by `speed`, gaps capped at `idle_limit`).
+
+    Keys: space pauses/resumes, ``.`` steps one event while paused, ``+``/``-`` double/halve the
+    speed, ``q`` quits. With `follow`, a recording still being written is played as it grows until
+    an ``END_MARKER`` marker, or until `is_live()` is false and the file has not grown for `settle`
+    seconds. `sleep` and `clock` are injectable so that tests need no real time.
+    """
+    if speed <= 0:
+        raise ValueError("speed must be positive")
+    result = ReplayResult()
+    controls = _Controls(speed, sleep, clock or asyncio.get_running_loop().time)
+    key_task = asyncio.ensure_future(controls.consume(keys)) if keys is not None else None
+    if key_task is not None:
+        await asyncio.sleep(0)  # let keys already waiting apply before the first event
+    screen = Neutraliser(keep_sgr=True)
+    events = _live_events(cast_path, follow, is_live, controls, poll_interval, settle, result)
+    try:
+        prev_t = 0.0
+        async for t, code, data in events:
+            if code == "m" and data.startswith(END_MARKER):
+                result.ended_by = "end-marker"
+                break
+            if code != "o":
+                continue
+            gap = max(0.0, t - prev_t)
+            gap = min(gap, idle_limit) if idle_limit is not None else gap
+            # Time already spent waiting for a live file counts: replay must not lag behind it.
+            await controls.delay(gap - controls.polled * controls.speed)
+            controls.polled = 0.0
+            if controls.quit:
+                break
+            out.write(screen.feed(data))
+            out.flush()
+            prev_t = t
+            result.events += 1
+        if controls.quit:
+            result.quit, result.ended_by = True, "quit"
+    finally:
+        await events.aclose()  # closes the file now, not whenever the generator is collected
+        if key_task is not None:
+            key_task.cancel()
+        out.write(screen.flush() + RESTORE)
+        out.flush()
+    return result
+
+
+async def _live_events(
+    path: Path,
+    follow: bool,
+    is_live: Callable[[], bool] | None,
+    controls: _Controls,
+    poll_interval: float,
+    settle: float,
+    result: ReplayResult,
+) -> AsyncGenerator[Event, None]:
+    """Events of a recording; with `follow`, keep reading while the file grows."""
+    if _is_binary(path):
+        if follow:
+            result.warnings.append("binary stream recordings are not followed live: played as they are")
+        for frame_event in _binary_events(path, result.warnings):
+            yield frame_event
+        return
+    reader = _LineReader(path)
+    try:
+        header_seen = False
+        stalled = 0.0
+        while True:
+            batch = reader.read_lines()
+            for lineno, line in batch:
+                if not header_seen:
+                    header_seen = True
+                    if _read_header(line, result.warnings) is None:
+                        raise RecordingError("not an asciicast recording (first line is not a JSON header)")
+                    continue
+                ev = _parse_event(line, lineno, result.warnings)
+                if ev is not None:
+                    yield ev
+            if controls.quit:
+                return
+            if batch:
+                stalled = 0.0
+                continue
+            if not follow:
+                break
+            if stalled >= settle and not (is_live() if is_live is not None else False):
+                result.ended_by = "closed"
+                break
+            await controls.poll(poll_interval)
+            stalled += poll_interval
+        ev = reader.tail_event(result.warnings) if header_seen else None
+        if ev is not None:
+            yield ev
+    finally:
+        reader.close()
+
+
+def print_cast(cast_path: Path, out: TextIO, *, show_markers: bool = False) -> ReplayResult:
+    """Print the final text of a terminal recording: plain, sanitised, grep-friendly."""
+    result = ReplayResult()
+    screen = LineScreen()
+    for _t, code, data in iter_events(cast_path, result.warnings):
+        if code == "o":
+            screen.feed(data)
+            result.events += 1
+        elif code == "m" and show_markers:
+            screen.feed(f"\r\n# {neutralise(data)}\r\n")
+    text = screen.text()
+    out.write(text + "\n" if text else "")
+    return result
+
+
+_COLORS = {"allowed": "32", "denied": "31;1", "killed": "35;1", "error": "33", "tx": "36", "dim": "2"}
+
+
+def print_statements(jsonl_path: Path, out: TextIO, color: bool = False) -> ReplayResult:
+    """Print a SQL session's statement transcript (time, verdict, statement, outcome)."""
+    result = ReplayResult()
+
+    def paint(style: str, text: str) -> str:
+        return f"\x1b[{_COLORS[style]}m{text}\x1b[0m" if color else text
+
+    tx_state = "idle"
+    with open(jsonl_path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            torn = not line.endswith(b"\n")
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                ev = None
+            if not isinstance(ev, dict):
+                what = "is torn (recording cut off)" if torn else "does not parse as a JSON object"
+                result.warnings.append(f"line {lineno} {what}: skipped")
+                continue
+            if torn:
+                result.warnings.append(f"line {lineno} lacks its newline (recording cut off)")
+            text, tx_state = _statement_line(ev, tx_state, paint)
+            out.write(text + "\n")
+            result.events += 1
+    return result
+
+
+def _clean(value: object) -> str:
+    """A recorded value made safe and single-line-ish for the transcript."""
+    return neutralise(str(value)).replace("\n", "\n           ")
+
+
+def _statement_line(ev: dict[str, Any], tx_state: str, paint: Callable[[str, str], str]) -> tuple[str, str]:
+    """Format one JSONL event; returns the text and the transaction state after it."""
+    kind = ev.get("type", "statement")
+    if kind == "header":
+        fields = "  ".join(f"{k} {_clean(v)}" for k, v in ev.items() if k != "type")
+        return paint("dim", f"# {fields}"), tx_state
+    t = ev.get("t")
+    stamp = paint("dim", f"[{t:9.3f}s]" if isinstance(t, int | float) else "[        ?]")
+    if kind == "tx":
+        return f"{stamp} {paint('tx', 'transaction ' + _clean(ev.get('tx', '?')))}", "idle"
+    if kind in ("kill", "end"):
+        label = "KILLED" if kind == "kill" else "END"
+        reason = f"  {_clean(ev['reason'])}" if "reason" in ev else ""
+        return f"{stamp} {paint('killed' if kind == 'kill' else 'dim', label)}{reason}", tx_state
+    if kind != "statement":
+        rest = "  ".join(f"{k}={_clean(v)}" for k, v in ev.items() if k not in ("type", "t"))
+        return f"{stamp} {_clean(kind).upper()}  {rest}", tx_state
+    verdict = str(ev.get("verdict", "allowed")).lower()
+    details: list[str] = []
+    if ev.get("sqlstate") or ev.get("error"):
+        label = paint("error", f"ERROR {_clean(ev.get('sqlstate', ''))}".rstrip())
+        details.append(_clean(ev.get("error", "")))
+    elif verdict == "denied":
+        label = paint("denied", "DENIED" + (f" [{_clean(ev['rule'])}]" if "rule" in ev else ""))
+    elif verdict == "killed":
+        label = paint("killed", "KILLED")
+    else:
+        label = paint("allowed", "ALLOWED")
+    if verdict in ("denied", "killed") and "reason" in ev:
+        details.append(_clean(ev["reason"]))
+    if isinstance(ev.get("rows"), int):
+        details.append(f"{ev['rows']} row{'s' if ev['rows'] != 1 else ''}")
+    if isinstance(ev.get("duration_ms"), int | float):
+        details.append(f"{ev['duration_ms']:.1f} ms")
+    line = f"{stamp} {label}  {_clean(ev.get('sql', ''))}"
+    if details:
+        line += paint("dim", "  -- " + ", ".join(d for d in details if d))
+    new_state = str(ev.get("tx", tx_state))
+    if tx_state in ("in", "failed") and new_state == "idle":
+        outcome = "committed" if str(ev.get("tag", "")).upper().startswith("COMMIT") else "rolled back"
+        line += "\n" + " " * 12 + paint("tx", f"transaction {outcome}")
+    return line, new_state
