@@ -320,19 +320,25 @@ async def test_print_and_play_binary_stream_recordings(tmp_path: Path) -> None:
 
 async def _statements(path: Path) -> Path:
     clock = [0.0]
-    rec = StatementRecorder.open(path, header={"session": "pg-1", "user": "alice", "target": "orders-db"},
+    header = {"session": "pg-1", "user": "alice", "target": "orders-db", "started_at": 1764209936.0}
+    rec = StatementRecorder.open(path, header=header,
                                  on_failure=ignore, clock=lambda: clock[0])
-    events = [
-        {"type": "statement", "sql": "SELECT id FROM orders", "verdict": "allowed", "rows": 3,
-         "duration_ms": 1.25, "tag": "SELECT 3", "tx": "idle"},
-        {"type": "statement", "sql": "BEGIN", "verdict": "allowed", "tag": "BEGIN", "tx": "in"},
-        {"type": "statement", "sql": "UPDATE orders SET total = 0", "verdict": "denied", "rule": "read-only",
-         "reason": "UPDATE on orders", "tx": "in"},
-        {"type": "statement", "sql": "SELECT * FROM nope", "verdict": "allowed", "sqlstate": "42P01",
+    none = {"params": None, "rule": None, "reason": None, "rows": None, "sqlstate": None, "error": None}
+    events = [  # as gateway/pg/journal.py writes them
+        {"type": "statement", "sql": "SELECT id FROM orders", **none, "verdict": "allow", "rows": 3,
+         "duration_ms": 1.25, "tx": "idle", "fingerprint": "f1", "kind": "select", "tables": ["orders"]},
+        {"type": "statement", "sql": "BEGIN", **none, "verdict": "allow", "duration_ms": 0.1, "tx": "transaction"},
+        {"type": "statement", "sql": "UPDATE orders SET total = 0", **none, "verdict": "deny", "rule": "read-only",
+         "reason": "UPDATE on orders", "duration_ms": 0.0, "tx": "transaction"},
+        {"type": "statement", "sql": "SELECT * FROM nope", **none, "verdict": "allow", "sqlstate": "42P01",
          "error": 'relation "nope" does not exist', "tx": "failed"},
-        {"type": "statement", "sql": "COMMIT", "verdict": "allowed", "tag": "ROLLBACK", "tx": "idle"},
-        {"type": "statement", "sql": f"SELECT '{ESC}]52;c;eA==\x07'", "verdict": "allowed", "rows": 1},
-        {"type": "statement", "sql": "SELECT pg_sleep(600)", "verdict": "killed", "reason": "deadline"},
+        {"type": "statement", "sql": "COMMIT", **none, "verdict": "allow", "tx": "idle"},
+        {"type": "transaction", "outcome": "rollback"},
+        {"type": "statement", "sql": f"SELECT '{ESC}]52;c;eA==\x07' WHERE id = $1", **none, "verdict": "allow",
+         "rows": 1, "params": ["42"]},
+        {"type": "statement", "sql": "SELECT pg_sleep(600)", **none, "verdict": "kill", "rule": "deadline",
+         "reason": "grant expired"},
+        {"type": "statement", "sql": "SELECT 1", "verdict": "allowed", "rows": 1},  # older spelling
         {"type": "kill", "reason": "grant revoked"},
         {"type": "end", "reason": "killed"},
     ]
@@ -348,17 +354,18 @@ async def test_print_statements_transcript(tmp_path: Path) -> None:
     out = io.StringIO()
     result = print_statements(path, out, color=False)
     text = out.getvalue()
-    assert result.warnings == [] and result.events == 10
-    assert ESC not in text
+    assert result.warnings == [] and result.events == 12
+    assert ESC not in text and "None" not in text
     lines = text.splitlines()
-    assert lines[0] == "# session pg-1  user alice  target orders-db"
+    assert lines[0] == "# session pg-1  user alice  target orders-db  started_at 2025-11-27T02:18:56Z"
     assert lines[1] == "[    1.500s] ALLOWED  SELECT id FROM orders  -- 3 rows, 1.2 ms"
-    assert "DENIED [read-only]  UPDATE orders SET total = 0  -- UPDATE on orders" in text
-    assert 'ERROR 42P01  SELECT * FROM nope  -- relation "nope" does not exist' in text
-    assert "transaction rolled back" in text
-    assert "SELECT ''  -- 1 row" in text  # the OSC 52 inside the SQL text is gone
-    assert "KILLED  SELECT pg_sleep(600)  -- deadline" in text
-    assert "KILLED  grant revoked" in text and "END  killed" in text
+    assert lines[3] == "[    4.500s] DENIED [read-only]  UPDATE orders SET total = 0  -- UPDATE on orders, 0.0 ms"
+    assert lines[4] == '[    6.000s] ERROR 42P01  SELECT * FROM nope  -- relation "nope" does not exist'
+    assert lines[6] == "[    9.000s] transaction rolled back"
+    assert lines[7] == "[   10.500s] ALLOWED  SELECT '' WHERE id = $1  -- 1 row, params 42"  # OSC 52 gone
+    assert lines[8] == "[   12.000s] KILLED [deadline]  SELECT pg_sleep(600)  -- grant expired"
+    assert lines[9] == "[   13.500s] ALLOWED  SELECT 1  -- 1 row"
+    assert lines[10:] == ["[   15.000s] KILLED  grant revoked", "[   16.500s] END  killed"]
     coloured = io.StringIO()
     print_statements(path, coloured, color=True)
     assert f"{ESC}[31;1mDENIED [read-only]{ESC}[0m" in coloured.getvalue()
@@ -372,7 +379,7 @@ async def test_print_statements_torn_last_line(tmp_path: Path) -> None:
         f.write(b'{"type": "statement", "sql": "SELE')
     out = io.StringIO()
     result = print_statements(path, out)
-    assert result.warnings == ["line 11 is torn (recording cut off): skipped"]
+    assert result.warnings == ["line 13 is torn (recording cut off): skipped"]
     assert "END  killed" in out.getvalue()
 
 
@@ -400,7 +407,7 @@ async def test_search_statements_and_commands(tmp_path: Path, session_cast: Path
     hits = list(search(recordings, r"^(UPDATE|DELETE)\b", regex=True))
     assert [(h.session_id, h.text, h.t) for h in hits] == [("pg-1", "UPDATE orders SET total = 0", 4.5)]
     assert [h.text for h in search(recordings, "select id", ignore_case=True)] == ["SELECT id FROM orders"]
-    assert [h.text for h in search(recordings, "52;c")] == ["SELECT ''"]  # found, but shown neutralised
+    assert [h.text for h in search(recordings, "52;c")] == ["SELECT '' WHERE id = $1"]  # shown neutralised
     with pytest.raises(ValueError, match="unknown recording kind"):
         list(search([("x", pg, "video")], "a"))
 
@@ -409,7 +416,8 @@ async def test_search_binary_markers(tmp_path: Path) -> None:
     path = tmp_path / "exec.bin"
     rec = BinaryStreamRecorder.open(path, title="exec", env={}, started_at=time.time(), on_failure=ignore)
     rec.marker("command: tar cf - /var/lib/app")
-    rec.stdin(b"tar data is not searched\n")
+    rec.stdin(b"echo piped script\n")
     await rec.close()
     assert [(h.kind, h.text) for h in search([("e-1", path, "binary")], "tar")] == [
         ("command", "tar cf - /var/lib/app")]
+    assert [(h.kind, h.text) for h in search([("e-1", path, "ssh")], "piped")] == [("input", "echo piped script")]

@@ -5,25 +5,27 @@ Terminal recordings are asciicast v2 (``gateway.recording.AsciicastRecorder``) o
 ``gateway.review.sanitize``: a recording is attacker-controlled text and the reviewer's terminal is
 the target.
 
-SQL statement recordings (``StatementRecorder``) are JSON lines. The Postgres front end writes exactly
-this schema; every key except ``type`` and ``t`` is optional and unknown keys are ignored::
+SQL statement recordings (``StatementRecorder``) are JSON lines, as ``gateway/pg/journal.py`` writes
+them. ``t`` is seconds since the session started; every other key is optional, ``null`` means absent
+and unknown keys are ignored::
 
-    {"type": "header", "session": "s-1", "user": "alice", "target": "orders-db",
-     "database": "shop", "upstream_user": "ro_alice", "started_at": 1764210136.2}    first line
-    {"type": "statement", "t": 1.5,                  seconds since the session started
-     "sql": "SELECT ...",                             the statement text as the client sent it
-     "verdict": "allowed" | "denied" | "killed",
-     "rule": "read-only", "reason": "UPDATE on orders",   why denied / killed
-     "rows": 50, "duration_ms": 0.8,                  when it ran
-     "tag": "SELECT 50",                              CommandComplete tag, when it ran
+    {"type": "header", "session": "s-1", "user": "alice", "target": "orders-db", "database": "shop",
+     "login": "ro_alice", "scope": ..., "grant": "jti", "client": "10.0.0.7:50112",
+     "application_name": "psql", "started_at": 1764210136.2, "protocol": "postgres"}     first line
+    {"type": "statement", "t": 1.5,
+     "sql": "SELECT ...",                               the statement text as the client sent it
+     "params": ["42", "\\x00ff"] | null,               bind parameters (extended protocol), truncated
+     "fingerprint": "...", "kind": "select", "tables": ["orders"],
+     "verdict": "allow" | "alert" | "deny" | "kill",    the policy decision
+     "rule": "read-only", "reason": "UPDATE on orders", why (deny / kill / alert)
+     "rows": 50, "duration_ms": 0.8,                    when it ran
      "sqlstate": "42P01", "error": "relation ... does not exist",   when the server refused it
-     "tx": "idle" | "in" | "failed"}                  transaction state after it (ReadyForQuery I/T/E)
-    {"type": "tx", "t": 9.1, "tx": "commit" | "rollback"}     a transaction outcome
-    {"type": "kill", "t": 12.0, "reason": "grant revoked"}    the session was killed
-    {"type": "end", "t": 12.1, "reason": "client closed"}     last line of a complete session
+     "tx": "idle" | "transaction" | "failed"}           transaction state (ReadyForQuery I / T / E)
+    {"type": "transaction", "t": 9.1, "outcome": "commit" | "rollback"}   a transaction block ended
+    {"type": "kill", "t": 12.0, "reason": "grant revoked"}                the session was killed
+    {"type": "end", "t": 12.1, "reason": "client closed"}                 the session ended
 
-Any other ``type`` is printed generically. A statement whose ``tx`` goes from ``in``/``failed`` to
-``idle`` ended a transaction: it is shown as committed when its tag is ``COMMIT``, else rolled back.
+Any other ``type`` is printed generically. Also read: verdicts ``allowed``/``denied``/``killed``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import codecs
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -387,7 +390,6 @@ def print_statements(jsonl_path: Path, out: TextIO, color: bool = False) -> Repl
     def paint(style: str, text: str) -> str:
         return f"\x1b[{_COLORS[style]}m{text}\x1b[0m" if color else text
 
-    tx_state = "idle"
     with open(jsonl_path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             torn = not line.endswith(b"\n")
@@ -401,8 +403,7 @@ def print_statements(jsonl_path: Path, out: TextIO, color: bool = False) -> Repl
                 continue
             if torn:
                 result.warnings.append(f"line {lineno} lacks its newline (recording cut off)")
-            text, tx_state = _statement_line(ev, tx_state, paint)
-            out.write(text + "\n")
+            out.write(_statement_line(ev, paint) + "\n")
             result.events += 1
     return result
 
@@ -412,45 +413,64 @@ def _clean(value: object) -> str:
     return neutralise(str(value)).replace("\n", "\n           ")
 
 
-def _statement_line(ev: dict[str, Any], tx_state: str, paint: Callable[[str, str], str]) -> tuple[str, str]:
-    """Format one JSONL event; returns the text and the transaction state after it."""
+_VERDICTS = {
+    "allow": "allowed", "allowed": "allowed", "alert": "alert", "deny": "denied", "denied": "denied",
+    "kill": "killed", "killed": "killed",
+}  # fmt: skip
+
+
+def _format_time(value: object) -> str:
+    """A unix time as ISO 8601 UTC; anything else as given."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return _clean(value)
+
+
+def _statement_line(ev: dict[str, Any], paint: Callable[[str, str], str]) -> str:
+    """Format one JSONL event for the transcript."""
+    ev = {k: v for k, v in ev.items() if v is not None}
     kind = ev.get("type", "statement")
     if kind == "header":
-        fields = "  ".join(f"{k} {_clean(v)}" for k, v in ev.items() if k != "type")
-        return paint("dim", f"# {fields}"), tx_state
+        fields = "  ".join(
+            f"{k} {_format_time(v) if k == 'started_at' else _clean(v)}" for k, v in ev.items() if k != "type"
+        )
+        return paint("dim", f"# {fields}")
     t = ev.get("t")
     stamp = paint("dim", f"[{t:9.3f}s]" if isinstance(t, int | float) else "[        ?]")
-    if kind == "tx":
-        return f"{stamp} {paint('tx', 'transaction ' + _clean(ev.get('tx', '?')))}", "idle"
+    if kind in ("transaction", "tx"):
+        outcome = str(ev.get("outcome", ev.get("tx", "?"))).lower()
+        word = {"commit": "committed", "rollback": "rolled back"}.get(outcome, _clean(outcome))
+        return f"{stamp} {paint('tx', 'transaction ' + word)}"
     if kind in ("kill", "end"):
         label = "KILLED" if kind == "kill" else "END"
         reason = f"  {_clean(ev['reason'])}" if "reason" in ev else ""
-        return f"{stamp} {paint('killed' if kind == 'kill' else 'dim', label)}{reason}", tx_state
+        return f"{stamp} {paint('killed' if kind == 'kill' else 'dim', label)}{reason}"
     if kind != "statement":
         rest = "  ".join(f"{k}={_clean(v)}" for k, v in ev.items() if k not in ("type", "t"))
-        return f"{stamp} {_clean(kind).upper()}  {rest}", tx_state
-    verdict = str(ev.get("verdict", "allowed")).lower()
+        return f"{stamp} {_clean(kind).upper()}  {rest}"
+    verdict = _VERDICTS.get(str(ev.get("verdict", "allow")).lower(), "allowed")
+    rule = f" [{_clean(ev['rule'])}]" if "rule" in ev else ""
     details: list[str] = []
-    if ev.get("sqlstate") or ev.get("error"):
+    if "sqlstate" in ev or "error" in ev:
         label = paint("error", f"ERROR {_clean(ev.get('sqlstate', ''))}".rstrip())
         details.append(_clean(ev.get("error", "")))
     elif verdict == "denied":
-        label = paint("denied", "DENIED" + (f" [{_clean(ev['rule'])}]" if "rule" in ev else ""))
+        label = paint("denied", "DENIED" + rule)
     elif verdict == "killed":
-        label = paint("killed", "KILLED")
+        label = paint("killed", "KILLED" + rule)
+    elif verdict == "alert":
+        label = paint("error", "ALERT" + rule)
     else:
         label = paint("allowed", "ALLOWED")
-    if verdict in ("denied", "killed") and "reason" in ev:
+    if verdict != "allowed" and "reason" in ev:
         details.append(_clean(ev["reason"]))
     if isinstance(ev.get("rows"), int):
         details.append(f"{ev['rows']} row{'s' if ev['rows'] != 1 else ''}")
     if isinstance(ev.get("duration_ms"), int | float):
         details.append(f"{ev['duration_ms']:.1f} ms")
+    if isinstance(ev.get("params"), list) and ev["params"]:
+        details.append(_clean("params " + ", ".join(map(str, ev["params"])))[:300])
     line = f"{stamp} {label}  {_clean(ev.get('sql', ''))}"
-    if details:
+    if any(details):
         line += paint("dim", "  -- " + ", ".join(d for d in details if d))
-    new_state = str(ev.get("tx", tx_state))
-    if tx_state in ("in", "failed") and new_state == "idle":
-        outcome = "committed" if str(ev.get("tag", "")).upper().startswith("COMMIT") else "rolled back"
-        line += "\n" + " " * 12 + paint("tx", f"transaction {outcome}")
-    return line, new_state
+    return line

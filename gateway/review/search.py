@@ -5,7 +5,8 @@ Looked at, per recording kind:
 * ``statements`` (SQL JSON lines): the ``sql`` of every ``statement`` event.
 * ``asciicast`` (SSH terminal): markers labelled ``command: ...`` (the SSH front end's command lines)
   and the lines typed on input, rebuilt from keystrokes (backspace, Ctrl-U/W/C, arrows, paste).
-* ``binary`` (exec without a terminal): its ``command: ...`` markers.
+* ``binary`` (exec without a terminal): its ``command: ...`` markers and the lines of its stdin
+  (``ssh host sh -s < script`` carries the commands there).
 
 Hit texts are neutralised: they are printed to a reviewer's terminal.
 """
@@ -136,18 +137,18 @@ def _statements(session_id: str, path: Path) -> Iterator[Hit]:
                 ev = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(ev, dict) and ev.get("type", "statement") == "statement" and "sql" in ev:
+            if isinstance(ev, dict) and ev.get("type", "statement") == "statement" and isinstance(ev.get("sql"), str):
                 t = ev.get("t")
                 yield Hit(session_id, float(t) if isinstance(t, int | float) else 0.0, str(ev["sql"]), "statement")
 
 
-def _commands(session_id: str, path: Path, with_input: bool) -> Iterator[Hit]:
-    """Command markers and (for terminals) typed lines of a terminal or exec recording."""
+def _commands(session_id: str, path: Path) -> Iterator[Hit]:
+    """Command markers and input lines of a terminal or exec recording."""
     keys = InputLines()
     for t, code, data in iter_events(path, []):
         if code == "m" and data.startswith(COMMAND_PREFIX):
             yield Hit(session_id, t, data[len(COMMAND_PREFIX) :], "command")
-        elif code == "i" and with_input:
+        elif code == "i":
             for line in keys.feed(data):
                 yield Hit(session_id, t, line, "input")
 
@@ -168,9 +169,7 @@ def search(
         fmt = _KINDS.get(kind.lower())
         if fmt is None:
             raise ValueError(f"unknown recording kind {kind!r}")
-        source = _statements(session_id, path) if fmt == "statements" else _commands(
-            session_id, path, with_input=fmt == "asciicast"
-        )
+        source = _statements(session_id, path) if fmt == "statements" else _commands(session_id, path)
         try:
             for hit in source:
                 if matches(hit.text):
