@@ -9,10 +9,10 @@ import sys
 from collections.abc import Sequence
 
 from gateway import __version__
-from gateway.cli import admin, run
+from gateway.cli import admin, review, run
 from gateway.cli.common import CliError
 
-GROUPS = (admin, run)
+GROUPS = (admin, run, review)
 
 
 def build_parser() -> argparse.ArgumentParser:

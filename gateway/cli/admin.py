@@ -14,7 +14,7 @@ from gateway.cli.templates import EXAMPLE_POLICIES, config_template
 from gateway.durations import parse_duration
 from gateway.grants import GrantRefused, issue_grant
 from gateway.keyfiles import ensure_ssh_host_key, ensure_tls_cert
-from gateway.recording_check import check_recording
+from gateway.recording.check import check_recording
 from gateway.store import Store
 from gateway.tokens import KeyRing, TokenError, unverified_claims, verify_token
 

@@ -1,0 +1,262 @@
+"""Reviewer commands: sessions, show, replay, search."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.cli.common import CliError, iso, print_json, print_table, services_from, since_arg
+from gateway.durations import format_duration
+from gateway.review import replay as replay_mod
+from gateway.review.sanitize import neutralise
+from gateway.review.search import search as search_recordings
+from gateway.store import AuditEvent, SessionRecord, Store
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the reviewer commands."""
+    p = sub.add_parser("sessions", help="list sessions (who, target, scope, grant, duration, end reason, violations)")
+    p.add_argument("--user")
+    p.add_argument("--target")
+    p.add_argument("--since", help="only sessions started within this, e.g. 24h, 7d")
+    p.add_argument("--live", action="store_true", help="only live sessions")
+    p.add_argument("--json", action="store_true", help="JSON output")
+    p.set_defaults(func=cmd_sessions)
+
+    p = sub.add_parser("show", help="one session's timeline: request, approvals, grant, connect, activity, end")
+    p.add_argument("session", help="session id (a unique prefix of 6+ characters works)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("replay", help="play a recording (SSH at real speed; Postgres transcript)")
+    p.add_argument("session")
+    p.add_argument("--speed", type=float, default=1.0, help="playback speed factor (default 1)")
+    p.add_argument("--idle-limit", type=float, default=None, help="cap pauses at this many seconds")
+    p.add_argument("--print", dest="print_only", action="store_true", help="no timing: print the final text")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("search", help="search commands and statements across sessions")
+    p.add_argument("pattern")
+    p.add_argument("--since", help="only sessions started within this, e.g. 7d")
+    p.add_argument("--regex", action="store_true", help="pattern is a regular expression")
+    p.add_argument("--case-sensitive", action="store_true", help="match case exactly (default: ignore case)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_search)
+
+
+async def _session_rows(store: Store, sessions: list[SessionRecord]) -> list[dict[str, Any]]:
+    out = []
+    for s in sessions:
+        g = await store.get_grant(s.grant_id)
+        end = s.ended_at if s.ended_at is not None else time.time()
+        out.append(
+            {
+                "id": s.id,
+                "user": s.user,
+                "target": s.target,
+                "scope": s.scope,
+                "protocol": s.protocol,
+                "grant": s.grant_id,
+                "approvers": list(g.approvers) if g else [],
+                "break_glass": bool(g and g.break_glass),
+                "reason": g.reason if g else "",
+                "started_at": s.started_at,
+                "ended_at": s.ended_at,
+                "duration": round(end - s.started_at, 3),
+                "end_reason": s.end_reason,
+                "statements": s.stats.get("statements", 0),
+                "commands": s.stats.get("commands", 0),
+                "violations": s.stats.get("denied", 0) + s.stats.get("violations", 0),
+                "recording": s.recording_path,
+            }
+        )
+    return out
+
+
+async def cmd_sessions(args: argparse.Namespace) -> int:
+    """List sessions, newest first."""
+    async with services_from(args, read_only=True) as svc:
+        found = await svc.store.list_sessions(
+            user=args.user, target=args.target, since=since_arg(args.since), live=True if args.live else None
+        )
+        rows = await _session_rows(svc.store, found)
+    if args.json:
+        print_json(rows)
+        return 0
+    print_table(
+        [
+            "SESSION",
+            "USER",
+            "TARGET",
+            "SCOPE",
+            "STARTED (UTC)",
+            "DURATION",
+            "END",
+            "ACTIVITY",
+            "VIOLATIONS",
+            "APPROVERS",
+        ],
+        [
+            [
+                r["id"],
+                r["user"],
+                r["target"],
+                r["scope"],
+                iso(r["started_at"]),
+                format_duration(r["duration"]),
+                r["end_reason"] or "live",
+                r["statements"] or r["commands"],
+                r["violations"],
+                ",".join(r["approvers"]) or ("break-glass" if r["break_glass"] else "-"),
+            ]
+            for r in rows
+        ],
+    )
+    return 0
+
+
+async def _find_session(store: Store, sid: str) -> SessionRecord:
+    s = await store.get_session(sid)
+    if s is None:
+        raise CliError(f"no session {sid!r} (try `gateway sessions`)")
+    return s
+
+
+async def cmd_show(args: argparse.Namespace) -> int:
+    """Print one session's timeline from the audit log."""
+    async with services_from(args, read_only=True) as svc:
+        s = await _find_session(svc.store, args.session)
+        grant = await svc.store.get_grant(s.grant_id)
+        events = [e for e in await svc.store.events() if e.grant == s.grant_id and (not e.session or e.session == s.id)]
+        request = await svc.store.get_request(grant.request_id) if grant and grant.request_id else None
+        row = (await _session_rows(svc.store, [s]))[0]
+    timeline = _timeline(request, events)
+    if args.json:
+        print_json({"session": row, "timeline": timeline})
+        return 0
+    print(f"session {s.id}: {s.user} on {s.target} ({s.protocol}, scope {s.scope}) from {s.client_addr}")
+    if grant is not None:
+        who = ", ".join(grant.approvers) or ("break-glass" if grant.break_glass else "-")
+        print(f"grant {grant.id}: reason {neutralise(grant.reason)!r}; approved by {who}; state {grant.state}")
+    print(f"recording {s.recording_path}")
+    for item in timeline:
+        print(f"{iso(item['ts'])}  {item['what']:<18} {neutralise(item['detail'])}")
+    return 0
+
+
+def _timeline(request: Any, events: list[AuditEvent]) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    if request is not None:
+        items.append({"ts": request.created_at, "what": "request", "detail": f"{request.requester}: {request.reason}"})
+        for a in request.approvals:
+            items.append({"ts": a.get("at", request.created_at), "what": "approval", "detail": str(a.get("by", a))})
+    for e in events:
+        items.append({"ts": e.ts, "what": e.type, "detail": _describe(e)})
+    items.sort(key=lambda i: i["ts"])
+    return items
+
+
+def _describe(e: AuditEvent) -> str:
+    d = e.data
+    for key in ("line", "sql", "summary", "reason", "path"):
+        if d.get(key):
+            extra = f" [{d['rule']}]" if d.get("rule") else ""
+            return f"{d[key]}{extra}"
+    return ", ".join(f"{k}={v}" for k, v in sorted(d.items()) if not isinstance(v, dict | list))[:200]
+
+
+async def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay a session's recording."""
+    async with services_from(args, read_only=True) as svc:
+        s = await _find_session(svc.store, args.session)
+        ended = s.ended_at is not None
+        store_path = svc.config.store_path
+    if not s.recording_path:
+        raise CliError(f"session {s.id} has no recording")
+    path = Path(s.recording_path)
+    if not path.exists():  # noqa: ASYNC240 - one stat before the replay starts
+        raise CliError(f"recording {path} is missing (deleted?); `gateway audit verify` reports it")
+    if s.protocol == "postgres":
+        result = replay_mod.print_statements(path, sys.stdout, color=sys.stdout.isatty())
+    elif args.print_only:
+        result = replay_mod.print_cast(path, sys.stdout)
+    else:
+        is_live = _live_checker(store_path, s.id) if not ended else (lambda: False)
+        result = await replay_mod.play(
+            path,
+            sys.stdout,
+            speed=args.speed,
+            idle_limit=args.idle_limit,
+            keys=_keys(),
+            follow=not ended,
+            is_live=is_live,
+        )
+    for w in result.warnings:
+        print(f"gateway: warning: {w}", file=sys.stderr)
+    return 0
+
+
+def _live_checker(store_path: Path, sid: str) -> Any:
+    import sqlite3
+
+    def is_live() -> bool:
+        with sqlite3.connect(f"file:{store_path}?mode=ro", uri=True) as db:
+            row = db.execute("SELECT ended_at FROM sessions WHERE id = ?", (sid,)).fetchone()
+        return bool(row) and row[0] is None
+
+    return is_live
+
+
+def _keys() -> Any:
+    """Single keypresses from a terminal (space, '.', '+', '-', 'q'); None when stdin is not a terminal."""
+    if not sys.stdin.isatty():
+        return None
+    return _terminal_keys()
+
+
+async def _terminal_keys() -> Any:
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    old = termios.tcgetattr(fd)
+    tty.setcbreak(fd)
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    loop.add_reader(fd, lambda: queue.put_nowait(sys.stdin.read(1)))
+    try:
+        while True:
+            yield await queue.get()
+    finally:
+        loop.remove_reader(fd)
+        termios.tcsetattr(fd, termios.TCSADRAIN, old)
+
+
+async def cmd_search(args: argparse.Namespace) -> int:
+    """Search statements and commands across recordings; exit 1 when nothing matches."""
+    async with services_from(args, read_only=True) as svc:
+        sessions = await svc.store.list_sessions(since=since_arg(args.since))
+    started = {s.id: s for s in sessions}
+    recs = [(s.id, Path(s.recording_path), s.protocol) for s in sessions if s.recording_path]
+    hits = list(search_recordings(recs, args.pattern, regex=args.regex, ignore_case=not args.case_sensitive))
+    rows: list[dict[str, Any]] = [
+        {
+            "session": h.session_id,
+            "user": started[h.session_id].user,
+            "target": started[h.session_id].target,
+            "ts": started[h.session_id].started_at + h.t,
+            "kind": h.kind,
+            "text": h.text,
+        }
+        for h in hits
+    ]
+    if args.json:
+        print_json(rows)
+    else:
+        for r in rows:
+            print(f"{iso(r['ts'])}  {r['session']}  {r['user']}@{r['target']}  {r['kind']:<9}  {r['text']}")
+    return 0 if hits else 1
