@@ -149,7 +149,7 @@ class SqliteStore:
         """Append one event to the chain (serialised across processes by an immediate transaction)."""
         if severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {SEVERITIES}")
-        ts = time.time() if ts is None else ts
+        ts = time.time() if ts is None else float(ts)  # hashed as read back from the REAL column
         data = data or {}
         await self.db.execute("BEGIN IMMEDIATE")
         try:
