@@ -1,0 +1,222 @@
+"""Who is calling: API keys from the config (hashed at rest) or OIDC bearer tokens checked against the IdP's JWKS."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aiohttp
+import jwt
+
+from gateway.api.errors import ApiError
+from gateway.api.oidc_config import ApiSettings, OidcConfig
+from gateway.approvals import Caller
+from gateway.config import ApiUser
+
+log = logging.getLogger(__name__)
+
+API_KEY_PREFIX = "gw_"
+MAX_CREDENTIAL = 8192
+MAX_JWKS_BYTES = 1 << 20
+
+
+class AuthError(ApiError):
+    """401: no, malformed or wrong credentials; the message never repeats the credential."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("unauthorized", message)
+
+
+def new_api_key() -> str:
+    """A fresh random API key (shown once; only its SHA-256 goes into the config)."""
+    return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_api_key(key: str) -> str:
+    """The sha256 hex stored as `api_key_sha256`."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiKeys:
+    """Look up a user by API key; every stored hash is compared in constant time."""
+
+    def __init__(self, users: Mapping[str, ApiUser]) -> None:
+        self._users = list(users.values())
+
+    def __repr__(self) -> str:
+        return f"ApiKeys(users={len(self._users)})"
+
+    def lookup(self, key: str) -> ApiUser | None:
+        """The user whose key this is, or None."""
+        digest = hash_api_key(key).encode()
+        found = None
+        for user in self._users:
+            # No early exit: the time taken does not say which (or whether a) user matched.
+            if hmac.compare_digest(digest, user.api_key_sha256.encode()):
+                found = user
+        return found
+
+
+class OidcVerifier:
+    """Verify IdP tokens: pinned asymmetric algorithms, issuer, audience, expiry; keys from a cached JWKS."""
+
+    def __init__(self, cfg: OidcConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self._keys: dict[str, dict[str, Any]] = {}
+        self._fetched_at: float | None = None
+        self._lock = asyncio.Lock()
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"OidcVerifier(issuer={self.cfg.issuer!r}, keys={len(self._keys)})"
+
+    async def close(self) -> None:
+        """Close the HTTP client used for the JWKS."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def verify(self, token: str) -> tuple[str, frozenset[str], dict[str, Any]]:
+        """(user, groups, claims) of a valid token; AuthError otherwise."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise AuthError("bearer token is not a valid JWT") from None
+        alg = header.get("alg")
+        if alg not in self.cfg.algorithms:
+            raise AuthError(f"token algorithm {alg!r} is not accepted (allowed: {', '.join(self.cfg.algorithms)})")
+        jwk = await self._key(header.get("kid"))
+        try:
+            key = jwt.PyJWK(jwk, algorithm=alg)
+        except jwt.PyJWTError:
+            raise AuthError("the identity provider's key does not fit the token's algorithm") from None
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=[alg],
+                audience=self.cfg.audience,
+                issuer=self.cfg.issuer,
+                leeway=self.cfg.leeway,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token has expired; log in to the identity provider again") from None
+        except jwt.InvalidAudienceError:
+            raise AuthError("token is for another audience") from None
+        except jwt.InvalidIssuerError:
+            raise AuthError("token was issued by another issuer") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError(f"token lacks the {exc.claim!r} claim") from None
+        except jwt.ImmatureSignatureError:
+            raise AuthError("token is not valid yet") from None
+        except jwt.PyJWTError:
+            raise AuthError("token signature or claims are invalid") from None
+        user = claims.get(self.cfg.user_claim)
+        if not isinstance(user, str) or not user:
+            raise AuthError(f"token has no usable {self.cfg.user_claim!r} claim (the user name)")
+        return user, _groups(claims.get(self.cfg.groups_claim)), claims
+
+    async def _key(self, kid: Any) -> dict[str, Any]:
+        if kid is not None and not isinstance(kid, str):
+            raise AuthError("token key id (kid) is malformed")
+        async with self._lock:
+            now = self.clock()
+            stale = self._fetched_at is None or now - self._fetched_at > self.cfg.jwks_cache_seconds
+            # An unknown kid may mean the IdP rotated keys; refetch, but not on every forged kid.
+            unknown = kid is not None and kid not in self._keys
+            may_refresh = self._fetched_at is None or now - self._fetched_at > self.cfg.jwks_min_refresh_seconds
+            if stale or (unknown and may_refresh):
+                self._keys = await self._fetch()
+                self._fetched_at = now
+        if kid is None:
+            if len(self._keys) != 1:
+                raise AuthError("token has no key id (kid) and the identity provider has several keys")
+            return next(iter(self._keys.values()))
+        jwk = self._keys.get(kid)
+        if jwk is None:
+            raise AuthError("token was signed by a key the identity provider does not publish")
+        return jwk
+
+    async def _fetch(self) -> dict[str, dict[str, Any]]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        try:
+            async with self._session.get(self.cfg.jwks_url) as resp:
+                if resp.status != 200:
+                    raise ValueError(f"HTTP {resp.status}")
+                raw = await resp.content.read(MAX_JWKS_BYTES + 1)
+            if len(raw) > MAX_JWKS_BYTES:
+                raise ValueError("JWKS too large")
+            doc = json.loads(raw)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.error("cannot fetch the identity provider's JWKS: %s", type(exc).__name__)
+            if self._keys:
+                return self._keys  # keep verifying with the keys we have rather than lock everyone out
+            raise ApiError("idp-unavailable", "cannot fetch the identity provider's keys; try again") from None
+        keys = doc.get("keys") if isinstance(doc, dict) else None
+        if not isinstance(keys, list):
+            raise ApiError("idp-unavailable", "the identity provider's JWKS has no keys")
+        out: dict[str, dict[str, Any]] = {}
+        for i, k in enumerate(keys):
+            if isinstance(k, dict) and k.get("use", "sig") == "sig":
+                out[str(k.get("kid", f"#{i}"))] = k
+        return out
+
+
+def _groups(value: Any) -> frozenset[str]:
+    if isinstance(value, str):
+        return frozenset(g for g in value.replace(",", " ").split() if g)
+    if isinstance(value, list):
+        return frozenset(g for g in value if isinstance(g, str))
+    return frozenset()
+
+
+class Authenticator:
+    """Turn an Authorization header into a Caller, or raise AuthError."""
+
+    def __init__(self, users: Mapping[str, ApiUser], settings: ApiSettings) -> None:
+        self.settings = settings
+        self.keys = ApiKeys(users) if settings.api_keys else None
+        self.oidc = OidcVerifier(settings.oidc) if settings.oidc is not None else None
+
+    def __repr__(self) -> str:
+        return f"Authenticator(api_keys={self.keys is not None}, oidc={self.oidc is not None})"
+
+    async def close(self) -> None:
+        """Release the JWKS client."""
+        if self.oidc is not None:
+            await self.oidc.close()
+
+    async def authenticate(self, authorization: str | None) -> Caller:
+        """`Authorization: Bearer <API key or OIDC token>` -> Caller."""
+        if not authorization:
+            raise AuthError("authentication required: send Authorization: Bearer <API key or OIDC token>")
+        scheme, _, credential = authorization.partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential:
+            raise AuthError("use the Bearer scheme: Authorization: Bearer <API key or OIDC token>")
+        if len(credential) > MAX_CREDENTIAL:
+            raise AuthError("credential is too long")
+        if credential.startswith(API_KEY_PREFIX):
+            if self.keys is None:
+                raise AuthError("API keys are disabled on this gateway; use an OIDC token")
+            user = self.keys.lookup(credential)
+            if user is None:
+                raise AuthError("unknown API key")
+            return self._caller(user.name, user.groups, "api-key")
+        if self.oidc is None:
+            raise AuthError("not an API key, and OIDC is not configured on this gateway")
+        name, groups, _ = await self.oidc.verify(credential)
+        return self._caller(name, groups, "oidc")
+
+    def _caller(self, name: str, groups: frozenset[str], via: str) -> Caller:
+        return Caller(name, groups, admin=bool(groups & self.settings.admin_groups), via=via)

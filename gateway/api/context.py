@@ -1,0 +1,49 @@
+"""What every route handler gets: the services, the workflow, the authenticated caller, the clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from gateway.api.auth import Authenticator
+from gateway.api.oidc_config import ApiSettings
+from gateway.approvals import Caller, Workflow
+from gateway.metrics import Counters
+from gateway.services import Services
+
+
+@dataclass
+class ApiContext:
+    """Shared by all handlers of one ApiServer."""
+
+    services: Services
+    settings: ApiSettings
+    workflow: Workflow
+    auth: Authenticator
+    clock: Callable[[], float]
+    counters: Counters = field(default_factory=Counters)
+
+
+CONTEXT = web.AppKey("gateway_api", ApiContext)
+CALLER_KEY = "gateway.caller"
+
+
+def ctx(request: web.Request) -> ApiContext:
+    """The server's context."""
+    return request.app[CONTEXT]
+
+
+def caller(request: web.Request) -> Caller:
+    """The authenticated caller (set by the auth middleware on every /v1 route)."""
+    who = request.get(CALLER_KEY)
+    if not isinstance(who, Caller):
+        raise RuntimeError("route reached without authentication")  # a wiring bug: fail closed
+    return who
+
+
+def no_store(resp: web.Response) -> web.Response:
+    """Responses that carry a token must not be cached by anything in between."""
+    resp.headers["Cache-Control"] = "no-store"
+    return resp

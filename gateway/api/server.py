@@ -1,0 +1,142 @@
+"""The HTTP API server (aiohttp): middlewares for errors and authentication, routes split by resource."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.api import routes_audit, routes_grants, routes_meta, routes_requests, routes_sessions
+from gateway.api.auth import Authenticator, AuthError
+from gateway.api.body import MAX_BODY
+from gateway.api.context import CALLER_KEY, CONTEXT, ApiContext, ctx
+from gateway.api.errors import error_response, from_exception
+from gateway.api.oidc_config import ApiSettings
+from gateway.approvals import Caller, Workflow
+from gateway.services import Services
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PUBLIC_PATHS = frozenset({"/healthz", "/.well-known/jwks.json"})
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes the JSON error shape; a bug is a 500 that names nothing internal."""
+    try:
+        return await handler(request)
+    except Exception as exc:
+        err = from_exception(exc)
+        if err is None:
+            log.exception("%s %s failed", request.method, request.path)
+            return error_response(500, "internal", "internal error; the gateway log has the details")
+        if err.status == 403:
+            await _audit_forbidden(request, err.message)
+        return error_response(err.status, err.code, err.message)
+
+
+async def _audit_forbidden(request: web.Request, message: str) -> None:
+    # Refusals by policy (self-approval, a requester the policy does not name) are security events.
+    who = request.get(CALLER_KEY)
+    try:
+        await ctx(request).services.store.append(
+            "api.forbidden",
+            actor=who.name if isinstance(who, Caller) else "unknown",
+            severity="warning",
+            data={"method": request.method, "path": request.path, "reason": message},
+        )
+    except Exception as exc:
+        log.error("could not audit a refused API call: %s", type(exc).__name__)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate everything but health, JWKS and (when public) metrics."""
+    c = ctx(request)
+    public = request.path in PUBLIC_PATHS or (request.path == "/metrics" and c.settings.metrics_public)
+    if not public:
+        try:
+            request[CALLER_KEY] = await c.auth.authenticate(request.headers.get("Authorization"))
+        except AuthError as exc:
+            c.counters.inc("gateway_api_auth_failures_total", "API calls refused for bad or missing credentials")
+            log.warning("API authentication failed from %s: %s", request.remote, exc.message)
+            raise
+    return await handler(request)
+
+
+class ApiServer:
+    """Serve the control plane on config.listen_http (port 0 picks a free port; see `.port`)."""
+
+    def __init__(
+        self, services: Services, settings: ApiSettings | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.services = services
+        self.settings = settings or ApiSettings()
+        s = self.settings
+        workflow = Workflow(
+            services.config,
+            services.ring,
+            services.store,
+            services.policies,
+            services.alerts,
+            request_timeout=s.request_timeout,
+        )
+        self.context = ApiContext(services, s, workflow, Authenticator(services.config.users, s), clock)
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._port = 0
+        self._expiry: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"ApiServer({self.services.config.listen_http.host}:{self._port})"
+
+    def make_app(self) -> web.Application:
+        """The aiohttp application (exposed for tests that want aiohttp's test client)."""
+        app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=MAX_BODY)
+        app[CONTEXT] = self.context
+        for module in (routes_meta, routes_requests, routes_grants, routes_sessions, routes_audit):
+            app.add_routes(module.routes)
+        return app
+
+    async def start(self) -> None:
+        """Bind and serve; start the pending-request expiry loop."""
+        addr = self.services.config.listen_http
+        self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, addr.host, addr.port, reuse_address=True)
+        await self._site.start()
+        server = self._site._server
+        sockets = getattr(server, "sockets", None) or []
+        self._port = int(sockets[0].getsockname()[1]) if sockets else addr.port
+        self._expiry = asyncio.create_task(self._expire_loop(), name="request-expiry")
+        log.info("control plane API on http://%s:%d", addr.host, self._port)
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return self._port
+
+    async def _expire_loop(self) -> None:
+        while True:
+            try:
+                await self.context.workflow.expire_stale(self.context.clock())
+            except Exception:
+                log.exception("request expiry pass failed")
+            await asyncio.sleep(self.settings.expire_interval)
+
+    async def close(self) -> None:
+        """Stop serving and the expiry loop; close the IdP client."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
+            self._expiry = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.context.auth.close()

@@ -1,0 +1,378 @@
+"""Control-plane commands: login, request, requests, approve, deny, cancel, token get, grants, revoke, kill,
+ssh, psql, users add, policy check."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import re
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gateway.approvals import Caller, WorkflowError
+from gateway.cli import connect
+from gateway.cli.client import ApiClient, check_server_url, client_from, save_credentials, server_from
+from gateway.cli.common import CliError, config_from, iso, print_json, print_table, services_from
+from gateway.durations import format_duration, parse_duration
+from gateway.policy import Policies, PolicyError, ScopePolicy
+
+if TYPE_CHECKING:
+    Sub = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+
+def register(sub: Sub) -> None:
+    """Add the control-plane commands."""
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument("--server", help="gateway API URL (default: $GATEWAY_URL, else the one from `gateway login`)")
+
+    p = sub.add_parser("login", help="save the server URL and your API key (0600) for the other commands")
+    p.add_argument("--server", required=True, help="gateway API URL, e.g. http://gateway:8080")
+    p.add_argument("--key", help="your API key (default: read from stdin, or prompt); - reads stdin")
+    p.set_defaults(func=cmd_login)
+
+    p = sub.add_parser("whoami", parents=[server], help="who the gateway thinks you are")
+    p.set_defaults(func=cmd_whoami)
+
+    p = sub.add_parser("request", parents=[server], help="ask for access; prints the request id")
+    p.add_argument("target")
+    p.add_argument("--scope", required=True)
+    p.add_argument("--for", dest="ttl", required=True, help="how long, e.g. 15m, 1h (capped by policy)")
+    p.add_argument("--reason", required=True, help="ticket or incident id and why")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_request)
+
+    p = sub.add_parser("requests", parents=[server], help="list access requests you may see")
+    p.add_argument("--pending", action="store_true", help="only requests waiting for approval")
+    p.add_argument("--state", choices=["pending", "approved", "denied", "cancelled", "expired"])
+    p.add_argument("--target")
+    p.add_argument("--mine", action="store_true", help="only your own requests")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_requests)
+
+    for name, verb in (("approve", "approve"), ("deny", "deny"), ("cancel", "cancel")):
+        p = sub.add_parser(name, parents=[server], help=f"{verb} an access request")
+        p.add_argument("request")
+        p.add_argument("--comment", default="")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=cmd_decide, verb=verb)
+
+    # `gateway token verify` lives in the admin group; fetching sits next to it as `gateway token get REQ`.
+    token_group = _token_group(sub)
+    p = token_group.add_parser("get", parents=[server], help="print the token of your approved request (or grant)")
+    p.add_argument("id", help="request id (r_...) or grant id (g_...)")
+    p.set_defaults(func=cmd_token_get)
+
+    p = sub.add_parser("grants", parents=[server], help="list grants (yours; admins: everyone's)")
+    p.add_argument("--state", choices=["active", "revoked", "expired"])
+    p.add_argument("--target")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_grants)
+
+    p = sub.add_parser("revoke", parents=[server], help="revoke a grant: ends its live sessions within 1 s")
+    p.add_argument("grant")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_revoke)
+
+    p = sub.add_parser("kill", parents=[server], help="end one live session")
+    p.add_argument("session")
+    p.add_argument("--reason", default="")
+    p.set_defaults(func=cmd_kill)
+
+    connect.register(sub, server)
+
+    users = sub.add_parser("users", help="control-plane users").add_subparsers(dest="users_cmd", required=True)
+    p = users.add_parser("add", help="make an API key; prints it once and the TOML lines to paste")
+    p.add_argument("name")
+    p.add_argument("--group", action="append", default=[], help="group (repeatable)")
+    p.set_defaults(func=cmd_users_add)
+
+    pol = sub.add_parser("policy", help="policies as code").add_subparsers(dest="policy_cmd", required=True)
+    p = pol.add_parser("check", help="validate policy files; print what each configured user may request")
+    p.add_argument("--dir", help="policy folder (default: paths.policies from the config)")
+    p.set_defaults(func=cmd_policy_check)
+
+
+def _token_group(sub: Sub) -> Sub:
+    parser = sub.choices.get("token")
+    if parser is None:
+        parser = sub.add_parser("token", help="approval tokens")
+        return parser.add_subparsers(dest="token_cmd", required=True)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return parser.add_subparsers(dest="token_cmd", required=True)
+
+
+# --- login -----------------------------------------------------------------------------------------
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    """Check the key against the server, then save both."""
+    server = check_server_url(args.server)
+    key = args.key
+    if key in (None, "-"):
+        key = sys.stdin.readline().strip() if (key == "-" or not sys.stdin.isatty()) else getpass.getpass("API key: ")
+    if not key:
+        raise CliError("no API key given", 2)
+    me = ApiClient(server, key).call("GET", "/v1/whoami")
+    path = save_credentials(server, key)
+    groups = ", ".join(me.get("groups", [])) or "no groups"
+    print(f"logged in to {server} as {me['user']} ({groups}); credentials in {path}")
+    return 0
+
+
+def cmd_whoami(args: argparse.Namespace) -> int:
+    """Print the caller."""
+    me = client_from(args.server).call("GET", "/v1/whoami")
+    print(f"{me['user']} ({', '.join(me['groups']) or 'no groups'}){' admin' if me['admin'] else ''} via {me['via']}")
+    return 0
+
+
+# --- requests --------------------------------------------------------------------------------------
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    """Create a request and print its id (stdout) and what happens next (stderr)."""
+    try:
+        ttl = parse_duration(args.ttl)
+    except ValueError as exc:
+        raise CliError(str(exc), 2) from None
+    body = {"target": args.target, "scope": args.scope, "ttl": ttl, "reason": args.reason}
+    req = client_from(args.server).call("POST", "/v1/requests", body)
+    if args.json:
+        print_json(req)
+        return 0
+    print(req["id"])
+    if req["state"] == "approved":
+        print(f"auto-approved by policy; get the token with: gateway token get {req['id']}", file=sys.stderr)
+    else:
+        print(f"waiting for {req['approvals_needed']} approval(s): gateway approve {req['id']}", file=sys.stderr)
+    return 0
+
+
+def cmd_requests(args: argparse.Namespace) -> int:
+    """List requests."""
+    query = {"pending": args.pending, "state": args.state, "target": args.target, "mine": args.mine}
+    rows = client_from(args.server).call("GET", "/v1/requests", query=query)["requests"]
+    if args.json:
+        print_json(rows)
+        return 0
+    print_table(
+        ["ID", "REQUESTER", "TARGET", "SCOPE", "FOR", "STATE", "APPROVALS", "CREATED", "REASON"],
+        [
+            [
+                r["id"],
+                r["requester"],
+                r["target"],
+                r["scope"],
+                format_duration(r["ttl"]),
+                r["state"],
+                f"{len(r['approvals'])}/{r['approvals_needed']}",
+                iso(r["created_at"]),
+                r["reason"],
+            ]
+            for r in rows
+        ],
+    )
+    return 0
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    """Approve, deny or cancel."""
+    req = client_from(args.server).call(
+        "POST", f"/v1/requests/{_id(args.request)}/{args.verb}", {"comment": args.comment}
+    )
+    if args.json:
+        print_json(req)
+        return 0
+    extra = ""
+    if req["state"] == "pending":
+        extra = f" ({len(req['approvals'])}/{req['approvals_needed']} approvals)"
+    elif req["state"] == "approved":
+        extra = f" (grant {req['grant']})"
+    print(f"request {req['id']}: {req['state']}{extra}")
+    return 0
+
+
+def cmd_token_get(args: argparse.Namespace) -> int:
+    """Print the JWT (stdout only, so `TOKEN=$(gateway token get REQ)` works)."""
+    ident = _id(args.id)
+    path = f"/v1/grants/{ident}/token" if ident.startswith("g_") else f"/v1/requests/{ident}/token"
+    print(client_from(args.server).call("GET", path)["token"])
+    return 0
+
+
+def cmd_grants(args: argparse.Namespace) -> int:
+    """List grants."""
+    rows = client_from(args.server).call("GET", "/v1/grants", query={"state": args.state, "target": args.target})
+    rows = rows["grants"]
+    if args.json:
+        print_json(rows)
+        return 0
+    print_table(
+        ["ID", "USER", "TARGET", "SCOPE", "STATE", "EXPIRES", "APPROVERS", "REASON"],
+        [
+            [
+                g["id"],
+                g["user"],
+                g["target"],
+                g["scope"],
+                g["state"] + (" (break-glass)" if g["break_glass"] else ""),
+                iso(g["expires_at"]),
+                ", ".join(g["approvers"]) or "-",
+                g["reason"],
+            ]
+            for g in rows
+        ],
+    )
+    return 0
+
+
+def _id(value: str) -> str:
+    # Ids go into URL paths: refuse anything that could walk to another route.
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", value):
+        raise CliError(f"not an id: {value!r}", 2)
+    return value
+
+
+# --- revoke and kill: through the API, or on the embedded store when no server is configured ---------
+
+
+def _local_caller() -> Caller:
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = "unknown"
+    # Whoever can open the store file already controls the gateway: treat them as an admin, audited as cli:NAME.
+    return Caller(f"cli:{name}", admin=True, via="local")
+
+
+async def cmd_revoke(args: argparse.Namespace) -> int:
+    """Revoke a grant."""
+    if server_from(args.server):
+        out = client_from(args.server).call("POST", f"/v1/grants/{_id(args.grant)}/revoke", {"reason": args.reason})
+        print(f"grant {out['id']} revoked; {out['sessions_ended']} live session(s) ended here, the rest within 1 s")
+        return 0
+    from gateway.api.actions import revoke_grant
+
+    async with services_from(args) as svc:
+        try:
+            g, _ = await revoke_grant(
+                svc.store, None, svc.alerts, _local_caller(), args.grant, reason=args.reason, now=time.time()
+            )
+        except WorkflowError as exc:
+            raise CliError(exc.message) from None
+    print(f"grant {g.id} revoked in the store; the running gateway ends its sessions within 1 s")
+    return 0
+
+
+async def cmd_kill(args: argparse.Namespace) -> int:
+    """End one session."""
+    if server_from(args.server):
+        body = {"reason": args.reason} if args.reason else {}
+        out = client_from(args.server).call("POST", f"/v1/sessions/{_id(args.session)}/kill", body)
+        print(f"session {out['id']}: kill {'done' if out['killed_here'] else 'requested; it ends within 1 s'}")
+        return 0
+    from gateway.api.actions import kill_session
+
+    who = _local_caller()
+    async with services_from(args) as svc:
+        try:
+            s, _ = await kill_session(svc.store, None, who, args.session, reason=args.reason or f"killed by {who.name}")
+        except WorkflowError as exc:
+            raise CliError(exc.message) from None
+    print(f"session {s.id}: kill requested; the running gateway ends it within 1 s")
+    return 0
+
+
+# --- users and policies (local: read the config and policy files) ----------------------------------
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def cmd_users_add(args: argparse.Namespace) -> int:
+    """Print a new API key and the config lines holding its hash."""
+    from gateway.api.auth import hash_api_key, new_api_key
+
+    name = args.name
+    if not re.fullmatch(r"[A-Za-z0-9_.@+-]{1,100}", name):
+        raise CliError("user names are letters, digits and _ . @ + - (at most 100)", 2)
+    key = new_api_key()
+    table = name if _BARE_KEY.fullmatch(name) else _toml_str(name)
+    groups = ", ".join(_toml_str(g) for g in sorted(set(args.group)))
+    print(f"API key for {name} (shown once; only its hash goes into the config):", file=sys.stderr)
+    print(key)
+    print("\nadd to gateway.toml (then restart the gateway):", file=sys.stderr)
+    print(f'[users.{table}]\napi_key_sha256 = "{hash_api_key(key)}"\ngroups = [{groups}]')
+    print(f"\nthe user then runs: gateway login --server URL --key {key[:6]}...", file=sys.stderr)
+    return 0
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    """Validate policies against the config; print scopes and who may request them."""
+    config = config_from(args)
+    folder = config.policies_dir if args.dir is None else Path(args.dir).resolve()
+    if not folder.is_dir():
+        raise CliError(f"{folder}: no such policy folder", 2)
+    try:
+        policies = Policies.load(folder, {n: (t.kind, list(t.logins)) for n, t in config.targets.items()})
+    except PolicyError as exc:
+        raise CliError(f"policy error: {exc}", 2) from None
+    problems, warnings = check_policies(config.targets, config.users, policies)
+    for tp in policies.targets():
+        print(f"{tp.target} ({tp.source})")
+        for name, sp in sorted(tp.scopes.items()):
+            print(f"  {name:<10} max {format_duration(sp.max_ttl):<6} {describe_approvals(sp)}")
+    if config.users:
+        print("who may request what:")
+        for user in sorted(config.users.values(), key=lambda u: u.name):
+            allowed = [
+                f"{tp.target}/{s}"
+                for tp in policies.targets()
+                for s, sp in sorted(tp.scopes.items())
+                if sp.may_request(user.name, user.groups)
+            ]
+            groups = f" ({', '.join(sorted(user.groups))})" if user.groups else ""
+            print(f"  {user.name}{groups}: {', '.join(allowed) or 'nothing'}")
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    for p in problems:
+        print(f"error: {p}", file=sys.stderr)
+    return 2 if problems else 0
+
+
+def describe_approvals(sp: ScopePolicy) -> str:
+    """One line: how a scope gets approved."""
+    if sp.auto_approve or sp.approvals.count == 0:
+        return "auto-approved (audited)"
+    who = [*(f"user {u}" for u in sorted(sp.approvals.from_users))]
+    who += [f"group {g}" for g in sorted(sp.approvals.from_groups)]
+    return f"{sp.approvals.count} approval(s) from {', '.join(who) or 'anyone but the requester'}"
+
+
+def check_policies(targets: Any, users: Any, policies: Policies) -> tuple[list[str], list[str]]:
+    """Problems (scopes without an upstream login) and warnings (approvals no configured user can give)."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    for tp in policies.targets():
+        target = targets.get(tp.target)
+        for name, sp in sorted(tp.scopes.items()):
+            where = f"{tp.source}: {tp.target}/{name}"
+            if target is not None and name not in target.logins:
+                problems.append(f"{where}: no login for this scope in [targets.{tp.target}.logins]")
+            rule = sp.approvals
+            if users and (rule.from_users or rule.from_groups) and not sp.auto_approve and rule.count > 0:
+                able = {u.name for u in users.values() if u.name in rule.from_users or rule.from_groups & u.groups}
+                if len(able) < rule.count:
+                    warnings.append(
+                        f"{where}: needs {rule.count} approval(s) but only {len(able)} configured user(s) may give "
+                        f"them ({', '.join(sorted(able)) or 'none'}); OIDC users may still qualify"
+                    )
+    return problems, warnings
