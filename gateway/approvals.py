@@ -229,10 +229,17 @@ class Workflow:
         )
         return req
 
-    async def load(self, request_id: str, caller: Caller, now: float) -> RequestRecord:
-        """A request the caller may see (expiring it first when stale), or not-found."""
+    async def load(self, request_id: str, caller: Caller, now: float, *, acting: bool = False) -> RequestRecord:
+        """A request the caller may see (expiring it first when stale), or not-found.
+
+        `acting`: the caller names the request to approve or deny it; a refusal then says why (403) instead
+        of hiding the request, so that the attempt is a recorded policy refusal.
+        """
         req = await self.store.get_request(request_id)
-        if req is None or not may_view_request(req, self.policies.scope(req.target, req.scope), caller):
+        visible = req is not None and (
+            acting or may_view_request(req, self.policies.scope(req.target, req.scope), caller)
+        )
+        if req is None or not visible:
             raise not_found(f"no request {request_id!r}")
         if is_stale(req, now):
             req = await self._expire(req, now)
@@ -256,7 +263,7 @@ class Workflow:
         """Add the caller's approval; the last one needed issues the grant."""
         check_text(comment, "comment", MAX_COMMENT)
         async with self._lock:
-            req = await self.load(request_id, caller, now)
+            req = await self.load(request_id, caller, now, acting=True)
             check_transition(req, "approved")
             policy = self._policy_of(req)
             refusal = approver_refusal(req, policy, caller)
@@ -281,7 +288,7 @@ class Workflow:
         """One eligible approver's denial ends the request."""
         check_text(comment, "comment", MAX_COMMENT)
         async with self._lock:
-            req = await self.load(request_id, caller, now)
+            req = await self.load(request_id, caller, now, acting=True)
             check_transition(req, "denied")
             refusal = approver_refusal(req, self._policy_of(req), caller)
             if refusal is not None:

@@ -27,7 +27,7 @@ class ApiContext:
 
 
 CONTEXT = web.AppKey("gateway_api", ApiContext)
-CALLER_KEY = "gateway.caller"
+CALLER_KEY = web.RequestKey("gateway_caller", Caller)
 
 
 def ctx(request: web.Request) -> ApiContext:
@@ -38,7 +38,7 @@ def ctx(request: web.Request) -> ApiContext:
 def caller(request: web.Request) -> Caller:
     """The authenticated caller (set by the auth middleware on every /v1 route)."""
     who = request.get(CALLER_KEY)
-    if not isinstance(who, Caller):
+    if who is None:
         raise RuntimeError("route reached without authentication")  # a wiring bug: fail closed
     return who
 

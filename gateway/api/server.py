@@ -16,7 +16,7 @@ from gateway.api.body import MAX_BODY
 from gateway.api.context import CALLER_KEY, CONTEXT, ApiContext, ctx
 from gateway.api.errors import error_response, from_exception
 from gateway.api.oidc_config import ApiSettings
-from gateway.approvals import Caller, Workflow
+from gateway.approvals import Workflow
 from gateway.services import Services
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ async def _audit_forbidden(request: web.Request, message: str) -> None:
     try:
         await ctx(request).services.store.append(
             "api.forbidden",
-            actor=who.name if isinstance(who, Caller) else "unknown",
+            actor=who.name if who is not None else "unknown",
             severity="warning",
             data={"method": request.method, "path": request.path, "reason": message},
         )
