@@ -186,7 +186,7 @@ class _Reader:
             raise self.fail(key, f'must be "host:port", got {value!r}')
         host, _, port = value.rpartition(":")
         host = host.strip("[]")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise self.fail(key, f'must be "host:port" with a port from 1 to 65535, got {value!r}')
         return Address(host, int(port))
 
