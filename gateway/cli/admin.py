@@ -161,7 +161,8 @@ async def cmd_token_verify(args: argparse.Namespace) -> int:
         raise CliError(f"invalid token [unknown-grant]: grant {claims.jti} is not in this gateway's store")
     if grant.state != "active" or grant.expires_at <= time.time():
         why = f"revoked by {grant.revoked_by}: {grant.revoke_reason}" if grant.state == "revoked" else "expired"
-        raise CliError(f"invalid token [{grant.state}]: grant {grant.id} is {why}")
+        code = "revoked" if grant.state == "revoked" else "expired"  # an 'active' row past its expiry is expired
+        raise CliError(f"invalid token [{code}]: grant {grant.id} is {why}")
     out: dict[str, Any] = claims.to_jwt_claims()
     out["valid"] = True
     out["expires_in"] = int(claims.exp - time.time())
