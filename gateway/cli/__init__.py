@@ -9,10 +9,10 @@ import sys
 from collections.abc import Sequence
 
 from gateway import __version__
-from gateway.cli import admin, control, review, run
+from gateway.cli import admin, control, demo, review, run
 from gateway.cli.common import CliError
 
-GROUPS = (admin, run, review, control)
+GROUPS = (admin, run, review, control, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

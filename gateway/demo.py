@@ -1,0 +1,415 @@
+"""`gateway demo`: throwaway PostgreSQL + sshd, the gateway in front, one approved request; Ctrl-C undoes it all.
+
+The steps read as the issue describes them: make a folder, start the sandbox servers, write a gateway.toml
+for them, start the gateway, let alice ask and bob approve through the HTTP API, print what to paste,
+wait for Ctrl-C, stop everything and remove the folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import stat
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gateway.api.auth import hash_api_key, new_api_key
+from gateway.app import App
+from gateway.config import Config, ConfigError, load_config
+from gateway.keyfiles import write_private
+from gateway.sandbox import SandboxStartError, SandboxUnavailable, is_root, port_in_use
+from gateway.sandbox.postgres import PG_OS_USER, SAMPLE_COUNTS, PgCluster
+from gateway.sandbox.sshd import SSH_OS_USER, SSHD_BIN, SshServer
+
+HOST = "127.0.0.1"
+ENGINEER, APPROVER = "alice", "bob"
+REASON = "DEMO-1: trying the gateway"
+TTL = "1h"
+READY_LINE = "Ctrl-C stops the demo"
+"""Start of the last line of the ready block (tests wait for it)."""
+
+NO_SSHD = (
+    "gateway demo: the SSH target needs OpenSSH's server: apt-get install openssh-server "
+    "(continuing with Postgres only)"
+)
+
+_PG_LOGINS = {"read": "app_ro", "write": "app_rw", "admin": "app_admin"}
+"""orders-db: scope -> the sandbox role the gateway logs in as."""
+_DEMO_SCOPES = {"orders-db": "read", "web-1": "shell"}
+"""What alice asks for on each target."""
+
+_POLICIES = {
+    "orders-db": """\
+# Who may approve what on orders-db (written by `gateway demo`; README.md, "Policies").
+target: orders-db
+scopes:
+  read:
+    max_ttl: 1h
+    approvals: {count: 1, groups: [approvers]}   # never the requester
+    sql:
+      mode: read                                 # SELECTs only; the upstream role is read-only too
+      sensitive_tables: [customers]              # reading customers raises an alert
+  write:
+    max_ttl: 30m
+    approvals: {count: 1, groups: [approvers]}
+    sql:
+      mode: write
+      rules:
+        - {name: no-drop, kinds: [ddl], action: kill}
+  admin:
+    max_ttl: 15m
+    approvals: {count: 1, groups: [approvers]}
+    sql:
+      mode: admin
+""",
+    "web-1": """\
+# Who may approve what on web-1 (written by `gateway demo`; README.md, "Policies").
+target: web-1
+scopes:
+  shell:
+    max_ttl: 1h
+    approvals: {count: 1, groups: [approvers]}
+    ssh:
+      shell: true
+      exec: true
+      sftp: read-only
+      commands:
+        - {pattern: "sudo *", action: alert}
+        - {pattern: "regex:^(shutdown|reboot|halt)\\\\b", action: deny}
+""",
+}
+
+
+class DemoError(Exception):
+    """The demo cannot go on; the message says why and what to do, in one or two plain lines."""
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    """What the command line chose."""
+
+    ssh_port: int = 2222
+    pg_port: int = 6432
+    http_port: int = 8080
+    dir: Path | None = None
+    keep: bool = False
+
+
+@dataclass
+class Demo:
+    """One demo run: the folder, the sandbox servers and the gateway; `cleanup()` undoes whatever was made."""
+
+    opts: DemoOptions
+    say: Callable[[str], None]
+    dir: Path = field(default_factory=Path)
+    pg: PgCluster | None = None
+    sshd: SshServer | None = None
+    api_keys: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
+    requests: dict[str, str] = field(default_factory=dict)
+    _made_dir: bool = False
+
+    # ---- the steps, in order ----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Start everything, serve until SIGINT/SIGTERM, clean up; returns the exit code."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        app: App | None = None
+        try:
+            check_ports(self.listen_ports())
+            self.make_dir()
+            # Blocking steps run in a thread; a Ctrl-C meanwhile is honoured as soon as the step returns.
+            await asyncio.to_thread(self.start_sandbox)
+            if stop.is_set():
+                return _interrupted(self.say)
+            config = self.load(self.write_config())
+            app = App(config)
+            await self.start_gateway(app)
+            await self.request_and_approve(f"http://{HOST}:{self.opts.http_port}")
+            self.write_known_hosts(config.ssh_host_key.with_name(config.ssh_host_key.name + ".pub"))
+            self.say(self.ready_text(config))
+            await stop.wait()
+            self.say("\ngateway demo: stopping ...")
+            return 0
+        except DemoError as exc:
+            if stop.is_set():  # Ctrl-C also reaches initdb or sshd and makes them fail: not an error then
+                return _interrupted(self.say)
+            print(f"gateway demo: {exc}", file=sys.stderr, flush=True)
+            return 1
+        finally:
+            if app is not None:
+                await app.stop()
+            await asyncio.to_thread(self.cleanup)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    def listen_ports(self) -> dict[str, int]:
+        """The gateway's three front-end ports, by the option that sets each."""
+        return {"--ssh-port": self.opts.ssh_port, "--pg-port": self.opts.pg_port, "--http-port": self.opts.http_port}
+
+    def make_dir(self) -> None:
+        """The demo's folder: a new temp dir, or `--dir` (which must be new or empty: it is removed at the end)."""
+        if self.opts.dir is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
+        else:
+            self.dir = self.opts.dir.expanduser().absolute()
+            if self.dir.exists() and (not self.dir.is_dir() or any(self.dir.iterdir())):
+                raise DemoError(f"{self.dir} exists and is not an empty folder; the demo removes its folder at the end")
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._made_dir = True
+        if is_root():
+            # The servers run as unprivileged users (PostgreSQL refuses root; sshd logs in SSH_OS_USER):
+            # they must be able to walk into this folder. Secrets inside stay 0600.
+            self.dir.chmod(0o711)
+            _check_traversable(self.dir)
+
+    def start_sandbox(self) -> None:
+        """Start PostgreSQL (required) and sshd (optional: without it the demo is Postgres only)."""
+        self.say('gateway demo: starting a throwaway PostgreSQL (initdb, sample "orders" database) ...')
+        try:
+            self.pg = PgCluster(parent=self.dir)
+            self.pg.start()
+        except SandboxUnavailable as exc:
+            raise DemoError(f"the Postgres target needs PostgreSQL's server: {exc}") from None
+        except SandboxStartError as exc:
+            raise DemoError(f"PostgreSQL did not start:\n{exc}") from None
+        if not os.access(SSHD_BIN, os.X_OK):
+            self.say(NO_SSHD)
+            return
+        self.say("gateway demo: starting a throwaway OpenSSH server ...")
+        try:
+            self.sshd = SshServer(parent=self.dir).start()
+        except SandboxUnavailable as exc:
+            self.say(f"gateway demo: {exc} (continuing with Postgres only)")
+        except SandboxStartError as exc:
+            raise DemoError(f"sshd did not start:\n{exc}") from None
+
+    def write_config(self) -> Path:
+        """gateway.toml for the sandbox, the upstream passwords (0600), example policies and two API users."""
+        assert self.pg is not None
+        secrets_dir = self.dir / "secrets"
+        for scope, role in _PG_LOGINS.items():
+            write_private(secrets_dir / f"orders_{scope}", (self.pg.passwords[role] + "\n").encode())
+        policies = self.dir / "policies"
+        policies.mkdir()
+        for target in self.targets():  # a policy for a target that is not configured would fail the start
+            (policies / f"{target}.yaml").write_text(_POLICIES[target])
+        self.api_keys = {ENGINEER: new_api_key(), APPROVER: new_api_key()}
+        path = self.dir / "gateway.toml"
+        path.write_text(self.config_text())
+        return path
+
+    def config_text(self) -> str:
+        """The demo's gateway.toml: listeners, the two users, the sandbox targets; defaults for the rest."""
+        assert self.pg is not None
+        o, q = self.opts, _toml_str
+        lines = [
+            "# gateway.toml written by `gateway demo` for its throwaway servers. Everything not set here is the",
+            "# default (`gateway init` writes them all out); relative paths are relative to this folder.",
+            "",
+            "[listen]",
+            f"ssh = {q(f'{HOST}:{o.ssh_port}')}",
+            f"postgres = {q(f'{HOST}:{o.pg_port}')}",
+            f"http = {q(f'{HOST}:{o.http_port}')}",
+            "",
+            "[users.alice]                   # the engineer; API key printed by the demo",
+            f"api_key_sha256 = {q(hash_api_key(self.api_keys[ENGINEER]))}",
+            'groups = ["engineers"]',
+            "",
+            "[users.bob]                     # the approver",
+            f"api_key_sha256 = {q(hash_api_key(self.api_keys[APPROVER]))}",
+            'groups = ["approvers"]',
+            "",
+            "[targets.orders-db]             # the sandbox PostgreSQL",
+            'kind = "postgres"',
+            f"address = {q(f'{self.pg.host}:{self.pg.port}')}",
+            'database = "orders"',
+            "[targets.orders-db.logins]",
+            *(
+                f'{scope} = {{ user = "{role}", password_file = "secrets/orders_{scope}" }}'
+                for scope, role in _PG_LOGINS.items()
+            ),
+        ]
+        if self.sshd is not None:
+            lines += [
+                "",
+                "[targets.web-1]                 # the sandbox sshd",
+                'kind = "ssh"',
+                f"address = {q(f'{self.sshd.host}:{self.sshd.port}')}",
+                f"host_key = {q(self.sshd.host_key_line)}",
+                "[targets.web-1.logins]",
+                f"shell = {{ user = {q(self.sshd.user)}, key_file = {q(str(self.sshd.client_key_path))} }}",
+            ]
+        return "\n".join(lines) + "\n"
+
+    def load(self, config_path: Path) -> Config:
+        """Read back the config just written, exactly as `gateway run` would."""
+        try:
+            return load_config(config_path)
+        except ConfigError as exc:  # a bug in the demo, not the user's doing: say so
+            raise DemoError(f"the demo wrote an invalid config: {exc}") from None
+
+    async def start_gateway(self, app: App) -> None:
+        """Start the gateway in this process on the demo's ports."""
+        o = self.opts
+        self.say(f"gateway demo: starting the gateway (ssh {o.ssh_port}, postgres {o.pg_port}, http {o.http_port}) ...")
+        try:
+            await app.start()
+        except OSError as exc:  # a port taken since check_ports, or a folder we cannot write
+            raise DemoError(f"the gateway did not start: {exc}") from None
+
+    async def request_and_approve(self, base_url: str) -> None:
+        """Through the real HTTP API: alice asks for each target, bob approves, alice fetches her tokens."""
+
+        def auth(user: str) -> dict[str, str]:
+            return {"Authorization": f"Bearer {self.api_keys[user]}"}
+
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(base_url, timeout=timeout) as http:
+
+            async def call(method: str, path: str, user: str, body: dict[str, Any] | None = None) -> Any:
+                async with http.request(method, path, json=body, headers=auth(user)) as resp:
+                    data = await resp.json()
+                    if resp.status >= 400:
+                        raise DemoError(f"the API refused {method} {path} as {user}: {resp.status} {data}")
+                    return data
+
+            for target in self.targets():
+                scope = _DEMO_SCOPES[target]
+                ask = {"target": target, "scope": scope, "ttl": TTL, "reason": REASON}
+                req = await call("POST", "/v1/requests", ENGINEER, ask)
+                await call("POST", f"/v1/requests/{req['id']}/approve", APPROVER, {"comment": "ok for the demo"})
+                got = await call("GET", f"/v1/requests/{req['id']}/token", ENGINEER)
+                self.requests[target] = req["id"]
+                self.tokens[target] = got["token"]
+
+    def targets(self) -> list[str]:
+        """The targets this run configured."""
+        return ["orders-db", *(["web-1"] if self.sshd is not None else [])]
+
+    def write_known_hosts(self, host_pub: Path) -> None:
+        """A known_hosts file pinning the gateway's SSH host key, so ssh checks it (and ~/.ssh stays untouched)."""
+        key_type, blob = host_pub.read_text().split()[:2]
+        port = self.opts.ssh_port
+        name = HOST if port == 22 else f"[{HOST}]:{port}"
+        (self.dir / "known_hosts").write_text(f"{name} {key_type} {blob}\n")
+
+    def ready_text(self, config: Config) -> str:
+        """The block a newcomer reads: what runs, what happened, what to paste."""
+        assert self.pg is not None
+        o, d = self.opts, self.dir
+        gw = f"gateway --config {config.path}"
+        pg_line = f'psql "host={HOST} port={o.pg_port} user={ENGINEER} dbname=orders-db sslmode=require"'
+        out = [
+            "",
+            f"gateway demo is running. Its files are in {d}",
+            "",
+            f"  gateway      ssh {HOST}:{o.ssh_port}   postgres {HOST}:{o.pg_port}   http {HOST}:{o.http_port}",
+            f"  orders-db    PostgreSQL on {self.pg.host}:{self.pg.port}, database orders "
+            f"({SAMPLE_COUNTS['orders']} orders, {SAMPLE_COUNTS['customers']} customers)",
+        ]
+        if self.sshd is not None:
+            out.append(f"  web-1        OpenSSH on {self.sshd.host}:{self.sshd.port}, login {self.sshd.user}")
+        asked = " and ".join(f"{t}/{_DEMO_SCOPES[t]}" for t in self.targets())
+        out += [
+            "",
+            "What just happened, through the HTTP API:",
+            f"  alice (engineer) asked for {asked}, reason {REASON!r}",
+            f"  bob (approver) approved {' and '.join(self.requests[t] for t in self.targets())}",
+            f"  the gateway signed alice one token per target, valid {TTL}: her password at the gateway",
+            "",
+            "Be alice: paste these into another terminal.",
+            "",
+            f"  export PGPASSWORD='{self.tokens['orders-db']}'",
+            f"  {pg_line}",
+            "      try: select count(*) from orders;   then: delete from orders;  (refused: the grant is read-only)",
+        ]
+        if self.sshd is not None:
+            ssh_cmd = f"ssh -p {o.ssh_port} -o UserKnownHostsFile={d / 'known_hosts'} web-1@{HOST}"
+            out += ["", f"  export SSHPASS='{self.tokens['web-1']}'"]
+            if shutil.which("sshpass"):
+                out.append(f"  sshpass -e {ssh_cmd}")
+            else:
+                out += [
+                    f"  {ssh_cmd}",
+                    "      paste $SSHPASS at the 'Approval token:' prompt (or apt-get install sshpass)",
+                ]
+        out += [
+            "",
+            "Then see what the gateway recorded:",
+            "",
+            f"  {gw} sessions",
+            f"  {gw} replay SESSION",
+            "",
+            f"API keys for the HTTP API (curl -H 'Authorization: Bearer KEY' http://{HOST}:{o.http_port}/v1/requests):",
+            f"  alice {self.api_keys[ENGINEER]}",
+            f"  bob   {self.api_keys[APPROVER]}",
+            "",
+            f"{READY_LINE} and removes {d}." if not o.keep else f"{READY_LINE}; --keep leaves {d} in place.",
+        ]
+        return "\n".join(out)
+
+    def cleanup(self) -> None:
+        """Stop the sandbox servers and remove the folder (unless --keep); safe to call at any point."""
+        if self.sshd is not None:
+            self.sshd.stop()
+        if self.pg is not None:
+            self.pg.stop()
+        if not self._made_dir:
+            return
+        if self.opts.keep:
+            self.say(f"demo stopped; kept {self.dir}")
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.say(f"demo stopped; removed {self.dir}")
+
+
+def check_ports(ports: dict[str, int]) -> None:
+    """Refuse to start (before making anything) when one of the gateway's ports is taken."""
+    for option, port in ports.items():
+        why = port_in_use(HOST, port)
+        if why is not None:
+            raise DemoError(f"port {port} on {HOST} is busy ({why}): stop what uses it, or pick another with {option}")
+
+
+def _check_traversable(path: Path) -> None:
+    """As root: every folder above `path` must let other users through, or the unprivileged servers cannot start."""
+    for folder in [path, *path.parents]:
+        if not folder.stat().st_mode & stat.S_IXOTH:
+            raise DemoError(
+                f"{folder} is closed to other users (mode {stat.S_IMODE(folder.stat().st_mode):o}), but the demo's "
+                f"servers run as {PG_OS_USER} and {SSH_OS_USER}: pick a --dir under /tmp, or leave --dir out"
+            )
+
+
+def _toml_str(value: str) -> str:
+    """A TOML basic string (JSON's escapes are valid TOML)."""
+    return json.dumps(value)
+
+
+def _interrupted(say: Callable[[str], None]) -> int:
+    """Exit code 130 for a Ctrl-C before the demo was ready."""
+    say("gateway demo: interrupted while starting")
+    return 130
+
+
+async def run_demo(opts: DemoOptions, say: Callable[[str], None] | None = None) -> int:
+    """`gateway demo`: returns the exit code (errors are printed, one plain message)."""
+    return await Demo(opts, say or _say).run()
+
+
+def _say(text: str) -> None:
+    """Print and flush at once (stdout may be a pipe: the tests read it line by line)."""
+    print(text, flush=True)

@@ -1,0 +1,203 @@
+"""`gateway demo` end to end: it starts, the lines it prints work when pasted, and Ctrl-C leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.demo import NO_SSHD, READY_LINE
+from gateway.sandbox import descendants, free_port, pid_alive
+from gateway.sandbox.postgres import SAMPLE_COUNTS
+
+REPO = Path(__file__).resolve().parents[1]
+_START_TIMEOUT = 90.0
+
+
+class RunningDemo:
+    """A `gateway demo` subprocess and what it printed (a thread reads stdout, so no pipe ever fills up)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        """Move stdout lines into the queue; None marks the end."""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    @property
+    def text(self) -> str:
+        """Everything printed so far."""
+        return "\n".join(self.lines)
+
+    def line(self, pattern: str) -> str | None:
+        """The first printed line matching `pattern` (regex on the stripped line), stripped; None if none."""
+        for line in self.lines:
+            if re.search(pattern, line.strip()):
+                return line.strip()
+        return None
+
+    def read_until(self, marker: str, timeout: float) -> None:
+        """Collect stdout lines until one starts with `marker`; fail with the output on exit or timeout."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                code = self.proc.wait(timeout=30)
+                pytest.fail(f"gateway demo exited {code} before it was ready:\n{self.text}\n{self.stderr()}")
+            self.lines.append(line)
+            if line.startswith(marker):
+                return
+        pytest.fail(f"gateway demo not ready after {timeout:.0f} s:\n{self.text}")
+
+    def read_rest(self) -> None:
+        """After exit: the rest of stdout."""
+        while (line := self._queue.get(timeout=30)) is not None:
+            self.lines.append(line)
+
+    def stderr(self) -> str:
+        """stderr, once the process has exited."""
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read() if self.proc.poll() is not None else ""
+
+
+def _free_ports(n: int) -> list[int]:
+    """`n` distinct free loopback ports."""
+    ports: set[int] = set()
+    while len(ports) < n:
+        ports.add(free_port())
+    return sorted(ports)
+
+
+def _client_env() -> dict[str, str]:
+    """The environment a newcomer's shell has, minus libpq/ssh settings that would change what the lines do."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "SSH"))}
+    env["PGCONNECT_TIMEOUT"] = "10"
+    return env
+
+
+def _paste(*lines: str) -> subprocess.CompletedProcess[str]:
+    """Run printed lines in bash, as if pasted into a terminal."""
+    return subprocess.run(
+        ["bash", "-c", "\n".join(lines)],
+        capture_output=True,
+        text=True,
+        env=_client_env(),
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def demo() -> Iterator[RunningDemo]:
+    """`gateway demo` on free ports, killed (with everything it started) if the test did not stop it."""
+    ssh_port, pg_port, http_port = _free_ports(3)
+    cmd = [sys.executable, "-m", "gateway", "demo"]
+    cmd += ["--ssh-port", str(ssh_port), "--pg-port", str(pg_port), "--http-port", str(http_port)]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    running = RunningDemo(proc)
+    try:
+        yield running
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_demo_lines_work_and_ctrl_c_cleans_up(demo: RunningDemo) -> None:
+    """The printed psql (and ssh) lines connect through the gateway; SIGINT exits 0 and removes everything."""
+    demo.read_until(READY_LINE, _START_TIMEOUT)
+    config_line = demo.line(r"--config \S+/gateway\.toml sessions")
+    assert config_line is not None, demo.text
+    match = re.search(r"--config (\S+)/gateway\.toml", config_line)
+    assert match is not None
+    folder = Path(match.group(1))
+    assert folder.is_dir()
+
+    # What must be gone after Ctrl-C: the postmaster (daemonized by pg_ctl) and everything under the demo.
+    postmaster_pid = int(next(folder.glob("gw-pg-*/data/postmaster.pid")).read_text().split()[0])
+    started = [postmaster_pid, *descendants(postmaster_pid), *descendants(demo.proc.pid)]
+
+    export_pg = demo.line(r"^export PGPASSWORD='[^']+'$")
+    psql = demo.line(r'^psql "host=127\.0\.0\.1 port=\d+ user=alice dbname=orders-db sslmode=require"$')
+    assert export_pg and psql, demo.text
+    result = _paste(export_pg, f"{psql} -X -A -t -c 'select count(*) from orders'")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(SAMPLE_COUNTS["orders"])
+
+    ssh = demo.line(r"^sshpass -e ssh -p \d+ .*web-1@127\.0\.0\.1$")
+    if os.access("/usr/sbin/sshd", os.X_OK) and shutil.which("sshpass"):
+        export_ssh = demo.line(r"^export SSHPASS='[^']+'$")
+        assert export_ssh and ssh, demo.text
+        result = _paste(export_ssh, f"{ssh} 'echo hello'")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "hello\n"
+        started += descendants(demo.proc.pid)
+    elif not os.access("/usr/sbin/sshd", os.X_OK):
+        assert NO_SSHD in demo.text
+
+    demo.proc.send_signal(signal.SIGINT)
+    assert demo.proc.wait(timeout=60) == 0, demo.stderr()
+    demo.read_rest()
+    assert f"demo stopped; removed {folder}" in demo.text
+    assert not folder.exists()
+    assert not [p for p in started if pid_alive(p)], f"processes survived the demo: {started}"
+
+
+def test_demo_refuses_a_busy_port_before_starting_anything() -> None:
+    """A taken port: one plain line naming it and the option to change it, exit 1, nothing started."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        ssh_port, http_port = _free_ports(2)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "demo",
+                "--ssh-port",
+                str(ssh_port),
+                "--pg-port",
+                str(port),
+                "--http-port",
+                str(http_port),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 1
+    assert f"port {port} on 127.0.0.1 is busy" in proc.stderr
+    assert "--pg-port" in proc.stderr
+    assert "starting" not in proc.stdout
