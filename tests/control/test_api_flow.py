@@ -139,8 +139,8 @@ async def test_visibility(gw: Running) -> None:
 
 async def test_revoke_ends_sessions_within_1s_and_refuses_new(gw: Running) -> None:
     _, grant, token = await gw.approved_grant()
-    s1, k1 = await _session(gw, token)
-    s2, k2 = await _session(gw, token)
+    _s1, k1 = await _session(gw, token)
+    _s2, k2 = await _session(gw, token)
     t0 = time.monotonic()
     out = await gw.ok("alice", "POST", f"/v1/grants/{grant}/revoke", {"reason": "done"})
     await asyncio.wait_for(asyncio.gather(k1.wait(), k2.wait()), 1.0)

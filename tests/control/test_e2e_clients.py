@@ -1,0 +1,143 @@
+"""End to end with the real clients: request, approve, `gateway psql` and `gateway ssh` through every listener,
+then revoke: both sessions end within 1 s and the old token is refused.
+
+Needs the Postgres and SSH front ends (gateway.pg.listener, gateway.ssh.listener) and the rig fixtures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.config import load_config
+from tests.control.conftest import Running, start_gateway, write_config
+from tests.rig.postgres import PgCluster
+from tests.rig.sshd import SshServer
+
+pytest.importorskip("gateway.pg.listener", reason="the Postgres front end is not in the tree yet")
+pytest.importorskip("gateway.ssh.listener", reason="the SSH front end is not in the tree yet")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def full_gw(
+    tmp_path: Path,
+    api_keys: dict[str, str],
+    pg_cluster: PgCluster,
+    sshd_server: SshServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Running]:
+    """App(config) with every listener, its targets the rig's PostgreSQL and sshd."""
+    monkeypatch.setenv("GW_TEST_RO_PASSWORD", pg_cluster.passwords["app_ro"])
+    monkeypatch.setenv("GW_TEST_RW_PASSWORD", pg_cluster.passwords["app_rw"])
+    path = write_config(
+        tmp_path,
+        api_keys,
+        pg={"address": f"127.0.0.1:{pg_cluster.port}", "database": "orders"},
+        ssh={
+            "address": f"127.0.0.1:{sshd_server.port}",
+            "host_key": sshd_server.host_key_line,
+            "user": sshd_server.user,
+            "key_file": str(sshd_server.client_key_path),
+        },
+    )
+    config = load_config(path, need_secrets=True)
+    svc, port, stop = await start_gateway(config, enable=("postgres", "ssh", "http"))
+    async with aiohttp.ClientSession() as session:
+        yield Running(svc, port, api_keys, session, stop, {"pg": pg_cluster, "sshd": sshd_server})
+    await stop()
+
+
+def _env(gw: Running, user: str) -> dict[str, str]:
+    pg: PgCluster = gw.extra["pg"]
+    return {
+        **os.environ,
+        "GATEWAY_URL": gw.url,
+        "GATEWAY_API_KEY": gw.keys[user],
+        "GATEWAY_CREDENTIALS": "/nonexistent/credentials",
+        "PATH": f"{pg.bin_dir}:{os.environ.get('PATH', '')}",
+        "PGCONNECT_TIMEOUT": "10",
+    }
+
+
+async def _cli(gw: Running, user: str, *argv: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        *argv,
+        env=_env(gw, user),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def _done(proc: asyncio.subprocess.Process, timeout: float = 60) -> tuple[int, str, str]:
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def _live(gw: Running, grant: str) -> int:
+    rows = await gw.ok("erin", "GET", "/v1/sessions", params={"grant": grant, "live": "true"})
+    return len(rows["sessions"])
+
+
+async def test_psql_and_ssh_then_revoke(full_gw: Running) -> None:
+    gw = full_gw
+    sshd: SshServer = gw.extra["sshd"]
+    _, pg_grant, pg_token = await gw.approved_grant("alice", "bob", "orders-db", "read")
+    _, ssh_grant, _ = await gw.approved_grant("alice", "bob", "web-1", "shell")
+
+    code, out, err = await _done(
+        await _cli(gw, "alice", "psql", "orders-db", "--", "-At", "-c", "select count(*) from customers")
+    )
+    assert code == 0, err
+    assert out.strip() == "50"
+    code, out, err = await _done(await _cli(gw, "alice", "ssh", "web-1", "--", "cat", str(sshd.hello_path)))
+    assert code == 0, err
+    assert "hello from the gateway test rig" in out
+
+    # two long sessions, then revoke both grants: each ends within 1 s
+    psql = await _cli(gw, "alice", "psql", "orders-db", "--", "-At", "-c", "select pg_sleep(60)")
+    ssh = await _cli(gw, "alice", "ssh", "web-1", "--", "sleep", "60")
+    deadline = time.monotonic() + 30
+    while (await _live(gw, pg_grant), await _live(gw, ssh_grant)) != (1, 1):
+        assert time.monotonic() < deadline, "sessions did not start"
+        await asyncio.sleep(0.1)
+    t0 = time.monotonic()
+    await gw.ok("alice", "POST", f"/v1/grants/{pg_grant}/revoke", {"reason": "done"})
+    await gw.ok("erin", "POST", f"/v1/grants/{ssh_grant}/revoke", {"reason": "incident over"})
+    while (await _live(gw, pg_grant), await _live(gw, ssh_grant)) != (0, 0):
+        assert time.monotonic() - t0 < 1.0, "revocation did not end the sessions within 1 s"
+        await asyncio.sleep(0.05)
+    for proc in (psql, ssh):
+        code, _, _ = await _done(proc, 10)
+        assert code != 0
+    ended = await gw.ok("erin", "GET", "/v1/sessions", params={"grant": pg_grant})
+    assert "grant revoked: done" in ended["sessions"][0]["end_reason"]
+
+    # new attempts are refused: by the CLI (no live grant) and by the gateway (the old token)
+    code, _, err = await _done(await _cli(gw, "alice", "psql", "orders-db", "--", "-c", "select 1"))
+    assert code != 0 and "no live grant" in err
+    pg: PgCluster = gw.extra["pg"]
+    port = gw.services.config.listen_postgres.port
+    proc = await asyncio.create_subprocess_exec(
+        "psql",
+        f"host=127.0.0.1 port={port} user=alice dbname=orders-db sslmode=require",
+        "-c",
+        "select 1",
+        env={**_env(gw, "alice"), "PGPASSWORD": pg_token, "PATH": f"{pg.bin_dir}:{os.environ['PATH']}"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    code, _, err = await _done(proc, 30)
+    assert code != 0 and "revoked" in err
