@@ -1,0 +1,391 @@
+"""The live-session registry: deadlines, warnings, revocation, kills from other processes, idempotent ends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import Address, Login, Target
+from gateway.policy import ScopePolicy, SqlPolicy
+from gateway.sessions import EXPIRED, LiveSession, SessionRegistry, new_session_record
+from gateway.store import GrantRecord, SqliteStore
+from gateway.tokens import Claims, KeyRing
+
+T0 = 1_700_000_000.0
+TARGET = Target(
+    "orders-db", "postgres", Address("127.0.0.1", 5432), {"read": Login("read", "app_ro")}, database="orders"
+)
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Handle:
+    """A front end's kill and warn callbacks that only record what they were asked."""
+
+    def __init__(self) -> None:
+        self.kills: list[str] = []
+        self.warns: list[str] = []
+        self.kill_at: float | None = None
+        self.warn_at: float | None = None
+        self.killed = asyncio.Event()
+
+    async def kill(self, reason: str) -> None:
+        self.kills.append(reason)
+        self.kill_at = time.monotonic()
+        self.killed.set()
+
+    def warn(self, message: str) -> None:
+        self.warns.append(message)
+        self.warn_at = time.monotonic()
+
+
+def _wedged_kill_tasks() -> list[asyncio.Task[Any]]:
+    me = asyncio.current_task()
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if t is not me and not t.done() and getattr(t.get_coro(), "__qualname__", "") == "LiveSession.kill"
+    ]
+
+
+def _unwedge() -> None:
+    """Release kill tasks stuck awaiting a gather over themselves (see test_deadline_kill_task_finishes), so
+    the shared event loop can shut down cleanly even while that bug exists."""
+    for t in _wedged_kill_tasks():
+        waiter = getattr(t, "_fut_waiter", None)
+        if isinstance(waiter, asyncio.Future) and not waiter.done():
+            waiter.set_result([])
+
+
+class Env:
+    def __init__(
+        self, tmp_path: Path, store: SqliteStore, ring: KeyRing, clock: Clock, registry: SessionRegistry
+    ) -> None:
+        self.tmp_path, self.store, self.ring, self.clock, self.registry = tmp_path, store, ring, clock, registry
+        self.handles: dict[str, Handle] = {}
+
+    async def grant(self, gid: str, exp: float, user: str = "alice") -> None:
+        await self.store.add_grant(GrantRecord(gid, user, "orders-db", "read", "INC-1", ("bob",), T0, T0, exp))
+
+    async def session(self, sid: str, gid: str, exp: float, *, bind: bool = True, user: str = "alice") -> LiveSession:
+        if await self.store.get_grant(gid) is None:
+            await self.grant(gid, exp, user)
+        claims = Claims(
+            user, gid, "orders-db", "read", int(T0), int(T0), int(exp), "INC-1", ("bob",), "gateway", "gateway"
+        )
+        s = LiveSession(
+            id=sid,
+            claims=claims,
+            target=TARGET,
+            login=TARGET.logins["read"],
+            policy=ScopePolicy("read", sql=SqlPolicy()),
+            protocol="postgres",
+            client_addr="10.0.0.9:1",
+            started_at=self.clock(),
+            recording_path=self.tmp_path / f"{sid}.sql.jsonl",
+            store=self.store,
+            registry=self.registry,
+        )
+        await self.store.add_session(new_session_record(s))
+        self.registry.add(s)
+        h = self.handles[sid] = Handle()
+        if bind:
+            s.bind(kill=h.kill, warn=h.warn)
+        return s
+
+    async def events(self, type_: str, sid: str | None = None) -> list[Any]:
+        return await self.store.events(types=[type_], session=sid)
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    ring = KeyRing.load_or_create(tmp_path / "keys")
+    store = await SqliteStore(tmp_path / "gw.db", ring).open()
+    clock = Clock(T0)
+    registry = SessionRegistry(store, clock=clock, warn_before=1.0)
+    e = Env(tmp_path, store, ring, clock, registry)
+    yield e
+    for s in registry.live():
+        for t in s._timers:
+            t.cancel()
+    _unwedge()
+    await registry.close_all("test over")
+    _unwedge()
+    await asyncio.sleep(0)
+    await store.close()
+
+
+# --- deadlines ---------------------------------------------------------------------------------------
+
+
+async def test_deadline_warns_then_kills(env: Env) -> None:
+    exp = T0 + 600
+    env.clock.now = exp - 1.3  # 1.3 s left: warning at 0.3 s (warn_before = 1 s), kill at 1.3 s
+    start = time.monotonic()
+    s = await env.session("s1", "g1", exp)
+    h = env.handles["s1"]
+    await asyncio.wait_for(h.killed.wait(), 3)
+    assert h.kills == [EXPIRED]
+    assert h.kill_at is not None and h.kill_at - start >= 1.2  # not early
+    assert len(h.warns) == 1 and h.warn_at is not None and h.warn_at < h.kill_at
+    assert "access window closes in 1 s" in h.warns[0]
+    assert h.warn_at - start >= 0.2
+    await asyncio.sleep(0.05)
+    assert s.closed and s.end_reason == EXPIRED
+    assert env.registry.get("s1") is None
+    [kill] = await env.events("session.kill", "s1")
+    assert (kill.actor, kill.data["reason"], kill.severity, kill.grant) == ("gateway", EXPIRED, "warning", "g1")
+    [end] = await env.events("session.end", "s1")
+    assert end.data["reason"] == EXPIRED
+    row = await env.store.get_session("s1")
+    assert row is not None and row.ended_at == env.clock.now and row.end_reason == EXPIRED
+
+
+async def test_deadline_kill_task_finishes(env: Env) -> None:
+    """The task the deadline timer spawns must finish after the kill. LiveSession.close() gathers
+    `self._tasks`, which includes the very task running the kill: it waits on itself forever (and cancelling
+    it recurses without end)."""
+    exp = T0 + 600
+    env.clock.now = exp - 0.2
+    await env.session("s1", "g1", exp)
+    await asyncio.wait_for(env.handles["s1"].killed.wait(), 3)
+    for _ in range(20):
+        if not _wedged_kill_tasks():
+            break
+        await asyncio.sleep(0.02)
+    assert _wedged_kill_tasks() == []
+
+
+async def test_session_already_past_its_deadline_is_killed_at_bind(env: Env) -> None:
+    env.clock.now = T0 + 700
+    s = await env.session("s1", "g1", T0 + 600)
+    await asyncio.wait_for(env.handles["s1"].killed.wait(), 1)
+    assert env.handles["s1"].kills == [EXPIRED]
+    await asyncio.sleep(0.02)
+    assert s.closed
+
+
+async def test_no_timer_fires_before_bind_and_none_after_close(env: Env) -> None:
+    exp = T0 + 600
+    env.clock.now = exp - 0.3
+    s = await env.session("s1", "g1", exp, bind=False)
+    await asyncio.sleep(0.4)
+    assert not s.closed  # timers start when the front end binds
+    h = env.handles["s1"]
+    s.bind(kill=h.kill, warn=h.warn)
+    await s.close("client closed")
+    await asyncio.sleep(0.45)
+    assert h.kills == [] and h.warns == []  # close cancelled the deadline timer
+    assert [e.data["reason"] for e in await env.events("session.end", "s1")] == ["client closed"]
+    assert await env.events("session.kill", "s1") == []
+
+
+async def test_deadline_is_the_token_exp(env: Env) -> None:
+    s = await env.session("s1", "g1", T0 + 123, bind=False)
+    assert s.deadline == T0 + 123 and s.user == "alice" and s.scope == "read"
+    assert "alice@orders-db/read" in repr(s)
+
+
+# --- revocation and kills ----------------------------------------------------------------------------
+
+
+async def test_revoke_kills_only_that_grants_sessions(env: Env) -> None:
+    a1 = await env.session("a1", "gA", T0 + 600)
+    b1 = await env.session("b1", "gB", T0 + 600, user="bob")
+    assert await env.registry.revoke("gA", "grant revoked: INC closed", by="carol") == 1
+    assert env.handles["a1"].kills == ["grant revoked: INC closed"]
+    assert env.handles["b1"].kills == []
+    assert a1.closed and not b1.closed
+    assert [s.id for s in env.registry.live()] == ["b1"]
+    [kill] = await env.events("session.kill")
+    assert (kill.session, kill.actor, kill.data["reason"]) == ("a1", "carol", "grant revoked: INC closed")
+    assert await env.registry.revoke("gA", "again", by="carol") == 0
+    assert await env.registry.revoke("g-unknown", "x", by="carol") == 0
+    assert env.handles["b1"].kills == []
+
+
+async def test_revoke_kills_every_session_of_the_grant(env: Env) -> None:
+    """Two live sessions of one grant are killed concurrently (asyncio.gather): both must end."""
+    a1 = await env.session("a1", "gA", T0 + 600)
+    a2 = await env.session("a2", "gA", T0 + 600)
+    b1 = await env.session("b1", "gB", T0 + 600, user="bob")
+    outcome: object = None
+    try:
+        outcome = await env.registry.revoke("gA", "grant revoked: INC closed", by="carol")
+    except Exception as exc:  # reported below, after what matters most
+        outcome = exc
+    assert env.handles["a1"].kills == env.handles["a2"].kills == ["grant revoked: INC closed"], outcome
+    assert a1.closed and a2.closed and not b1.closed
+    assert outcome == 2
+    kills = await env.events("session.kill")
+    assert sorted((e.session, e.actor) for e in kills) == [("a1", "carol"), ("a2", "carol")]
+    assert len(await env.events("session.end")) == 2
+    assert (await env.store.verify()).ok
+
+
+async def test_kill_by_id(env: Env) -> None:
+    await env.session("s1", "g1", T0 + 600)
+    await env.session("s2", "g1", T0 + 600)
+    assert await env.registry.kill("s1", "security: suspicious", by="dave")
+    assert not await env.registry.kill("s1", "again", by="dave")
+    assert not await env.registry.kill("nope", "x", by="dave")
+    assert env.handles["s1"].kills == ["security: suspicious"] and env.handles["s2"].kills == []
+
+
+async def test_sweep_picks_up_another_processs_revocation_and_kill_request(env: Env) -> None:
+    await env.session("a1", "gA", T0 + 600)
+    await env.session("b1", "gB", T0 + 600)
+    await env.session("b2", "gB", T0 + 600)
+    await env.session("c1", "gC", T0 + 600)
+    other = await SqliteStore(env.store.path, env.ring).open()  # the CLI or another replica
+    try:
+        await other.revoke_grant("gA", by="carol", reason="INC closed", now=T0 + 5)
+        await other.request_kill("b2", "security team: suspicious")
+    finally:
+        await other.close(checkpoint=False)
+    await env.registry.sweep()
+    assert env.handles["a1"].kills == ["grant revoked: INC closed"]
+    assert env.handles["b2"].kills == ["security team: suspicious"]
+    assert env.handles["b1"].kills == [] and env.handles["c1"].kills == []
+    assert sorted(s.id for s in env.registry.live()) == ["b1", "c1"]
+    actors = {e.session: e.actor for e in await env.events("session.kill")}
+    assert actors == {"a1": "carol", "b2": "gateway"}
+    # a second sweep does nothing more
+    await env.registry.sweep()
+    assert len(await env.events("session.kill")) == 2
+
+
+async def test_sweep_ends_sessions_of_an_expired_grant(env: Env) -> None:
+    await env.session("s1", "g1", T0 + 600)
+    other = await SqliteStore(env.store.path, env.ring).open()
+    try:
+        assert await other.expire_grants(T0 + 600) == ["g1"]
+    finally:
+        await other.close(checkpoint=False)
+    await env.registry.sweep()
+    assert env.handles["s1"].kills == ["grant ended"]
+
+
+async def test_watch_reaches_live_sessions_quickly(env: Env) -> None:
+    await env.session("s1", "g1", T0 + 600)
+    watcher = asyncio.create_task(env.registry.watch(interval=0.05))
+    try:
+        other = await SqliteStore(env.store.path, env.ring).open()
+        try:
+            await other.revoke_grant("g1", by="carol", reason="now", now=T0)
+        finally:
+            await other.close(checkpoint=False)
+        await asyncio.wait_for(env.handles["s1"].killed.wait(), 2)
+        assert env.handles["s1"].kills == ["grant revoked: now"]
+    finally:
+        watcher.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await watcher
+
+
+async def test_sweep_with_nothing_live_does_not_touch_the_store(env: Env) -> None:
+    await env.store.close(checkpoint=False)
+    await env.registry.sweep()  # would raise StoreError if it queried the closed store
+    await env.store.open()
+
+
+# --- ends are recorded exactly once ------------------------------------------------------------------
+
+
+async def test_kill_is_idempotent(env: Env) -> None:
+    s = await env.session("s1", "g1", T0 + 600)
+    env.clock.now = T0 + 42
+    await asyncio.gather(s.kill("first", by="carol"), s.kill("second", by="dave"))
+    await s.kill("third")
+    await s.close("fourth")
+    assert env.handles["s1"].kills == ["first"]
+    assert [(e.actor, e.data["reason"]) for e in await env.events("session.kill", "s1")] == [("carol", "first")]
+    [end] = await env.events("session.end", "s1")
+    assert end.data["reason"] == "first" and end.data["duration"] == 42
+    row = await env.store.get_session("s1")
+    assert row is not None and (row.ended_at, row.end_reason) == (T0 + 42, "first")
+    assert (await env.store.verify()).ok
+
+
+async def test_front_end_that_closes_inside_its_kill_handle(env: Env) -> None:
+    s = await env.session("s1", "g1", T0 + 600, bind=False)
+    calls: list[str] = []
+
+    async def kill(reason: str) -> None:
+        calls.append(reason)
+        await s.close("closed by front end: " + reason)
+
+    s.bind(kill=kill)
+    await s.kill("revoked")
+    assert calls == ["revoked"]
+    assert [e.data["reason"] for e in await env.events("session.end", "s1")] == ["closed by front end: revoked"]
+    assert len(await env.events("session.kill", "s1")) == 1
+
+
+async def test_a_failing_front_end_kill_still_ends_the_session(env: Env) -> None:
+    s = await env.session("s1", "g1", T0 + 600, bind=False)
+
+    async def broken(reason: str) -> None:
+        raise ConnectionResetError("socket gone")
+
+    s.bind(kill=broken)
+    await s.kill("revoked")
+    assert s.closed
+    assert len(await env.events("session.end", "s1")) == 1
+
+
+async def test_close_records_the_recording_hash(env: Env) -> None:
+    s = await env.session("s1", "g1", T0 + 600)
+    s.stats["statements"] = 3
+    await s.close("client closed", recording_sha256="ab" * 32)
+    [end] = await env.events("session.end", "s1")
+    assert end.data == {
+        "reason": "client closed",
+        "duration": 0,
+        "stats": {"statements": 3},
+        "recording": str(env.tmp_path / "s1.sql.jsonl"),
+        "recording_sha256": "ab" * 32,
+    }
+    row = await env.store.get_session("s1")
+    assert row is not None and row.recording_sha256 == "ab" * 32 and row.stats == {"statements": 3}
+    s.warn("too late")
+    assert env.handles["s1"].warns == []  # nothing is shown once closed
+
+
+async def test_close_all(env: Env) -> None:
+    for i in range(3):
+        await env.session(f"s{i}", f"g{i}", T0 + 600)
+    await env.registry.close_all("gateway shutting down")
+    assert len(env.registry) == 0
+    assert all(h.kills == ["gateway shutting down"] for h in env.handles.values())
+    assert len(await env.events("session.end")) == 3
+
+
+async def test_audit_failure_ends_the_session(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail closed: when an audit event cannot be written, the front end is told to close the connection,
+    even though the `session.kill` event itself cannot be written either."""
+    s = await env.session("s1", "g1", T0 + 600)
+
+    async def broken_append(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(env.store, "append", broken_append)
+    raised: BaseException | None = None
+    try:
+        await s.audit("sql.statement", sql="SELECT 1")
+    except Exception as exc:
+        raised = exc
+    assert env.handles["s1"].kills == ["audit log unavailable (OSError)"]
+    assert s.closed
+    assert raised is None
