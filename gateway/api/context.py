@@ -37,10 +37,10 @@ def ctx(request: web.Request) -> ApiContext:
 
 def caller(request: web.Request) -> Caller:
     """The authenticated caller (set by the auth middleware on every /v1 route)."""
-    who = request.get(CALLER_KEY)
-    if who is None:
-        raise RuntimeError("route reached without authentication")  # a wiring bug: fail closed
-    return who
+    try:
+        return request[CALLER_KEY]
+    except KeyError:
+        raise RuntimeError("route reached without authentication") from None  # a wiring bug: fail closed
 
 
 def no_store(resp: web.Response) -> web.Response:

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
-
 def register(sub: Sub) -> None:
     """Add the control-plane commands."""
     server = argparse.ArgumentParser(add_help=False)

@@ -89,7 +89,7 @@ async def test_local_revoke_and_kill_without_server(
         await s.close(reason)
 
     s.bind(kill=kill)
-    code, out, err = await run(capsys, "kill", s.id, "--reason", "from the cli")
+    code, _, err = await run(capsys, "kill", s.id, "--reason", "from the cli")
     assert code == 0, err
     await asyncio.wait_for(ended.wait(), 1.5)  # the gateway's watcher picked up the store's kill mark
     code, _out, err = await run(capsys, "revoke", grant, "--reason", "ops done")

@@ -138,7 +138,7 @@ async def test_oidc_user_runs_the_workflow(oidc_gw: Running, idp: Idp) -> None:
         ),
         (lambda idp: idp.token(kid="rsa1", alg="HS256", key=b"k" * 32), "algorithm 'HS256'"),
         (
-            lambda idp: jwt.encode({"sub": "x", "iss": ISSUER, "aud": AUDIENCE}, None, algorithm="none"),
+            lambda idp: jwt.encode({"sub": "x", "iss": ISSUER, "aud": AUDIENCE}, "", algorithm="none"),
             "algorithm 'none'",
         ),
         (lambda idp: idp.token(kid="ec1", alg="RS256", key=idp.rsa), "does not fit"),
