@@ -219,3 +219,20 @@ async def test_public_endpoints(gw: Running) -> None:
     assert status == 401
     me = await gw.ok("erin", "GET", "/v1/whoami")
     assert me == {"user": "erin", "groups": ["admins"], "admin": True, "via": "api-key"}
+
+
+async def test_pending_request_alerts(gw: Running) -> None:
+    req = await gw.ok("alice", "POST", "/v1/requests", {"target": "web-1", "scope": "shell", "ttl": 60, "reason": "x"})
+    ev = await gw.services.store.events(types=["alert.request.pending"])
+    assert ev and req["id"] in ev[-1].data["summary"]
+
+
+async def test_policy_change_never_widens_an_issued_grant(gw: Running) -> None:
+    """The token is rebuilt from the stored grant: a later, wider policy changes nothing about it."""
+    from gateway.policy import Policies, ScopePolicy, TargetPolicy
+
+    _, grant, before = await gw.approved_grant()
+    wide = TargetPolicy("orders-db", {"read": ScopePolicy("read", max_ttl=86400.0)})
+    gw.services.policies.replace(Policies({**{t.target: t for t in gw.services.policies.targets()}, "orders-db": wide}))
+    after = (await gw.ok("alice", "GET", f"/v1/grants/{grant}/token"))["token"]
+    assert after == before

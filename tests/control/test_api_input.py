@@ -110,7 +110,10 @@ async def test_illegal_transitions_change_nothing(gw: Running) -> None:
     assert await _snapshot(gw) == before
 
 
-async def test_bad_credentials(gw: Running) -> None:
+async def test_bad_credentials(gw: Running, caplog: pytest.LogCaptureFixture) -> None:
+    secret = "gw_" + "s3cr3t" * 8
+    got, out = await gw.call(None, "GET", "/v1/whoami", headers={"Authorization": f"Bearer {secret}"})
+    assert got == 401 and secret not in str(out) and "s3cr3t" not in caplog.text
     for header in ("", "Basic YWxpY2U6eA==", "Bearer ", "Bearer gw_wrong", "Bearer not-a-jwt"):
         got, out = await gw.call(None, "GET", "/v1/whoami", headers={"Authorization": header} if header else {})
         assert got == 401, (header, out)
