@@ -340,7 +340,8 @@ class Demo:
             ssh_cmd = f"ssh -p {o.ssh_port} -o UserKnownHostsFile={d / 'known_hosts'} web-1@{HOST}"
             out += ["", f"  export SSHPASS='{self.tokens['web-1']}'"]
             if shutil.which("sshpass"):
-                out.append(f"  sshpass -e {ssh_cmd}")
+                # -P: sshpass answers the gateway's keyboard-interactive prompt (its default waits for "password")
+                out.append(f"  sshpass -e -P 'Approval token' {ssh_cmd}")
             else:
                 out += [
                     f"  {ssh_cmd}",

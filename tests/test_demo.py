@@ -7,6 +7,7 @@ import queue
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -16,9 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.demo import NO_SSHD, READY_LINE
+from gateway.api.auth import hash_api_key
+from gateway.config import load_config
+from gateway.demo import NO_SSHD, READY_LINE, Demo, DemoOptions
 from gateway.sandbox import descendants, free_port, pid_alive
-from gateway.sandbox.postgres import SAMPLE_COUNTS
+from gateway.sandbox.postgres import SAMPLE_COUNTS, PgCluster
+from gateway.sandbox.sshd import SshServer
+from gateway.services import load_policies
 
 REPO = Path(__file__).resolve().parents[1]
 _START_TIMEOUT = 90.0
@@ -151,7 +156,7 @@ def test_demo_lines_work_and_ctrl_c_cleans_up(demo: RunningDemo) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(SAMPLE_COUNTS["orders"])
 
-    ssh = demo.line(r"^sshpass -e ssh -p \d+ .*web-1@127\.0\.0\.1$")
+    ssh = demo.line(r"^sshpass -e .*ssh -p \d+ .*web-1@127\.0\.0\.1$")
     if os.access("/usr/sbin/sshd", os.X_OK) and shutil.which("sshpass"):
         export_ssh = demo.line(r"^export SSHPASS='[^']+'$")
         assert export_ssh and ssh, demo.text
@@ -201,3 +206,47 @@ def test_demo_refuses_a_busy_port_before_starting_anything() -> None:
     assert f"port {port} on 127.0.0.1 is busy" in proc.stderr
     assert "--pg-port" in proc.stderr
     assert "starting" not in proc.stdout
+
+
+def test_demo_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
+    """--dir on a folder with files in it: refused before anything starts (the demo removes its folder)."""
+    (tmp_path / "precious.txt").write_text("keep me\n")
+    ssh_port, pg_port, http_port = _free_ports(3)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "demo", "--dir", str(tmp_path), "--ssh-port", str(ssh_port),
+         "--pg-port", str(pg_port), "--http-port", str(http_port)],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "is not an empty folder" in proc.stderr
+    assert (tmp_path / "precious.txt").read_text() == "keep me\n"
+    assert "starting" not in proc.stdout
+
+
+def test_written_config_loads_with_the_sandbox_targets(
+    tmp_path: Path, pg_cluster: PgCluster, sshd_server: SshServer
+) -> None:
+    """The gateway.toml the demo writes loads as `gateway run` loads it: targets, secrets, users, policies."""
+    said: list[str] = []
+    demo = Demo(DemoOptions(ssh_port=1, pg_port=2, http_port=3), said.append, dir=tmp_path)
+    demo.pg, demo.sshd = pg_cluster, sshd_server
+    config = load_config(demo.write_config())
+
+    assert (config.listen_ssh.port, config.listen_postgres.port, config.listen_http.port) == (1, 2, 3)
+    db = config.targets["orders-db"]
+    assert (db.kind, db.address.port, db.database) == ("postgres", pg_cluster.port, "orders")
+    for scope, role in (("read", "app_ro"), ("write", "app_rw"), ("admin", "app_admin")):
+        login = db.logins[scope]
+        assert login.user == role and login.password is not None
+        assert login.password.reveal() == pg_cluster.passwords[role]
+    assert stat.S_IMODE((tmp_path / "secrets" / "orders_read").stat().st_mode) == 0o600
+    web = config.targets["web-1"]
+    assert web.address.port == sshd_server.port and web.host_key == sshd_server.host_key_line
+    assert web.logins["shell"].user == sshd_server.user
+    assert web.logins["shell"].key_file == sshd_server.client_key_path
+    assert config.users["alice"].api_key_sha256 == hash_api_key(demo.api_keys["alice"])
+    assert config.users["bob"].groups == frozenset({"approvers"})
+    policies = load_policies(config)
+    for target, scope in (("orders-db", "read"), ("web-1", "shell")):
+        sp = policies.scope(target, scope)
+        assert sp is not None and sp.approvals.from_groups == frozenset({"approvers"})
