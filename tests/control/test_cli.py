@@ -155,3 +155,55 @@ async def test_policy_check_errors(cli_env: Path, tmp_path: Path, capsys: pytest
 
     code, _, err = await run(capsys, "policy", "check", "--dir", str(tmp_path / "missing"))
     assert code == 2 and "no such policy folder" in err
+
+
+async def test_ssh_and_psql_keep_the_token_out_of_argv(
+    gw: Running, cli_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.cli import connect
+
+    _, _, pg_token = await gw.approved_grant("alice", "bob", "orders-db", "read")
+    _, _, ssh_token = await gw.approved_grant("alice", "bob", "web-1", "shell")
+    monkeypatch.setenv("GATEWAY_URL", gw.url)
+    monkeypatch.setenv("GATEWAY_API_KEY", gw.keys["alice"])
+    seen: list[tuple[list[str], dict[str, str], str]] = []
+
+    def fake_run(argv: list[str], env: dict[str, str]) -> int:
+        askpass = Path(env.get("SSH_ASKPASS", "/nonexistent"))
+        script = askpass.read_text() if askpass.exists() else ""
+        if script:
+            import subprocess
+
+            answered = subprocess.run([str(askpass), "Approval token:"], env=env, capture_output=True, text=True)
+            script = answered.stdout
+        seen.append((argv, env, script))
+        return 0
+
+    monkeypatch.setattr(connect, "_run", fake_run)
+    assert (await run(capsys, "psql", "orders-db", "--", "-c", "select 1"))[0] == 0
+    assert (await run(capsys, "ssh", "web-1", "--", "uptime"))[0] == 0
+    (pg_argv, pg_env, _), (ssh_argv, ssh_env, answered) = seen
+    port = gw.services.config.listen_postgres.port
+    assert pg_argv == [
+        "psql",
+        f"host=127.0.0.1 port={port} user='alice' dbname='orders-db' sslmode=require",
+        "-c",
+        "select 1",
+    ]
+    assert pg_env["PGPASSWORD"] == pg_token
+    assert ssh_argv[-3:] == ["web-1", "127.0.0.1", "uptime"] and "-l" in ssh_argv
+    assert answered == ssh_token + "\n"  # the askpass helper answers the prompt from the environment
+    assert ssh_env["SSH_ASKPASS_REQUIRE"] == "force"
+    assert not any(pg_token in a or ssh_token in a for a in pg_argv + ssh_argv)
+    assert "StrictHostKeyChecking=yes" in ssh_argv  # the gateway's host key is pinned from /v1/info
+
+
+async def test_psql_without_a_grant(
+    gw: Running, cli_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_URL", gw.url)
+    monkeypatch.setenv("GATEWAY_API_KEY", gw.keys["alice"])
+    code, _, err = await run(capsys, "psql", "orders-db")
+    assert code == 1 and "no live grant on orders-db" in err
+    code, _, err = await run(capsys, "ssh", "orders-db")
+    assert code == 1 and "not a ssh target" in err
