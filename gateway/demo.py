@@ -280,11 +280,14 @@ class Demo:
         async with aiohttp.ClientSession(base_url, timeout=timeout) as http:
 
             async def call(method: str, path: str, user: str, body: dict[str, Any] | None = None) -> Any:
-                async with http.request(method, path, json=body, headers=auth(user)) as resp:
-                    data = await resp.json()
-                    if resp.status >= 400:
-                        raise DemoError(f"the API refused {method} {path} as {user}: {resp.status} {data}")
-                    return data
+                try:
+                    async with http.request(method, path, json=body, headers=auth(user)) as resp:
+                        data = await resp.json()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    raise DemoError(f"the gateway's HTTP API did not answer {method} {path}: {exc!r}") from None
+                if resp.status >= 400:
+                    raise DemoError(f"the API refused {method} {path} as {user}: {resp.status} {data}")
+                return data
 
             for target in self.targets():
                 scope = _DEMO_SCOPES[target]
