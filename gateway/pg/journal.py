@@ -85,6 +85,7 @@ class Journal:
         self.errors = 0
         self.rows = 0
         self.last_tag = ""
+        self._done: list[dict[str, Any]] = []  # finished, waiting for ReadyForQuery to learn the tx state
 
     def started(self, sql: str, params: list[str] | None, fingerprint: str, kind: str, tables: Any,
                 decision: Decision, batch: int, tx: str) -> None:  # fmt: skip
@@ -96,8 +97,9 @@ class Journal:
         """A statement the gateway refused: recorded now, it never reaches the upstream."""
         self.denied += 1
         self.statements += 1
-        self._write(sql, params, fingerprint, kind, _tables(tables), decision, None, 0.0, "42501",
-                    f"blocked by gateway policy: {decision.rule}: {decision.reason}", tx)  # fmt: skip
+        why = f"blocked by gateway policy: {decision.rule}: {decision.reason}"
+        ev = self._event(sql, params, fingerprint, kind, _tables(tables), decision, None, 0.0, "42501", why, tx)
+        self.recorder.record(ev)
 
     def completed(self, rows: int | None, tag: str) -> None:
         """CommandComplete / EmptyQueryResponse / PortalSuspended for the oldest pending statement."""
@@ -107,39 +109,58 @@ class Journal:
         s = self.pending.popleft()
         if rows is not None:
             self.rows += rows
-            if self.max_rows is not None and rows > self.max_rows and s.kind in ("select", "copy", "fetch", "unknown"):
+            if self.max_rows is not None and rows > self.max_rows and tag.startswith(("SELECT", "COPY", "FETCH")):
                 self._alert("sql.max_rows", f"statement returned {rows} rows (policy max_rows {self.max_rows})",
                             rows=rows, fingerprint=s.fingerprint)  # fmt: skip
-        self._finish(s, rows, None, None)
+        self._finish(s, rows, None, None, tag)
 
     def failed(self, sqlstate: str, message: str, batch: int) -> None:
         """ErrorResponse in batch `batch`: its oldest pending statement failed (the server skips the rest)."""
         self.errors += 1
         if self.pending and self.pending[0].batch == batch:
-            self._finish(self.pending.popleft(), None, sqlstate, message)
+            self._finish(self.pending.popleft(), None, sqlstate, message, None)
 
-    def batch_end(self, batch: int) -> None:
-        """ReadyForQuery number `batch`: statements of that batch still pending were skipped by the server."""
+    def batch_end(self, batch: int, before: str, status: str) -> None:
+        """ReadyForQuery number `batch` with transaction status `status`: write the batch's statements."""
         pending = self.pending
         while pending and pending[0].batch <= batch:
-            self._finish(pending.popleft(), None, None, "not executed: an earlier statement in the batch failed")
+            self._finish(pending.popleft(), None, None, "not executed: an earlier statement in the batch failed", None)
+        tx = TX_NAMES.get(status, status)
+        record = self.recorder.record
+        for ev in self._done:
+            ev["tx"] = tx
+            record(ev)
+        self._done.clear()
+        if before != "I" and status == "I":
+            tag = self.last_tag.upper()
+            outcome = "rollback" if before == "E" or tag.startswith("ROLLBACK") else "commit"
+            record({"type": "transaction", "outcome": outcome})
 
-    def tx_end(self, before: str) -> None:
-        """A transaction block ended (ReadyForQuery went from T/E to I)."""
-        tag = self.last_tag.upper()
-        outcome = "rollback" if before == "E" or tag.startswith("ROLLBACK") else "commit"
-        self.recorder.record({"type": "transaction", "outcome": outcome})
+    def flush(self) -> None:
+        """Write what is still waiting (the session is ending)."""
+        for ev in self._done:
+            self.recorder.record(ev)
+        self._done.clear()
 
-    def _finish(self, s: Stmt, rows: int | None, sqlstate: str | None, error: str | None) -> None:
+    def _finish(self, s: Stmt, rows: int | None, sqlstate: str | None, error: str | None, tag: str | None) -> None:
         self.statements += 1
         ms = round((time.perf_counter() - s.t0) * 1000.0, 3)
-        self._write(s.sql, s.params, s.fingerprint, s.kind, s.tables, s.decision, rows, ms, sqlstate, error, s.tx)
+        ev = self._event(s.sql, s.params, s.fingerprint, s.kind, s.tables, s.decision, rows, ms, sqlstate, error,
+                         s.tx)  # fmt: skip
+        if tag:
+            ev["tag"] = tag
+        self._done.append(ev)
 
-    def _write(self, sql: str, params: list[str] | None, fingerprint: str, kind: str, tables: list[str],
+    def _event(self, sql: str, params: list[str] | None, fingerprint: str, kind: str, tables: list[str],
                d: Decision, rows: int | None, ms: float, sqlstate: str | None, error: str | None,
-               tx: str) -> None:  # fmt: skip
-        self.recorder.record({
+               tx: str) -> dict[str, Any]:  # fmt: skip
+        """One statement line; the schema is documented in gateway/review/replay.py."""
+        ev: dict[str, Any] = {
             "type": "statement", "sql": sql, "params": params, "fingerprint": fingerprint, "kind": kind,
-            "tables": tables, "verdict": d.verdict.value, "rule": d.rule, "reason": d.reason, "rows": rows,
-            "duration_ms": ms, "sqlstate": sqlstate, "error": error, "tx": TX_NAMES.get(tx, tx),
-        })  # fmt: skip
+            "tables": tables, "verdict": d.verdict.value, "rule": d.rule,
+            "reason": d.reason, "rows": rows, "duration_ms": ms, "sqlstate": sqlstate, "error": error,
+            "tx": TX_NAMES.get(tx, tx),
+        }  # fmt: skip
+        if d.alerts:
+            ev["alerts"] = list(d.alerts)
+        return ev

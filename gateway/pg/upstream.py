@@ -56,8 +56,10 @@ class Upstream:
 def startup_parameters(target: Target, login: Login, *, application_name: str, read_only: bool,
                        client: Mapping[str, str]) -> dict[str, str]:  # fmt: skip
     """The upstream startup packet, rebuilt from scratch: nothing from the client but sane formatting GUCs."""
+    # client_encoding and standard_conforming_strings decide where a string literal ends; pinned here (so a
+    # RESET returns to them), they keep the server's idea of the statement the same as the inspector's.
     params = {"user": login.user, "database": target.database, "application_name": application_name,
-              "client_encoding": "UTF8"}  # fmt: skip
+              "client_encoding": "UTF8", "standard_conforming_strings": "on"}  # fmt: skip
     for name, shape in _PASSTHROUGH.items():
         value = _get_ci(client, name)
         if value is not None and shape.fullmatch(value):

@@ -1,0 +1,290 @@
+"""The Postgres front end: accept, TLS, token as password, upstream login, relay, close; one handler per client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.access import AccessDenied
+from gateway.pg.codec import ProtocolError
+from gateway.pg.journal import Journal
+from gateway.pg.messages import (
+    AUTHENTICATION_CLEARTEXT_PASSWORD,
+    AUTHENTICATION_OK,
+    SSL_ACCEPTED,
+    SSL_REFUSED,
+    BackendKeyData,
+    error_response,
+    negotiate_protocol_version,
+    ready_for_query,
+)
+from gateway.pg.pipe import Pipe
+from gateway.pg.relay import Relay
+from gateway.pg.sqlinspect import Inspector
+from gateway.pg.startup import Cancel, ClientStartup, NeedTLS, Password, RefuseGSSENC, Startup
+from gateway.pg.tls import server_context
+from gateway.pg.upstream import Upstream, UpstreamError, connect, send_cancel, startup_parameters
+from gateway.policy import SqlPolicy
+from gateway.recording import RecordingError, StatementRecorder
+from gateway.services import Services
+from gateway.sessions import LiveSession
+
+log = logging.getLogger(__name__)
+
+UPSTREAM_TIMEOUT = 10.0
+_UTF8_NAMES = {"UTF8", "UNICODE"}
+
+
+def _norm_encoding(name: str) -> str:
+    # Postgres accepts quoted and differently spelled names: asyncpg sends 'utf-8' with the quotes.
+    return name.strip().strip("'\"").upper().replace("-", "").replace("_", "")
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """What the startup phase produced: the client's StartupMessage, its token, and any bytes that followed."""
+
+    startup: Startup
+    token: str
+    leftover: bytes
+
+    def __repr__(self) -> str:
+        return f"Hello({self.startup.user}@{self.startup.database})"
+
+
+class _Accepted(Pipe):
+    """A fresh client connection: starts its handler."""
+
+    def __init__(self, listener: PostgresListener) -> None:
+        super().__init__()
+        self.listener = listener
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.listener._spawn(self.listener._handle(self))
+
+
+class PostgresListener:
+    """Listens on config.listen_postgres; every connection runs `_handle` top to bottom."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.config = services.config
+        self._server: asyncio.Server | None = None
+        self._ssl: ssl.SSLContext | None = None
+        self._keys: dict[tuple[int, int], Relay] = {}
+        self._inspectors: dict[SqlPolicy, Inspector] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        """Load (or make) the TLS certificate and start listening."""
+        self._ssl = server_context(self.config.tls_cert, self.config.tls_key)
+        addr = self.config.listen_postgres
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Accepted(self), addr.host, addr.port)
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (config port 0 picks a free one)."""
+        assert self._server is not None and self._server.sockets
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def close(self) -> None:
+        """Stop accepting; connections still in their handshake are dropped (live sessions end in services.close())."""
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._tasks):
+            if not getattr(t, "_gateway_live", False):
+                t.cancel()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- one connection, top to bottom ------------------------------------------------------------
+
+    async def _handle(self, pipe: _Accepted) -> None:
+        """accept -> startup (TLS, token) -> open_session -> upstream login -> relay -> close."""
+        client_addr = _peer(pipe)
+        try:
+            async with asyncio.timeout(self.config.preauth_timeout):
+                hello = await self._startup(pipe)
+            if hello is None:
+                return
+            session = await self._admit(pipe, hello, client_addr)
+            if session is None:
+                return
+            task = asyncio.current_task()
+            if task is not None:
+                task._gateway_live = True  # type: ignore[attr-defined]
+            await self._serve(pipe, hello, session)
+        except TimeoutError:
+            self._refuse(pipe, "08P01", "timed out before authentication completed")
+        except ProtocolError as exc:
+            self._refuse(pipe, exc.sqlstate, str(exc))
+        except (ConnectionError, ssl.SSLError, OSError):
+            pipe.close()
+        except Exception:
+            log.exception("postgres connection from %s failed", client_addr)
+            self._refuse(pipe, "XX000", "internal gateway error")
+
+    async def _startup(self, pipe: Pipe) -> Hello | None:
+        """TLS negotiation, StartupMessage, cleartext password: the approval token. None after a CancelRequest."""
+        machine = ClientStartup(require_tls=self.config.pg_require_tls)
+        startup: Startup | None = None
+        while True:
+            for event in machine.receive_data(await pipe.read()):
+                if isinstance(event, NeedTLS):
+                    if pipe.buffered:
+                        raise ProtocolError("unexpected data after SSLRequest")
+                    assert self._ssl is not None
+                    pipe.write(SSL_ACCEPTED)
+                    await pipe.start_tls(self._ssl, server_side=True)
+                    machine.tls_started()
+                elif isinstance(event, RefuseGSSENC):
+                    pipe.write(SSL_REFUSED)
+                elif isinstance(event, Cancel):
+                    # Never answer on a cancel connection: the reply would tell a prober whether a key exists.
+                    pipe.close()
+                    await self._cancel(event)
+                    return None
+                elif isinstance(event, Startup):
+                    _check_client_encoding(event.parameters)
+                    if event.minor > 0 or event.unsupported:
+                        pipe.write(negotiate_protocol_version(0, list(event.unsupported)))
+                    pipe.write(AUTHENTICATION_CLEARTEXT_PASSWORD)
+                    startup = event
+                elif isinstance(event, Password):
+                    assert startup is not None
+                    return Hello(startup, event.token, machine.rest())
+
+    async def _admit(self, pipe: Pipe, hello: Hello, client_addr: str) -> LiveSession | None:
+        """The token is checked by the one door (access.open_session), which audits refusals."""
+        try:
+            return await self.services.access.open_session(
+                token=hello.token, target=hello.startup.database, protocol="postgres", client_addr=client_addr,
+                user=hello.startup.user,
+            )  # fmt: skip
+        except AccessDenied as denied:
+            self._refuse(pipe, "28P01", f"access denied: {denied.reason}")
+            return None
+
+    async def _serve(self, pipe: Pipe, hello: Hello, session: LiveSession) -> None:
+        sql_policy = session.policy.sql or SqlPolicy()
+        upstream = await self._connect_upstream(pipe, hello, session, sql_policy)
+        if upstream is None:
+            return
+        recorder = self._open_recording(pipe, session, upstream, hello)
+        if recorder is None:
+            return
+        journal = Journal(recorder, max_rows=sql_policy.max_rows,
+                          alert=lambda type_, summary, **data: session.alert(type_, summary, **data))  # fmt: skip
+        assert pipe.transport is not None
+        relay = Relay(session, pipe.transport, upstream, self._inspector(sql_policy), journal)
+        key = self._new_key(relay)
+        pipe.write(AUTHENTICATION_OK + b"".join(p.encode() for p in upstream.parameters)
+                   + BackendKeyData(*key).encode() + ready_for_query(upstream.status))  # fmt: skip
+        relay.start(hello.leftover + pipe.take(), upstream.leftover)
+        session.bind(kill=relay.kill, warn=relay.warn)
+        reason = "gateway error"
+        try:
+            reason = await asyncio.shield(relay.done)
+        finally:
+            self._keys.pop(key, None)
+            session.stats.update(relay.stats())
+            relay.journal.flush()
+            recorder.record({"type": "end", "reason": reason})
+            sha: str | None = None
+            try:
+                sha = await recorder.close()
+            except RecordingError as exc:
+                reason = f"{reason}; recording failed: {exc}"
+            relay.finished()
+            try:
+                await session.close(reason, recording_sha256=sha)
+            finally:
+                relay.closed()
+
+    async def _connect_upstream(self, pipe: Pipe, hello: Hello, session: LiveSession,
+                                sql_policy: SqlPolicy) -> Upstream | None:  # fmt: skip
+        app_name = f"gateway:{session.user}:{session.id}"
+        params = startup_parameters(session.target, session.login, application_name=app_name,
+                                    read_only=sql_policy.mode == "read", client=hello.startup.parameters)  # fmt: skip
+        try:
+            return await connect(session.target, session.login, params, connect_timeout=UPSTREAM_TIMEOUT)
+        except UpstreamError as exc:
+            log.warning("session %s: %s", session.id, exc)
+            self._refuse(pipe, "08006", f"the gateway could not open the upstream connection to {session.target.name}")
+            await session.close(f"upstream connection failed: {exc}")
+            return None
+
+    def _open_recording(self, pipe: Pipe, session: LiveSession, upstream: Upstream,
+                        hello: Hello) -> StatementRecorder | None:  # fmt: skip
+        header = {
+            "session": session.id, "user": session.user, "target": session.target.name, "scope": session.scope,
+            "grant": session.claims.jti, "login": session.login.user, "database": session.target.database,
+            "client": session.client_addr, "application_name": hello.startup.parameters.get("application_name", ""),
+            "started_at": session.started_at, "protocol": "postgres",
+        }  # fmt: skip
+
+        def on_failure(why: str) -> None:
+            session._spawn(session.kill(f"recording failed: {why}"))
+
+        try:
+            return StatementRecorder.open(session.recording_path, header=header, on_failure=on_failure,
+                                          started_at=session.started_at)  # fmt: skip
+        except RecordingError as exc:
+            self._refuse(pipe, "58030", "the gateway cannot record this session, so it cannot be opened")
+            upstream.pipe.close()
+            session._spawn(session.close(f"recording failed: {exc}"))
+            return None
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def _inspector(self, policy: SqlPolicy) -> Inspector:
+        # One per policy, shared by its sessions, so the decision cache (by fingerprint) is shared too.
+        insp = self._inspectors.get(policy)
+        if insp is None:
+            insp = self._inspectors[policy] = Inspector(policy)
+        return insp
+
+    def _new_key(self, relay: Relay) -> tuple[int, int]:
+        # Our own random key: the upstream's pid and key never reach the client, so a cancel can only come
+        # through us and only for this client's own backend.
+        while True:
+            key = (secrets.randbits(31) or 1, secrets.randbits(32) - 2**31)
+            if key not in self._keys:
+                self._keys[key] = relay
+                return key
+
+    async def _cancel(self, event: Cancel) -> None:
+        relay = self._keys.get((event.process_id, event.secret_key))
+        if relay is None or not relay.busy() or relay.upstream_key is None:
+            return  # an unknown key cancels nothing
+        await send_cancel(relay.session.target, relay.upstream_key)
+
+    @staticmethod
+    def _refuse(pipe: Pipe, sqlstate: str, message: str) -> None:
+        if pipe.transport is not None and not pipe.transport.is_closing():
+            pipe.write(error_response("FATAL", sqlstate, message))
+        pipe.close()
+
+
+def _check_client_encoding(params: dict[str, str]) -> None:
+    for k, v in params.items():
+        if k.lower() == "client_encoding" and _norm_encoding(v) not in _UTF8_NAMES:
+            # Multi-byte encodings like SJIS or GBK let a quote hide inside a character and fool any parser.
+            raise ProtocolError(f"client_encoding {v!r} is not allowed: the gateway speaks UTF8 only", "22023")
+
+
+def _peer(pipe: Pipe) -> str:
+    peer = pipe.transport.get_extra_info("peername") if pipe.transport is not None else None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer or "unknown")
