@@ -11,6 +11,7 @@ from gateway.policy import Decision
 
 MAX_PARAM_CHARS = 2048  # bind parameters are truncated in the recording: evidence, not a backup
 MAX_PARAMS = 64
+SUSPENDED = "PortalSuspended"
 TX_NAMES = {"I": "idle", "T": "transaction", "E": "failed"}
 
 
@@ -30,7 +31,7 @@ class StatementInfo(Protocol):
 class Stmt:
     """One statement on its way through the upstream (simple Query part, or an Execute)."""
 
-    __slots__ = ("batch", "decision", "fingerprint", "kind", "params", "sql", "t0", "tables", "tx")
+    __slots__ = ("batch", "decision", "fingerprint", "kind", "limit", "params", "sql", "t0", "tables", "tx")
 
     def __init__(self, sql: str, params: list[str] | None, fingerprint: str, kind: str, tables: list[str],
                  decision: Decision, batch: int, tx: str) -> None:  # fmt: skip
@@ -42,6 +43,7 @@ class Stmt:
         self.decision = decision
         self.batch = batch
         self.tx = tx
+        self.limit = 0  # Execute's row limit: a PortalSuspended means exactly this many rows came back
         self.t0 = time.perf_counter()
 
 
@@ -88,9 +90,11 @@ class Journal:
         self._done: list[dict[str, Any]] = []  # finished, waiting for ReadyForQuery to learn the tx state
 
     def started(self, sql: str, params: list[str] | None, fingerprint: str, kind: str, tables: Any,
-                decision: Decision, batch: int, tx: str) -> None:  # fmt: skip
+                decision: Decision, batch: int, tx: str, limit: int = 0) -> None:  # fmt: skip
         """A statement was forwarded upstream."""
-        self.pending.append(Stmt(sql, params, fingerprint, kind, _tables(tables), decision, batch, tx))
+        s = Stmt(sql, params, fingerprint, kind, _tables(tables), decision, batch, tx)
+        s.limit = limit
+        self.pending.append(s)
 
     def refused(self, sql: str, params: list[str] | None, fingerprint: str, kind: str, tables: Any,
                 decision: Decision, tx: str) -> None:  # fmt: skip
@@ -107,6 +111,8 @@ class Journal:
         if not self.pending:
             return
         s = self.pending.popleft()
+        if tag == SUSPENDED:
+            rows = s.limit or None
         if rows is not None:
             self.rows += rows
             if self.max_rows is not None and rows > self.max_rows and tag.startswith(("SELECT", "COPY", "FETCH")):

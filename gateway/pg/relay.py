@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.pg.codec import DEFAULT_FRONTEND_CAP, FRONTEND_CAPS, Framer, ProtocolError
-from gateway.pg.journal import Journal, describe_params
+from gateway.pg.journal import SUSPENDED, Journal, describe_params
 from gateway.pg.messages import (
     SYNC,
     TERMINATE,
@@ -248,7 +248,8 @@ class Relay:
         return True
 
     def _on_execute(self, chunk: bytes, start: int, end: int) -> bool:
-        portal = Execute.decode(chunk[start + 5 : end]).portal
+        msg = Execute.decode(chunk[start + 5 : end])
+        portal = msg.portal
         stmt_name, params = self._portals.get(portal, ("", None))
         known = self._statements.get(stmt_name)
         if known is None:
@@ -258,7 +259,7 @@ class Relay:
             sql, insp, decision = known
             st = insp.statements[0] if insp.statements else None
             self.journal.started(sql, params, insp.fingerprint, _kind(st), st.tables if st else (), decision,
-                                 self._z_sent + 1, self.status)  # fmt: skip
+                                 self._z_sent + 1, self.status, msg.max_rows)  # fmt: skip
         self._batch_forwarded = True
         return True
 
@@ -386,8 +387,10 @@ class Relay:
                 err = ErrorResponse.decode(chunk[start + 5 : end])
                 self._server_erred = True
                 journal.failed(err.sqlstate, err.message, self._z_seen + 1)
-            elif tag == 73 or tag == 115:  # I EmptyQueryResponse, s PortalSuspended
+            elif tag == 73:  # I EmptyQueryResponse
                 journal.completed(None, "")
+            elif tag == 115:  # s PortalSuspended
+                journal.completed(None, SUSPENDED)
             elif tag == 83:  # S ParameterStatus
                 self._on_parameter_status(ParameterStatus.decode(chunk[start + 5 : end]))
         if pieces is None:

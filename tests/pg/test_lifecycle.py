@@ -8,6 +8,8 @@ import time
 import asyncpg
 import pytest
 
+from gateway.pg.messages import ErrorResponse
+from tests.pg import rawclient as raw
 from tests.pg.conftest import Gateway
 
 
@@ -16,16 +18,19 @@ async def _open_with_sleep(gateway: Gateway, token: str) -> tuple[asyncpg.Connec
     conn = await gateway.connect(token)
     (sid,) = set(gateway.live_session_ids()) - before
     task = asyncio.ensure_future(conn.fetchval("SELECT pg_sleep(60)"))
+    await _query_running(gateway, sid)
+    return conn, sid, task
+
+
+async def _query_running(gateway: Gateway, sid: str) -> None:
     for _ in range(50):
         if gateway.superuser(
             f"SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE '%:{sid}' AND query LIKE '%pg_sleep%'"
             " AND state = 'active'"
         ) == "1":
-            break
+            return
         await asyncio.sleep(0.1)
-    else:
-        pytest.fail("pg_sleep never started upstream")
-    return conn, sid, task
+    pytest.fail("pg_sleep never started upstream")
 
 
 async def _backend_gone(gateway: Gateway, sid: str, within: float = 2.0) -> float:
@@ -47,15 +52,21 @@ async def _session_event(gateway: Gateway, sid: str, type_: str) -> dict[str, ob
 
 
 async def test_kill_ends_running_query(gateway: Gateway, bystander: asyncpg.Connection) -> None:
-    conn, sid, task = await _open_with_sleep(gateway, await gateway.token())
+    before = set(gateway.live_session_ids())
+    c = await raw.RawClient.login(gateway.port, await gateway.token())
+    (sid,) = set(gateway.live_session_ids()) - before
+    c.send(raw.query("SELECT pg_sleep(60)"))
+    await _query_running(gateway, sid)
     assert await gateway.run(gateway.services.registry.kill(sid, "suspicious activity", by="carol"))
-    with pytest.raises(asyncpg.PostgresError, match="suspicious activity") as err:
-        await asyncio.wait_for(task, 5)
-    assert err.value.sqlstate == "57P01"
+    tag, body = await c.recv()
+    err = ErrorResponse.decode(body)
+    assert (tag, err.fields["S"], err.sqlstate) == ("E", "FATAL", "57P01")
+    assert "suspicious activity" in err.message
+    assert await c.closed() == b""
     await _backend_gone(gateway, sid)
     end = await _session_event(gateway, sid, "session.end")
     assert end["reason"] == "suspicious activity" and end["recording_sha256"]
-    conn.terminate()
+    await c.close()
 
 
 async def test_deadline_kills(gateway: Gateway, bystander: asyncpg.Connection) -> None:
@@ -66,9 +77,8 @@ async def test_deadline_kills(gateway: Gateway, bystander: asyncpg.Connection) -
     try:
         conn, sid, task = await _open_with_sleep(gateway, await gateway.token(ttl=4))
         conn.add_log_listener(lambda _c, msg: notices.append(msg.message))
-        with pytest.raises(asyncpg.PostgresError, match="access window expired") as err:
+        with pytest.raises(asyncpg.PostgresError, match="access window expired"):
             await asyncio.wait_for(task, 10)
-        assert err.value.sqlstate == "57P01"
         await _backend_gone(gateway, sid)
         conn.terminate()
     finally:
@@ -83,9 +93,8 @@ async def test_revocation_kills(gateway: Gateway, bystander: asyncpg.Connection)
         gateway.services.store.revoke_grant(issued.grant.id, by="carol", reason="incident closed", now=time.time())
     )
     await gateway.run(gateway.services.registry.sweep())
-    with pytest.raises(asyncpg.PostgresError, match="revoked") as err:
+    with pytest.raises(asyncpg.PostgresError, match="revoked"):
         await asyncio.wait_for(task, 5)
-    assert err.value.sqlstate == "57P01"
     await _backend_gone(gateway, sid)
     conn.terminate()
     with pytest.raises(asyncpg.InvalidPasswordError, match="revoked"):
