@@ -15,7 +15,6 @@ from gateway.pg.messages import (
     TERMINATE,
     Bind,
     Close,
-    CommandComplete,
     ErrorResponse,
     Execute,
     ParameterStatus,
@@ -65,16 +64,12 @@ def denial_message(d: Decision) -> str:
 class _Side(asyncio.Protocol):
     """One connection of the relay; flow control is wired across: a slow reader pauses the other side."""
 
-    __slots__ = ("_lost", "_on_data", "_other", "relay")
-
     def __init__(self, relay: Relay, client: bool) -> None:
         self.relay = relay
-        self._on_data = relay.from_client if client else relay.from_server
+        # The transport looks data_received up on the instance: bind it straight to the relay (one call less).
+        self.data_received = relay.from_client if client else relay.from_server  # type: ignore[method-assign]
         self._lost = relay.client_lost if client else relay.server_lost
         self._other: Callable[[], asyncio.Transport] = (lambda: relay.server) if client else (lambda: relay.client)
-
-    def data_received(self, data: bytes) -> None:
-        self._on_data(data)
 
     def eof_received(self) -> bool:
         return False
@@ -380,9 +375,10 @@ class Relay:
                     pieces.append(chunk[fwd_from : start if swallow else end])
                     pieces.extend(extra)
                     fwd_from = end
-            elif tag == 67:  # C CommandComplete
-                cc = CommandComplete.decode(chunk[start + 5 : end])
-                journal.completed(cc.rows, cc.tag)
+            elif tag == 67:  # C CommandComplete: 'SELECT 1', 'INSERT 0 5'; the last word is the row count
+                cc = chunk[start + 5 : end - 1]
+                last = cc[cc.rfind(b" ") + 1 :]
+                journal.completed(int(last) if last.isdigit() else None, cc.decode("utf-8", "replace"))
             elif tag == 69:  # E ErrorResponse
                 err = ErrorResponse.decode(chunk[start + 5 : end])
                 self._server_erred = True
