@@ -1,0 +1,126 @@
+"""One admitted SSH connection: its live session, upstream login, channels and recordings, and its kill handle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+import asyncssh
+
+from gateway.sessions import LiveSession
+from gateway.ssh.recordings import SessionRecordings
+from gateway.ssh.relay import ChannelRelay
+
+log = logging.getLogger(__name__)
+
+CLOSE_GRACE = 1.0
+"""Seconds the peers get to acknowledge channel closes before the connections are dropped."""
+
+
+class SshConnection:
+    """Everything of one engineer's connection; `finish` tears all of it down, once."""
+
+    def __init__(self, session: LiveSession, client: asyncssh.SSHServerConnection,
+                 upstream: asyncssh.SSHClientConnection) -> None:  # fmt: skip
+        self.session = session
+        self.client = client
+        self._upstream = upstream
+        self.recordings = SessionRecordings(session, on_failure=self._recording_failed)
+        self.channels: list[ChannelRelay] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._finished: asyncio.Future[None] | None = None
+        session.bind(kill=self.kill, warn=self.warn)
+
+    @property
+    def upstream(self) -> asyncssh.SSHClientConnection:
+        """The gateway's login on the target."""
+        return self._upstream
+
+    def new_channel(self) -> ChannelRelay:
+        """A relay for a new session channel."""
+        relay = ChannelRelay(self, len(self.channels) + 1)
+        self.channels.append(relay)
+        return relay
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a coroutine tied to this connection (kept referenced until done)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("ssh session %s: task failed", self.session.id, exc_info=task.exception())
+            self.kill_soon(f"internal error ({type(task.exception()).__name__})")
+
+    def kill_soon(self, reason: str) -> None:
+        """End the session from a callback (audited as a kill)."""
+        self.spawn(self.session.kill(reason))
+
+    def _recording_failed(self, reason: str) -> None:
+        """Fail closed: a session that cannot be recorded does not go on."""
+        self.kill_soon(f"recording failed: {reason}")
+
+    def warn(self, message: str) -> None:
+        """The registry's warning (deadline near) on every terminal of this connection."""
+        for relay in self.channels:
+            relay.write_notice(message)
+        self.recordings.marker(f"warning: {message}")
+
+    async def kill(self, reason: str) -> None:
+        """The kill handle: tell the engineer, hang up the remote processes, close both sides."""
+        self.recordings.marker(f"kill: {reason}")
+        for relay in self.channels:
+            relay.write_notice(f"{reason} - session closed")
+        await self.finish(reason, hangup=True)
+
+    def client_lost(self, exc: Exception | None) -> None:
+        """The engineer's connection closed."""
+        self.spawn(self.finish("client disconnected" if exc is None else f"client connection lost: {exc}"))
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        """The target's connection closed under us."""
+        if self._finished is None:
+            for relay in self.channels:
+                relay.write_notice(f"connection to {self.session.target.name} lost")
+        self.spawn(self.finish("upstream disconnected" if exc is None else f"upstream connection lost: {exc}"))
+
+    async def finish(self, reason: str, *, hangup: bool = False) -> None:
+        """Close channels and both connections, seal the recordings, end the session. Idempotent."""
+        if self._finished is not None:
+            await asyncio.shield(self._finished)
+            return
+        self._finished = asyncio.get_running_loop().create_future()
+        try:
+            await self._teardown(reason, hangup)
+        finally:
+            self._finished.set_result(None)
+
+    async def _teardown(self, reason: str, hangup: bool) -> None:
+        ups = [r.up for r in self.channels if r.up is not None and not r.up.is_closing()]
+        if hangup:
+            # sshd kills the process group on a "signal" request; without a terminal nothing else
+            # would stop a running command when the connection drops (sshd leaves it running).
+            for up in ups:
+                with contextlib.suppress(Exception):
+                    up.send_signal("HUP")
+        for relay in self.channels:
+            if relay.chan is not None:
+                relay.chan.close()
+        for up in ups:
+            up.close()
+        waits = [r.chan.wait_closed() for r in self.channels if r.chan is not None]
+        waits += [up.wait_closed() for up in ups]
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), CLOSE_GRACE)
+        self.client.close()
+        self._upstream.close()
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+            await asyncio.wait_for(self._upstream.wait_closed(), CLOSE_GRACE)
+        sha = await self.recordings.close(reason)
+        self.session.stats.update(channels=len(self.channels))
+        await self.session.close(reason, recording_sha256=sha)

@@ -1,0 +1,266 @@
+"""The SSH front end: asyncssh server, token authentication, and the per-connection session flow.
+
+Flow of one connection, top to bottom (``_Gate``):
+
+    username "TARGET" or "LOGIN@TARGET"                       begin_auth
+    token by keyboard-interactive ("Approval token:") or password
+      -> access.open_session (identity = token sub)           _admit
+      -> upstream login with the gateway's key, host key pinned
+      -> SshConnection: kill/warn bound, recordings
+    session channels -> ChannelRelay (checked, relayed, recorded)   session_requested
+    forwarding / agent / X11 / tun requests: refused unless the scope allows, audited either way
+    connection lost -> SshConnection.finish -> session.close(reason, recording_sha256)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncssh
+
+from gateway.access import AccessDenied
+from gateway.keyfiles import ensure_ssh_host_key
+from gateway.services import Services
+from gateway.ssh.channels import AuditedChannel
+from gateway.ssh.connection import SshConnection
+from gateway.ssh.forwarding import TcpRelay
+from gateway.ssh.relay import ChannelRelay
+from gateway.ssh.upstream import MAX_PACKET, WINDOW, UpstreamError, connect_upstream, tuning
+
+log = logging.getLogger(__name__)
+
+TOKEN_PROMPT = "Approval token: "
+MAX_TOKEN_CHARS = 16384
+
+
+def parse_username(username: str) -> tuple[str, str | None]:
+    """'TARGET' -> (TARGET, None); 'LOGIN@TARGET' -> (TARGET, LOGIN) (the last @ separates)."""
+    login, sep, target = username.rpartition("@")
+    return (target, login) if sep else (username, None)
+
+
+def _refused(kind: str) -> asyncssh.ChannelOpenError:
+    return asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"{kind} is not allowed in this scope")
+
+
+class _Gate(asyncssh.SSHServer):  # type: ignore[misc]
+    """Authentication and connection-level requests of one client connection."""
+
+    def __init__(self, listener: SshListener) -> None:
+        self.listener = listener
+        self.services = listener.services
+        self.conn: asyncssh.SSHServerConnection = None
+        self.client_addr = ""
+        self.username = ""
+        self.connection: SshConnection | None = None
+        self._refusal: str | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        """Remember the peer; nothing is served before authentication completes (asyncssh enforces it)."""
+        self.conn = conn
+        peer = conn.get_extra_info("peername") or ("?", 0)
+        self.client_addr = f"{peer[0]}:{peer[1]}"
+        self.listener._gates.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Tear the session down with the connection."""
+        self.listener._gates.discard(self)
+        if self.connection is not None:
+            self.connection.client_lost(exc)
+
+    # -- authentication ---------------------------------------------------------------------------
+
+    def begin_auth(self, username: str) -> bool:
+        """Every user name needs a token."""
+        self.username = username
+        return True
+
+    def password_auth_supported(self) -> bool:
+        """The token as password: sshpass and SSH_ASKPASS answer "password:" prompts."""
+        return True
+
+    def kbdint_auth_supported(self) -> bool:
+        """The token at an "Approval token:" prompt."""
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        """Identity comes from the approval token only."""
+        return False
+
+    def get_kbdint_challenge(self, username: str, lang: str, submethods: str) -> Any:
+        """One hidden prompt."""
+        return "", "", "", ((TOKEN_PROMPT, False),)
+
+    async def validate_kbdint_response(self, username: str, responses: Any) -> Any:
+        """Admit with the token; a refusal is shown as a prompt-less round (OpenSSH prints its text)."""
+        if self._refusal is not None:  # the answer to the round that showed the reason
+            self._refusal = None
+            return False
+        token = responses[0] if len(responses) == 1 else ""
+        refusal = await self._admit(token)
+        if refusal is None:
+            return True
+        self._refusal = refusal
+        return "", refusal, "", ()
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        """Admit with the token; a refusal is shown as an auth banner (printed by OpenSSH on stderr)."""
+        refusal = await self._admit(password)
+        if refusal is None:
+            return True
+        if not self.conn.is_closed():
+            self.conn.send_auth_banner(refusal + "\r\n")
+        return False
+
+    async def _admit(self, token: str) -> str | None:
+        """The session flow up to the relay; returns the refusal to show the engineer, or None."""
+        if self.connection is not None:
+            return None
+        target, login = parse_username(self.username)
+        try:
+            session = await self.services.access.open_session(
+                token=token.strip()[:MAX_TOKEN_CHARS], target=target, protocol="ssh", client_addr=self.client_addr,
+                login=login,
+            )  # fmt: skip
+        except AccessDenied as denied:
+            return f"gateway: {denied.reason}"
+        if session.policy.ssh is None:
+            await session.close("scope has no ssh policy")
+            return f"gateway: scope {session.scope!r} has no ssh settings"
+        watch = _UpstreamWatch()
+        try:
+            upstream = await connect_upstream(session, client_factory=watch)
+        except UpstreamError as exc:
+            await session.audit("ssh.upstream.failed", severity="warning", error=str(exc))
+            await session.close(f"upstream login failed: {exc}")
+            return f"gateway: {exc}"
+        if self.conn.is_closed():  # the engineer gave up while we were logging in upstream
+            upstream.close()
+            await session.close("client disconnected during login")
+            return "gateway: connection closed"
+        self.connection = SshConnection(session, self.conn, upstream)
+        watch.owner = self.connection
+        return None
+
+    # -- channels ---------------------------------------------------------------------------------
+
+    def session_requested(self) -> Any:
+        """A session channel with its own relay; agent and X11 requests on it are refused and audited."""
+        if self.connection is None:
+            return False
+        chan = self.conn.create_server_channel(encoding=None, window=WINDOW, max_pktsize=MAX_PACKET)
+        AuditedChannel.adopt(chan, self.connection.session)
+        return chan, self.connection.new_channel()
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> Any:
+        """Local forwarding (-L, -D, -W): opened from the target's side when the scope allows it."""
+        conn = self.connection
+        if conn is None:
+            raise _refused("port forwarding")
+        ok = conn.session.policy.ssh.local_forwarding
+        self._audit_forward("direct-tcpip", ok, dest=f"{dest_host}:{dest_port}", origin=f"{orig_host}:{orig_port}")
+        if not ok:
+            raise _refused("local port forwarding")
+        return TcpRelay(conn, dest_host, dest_port)
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        """Remote forwarding (-R): refused (listening on a production host is not relayed)."""
+        self._audit_forward("tcpip-forward", False, listen=f"{listen_host}:{listen_port}")
+        return False
+
+    def unix_connection_requested(self, dest_path: str) -> Any:
+        """Streamlocal forwarding: refused."""
+        self._audit_forward("direct-streamlocal", False, path=dest_path)
+        raise _refused("unix socket forwarding")
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        """Remote streamlocal forwarding: refused."""
+        self._audit_forward("streamlocal-forward", False, path=listen_path)
+        return False
+
+    def tun_requested(self, unit: int | None) -> Any:
+        """Layer-3 tunnels: refused."""
+        self._audit_forward("tun", False, unit=unit)
+        raise _refused("tunnelling")
+
+    def tap_requested(self, unit: int | None) -> Any:
+        """Layer-2 tunnels: refused."""
+        self._audit_forward("tap", False, unit=unit)
+        raise _refused("tunnelling")
+
+    def _audit_forward(self, kind: str, allowed: bool, **data: Any) -> None:
+        if self.connection is None:
+            return
+        s = self.connection.session
+        s.audit_soon("ssh.forward", severity="info" if allowed else "warning", kind=kind, allowed=allowed, **data)
+        if not allowed:
+            self.connection.recordings.marker(f"blocked: {kind} {' '.join(str(v) for v in data.values())}")
+
+
+class _UpstreamWatch(asyncssh.SSHClient):  # type: ignore[misc]
+    """Tells the connection when the target drops the gateway's login."""
+
+    def __init__(self) -> None:
+        self.owner: SshConnection | None = None
+
+    def __call__(self) -> _UpstreamWatch:
+        return self
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The target's side is gone."""
+        log.warning("upstream lost: %r", exc, exc_info=exc)
+        if self.owner is not None:
+            self.owner.upstream_lost(exc)
+
+
+class SshListener:
+    """The SSH front end: listens, authenticates by approval token, relays to targets."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._gates: set[_Gate] = set()
+
+    async def start(self) -> None:
+        """Listen on config.listen_ssh (port 0: any free port); make the host key on first start."""
+        cfg = self.services.config
+        ensure_ssh_host_key(cfg.ssh_host_key)
+        self._acceptor = await asyncssh.create_server(
+            lambda: _Gate(self), cfg.listen_ssh.host, cfg.listen_ssh.port,
+            server_host_keys=[str(cfg.ssh_host_key)],
+            login_timeout=cfg.preauth_timeout,
+            agent_forwarding=False,  # asyncssh's server default is True
+            x11_forwarding=False,
+            allow_pty=True,
+            line_editor=False,
+            keepalive_interval=60,
+            **tuning(),
+        )  # fmt: skip
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on."""
+        if self._acceptor is None:
+            raise RuntimeError("SshListener is not started")
+        return int(self._acceptor.get_port())
+
+    @property
+    def connections(self) -> int:
+        """Open client connections (authenticated or not)."""
+        return len(self._gates)
+
+    async def close(self) -> None:
+        """Stop listening and drop every connection (their sessions end as 'client disconnected')."""
+        if self._acceptor is not None:
+            self._acceptor.close()
+            await self._acceptor.wait_closed()
+            self._acceptor = None
+        for gate in list(self._gates):
+            gate.conn.close()
+        for gate in list(self._gates):
+            if gate.connection is not None:
+                await gate.connection.finish("gateway shutting down", hangup=True)
+
+
+__all__ = ["ChannelRelay", "SshListener", "parse_username"]

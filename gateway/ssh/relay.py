@@ -1,0 +1,368 @@
+"""One client session channel relayed to one upstream session channel, inspected and recorded on the way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+import asyncssh
+
+from gateway.policy import Decision, Verdict
+from gateway.recording import BinaryStreamRecorder, RecordingError
+from gateway.sessions import LiveSession
+from gateway.ssh.commandline import CommandTracker, Enter
+from gateway.ssh.recordings import ChannelRecorder, SessionRecordings
+from gateway.ssh.scope import check_exec, check_line, check_shell, check_subsystem, filter_env
+from gateway.ssh.sftp import FileOp, SftpFilter, SftpProtocolError
+from gateway.ssh.upstream import MAX_PACKET, WINDOW
+
+# Sent upstream instead of a refused line's Enter: ^E (end of line) then ^U (kill to start) empties
+# readline's buffer, and ^U alone empties a canonical-mode tty line. No signal, unlike ^C.
+CLEAR_LINE = b"\x05\x15"
+
+
+class RelayHost(Protocol):
+    """What a channel needs from its connection."""
+
+    session: LiveSession
+    recordings: SessionRecordings
+
+    @property
+    def upstream(self) -> asyncssh.SSHClientConnection: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
+
+    def kill_soon(self, reason: str) -> None: ...
+
+
+def notice(text: str) -> bytes:
+    """A gateway line on the user's terminal (own line, CRLF: the terminal may be in raw mode)."""
+    return f"\r\n[gateway] {text}\r\n".encode()
+
+
+class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[misc]
+    """The engineer's side of one session channel: requests are checked, data relayed and recorded."""
+
+    def __init__(self, host: RelayHost, number: int) -> None:
+        self.host = host
+        self.n = number
+        self.chan: asyncssh.SSHServerChannel = None
+        self.up: asyncssh.SSHClientChannel | None = None
+        self.rec: ChannelRecorder | None = None
+        self.kind = ""
+        self.command: str | None = None
+        self.subsystem: str | None = None
+        self.pty = False
+        self.term = ""
+        self.size: tuple[int, int, int, int] = (80, 24, 0, 0)
+        self.modes: dict[int, int] = {}
+        self.tracker: CommandTracker | None = None
+        self.sftp: SftpFilter | None = None
+        self.exit_status: int | None = None
+        self.exit_signal: tuple[str, bool, str, str] | None = None
+        self.closed = False  # the engineer's channel is gone
+        self.eof_sent = False  # no more output may be written to the engineer
+        self._rec_err: Callable[[bytes], None] = _drop
+
+    @property
+    def policy(self) -> Any:
+        """The scope's SSH policy."""
+        return self.host.session.policy.ssh
+
+    # -- channel requests: checked against the scope, audited either way -------------------------
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
+        """Hold client data until the upstream channel exists."""
+        self.chan = chan
+        chan.pause_reading()
+
+    def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int], term_modes: dict[int, int]) -> bool:
+        """Remember the terminal; it is requested upstream with the same type, size and modes."""
+        self.pty, self.term, self.size, self.modes = True, term_type, term_size, dict(term_modes)
+        return True
+
+    def shell_requested(self) -> bool:
+        """An interactive shell."""
+        return self._admit("shell", check_shell(self.policy))
+
+    def exec_requested(self, command: str) -> bool:
+        """A command (also scp's server side)."""
+        return self._admit("exec", check_exec(self.policy, command), command=command)
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        """Only sftp."""
+        return self._admit("subsystem", check_subsystem(self.policy, subsystem), subsystem=subsystem)
+
+    def _admit(self, kind: str, d: Decision, *, command: str | None = None, subsystem: str | None = None) -> bool:
+        s = self.host.session
+        s.audit_soon("ssh.channel", severity="info" if d.allowed else "warning", channel=self.n, kind=kind,
+                     command=command, subsystem=subsystem, pty=self.pty, verdict=d.verdict.value, rule=d.rule,
+                     reason=d.reason)  # fmt: skip
+        for rule in d.alerts:
+            s.alert("ssh.command", f"{s.user} ran {command!r} on {s.target.name} (rule {rule})", rule=rule,
+                    command=command)  # fmt: skip
+        if not d.allowed:
+            # Written before the failure reply, so a stock client prints why before "exec request failed".
+            self.chan.write_stderr(notice(f"refused: {d.reason}"))
+            self.host.recordings.marker(f"blocked: {kind} {command or subsystem or ''}: {d.reason}".rstrip())
+            if d.verdict is Verdict.KILL:
+                self.host.kill_soon(f"{kind} {command!r} matched kill rule {d.rule}")
+            return False
+        self.kind, self.command, self.subsystem = kind, command, subsystem
+        return True
+
+    def session_started(self) -> None:
+        """The request was accepted: open the upstream channel (asynchronously)."""
+        self.host.spawn(self._start())
+
+    async def _start(self) -> None:
+        s, chan = self.host.session, self.chan
+        env, refused = filter_env(chan.get_environment_bytes())
+        if refused:
+            s.audit_soon("ssh.env.refused", severity="warning", channel=self.n, names=refused)
+        what = self.command if self.kind == "exec" else (self.subsystem or self.kind)
+        try:
+            self.rec = rec = self.host.recordings.open(what=f"{self.kind} {what}", pty=self.pty, term=self.term,
+                                                       width=self.size[0], height=self.size[1])  # fmt: skip
+        except RecordingError as exc:
+            self._fail(f"recording unavailable: {exc}")
+            self.host.kill_soon(f"recording failed: {exc}")
+            return
+        self._rec_err = rec.stderr if isinstance(rec, BinaryStreamRecorder) else rec.output
+        if self.command is not None:
+            rec.marker(f"command: {self.command}")
+        size = self.size
+        try:
+            up, _ = await self.host.upstream.create_session(
+                lambda: UpstreamSide(self), command=self.command, subsystem=self.subsystem, env=env,
+                request_pty="force" if self.pty else False, term_type=self.term or None, term_size=size,
+                term_modes=self.modes, encoding=None, window=WINDOW, max_pktsize=MAX_PACKET,
+            )  # fmt: skip
+        except (asyncssh.Error, OSError) as exc:
+            self._fail(f"{s.target.name} refused the channel: {getattr(exc, 'reason', None) or exc}")
+            return
+        if self.closed:
+            up.close()
+            return
+        self.up = up
+        if self.subsystem == "sftp":
+            self.sftp = SftpFilter(read_only=self.policy.sftp == "read-only")
+        if self.pty:
+            self.tracker = CommandTracker()
+        if self.size != size:  # the window changed while the upstream channel was opening
+            up.change_terminal_size(*self.size)
+        chan.resume_reading()
+
+    def _fail(self, why: str) -> None:
+        """The channel cannot run: say why and end it with status 255 (what ssh uses for its own errors)."""
+        if not self.closed:
+            self.chan.write_stderr(notice(why))
+            self.chan.exit(255)
+
+    # -- data: client -> upstream ------------------------------------------------------------------
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        """Keystrokes, stdin or sftp requests from the engineer."""
+        up = self.up
+        if up is None:
+            return
+        if self.rec is not None:
+            self.rec.input(data)
+        if self.tracker is not None:
+            for item in self.tracker.feed_input(data):
+                if isinstance(item, bytes):
+                    up.write(item)
+                else:
+                    self._on_enter(item, up)
+        elif self.sftp is not None:
+            self._sftp_request(data, up)
+        else:
+            up.write(data)
+
+    def _on_enter(self, ev: Enter, up: asyncssh.SSHClientChannel) -> None:
+        """A line is about to run: its Enter key is forwarded only if the scope's rules allow it."""
+        if not ev.line.strip() and not ev.typed.strip():
+            up.write(ev.key)
+            return
+        s = self.host.session
+        d = check_line(self.policy, dict.fromkeys([ev.line, ev.typed]), truncated=ev.truncated)
+        # A line typed with echo off is most likely a password: kept out of the audit log (the
+        # recording's input events still have it, for a reviewer with access to recordings).
+        shown = ev.line if ev.echoed else f"<not echoed: {len(ev.typed)} characters>"
+        s.audit_soon("command", severity="info" if d.allowed else "warning", line=shown, channel=self.n,
+                     exact=ev.exact, verdict=d.verdict.value, rule=d.rule)  # fmt: skip
+        if self.rec is not None:
+            self.rec.marker(f"command: {shown}")
+        for rule in d.alerts:
+            s.alert("ssh.command", f"{s.user} ran {shown!r} on {s.target.name} (rule {rule})", rule=rule, line=shown)
+        if d.allowed:
+            up.write(ev.key)
+            return
+        up.write(CLEAR_LINE)
+        message = notice(f"blocked by policy: {d.rule}")
+        self.chan.write(message)
+        if self.rec is not None:
+            self.rec.output(message)
+            self.rec.marker(f"blocked: {shown} (rule {d.rule})")
+        if d.verdict is Verdict.KILL:
+            self.host.kill_soon(f"command {shown!r} matched kill rule {d.rule}")
+
+    def _sftp_request(self, data: bytes, up: asyncssh.SSHClientChannel) -> None:
+        assert self.sftp is not None
+        try:
+            res = self.sftp.client_data(data)
+        except SftpProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        if res.forward:
+            up.write(res.forward)
+        if res.reply:
+            self.chan.write(res.reply)
+        self._file_ops(res.ops)
+
+    def _file_ops(self, ops: list[FileOp]) -> None:
+        s = self.host.session
+        for op in ops:
+            s.audit_soon("sftp." + ("file" if op.allowed else "refused"), severity="info" if op.allowed else "warning",
+                         channel=self.n, op=op.op, path=op.path, target=op.target or None, flags=op.flags,
+                         read=op.read, written=op.written)  # fmt: skip
+            if self.rec is not None:
+                verdict = "" if op.allowed else " REFUSED"
+                self.rec.marker(f"sftp: {op.op} {op.path}{' -> ' + op.target if op.target else ''}{verdict}")
+
+    def _protocol_error(self, exc: Exception) -> None:
+        self.host.session.audit_soon("sftp.protocol-error", severity="warning", channel=self.n, error=str(exc))
+        self.chan.close()
+        if self.up is not None:
+            self.up.close()
+
+    # -- requests after start ------------------------------------------------------------------------
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        """Window change: upstream and recording."""
+        self.size = (width, height, pixwidth, pixheight)
+        if self.up is not None:
+            self.up.change_terminal_size(width, height, pixwidth, pixheight)
+        if self.rec is not None:
+            self.rec.resize(width, height)
+
+    def signal_received(self, signal: str) -> None:
+        """Signals go through (and are audited)."""
+        self.host.session.audit_soon("ssh.signal", channel=self.n, signal=signal)
+        if self.up is not None:
+            self.up.send_signal(signal)
+
+    def break_received(self, msec: int) -> bool:
+        """Break goes through."""
+        if self.up is not None:
+            self.up.send_break(msec)
+        return True
+
+    def eof_received(self) -> bool:
+        """The engineer closed stdin; keep the channel open for the rest of the output."""
+        if self.up is not None:
+            self.up.write_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        """The engineer is not reading: stop reading the upstream (its window closes, sshd waits)."""
+        if self.up is not None:
+            self.up.pause_reading()
+
+    def resume_writing(self) -> None:
+        """The engineer reads again."""
+        if self.up is not None:
+            self.up.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The engineer's channel is gone: close the upstream one."""
+        self.closed = True
+        if self.up is not None:
+            self.up.close()
+
+    # -- upstream -> client (called by UpstreamSide) -------------------------------------------------
+
+    def upstream_closed(self) -> None:
+        """Pass the exit status or signal back, then close."""
+        chan = self.chan
+        if self.rec is not None and self.kind == "exec":
+            self.rec.marker(f"exit: {self.exit_signal[0] if self.exit_signal else self.exit_status}")
+        if self.closed:
+            return
+        if self.exit_signal is not None:
+            chan.exit_with_signal(*self.exit_signal)
+        elif self.exit_status is not None:
+            chan.exit(self.exit_status)
+        else:
+            chan.close()
+
+    def write_notice(self, text: str) -> None:
+        """A gateway message on this channel (terminal: stdout; otherwise stderr, to keep stdout clean)."""
+        if self.chan is None or self.closed or self.eof_sent:
+            return
+        data = notice(text)
+        if self.pty:
+            self.chan.write(data)
+            if self.rec is not None:
+                self.rec.output(data)
+        elif self.subsystem is None:
+            self.chan.write_stderr(data)
+
+
+class UpstreamSide(asyncssh.SSHClientSession):  # type: ignore[misc]
+    """The target's side of one session channel."""
+
+    def __init__(self, relay: ChannelRelay) -> None:
+        self.relay = relay
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        """Output (and sftp replies): recorded, inspected, then written to the engineer."""
+        r = self.relay
+        if r.rec is not None:
+            if datatype == asyncssh.EXTENDED_DATA_STDERR:
+                r._rec_err(data)
+            else:
+                r.rec.output(data)
+        if r.tracker is not None:
+            r.tracker.feed_output(data)
+        elif r.sftp is not None:
+            try:
+                ops = r.sftp.server_data(data)
+            except SftpProtocolError as exc:
+                r._protocol_error(exc)
+                return
+            if ops:
+                r._file_ops(ops)
+        r.chan.write(data, datatype)
+
+    def eof_received(self) -> bool:
+        """No more output; the exit status may still follow."""
+        r = self.relay
+        if not r.closed:
+            r.eof_sent = True
+            r.chan.write_eof()
+        return True
+
+    def exit_status_received(self, status: int) -> None:
+        """Kept until the channel closes."""
+        self.relay.exit_status = status
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        """Kept until the channel closes."""
+        self.relay.exit_signal = (signal, core_dumped, msg, lang)
+
+    def pause_writing(self) -> None:
+        """The target is not reading: stop reading the engineer."""
+        self.relay.chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        """The target reads again."""
+        self.relay.chan.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The upstream channel closed."""
+        self.relay.upstream_closed()
+
+
+def _drop(data: bytes) -> None:
+    """A recorder stub before the channel's recorder exists."""
