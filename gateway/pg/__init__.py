@@ -1,0 +1,1 @@
+"""PostgreSQL front end: wire protocol, relay and statement inspection."""

@@ -1,0 +1,425 @@
+"""Inspect SQL text and decide whether a scope may run it. Pure code: no I/O, no clock.
+
+The Postgres front end calls `Inspector.check` for every Query and Parse message. How it works:
+`sqllex` splits the text into statements exactly as the server does (comments, dollar quotes,
+E'' strings...), `sqlclassify` says what each statement is, and `decide` applies the scope.
+The upstream login's own privileges are the real wall (a read scope logs in as a SELECT-only
+role); this is the second wall, and the record of intent.
+
+What each mode allows (policy.mode; an unknown mode is treated as read):
+
+read   SELECT/VALUES/TABLE (no SELECT INTO, no FOR UPDATE/SHARE, no data-modifying WITH), SHOW,
+       EXPLAIN (with ANALYZE only of a read), DECLARE ... CURSOR FOR <read>, FETCH/MOVE/CLOSE,
+       COPY (<read>)|table TO STDOUT, PREPARE x AS <read>, EXECUTE x when `prepared` says x is a read,
+       BEGIN/START TRANSACTION (not READ WRITE), COMMIT/ROLLBACK/SAVEPOINT/RELEASE, SET/RESET of
+       harmless settings (sqlfunctions.READ_SETTINGS; search_path only if pg_catalog is first or
+       not listed), DEALLOCATE, DISCARD PLANS/TEMP/SEQUENCES, LISTEN/UNLISTEN (only subscribes this
+       session). Every function called must be in the read allowlist (sqlfunctions.READ_FUNCTIONS,
+       unqualified or pg_catalog.) or policy.extra_functions. pg_sleep is allowed: it only holds
+       this session's connection (statement_timeout bounds it).
+write  read, plus INSERT/UPDATE/DELETE/MERGE (also in WITH), FOR UPDATE/SHARE, COPY FROM STDIN,
+       LOCK, NOTIFY, CALL, READ WRITE transactions, RESET ALL, other non-custom settings,
+       PREPARE TRANSACTION. Any function except sqlfunctions.WRITE_DENIED_FUNCTIONS (set_config,
+       backend signals, server files, dblink, functions that run SQL text...) unless extra_functions
+       lists it. Denied: DDL (incl. CREATE TEMP TABLE, SELECT INTO, TRUNCATE), DCL, SET ROLE /
+       SESSION AUTHORIZATION and their RESET, DISCARD ALL, custom (dotted) settings, ALTER SYSTEM,
+       COPY to/from a file or PROGRAM, DO, VACUUM/ANALYZE/CLUSTER/REINDEX/CHECKPOINT/REFRESH/LOAD,
+       COMMIT/ROLLBACK PREPARED, unknown or unparseable statements.
+admin  everything, unparseable included (a lexer error means the server runs nothing either);
+       unparseable statements still carry a keyword kind and every name they mention, for rules.
+every  client_encoding other than UTF8 and standard_conforming_strings other than on are refused
+       (rule "encoding"): both change where the server thinks a string ends. The front end must pin
+       both in the startup packet (so RESET/DEFAULT are safe) and should watch ParameterStatus.
+
+Policy rules then apply to every statement (kill > floor deny > rule deny), and detections add
+alerts: UPDATE/DELETE without WHERE, statements touching sensitive tables.
+
+Caching: the fingerprint keeps everything but literal values (and keeps those of SET and of
+statements calling set_config, the only decisions that read a literal); sqlglot parses a rendering
+in which every literal is the same constant, so a decision is a function of the fingerprint.
+Decisions that read the statement text (pattern rules) or the session (EXECUTE) are recomputed.
+sqlglot blocks the event loop ~6 us a token: past MAX_PARSE_TOKENS in one text, statements are
+classified by keyword only (unparseable below admin).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from gateway.pg import sqlfunctions as fn
+from gateway.pg.sqlclassify import (
+    UNPARSEABLE,
+    Budget,
+    Facts,
+    classify,
+    dangerous_calls,
+    lexing_calls,
+    unparseable,
+)
+from gateway.pg.sqllex import IDENT, QIDENT, LexError, Token, keeps_literals, render, split, tokenize
+from gateway.policy import Decision, SqlPolicy, SqlRule, Verdict
+
+__all__ = ["Inspection", "Inspector", "Statement", "decide", "fingerprint", "inspect", "statement_name"]
+
+_RANK = {"read": 0, "write": 1, "admin": 2, "never": 3}
+_MAX_CACHED_KEY = 8192  # longer texts are inspected every time rather than pinned in memory
+# sqlglot takes ~6 us a token and blocks the event loop meanwhile: past this many tokens in one text,
+# statements are classified by keyword only (so unparseable: denied below admin; admin rules still
+# see keyword kinds and every name).
+MAX_PARSE_TOKENS = 30000
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One statement of a possibly multi-statement text."""
+
+    text: str  # the statement's own text (from its first token to its last; no `;`)
+    kind: str  # read, write, ddl, dcl, session, transaction, admin, unknown
+    command: str  # SELECT, INSERT, SET, BEGIN, COPY, EXPLAIN, PREPARE, DO, ...
+    tables: frozenset[str]  # as written, unquoted names lowercased: "public.orders", "orders"
+    functions: frozenset[str]  # called anywhere (subqueries, CTEs, LATERAL...), "pg_catalog.x" if so written
+    has_where: bool  # False when an UPDATE or DELETE in it (CTEs included) has no WHERE
+    reason: str  # why kind/needs are what they are; "could not be parsed safely: ..." when unknown
+    needs: str  # the least mode that may run it: read, write, admin, or never
+
+
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    """Every statement of a text, its fingerprint, and the first parse error if any."""
+
+    statements: tuple[Statement, ...]
+    fingerprint: str  # literal-free, whitespace- and case-normalised; the cache key, and recorded
+    error: str | None
+
+    @property
+    def prepares(self) -> dict[str, Inspection]:
+        """SQL-level `PREPARE name AS ...` in this text: name -> an Inspection of that statement alone.
+
+        The front end keeps these (with Parse messages' names) as `prepared` for later EXECUTEs.
+        """
+        out: dict[str, Inspection] = {}
+        for s in self.statements:
+            name = statement_name(s) if s.command == "PREPARE" and not s.reason.startswith(UNPARSEABLE) else None
+            if name is not None:
+                out[name] = Inspection((s,), fingerprint(s.text), None)
+        return out
+
+
+class _Scan:
+    """The lexer's view of a text: tokens, statement token ranges, fingerprint, lexer error."""
+
+    __slots__ = ("bounds", "error", "fingerprint", "toks")
+
+    def __init__(self, sql: str) -> None:
+        self.error: str | None = None
+        try:
+            self.toks = tokenize(sql)
+        except LexError as exc:
+            self.toks, self.bounds, self.error = [], [], str(exc)
+            self.fingerprint = f"<{exc}>"
+            return
+        self.bounds = split(self.toks)
+        maybe = "set_config" in sql or "set_config" in sql.lower()  # a quoted "set_config" contains it too
+        toks = self.toks
+        self.fingerprint = " ; ".join(render(toks, a, b, keeps_literals(toks, a, b, maybe)) for a, b in self.bounds)
+
+    def texts(self, sql: str) -> list[str]:
+        return [sql[self.toks[a][2] : self.toks[b - 1][3]] for a, b in self.bounds]
+
+
+def fingerprint(sql: str) -> str:
+    """Literal-stripped, normalised form of `sql` (tokenizer only, no parse); stable across literal values."""
+    return _Scan(sql).fingerprint
+
+
+def inspect(sql: str) -> Inspection:
+    """Split and classify every statement of `sql`; never raises."""
+    return _inspect(sql, _Scan(sql))
+
+
+def _inspect(sql: str, scan: _Scan) -> Inspection:
+    if scan.error is not None:
+        # The server rejects the whole text before running any of it; keep the text for pattern rules.
+        stmt = _statement(sql.strip(), unparseable(scan.error), scan.toks)
+        return Inspection((stmt,), scan.fingerprint, scan.error)
+    cached = _INSPECTIONS.get(scan.fingerprint)
+    if cached is not None:
+        return _retext(cached, scan.texts(sql))
+    budget = Budget(MAX_PARSE_TOKENS)
+    stmts = tuple(
+        _statement(text, _classify(scan.toks[a:b], budget), scan.toks[a:b])
+        for text, (a, b) in zip(scan.texts(sql), scan.bounds, strict=True)
+    )
+    error = next((s.reason for s in stmts if s.reason.startswith(UNPARSEABLE)), None)
+    ins = Inspection(stmts, scan.fingerprint, error)
+    if len(scan.fingerprint) <= _MAX_CACHED_KEY:
+        _INSPECTIONS.put(scan.fingerprint, ins)
+    return ins
+
+
+def _classify(toks: list[Token], budget: Budget) -> Facts:
+    try:
+        return classify(toks, budget)
+    except Exception as exc:  # a bug here must not let a statement through: fail closed
+        return unparseable(f"internal error ({type(exc).__name__})")
+
+
+def _statement(text: str, f: Facts, toks: list[Token]) -> Statement:
+    functions = f.functions | dangerous_calls(toks) if toks else f.functions
+    if f.needs != "never" and (why := lexing_calls(toks)) is not None:
+        f = f._replace(needs="never", reason=why)
+    return Statement(text, f.kind, f.command, f.tables, functions, f.has_where, f.reason, f.needs)
+
+
+def _retext(ins: Inspection, texts: list[str]) -> Inspection:
+    """The cached inspection with this text's statement slices (same fingerprint, other literals)."""
+    if all(s.text == t for s, t in zip(ins.statements, texts, strict=True)):
+        return ins
+    stmts = tuple(
+        Statement(t, s.kind, s.command, s.tables, s.functions, s.has_where, s.reason, s.needs)
+        for s, t in zip(ins.statements, texts, strict=True)
+    )
+    return Inspection(stmts, ins.fingerprint, ins.error)
+
+
+def statement_name(stmt: Statement) -> str | None:
+    """The prepared-statement name of a PREPARE, EXECUTE or DEALLOCATE (as the server folds it)."""
+    if stmt.command not in ("PREPARE", "EXECUTE", "DEALLOCATE"):
+        return None
+    try:
+        toks = tokenize(stmt.text)
+    except LexError:
+        return None
+    i = 2 if len(toks) > 2 and toks[1][0] == IDENT and toks[1][1] == "prepare" else 1
+    if i < len(toks) and toks[i][0] in (IDENT, QIDENT):
+        return toks[i][1]
+    return None
+
+
+# --- decide ----------------------------------------------------------------------------------------
+
+
+def decide(ins: Inspection, policy: SqlPolicy, prepared: Mapping[str, Inspection] | None = None) -> Decision:
+    """The scope's decision on a whole text: mode floor, then rules, then detections.
+
+    `prepared` maps prepared-statement names to the Inspection that created them (the Parse
+    message's query, or the PREPARE statement); EXECUTE of a name not in it is denied below admin.
+    """
+    mode = policy.mode if policy.mode in ("read", "write", "admin") else "read"
+    floor = next((d for s in ins.statements if (d := _floor(s, mode, policy, prepared)) is not None), None)
+    stmts = list(_with_prepared(ins.statements, prepared))
+    verdict, alerts = _rules(stmts, policy.rules)
+    if verdict is not None and verdict.verdict is Verdict.KILL:
+        return verdict
+    if floor is not None:
+        return floor
+    if verdict is not None:
+        return verdict
+    alerts.extend(_detections(stmts, policy))
+    return Decision.allow(*dict.fromkeys(alerts))
+
+
+def _floor(s: Statement, mode: str, policy: SqlPolicy, prepared: Mapping[str, Inspection] | None) -> Decision | None:
+    """Why the scope's mode refuses this statement, or None."""
+    if _is_execute(s) and mode != "admin":
+        denied = _execute_floor(s, mode, policy, prepared)
+        if denied is not None:
+            return denied
+    elif _RANK.get(s.needs, 3) > _RANK[mode]:
+        return _refusal(s, mode)
+    return _function_floor(s, mode, policy.extra_functions)
+
+
+def _is_execute(s: Statement) -> bool:
+    """A well-formed EXECUTE, whose fate is the prepared statement's (a malformed one is unparseable)."""
+    return s.command == "EXECUTE" and not s.reason.startswith(UNPARSEABLE)
+
+
+def _refusal(s: Statement, mode: str) -> Decision:
+    if s.needs == "never":
+        return Decision.deny("encoding", s.reason)
+    if s.kind == "unknown" or s.reason.startswith(UNPARSEABLE):
+        return Decision.deny("unparseable", s.reason)
+    why = f" ({s.reason})" if s.reason else ""
+    return Decision.deny(
+        "read-only" if mode == "read" else "write-scope", f"{s.command} is not allowed in {mode} scope{why}"
+    )
+
+
+def _execute_floor(
+    s: Statement, mode: str, policy: SqlPolicy, prepared: Mapping[str, Inspection] | None
+) -> Decision | None:
+    name = statement_name(s)
+    inner = prepared.get(name) if prepared is not None and name is not None else None
+    if inner is None:
+        rule = "read-only" if mode == "read" else "write-scope"
+        return Decision.deny(rule, f"EXECUTE {name}: not a statement prepared in this session")
+    d = decide(inner, policy)
+    if not d.allowed:
+        return Decision(d.verdict, d.rule, f"EXECUTE {name}: {d.reason}")
+    return None
+
+
+def _function_floor(s: Statement, mode: str, extra: frozenset[str]) -> Decision | None:
+    for name in sorted(s.functions):
+        if mode == "read" and not _read_function(name, extra):
+            return Decision.deny("function-not-allowed", f"{name}() is not allowed in read scope")
+        if mode == "write" and _write_denied(name, extra):
+            return Decision.deny("function-not-allowed", f"{name}() is not allowed in write scope")
+    return None
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    schema, _, base = name.rpartition(".")
+    return schema, base
+
+
+def _extra(name: str, extra: frozenset[str]) -> bool:
+    """extra_functions: a qualified entry matches exactly, an unqualified one in any schema."""
+    return name in extra or _split_name(name)[1] in extra
+
+
+def _read_function(name: str, extra: frozenset[str]) -> bool:
+    if _extra(name, extra):
+        return True
+    schema, base = _split_name(name)
+    if schema not in ("", "pg_catalog"):
+        return False  # someone's function that shares a built-in's name
+    return base in fn.READ_FUNCTIONS or base.startswith(fn.READ_FUNCTION_PREFIXES)
+
+
+def _write_denied(name: str, extra: frozenset[str]) -> bool:
+    base = _split_name(name)[1]
+    denied = base in fn.WRITE_DENIED_FUNCTIONS or base.startswith(fn.WRITE_DENIED_PREFIXES)
+    return denied and not _extra(name, extra)
+
+
+def _with_prepared(stmts: Iterable[Statement], prepared: Mapping[str, Inspection] | None) -> Iterable[Statement]:
+    """Statements for rules: an EXECUTE also stands for the statements it runs."""
+    for s in stmts:
+        yield s
+        if _is_execute(s) and prepared is not None:
+            inner = prepared.get(statement_name(s) or "")
+            if inner is not None:
+                yield from inner.statements
+
+
+def _rules(stmts: list[Statement], rules: tuple[SqlRule, ...]) -> tuple[Decision | None, list[str]]:
+    """The strongest refusal among matching rules (kill over deny, then first), and rule alerts."""
+    refusal: Decision | None = None
+    alerts: list[str] = []
+    for s in stmts:
+        for rule in rules:
+            if not _rule_matches(rule, s):
+                continue
+            if rule.action is Verdict.ALERT:
+                alerts.append(rule.name)
+                continue
+            why = f"rule {rule.name}: {s.command}"
+            if rule.action is Verdict.KILL:
+                return Decision.kill(rule.name, why), alerts
+            refusal = refusal or Decision.deny(rule.name, why)
+    return refusal, alerts
+
+
+def _rule_matches(rule: SqlRule, s: Statement) -> bool:
+    """A rule matches when every field it sets matches; kinds also match command names (`delete`)."""
+    if rule.kinds and s.kind not in rule.kinds and s.command.lower() not in rule.kinds:
+        return False
+    if rule.tables and not _meets(rule.tables, s.tables):
+        return False
+    if rule.functions and not _meets(rule.functions, s.functions):
+        return False
+    return rule.pattern is None or rule.pattern.search(s.text) is not None
+
+
+def _meets(wanted: Iterable[str], have: Iterable[str]) -> str | None:
+    """The first wanted name that names one we have; `orders` and `public.orders` meet (search_path)."""
+    have = list(have)
+    for w in wanted:
+        ws, wb = _split_name(w)
+        for h in have:
+            hs, hb = _split_name(h)
+            if w == h or (wb == hb and (not ws or not hs)):
+                return w
+    return None
+
+
+def _detections(stmts: list[Statement], policy: SqlPolicy) -> list[str]:
+    alerts: list[str] = []
+    for s in stmts:
+        if policy.alert_write_without_where and not s.has_where:
+            alerts.append(f"write-without-where:{','.join(sorted(s.tables)) or s.command}")
+        for t in sorted(s.tables):
+            hit = _meets(sorted(policy.sensitive_tables), (t,))
+            if hit:
+                alerts.append(f"sensitive-table:{hit}")
+    return alerts
+
+
+# --- caches ----------------------------------------------------------------------------------------
+
+
+class _Lru(OrderedDict[str, Inspection]):
+    """A bounded map, oldest entry evicted first."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def put(self, key: str, value: Inspection) -> None:
+        self[key] = value
+        if len(self) > self.size:
+            self.popitem(last=False)
+
+
+# Inspections depend on the fingerprint only, so every session shares them.
+_INSPECTIONS = _Lru(4096)
+
+
+class Inspector:
+    """Per-scope checker: caches decisions by fingerprint (bounded LRU) so a hot statement parses once."""
+
+    def __init__(self, policy: SqlPolicy, size: int = 4096) -> None:
+        self.policy = policy
+        self._size = size
+        self._cache: OrderedDict[str, tuple[str, Inspection, Decision | None]] = OrderedDict()
+        # The first text of each fingerprint, exactly (a loop re-sending one statement skips the lexer);
+        # texts that only share a fingerprint are not added, so varying literals do not churn it.
+        self._texts: OrderedDict[str, tuple[Inspection, Decision]] = OrderedDict()
+        # Pattern rules read literals and comments, which the fingerprint drops: decide every time.
+        self._text_rules = any(r.pattern is not None for r in policy.rules)
+
+    def check(self, sql: str, prepared: Mapping[str, Inspection] | None = None) -> tuple[Inspection, Decision]:
+        """Inspect and decide one Query/Parse text."""
+        same = self._texts.get(sql)
+        if same is not None:
+            self._texts.move_to_end(sql)
+            return same
+        scan = _Scan(sql)
+        key = scan.fingerprint
+        hit = self._cache.get(key) if scan.error is None else None
+        if hit is not None:
+            self._cache.move_to_end(key)
+            src, ins, decision = hit
+            if sql != src:
+                ins = _retext(ins, scan.texts(sql))
+            return ins, decision if decision is not None else decide(ins, self.policy, prepared)
+        ins = _inspect(sql, scan)
+        decision = decide(ins, self.policy, prepared)
+        if scan.error is None and len(key) <= _MAX_CACHED_KEY:
+            static = not self._text_rules and not any(_is_execute(s) for s in ins.statements)
+            self._cache[key] = (sql, ins, decision if static else None)
+            if len(self._cache) > self._size:
+                self._cache.popitem(last=False)
+            if static:
+                self._remember(sql, ins, decision)
+        return ins, decision
+
+    def _remember(self, sql: str, ins: Inspection, decision: Decision) -> None:
+        if len(sql) <= _MAX_CACHED_KEY:
+            self._texts[sql] = (ins, decision)
+            if len(self._texts) > self._size:
+                self._texts.popitem(last=False)
