@@ -271,18 +271,16 @@ class Workflow:
                 raise forbidden(refusal)
             new = with_approval(req, caller, comment, now)
             needed = approvals_needed(policy)
-            await self.store.append(
-                "request.approval",
-                actor=caller.name,
-                target=req.target,
-                data={"request": req.id, "comment": comment, "approvals": len(new.approvals), "needs": needed},
-            )
-            if len(new.approvals) < needed:
-                if not await self._cas(new, req):
-                    raise conflict(f"request {req.id} changed while approving; try again")
-                return new
-            approvers = tuple(str(a["by"]) for a in new.approvals)
-            return await self._grant(req, new, actor=caller.name, approvers=approvers, now=now, comment=comment)
+            approval = {"request": req.id, "comment": comment, "approvals": len(new.approvals), "needs": needed}
+            if len(new.approvals) >= needed:
+                approvers = tuple(str(a["by"]) for a in new.approvals)
+                return await self._grant(
+                    req, new, actor=caller.name, approvers=approvers, now=now, comment=comment, approval=approval
+                )
+            if not await self._cas(new, req):
+                raise conflict(f"request {req.id} changed while approving; try again")
+            await self.store.append("request.approval", actor=caller.name, target=req.target, data=approval)
+            return new
 
     async def deny(self, caller: Caller, request_id: str, *, comment: str, now: float) -> RequestRecord:
         """One eligible approver's denial ends the request."""
@@ -349,6 +347,7 @@ class Workflow:
         now: float,
         comment: str = "",
         auto: bool = False,
+        approval: dict[str, Any] | None = None,
     ) -> RequestRecord:
         # Issue first, then claim the request; a lost race revokes the grant, whose token was never handed out.
         try:
@@ -375,6 +374,8 @@ class Workflow:
         if not await self._cas(done, old):
             await self.store.revoke_grant(issued.grant.id, by="gateway", reason="request changed concurrently", now=now)
             raise conflict(f"request {old.id} changed while approving; try again")
+        if approval is not None:  # audited only once it counts: a lost race above records nothing
+            await self.store.append("request.approval", actor=actor, target=old.target, data=approval)
         event = "request.auto_approved" if auto else "request.approved"
         await self.store.append(
             event,
