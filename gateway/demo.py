@@ -127,11 +127,13 @@ class Demo:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         app: App | None = None
+        starting: asyncio.Task[None] | None = None
         try:
             check_ports(self.listen_ports())
             self.make_dir()
-            # Blocking steps run in a thread; a Ctrl-C meanwhile is honoured as soon as the step returns.
-            await asyncio.to_thread(self.start_sandbox)
+            # initdb and sshd start in a thread; a Ctrl-C meanwhile is honoured as soon as they are up.
+            starting = asyncio.ensure_future(asyncio.to_thread(self.start_sandbox))
+            await asyncio.shield(starting)
             if stop.is_set():
                 return _interrupted(self.say)
             config = self.load(self.write_config())
@@ -149,6 +151,12 @@ class Demo:
             print(f"gateway demo: {exc}", file=sys.stderr, flush=True)
             return 1
         finally:
+            if starting is not None:
+                # Cancelled early (a Ctrl-C before our handlers were in place): never remove servers from
+                # under the thread that is still starting them.
+                await asyncio.wait([starting])
+                if not starting.cancelled():
+                    starting.exception()  # retrieved: it was reported above, or is moot after a Ctrl-C
             if app is not None:
                 await app.stop()
             await asyncio.to_thread(self.cleanup)
