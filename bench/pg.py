@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.sandbox.postgres import PG_OS_USER, PgCluster  # noqa: E402
+from gateway.sandbox.postgres import PG_OS_USER, PgCluster
 
 MODES = ("simple", "prepared")
 
