@@ -326,9 +326,10 @@ class Workflow:
             state = grant.state if grant.state != "active" else "expired"
             raise conflict(f"grant {grant.id} is {state}; request access again")
         token = self.ring.issue(claims_of(grant, self.config))
-        await self.store.append(
-            "grant.token_fetched", actor=caller.name, grant=grant.id, target=grant.target, data={"via": caller.via}
-        )
+        async with self._lock:  # the workflow's own writes go one at a time
+            await self.store.append(
+                "grant.token_fetched", actor=caller.name, grant=grant.id, target=grant.target, data={"via": caller.via}
+            )
         return grant, token
 
     def _policy_of(self, req: RequestRecord) -> ScopePolicy:
