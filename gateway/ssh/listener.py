@@ -209,7 +209,6 @@ class _UpstreamWatch(asyncssh.SSHClient):  # type: ignore[misc]
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The target's side is gone."""
-        log.warning("upstream lost: %r", exc, exc_info=exc)
         if self.owner is not None:
             self.owner.upstream_lost(exc)
 

@@ -19,6 +19,8 @@ from gateway.ssh.upstream import MAX_PACKET, WINDOW
 # Sent upstream instead of a refused line's Enter: ^E (end of line) then ^U (kill to start) empties
 # readline's buffer, and ^U alone empties a canonical-mode tty line. No signal, unlike ^C.
 CLEAR_LINE = b"\x05\x15"
+REFUSED_STATUS = 126
+"""Exit status of a channel whose request the scope refused (as a shell's "cannot execute")."""
 
 
 class RelayHost(Protocol):
@@ -60,9 +62,12 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[misc]
         self.sftp: SftpFilter | None = None
         self.exit_status: int | None = None
         self.exit_signal: tuple[str, bool, str, str] | None = None
+        self.refusal: Decision | None = None
         self.closed = False  # the engineer's channel is gone
         self.eof_sent = False  # no more output may be written to the engineer
         self._rec_err: Callable[[bytes], None] = _drop
+        self._early: list[bytes] = []  # client data that came before the upstream channel was open
+        self._early_eof = False
 
     @property
     def policy(self) -> Any:
@@ -72,9 +77,8 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[misc]
     # -- channel requests: checked against the scope, audited either way -------------------------
 
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
-        """Hold client data until the upstream channel exists."""
+        """The engineer's channel."""
         self.chan = chan
-        chan.pause_reading()
 
     def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int], term_modes: dict[int, int]) -> bool:
         """Remember the terminal; it is requested upstream with the same type, size and modes."""
@@ -101,18 +105,22 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[misc]
         for rule in d.alerts:
             s.alert("ssh.command", f"{s.user} ran {command!r} on {s.target.name} (rule {rule})", rule=rule,
                     command=command)  # fmt: skip
+        self.kind, self.command, self.subsystem = kind, command, subsystem
         if not d.allowed:
-            # Written before the failure reply, so a stock client prints why before "exec request failed".
-            self.chan.write_stderr(notice(f"refused: {d.reason}"))
             self.host.recordings.marker(f"blocked: {kind} {command or subsystem or ''}: {d.reason}".rstrip())
             if d.verdict is Verdict.KILL:
                 self.host.kill_soon(f"{kind} {command!r} matched kill rule {d.rule}")
-            return False
-        self.kind, self.command, self.subsystem = kind, command, subsystem
+            # Accepted, then ended with the reason: a stock client only prints the channel's output
+            # once the request has succeeded ("exec request failed" alone would not say why).
+            self.refusal = d
         return True
 
     def session_started(self) -> None:
-        """The request was accepted: open the upstream channel (asynchronously)."""
+        """The request was accepted: open the upstream channel (asynchronously), or say why not."""
+        if self.refusal is not None:
+            self.write_notice(f"refused: {self.refusal.reason}", stderr=True)
+            self.chan.exit(REFUSED_STATUS)
+            return
         self.host.spawn(self._start())
 
     async def _start(self) -> None:
@@ -151,6 +159,11 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[misc]
             self.tracker = CommandTracker()
         if self.size != size:  # the window changed while the upstream channel was opening
             up.change_terminal_size(*self.size)
+        early, self._early = self._early, []
+        for data in early:
+            self.data_received(data, None)
+        if self._early_eof:
+            up.write_eof()
         chan.resume_reading()
 
     def _fail(self, why: str) -> None:
@@ -165,6 +178,10 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[misc]
         """Keystrokes, stdin or sftp requests from the engineer."""
         up = self.up
         if up is None:
+            # asyncssh starts delivering data as soon as the request is accepted; the upstream
+            # channel is still opening. Hold it (and stop reading) until it is there.
+            self._early.append(data)
+            self.chan.pause_reading()
             return
         if self.rec is not None:
             self.rec.input(data)
@@ -262,6 +279,8 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[misc]
         """The engineer closed stdin; keep the channel open for the rest of the output."""
         if self.up is not None:
             self.up.write_eof()
+        else:
+            self._early_eof = True
         return True
 
     def pause_writing(self) -> None:
@@ -296,12 +315,14 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[misc]
         else:
             chan.close()
 
-    def write_notice(self, text: str) -> None:
+    def write_notice(self, text: str, *, stderr: bool = False) -> None:
         """A gateway message on this channel (terminal: stdout; otherwise stderr, to keep stdout clean)."""
         if self.chan is None or self.closed or self.eof_sent:
             return
         data = notice(text)
-        if self.pty:
+        if stderr and not self.pty:
+            self.chan.write_stderr(data)
+        elif self.pty:
             self.chan.write(data)
             if self.rec is not None:
                 self.rec.output(data)

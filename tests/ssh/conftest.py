@@ -112,8 +112,8 @@ class Gateway:
         pinned = asyncssh.import_public_key(self.host_key_line)
         return await asyncssh.connect(
             self.host, self.port, username=username, password=token, known_hosts=([pinned], [], []),
-            client_keys=None, agent_path=None, config=None, preferred_auth=kw.pop("preferred_auth", "password"),
-            connect_timeout=10, **kw,
+            client_keys=None, agent_path=kw.pop("agent_path", None), config=None,
+            preferred_auth=kw.pop("preferred_auth", "password"), connect_timeout=10, **kw,
         )  # fmt: skip
 
     def ssh(self, token: str, *args: str, user: str = TARGET, method: str = "keyboard-interactive",
@@ -149,6 +149,10 @@ class Gateway:
                 return rec
             await asyncio.sleep(0.05)
         raise AssertionError(f"session {session_id} did not end within {timeout} s")
+
+    async def settle(self) -> Any:
+        """Wait until the most recent session has ended (its audit events are all written by then)."""
+        return await self.wait_closed((await self.last_session()).id)
 
     async def last_session(self, user: str = USER) -> Any:
         """The most recently started session."""

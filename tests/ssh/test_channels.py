@@ -1,0 +1,158 @@
+"""Session channels through the gateway: exec, exit codes and signals, stdin, env filtering, forwarding refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import asyncssh
+import pytest
+
+from tests.ssh.conftest import Gateway
+
+
+async def test_exec_exit_status_and_stderr(gateway: Gateway) -> None:
+    async with await gateway.connect(await gateway.token()) as conn:
+        r = await conn.run("echo out; echo err >&2; exit 7")
+    assert (r.stdout, r.stderr, r.exit_status) == ("out\n", "err\n", 7)
+
+
+async def test_exit_signal_passed_back(gateway: Gateway) -> None:
+    async with await gateway.connect(await gateway.token()) as conn:
+        r = await conn.run("kill -TERM $$")
+    assert r.exit_signal is not None and r.exit_signal[0] == "TERM"
+
+
+async def test_signal_request_reaches_the_process(gateway: Gateway) -> None:
+    async with await gateway.connect(await gateway.token()) as conn:
+        proc = await conn.create_process("trap 'echo got-usr1; exit 0' USR1; echo ready; while :; do sleep 0.1; done")
+        assert (await asyncio.wait_for(proc.stdout.readline(), 10)) == "ready\n"
+        proc.send_signal("USR1")
+        assert (await asyncio.wait_for(proc.stdout.readline(), 10)) == "got-usr1\n"
+        await asyncio.wait_for(proc.wait(), 10)
+    assert proc.exit_status == 0
+
+
+async def test_stdin_bulk_round_trip(gateway: Gateway) -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    async with await gateway.connect(await gateway.token()) as conn:
+        r = await conn.run("md5sum", input=data, encoding=None)
+    assert r.stdout.split()[0].decode() == hashlib.md5(data).hexdigest()
+
+
+async def test_openssh_stdin_and_exit_code(gateway: Gateway) -> None:
+    r = await asyncio.to_thread(gateway.ssh, await gateway.token(), "tr a-z A-Z; exit 4", input="shout\n")
+    assert r.returncode == 4
+    assert r.stdout == "SHOUT\n"
+
+
+async def test_env_allowlist(gateway: Gateway) -> None:
+    env = {"LANG": "C.UTF-8", "LC_TIME": "C", "LD_PRELOAD": "/tmp/evil.so", "BASH_ENV": "/tmp/evil.sh",
+           "GW_TEST_X": "1"}  # fmt: skip
+    async with await gateway.connect(await gateway.token()) as conn:
+        r = await conn.run("env", env=env)
+    await gateway.settle()
+    lines = set(str(r.stdout).splitlines())
+    assert "LANG=C.UTF-8" in lines and "LC_TIME=C" in lines
+    assert not any(line.startswith(("LD_PRELOAD=", "BASH_ENV=", "GW_TEST_X=")) for line in lines)
+    refused = (await gateway.events(types=("ssh.env.refused",)))[-1]
+    assert refused.data["names"] == ["BASH_ENV", "GW_TEST_X", "LD_PRELOAD"]
+
+
+async def test_openssh_sendenv_filtered(gateway: Gateway) -> None:
+    os.environ["GW_TEST_Y"] = "1"
+    try:
+        r = await asyncio.to_thread(gateway.ssh, await gateway.token(), "-o", "SendEnv=GW_TEST_Y LANG", "env")
+    finally:
+        del os.environ["GW_TEST_Y"]
+    assert r.returncode == 0, r.stderr
+    assert "GW_TEST_Y" not in r.stdout
+
+
+async def test_local_forwarding_refused_and_audited(gateway: Gateway) -> None:
+    async with await gateway.connect(await gateway.token()) as conn:
+        with pytest.raises(asyncssh.ChannelOpenError):
+            await conn.open_connection(gateway.sshd.host, gateway.sshd.port)
+        with pytest.raises(asyncssh.ChannelListenError):
+            await conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", 22)
+        with pytest.raises(asyncssh.ChannelOpenError):
+            await conn.open_unix_connection("/run/sshd.sock")
+        r = await conn.run("echo still-fine")
+        assert r.stdout == "still-fine\n"
+    await gateway.settle()
+    kinds = {e.data["kind"] for e in await gateway.events(types=("ssh.forward",)) if not e.data["allowed"]}
+    assert {"direct-tcpip", "tcpip-forward", "direct-streamlocal"} <= kinds
+
+
+async def test_local_forwarding_allowed_goes_through_the_target(gateway: Gateway) -> None:
+    async with await gateway.connect(await gateway.token("tunnel")) as conn:
+        reader, writer = await conn.open_connection(gateway.sshd.host, gateway.sshd.port)
+        banner = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+    assert banner.startswith(b"SSH-2.0-OpenSSH")
+
+
+async def test_agent_and_x11_refused_and_audited(gateway: Gateway) -> None:
+    async with await gateway.connect(await gateway.token(), agent_forwarding=True, agent_path="/nonexistent") as conn:
+        r = await conn.run("echo ${SSH_AUTH_SOCK:-no-agent}", x11_forwarding="ignore_failure", x11_display=":0")
+    assert r.stdout == "no-agent\n"
+    await gateway.settle()
+    kinds = {e.data["kind"] for e in await gateway.events(types=("ssh.forward",))}
+    assert {"agent", "x11"} <= kinds
+
+
+async def test_openssh_forward_agent_and_tunnel_refused(gateway: Gateway) -> None:
+    r = await asyncio.to_thread(gateway.ssh, await gateway.token(), "-o", "ExitOnForwardFailure=yes", "-L",
+                                "0:127.0.0.1:22", "true")  # fmt: skip
+    assert r.returncode != 0
+
+
+async def test_exec_only_scope(gateway: Gateway) -> None:
+    token = await gateway.token("readonly")
+    async with await gateway.connect(token) as conn:
+        ok = await conn.run("echo allowed")
+        assert ok.stdout == "allowed\n"
+        shell = await conn.run(term_type="xterm")
+        assert shell.exit_status == 126 and "does not allow an interactive shell" in str(shell.stdout)
+        refused = await conn.run("whoami")
+        assert refused.exit_status == 126
+        assert "[gateway] refused: command not in this scope's allowed list: whoami" in str(refused.stderr)
+        sneaky = await conn.run("echo ok; touch /tmp/gw-should-not-exist")
+        assert sneaky.exit_status == 126 and sneaky.stdout == ""
+    assert not os.path.exists("/tmp/gw-should-not-exist")
+    r = await asyncio.to_thread(gateway.ssh, await gateway.token("readonly"), "whoami")
+    assert r.returncode != 0
+    assert "[gateway] refused: command not in this scope's allowed list: whoami" in r.stderr
+    r = await asyncio.to_thread(gateway.ssh, await gateway.token("readonly"), "echo ok; id")
+    assert "shell syntax" in r.stderr and "ok" not in r.stdout
+    r = await asyncio.to_thread(gateway.ssh, await gateway.token("readonly"))
+    assert "this scope does not allow an interactive shell" in r.stderr
+
+
+async def test_exec_command_rules(gateway: Gateway, tmp_path: os.PathLike[str]) -> None:
+    victim = gateway.sshd.scratch_dir / "victim-exec"
+    victim.mkdir(exist_ok=True)
+    r = await asyncio.to_thread(gateway.ssh, await gateway.token(), f"rm -rf {victim}")
+    assert r.returncode != 0 and "matches rule 'no-rm-rf'" in r.stderr
+    assert victim.exists()
+    conn = await gateway.connect(await gateway.token())
+    r = await conn.run("reboot now")
+    assert r.exit_status == 126
+    await asyncio.wait_for(conn.wait_closed(), 10)
+    s = await gateway.last_session()
+    rec = await gateway.wait_closed(s.id)
+    assert "kill rule no-shutdown" in rec.end_reason
+
+
+async def test_multiple_channels_share_one_session(gateway: Gateway) -> None:
+    async with await gateway.connect(await gateway.token()) as conn:
+        a, b = await asyncio.gather(conn.run("echo one"), conn.run("echo two"))
+    assert (a.stdout, b.stdout) == ("one\n", "two\n")
+    s = await gateway.last_session()
+    rec = await gateway.wait_closed(s.id)
+    assert rec.stats["channels"] == 2
+    side = rec.recording_path.replace(".cast", ".2.cast")
+    assert os.path.exists(side)
+    parts = [e for e in await gateway.events(s.id, types=("recording.part",))]
+    assert parts and parts[0].data["recording_sha256"]
