@@ -60,7 +60,6 @@ async def serve(spec: dict[str, Any]) -> None:
                     recordings_dir=base / "recordings", tls_cert=base / "keys/tls.crt", tls_key=base / "keys/tls.key",
                     pg_require_tls=spec["require_tls"], targets={"orders": target})  # fmt: skip
     services = await build_services(config)
-    _serialise_audit_appends(services.store)
     listener = PostgresListener(services)
     await listener.start()
     issued = await issue_grant(config, services.ring, services.store, services.policies, user="bench", target="orders",
@@ -69,20 +68,6 @@ async def serve(spec: dict[str, Any]) -> None:
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await listener.close()
     await services.close()
-
-
-def _serialise_audit_appends(store: Any) -> None:
-    """WORKAROUND until the store does it: concurrent SqliteStore.append calls share one connection and
-    collide in BEGIN IMMEDIATE ("cannot start a transaction within a transaction"); 8 clients connecting
-    at once hit it. Same shim as tests/pg/conftest.py."""
-    lock = asyncio.Lock()
-    original = store.append
-
-    async def append(*args: Any, **kwargs: Any) -> Any:
-        async with lock:
-            return await original(*args, **kwargs)
-
-    store.append = append
 
 
 def start_gateway(cluster: PgCluster, base: Path, *, require_tls: bool) -> tuple[subprocess.Popen[str], int, str]:

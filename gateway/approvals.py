@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
 from dataclasses import dataclass, replace
@@ -405,22 +404,7 @@ class Workflow:
 
     async def _cas(self, new: RequestRecord, old: RequestRecord) -> bool:
         """Write `new` only if the row still has `old`'s state and approval count (approvals only grow)."""
-        cur = await self.store.db.execute(
-            "UPDATE requests SET state=?, approvals=?, decided_at=?, decided_by=?, comment=?, grant_id=? "
-            "WHERE id=? AND state=? AND json_array_length(approvals)=?",
-            (
-                new.state,
-                json.dumps(list(new.approvals)),
-                new.decided_at,
-                new.decided_by,
-                new.comment,
-                new.grant_id,
-                old.id,
-                old.state,
-                len(old.approvals),
-            ),
-        )
-        return cur.rowcount == 1
+        return await self.store.update_request(new, expect_state=old.state, expect_approvals=len(old.approvals))
 
 
 def request_json(req: RequestRecord, *, needs: int | None = None, now: float | None = None) -> dict[str, Any]:

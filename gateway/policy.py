@@ -103,9 +103,14 @@ class CommandRule:
         return _command_matches(self.pattern, line.strip())
 
 
-def _command_matches(pattern: str, line: str) -> bool:
+# Characters that chain, substitute, redirect or background commands in a POSIX shell.
+_SHELL_CONTROL = re.compile(r"[;&|`$<>\n\r()\\]")
+
+
+def _command_matches(pattern: str, line: str, *, whole: bool = False) -> bool:
     if pattern.startswith("regex:"):
-        return re.search(pattern[len("regex:") :], line) is not None
+        rx = pattern[len("regex:") :]
+        return (re.fullmatch(rx, line) if whole else re.search(rx, line)) is not None
     return fnmatch.fnmatchcase(line, pattern)
 
 
@@ -128,10 +133,18 @@ class SshPolicy:
     x11_forwarding: bool = False
 
     def command_allowed(self, line: str) -> bool:
-        """Whether an exec command is in the scope's allowlist (always true with no allowlist)."""
+        """Whether an exec command is in the scope's allowlist (always true with no allowlist).
+
+        The upstream runs the command through a shell, so a glob like `systemctl status *` would also
+        match `systemctl status x; rm -rf /`: a line with shell control characters never matches an
+        allowlist, and `regex:` entries must match the whole line.
+        """
         if self.allowed_commands is None:
             return True
-        return any(_command_matches(p, line.strip()) for p in self.allowed_commands)
+        stripped = line.strip()
+        if _SHELL_CONTROL.search(stripped):
+            return False
+        return any(_command_matches(p, stripped, whole=True) for p in self.allowed_commands)
 
 
 # --- Scopes and targets ----------------------------------------------------------------------------
@@ -372,7 +385,9 @@ def _load_ssh(ctx: _Ctx, body: Any, key: str) -> SshPolicy:
             raise ctx.fail(f"{rkey}.pattern", "must be a glob, or regex:<expression>")
         _check_pattern(ctx, pattern, f"{rkey}.pattern")
         rules.append(
-            CommandRule(str(rule.get("name") or pattern), ctx.action(rule.get("action", "alert"), rkey), pattern)
+            CommandRule(
+                str(rule.get("name") or pattern), ctx.action(rule.get("action", "alert"), f"{rkey}.action"), pattern
+            )
         )
     sftp = body.get("sftp", "read-write")
     if sftp not in SFTP_MODES:

@@ -114,15 +114,19 @@ class LiveSession:
         if self._killing or self.closed:
             return
         self._killing = True
-        await self.store.append(
-            "session.kill",
-            actor=by,
-            session=self.id,
-            grant=self.claims.jti,
-            target=self.target.name,
-            severity="warning",
-            data={"reason": reason, "user": self.user},
-        )
+        try:
+            await self.store.append(
+                "session.kill",
+                actor=by,
+                session=self.id,
+                grant=self.claims.jti,
+                target=self.target.name,
+                severity="warning",
+                data={"reason": reason, "user": self.user},
+            )
+        except Exception as exc:
+            # The kill goes ahead without its audit row: failing open here would leave the session running.
+            log.error("session %s: kill could not be audited: %s", self.id, type(exc).__name__)
         self.alert(
             "session.killed", f"session {self.id} of {self.user} on {self.target.name} killed: {reason}", reason=reason
         )
@@ -164,8 +168,11 @@ class LiveSession:
             )
         except Exception as exc:
             log.error("session %s: could not record its end: %s", self.id, type(exc).__name__)
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        # Wait for pending audit/alert tasks, but not for the task running this close (a deadline kill
+        # runs inside one of them: waiting for itself would never finish).
+        others = [t for t in self._tasks if t is not asyncio.current_task()]
+        if others:
+            await asyncio.gather(*others, return_exceptions=True)
 
 
 AlertFn = Callable[[LiveSession | None, str, str, str, dict[str, Any]], Awaitable[None]]

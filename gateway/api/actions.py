@@ -47,11 +47,7 @@ async def revoke_grant(
     )
     killed = 0
     if registry is not None:
-        # One at a time, not registry.revoke's gather: SqliteStore.append is not safe for concurrent
-        # coroutines on its one connection yet ("cannot start a transaction within a transaction").
-        for s in [s for s in registry.live() if s.claims.jti == grant.id]:
-            await s.kill(f"grant revoked: {reason}", by=caller.name)
-            killed += 1
+        killed = await registry.revoke(grant.id, f"grant revoked: {reason}", by=caller.name)
     await alerts.emit(
         "revocation",
         f"{caller.name} revoked grant {grant.id} of {grant.user} on {grant.target}/{grant.scope}: {reason}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterable
@@ -84,6 +85,10 @@ class SqliteStore:
         self.ring = ring
         self.checkpoint_every = checkpoint_every
         self._db: aiosqlite.Connection | None = None
+        # One connection is shared by every coroutine of this process: a statement that ran between
+        # another coroutine's BEGIN and COMMIT would join (and could be rolled back with) that
+        # transaction. Every write takes this lock; across processes BEGIN IMMEDIATE serialises.
+        self._lock = asyncio.Lock()
         # Checkpoints are mirrored to a side file: deleting rows *and* their checkpoints from the
         # database still leaves a signed head outside it that verification compares against.
         self.checkpoint_file = path.with_name(path.name + ".checkpoints")
@@ -110,6 +115,11 @@ class SqliteStore:
             await self.checkpoint()
         await self._db.close()
         self._db = None
+
+    async def _write(self, sql: str, args: Iterable[Any] = ()) -> aiosqlite.Cursor:
+        """One autocommitted write statement, never inside another coroutine's transaction."""
+        async with self._lock:
+            return await self.db.execute(sql, tuple(args))
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -151,6 +161,23 @@ class SqliteStore:
             raise ValueError(f"severity must be one of {SEVERITIES}")
         ts = time.time() if ts is None else float(ts)  # hashed as read back from the REAL column
         data = data or {}
+        async with self._lock:
+            seq, prev, digest = await self._append_locked(ts, type_, actor, session, grant, target, severity, data)
+        if self.ring is not None and seq % self.checkpoint_every == 0:
+            await self.checkpoint()
+        return AuditEvent(seq, ts, type_, actor, session, grant, target, severity, data, prev, digest)
+
+    async def _append_locked(
+        self,
+        ts: float,
+        type_: str,
+        actor: str,
+        session: str,
+        grant: str,
+        target: str,
+        severity: str,
+        data: dict[str, Any],
+    ) -> tuple[int, str, str]:
         await self.db.execute("BEGIN IMMEDIATE")
         try:
             async with self.db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1") as cur:
@@ -175,23 +202,25 @@ class SqliteStore:
                 ),
             )
             await self.db.execute("COMMIT")
-        except Exception:
+        except BaseException:
             await self.db.execute("ROLLBACK")
             raise
-        if self.ring is not None and seq % self.checkpoint_every == 0:
-            await self.checkpoint()
-        return AuditEvent(seq, ts, type_, actor, session, grant, target, severity, data, prev, digest)
+        return seq, prev, digest
 
     async def checkpoint(self) -> Checkpoint | None:
         """Sign the current head with the gateway key; stored in the DB and mirrored to the side file."""
         if self.ring is None:
             return None
+        async with self._lock:
+            return await self._checkpoint_locked(self.ring)
+
+    async def _checkpoint_locked(self, ring: KeyRing) -> Checkpoint | None:
         async with self.db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1") as cur:
             last = await cur.fetchone()
         if last is None:
             return None
         seq, head = int(last[0]), str(last[1])
-        kid, sig = self.ring.sign_bytes(checkpoint_message(seq, head))
+        kid, sig = ring.sign_bytes(checkpoint_message(seq, head))
         cp = Checkpoint(seq, head, kid, sig, time.time())
         await self.db.execute(
             "INSERT OR IGNORE INTO checkpoints VALUES (?,?,?,?,?)", (cp.seq, cp.head, cp.kid, cp.signature, cp.ts)
@@ -256,7 +285,7 @@ class SqliteStore:
 
     async def add_grant(self, g: GrantRecord) -> None:
         """Store a newly issued grant."""
-        await self.db.execute(
+        await self._write(
             "INSERT INTO grants (id,user,target,scope,reason,approvers,issued_at,not_before,expires_at,state,"
             "break_glass,request_id,max_sessions) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
@@ -302,7 +331,7 @@ class SqliteStore:
             raise StoreError(f"no grant {grant_id!r}")
         if g.state != "active":
             raise StoreError(f"grant {grant_id} is already {g.state}")
-        await self.db.execute(
+        await self._write(
             "UPDATE grants SET state='revoked', revoked_at=?, revoked_by=?, revoke_reason=?, "
             "changed_seq=(SELECT COALESCE(MAX(changed_seq),0)+1 FROM grants) WHERE id=? AND state='active'",
             (now, by, reason, grant_id),
@@ -314,7 +343,7 @@ class SqliteStore:
         async with self.db.execute("SELECT id FROM grants WHERE state='active' AND expires_at <= ?", (now,)) as cur:
             ids = [str(r[0]) for r in await cur.fetchall()]
         if ids:
-            await self.db.execute(
+            await self._write(
                 f"UPDATE grants SET state='expired' WHERE state='active' AND id IN ({','.join('?' * len(ids))})",  # noqa: S608
                 ids,
             )
@@ -333,7 +362,7 @@ class SqliteStore:
 
     async def add_session(self, s: SessionRecord) -> None:
         """Store a session at its start."""
-        await self.db.execute(
+        await self._write(
             "INSERT INTO sessions (id,grant_id,user,target,scope,protocol,client_addr,started_at,recording_path,stats)"
             " VALUES (?,?,?,?,?,?,?,?,?,?)",
             (
@@ -354,7 +383,7 @@ class SqliteStore:
         self, session_id: str, *, ended_at: float, reason: str, recording_sha256: str | None, stats: dict[str, Any]
     ) -> None:
         """Record a session's end."""
-        await self.db.execute(
+        await self._write(
             "UPDATE sessions SET ended_at=?, end_reason=?, recording_sha256=?, stats=? WHERE id=? AND ended_at IS NULL",
             (ended_at, reason, recording_sha256, json.dumps(stats), session_id),
         )
@@ -396,9 +425,7 @@ class SqliteStore:
 
     async def request_kill(self, session_id: str, reason: str) -> None:
         """Ask whichever process runs a live session to end it (picked up by its watcher)."""
-        await self.db.execute(
-            "UPDATE sessions SET kill_requested=? WHERE id=? AND ended_at IS NULL", (reason, session_id)
-        )
+        await self._write("UPDATE sessions SET kill_requested=? WHERE id=? AND ended_at IS NULL", (reason, session_id))
 
     async def kill_requests(self, ids: Iterable[str]) -> dict[str, str]:
         """Kill requests pending for these live sessions."""
@@ -414,7 +441,7 @@ class SqliteStore:
 
     async def add_request(self, r: RequestRecord) -> None:
         """Store a new access request."""
-        await self.db.execute(
+        await self._write(
             "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 r.id,
@@ -440,22 +467,28 @@ class SqliteStore:
             r = await cur.fetchone()
         return _request(r) if r else None
 
-    async def update_request(self, r: RequestRecord, *, expect_state: str) -> bool:
-        """Write a request's new state if it is still in `expect_state` (optimistic; False if it changed)."""
-        cur = await self.db.execute(
+    async def update_request(self, r: RequestRecord, *, expect_state: str, expect_approvals: int | None = None) -> bool:
+        """Write a request's new state if it is still in `expect_state` (and has `expect_approvals`); else False."""
+        sql = (
             "UPDATE requests SET state=?, approvals=?, decided_at=?, decided_by=?, comment=?, grant_id=? "
-            "WHERE id=? AND state=?",
-            (
-                r.state,
-                json.dumps(list(r.approvals)),
-                r.decided_at,
-                r.decided_by,
-                r.comment,
-                r.grant_id,
-                r.id,
-                expect_state,
-            ),
+            "WHERE id=? AND state=?"
         )
+        args: list[object] = [
+            r.state,
+            json.dumps(list(r.approvals)),
+            r.decided_at,
+            r.decided_by,
+            r.comment,
+            r.grant_id,
+            r.id,
+            expect_state,
+        ]
+        if expect_approvals is not None:
+            # Approvals only grow, so their count is a version number: two replicas approving at once
+            # cannot both win.
+            sql += " AND json_array_length(approvals)=?"
+            args.append(expect_approvals)
+        cur = await self._write(sql, args)
         return cur.rowcount == 1
 
     async def list_requests(

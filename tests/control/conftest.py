@@ -235,14 +235,6 @@ async def gw(config: Config, api_keys: dict[str, str]) -> AsyncIterator[Running]
     svc, port, stop = await start_gateway(config)
     async with aiohttp.ClientSession() as session:
         yield Running(svc, port, api_keys, session, stop)
-    await settle()
     await stop()
 
 
-async def settle() -> None:
-    """Let alert/audit tasks spawned by kills finish before shutdown appends its own event.
-
-    SqliteStore.append is not yet safe for concurrent coroutines on its one connection (two overlapping
-    BEGIN IMMEDIATE fail with "cannot start a transaction within a transaction"); remove once it serialises.
-    """
-    await asyncio.sleep(0.2)

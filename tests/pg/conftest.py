@@ -149,23 +149,6 @@ def make_config(base: Path, cluster: PgCluster, *, require_tls: bool = True) -> 
     )  # fmt: skip
 
 
-def _serialise_audit_appends(services: Services) -> None:
-    """WORKAROUND, remove when the store does it: SqliteStore.append runs BEGIN IMMEDIATE on one shared
-    connection without a lock, so two concurrent appends fail with "cannot start a transaction within a
-    transaction" (any two sessions starting at once). Reported to the store's owner."""
-    store = services.store
-    if getattr(store, "_append_lock", None) is not None:
-        return
-    lock = asyncio.Lock()
-    original = store.append
-
-    async def append(*args: Any, **kwargs: Any) -> Any:
-        async with lock:
-            return await original(*args, **kwargs)
-
-    store.append = append  # type: ignore[method-assign]
-
-
 @pytest.fixture(scope="session")
 def gateway(pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """One gateway for the whole session (TLS required), on uvloop in a thread of its own."""
@@ -176,7 +159,6 @@ def gateway(pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> 
 
     async def start() -> tuple[Services, PostgresListener]:
         services = await build_services(config)
-        _serialise_audit_appends(services)
         listener = PostgresListener(services)
         await listener.start()
         return services, listener
