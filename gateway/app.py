@@ -14,6 +14,7 @@ from gateway.config import Config
 from gateway.keyfiles import ensure_ssh_host_key, ensure_tls_cert
 from gateway.policy import PolicyError
 from gateway.services import Services, build_services, load_policies
+from gateway.webhooks import WebhookSink, install_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class App:
         self.services: Services | None = None
         self.listeners: dict[str, Listener] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._webhooks: WebhookSink | None = None
 
     async def start(self) -> Services:
         """Make missing key material, open services, start listeners and background tasks."""
@@ -45,22 +47,30 @@ class App:
         ensure_ssh_host_key(self.config.ssh_host_key)
         svc = self.services = await build_services(self.config)
         await svc.store.append("gateway.start", data={"listen": self._addresses(), "kid": svc.ring.active_kid})
-        for name, factory in self._factories().items():
+        self._webhooks = install_webhooks(svc)
+        for name in ("postgres", "ssh", "http"):
             if name in self.enable:
-                listener = factory(svc)
+                listener = self._factory(name)(svc)
                 await listener.start()
                 self.listeners[name] = listener
         self._tasks.append(asyncio.create_task(svc.registry.watch(), name="revocation-watcher"))
         self._tasks.append(asyncio.create_task(self._expire_grants(), name="grant-expiry"))
         return svc
 
-    def _factories(self) -> dict[str, Callable[[Services], Listener]]:
-        # Imported here so each front end stays optional for tools that only need the store.
-        from gateway.api.server import ApiServer
-        from gateway.pg.listener import PostgresListener
-        from gateway.ssh.listener import SshListener
+    @staticmethod
+    def _factory(name: str) -> Callable[[Services], Listener]:
+        # Imported on demand so an API-only process does not load (or depend on) the proxies.
+        if name == "postgres":
+            from gateway.pg.listener import PostgresListener
 
-        return {"postgres": PostgresListener, "ssh": SshListener, "http": ApiServer}
+            return PostgresListener
+        if name == "ssh":
+            from gateway.ssh.listener import SshListener
+
+            return SshListener
+        from gateway.api.server import ApiServer
+
+        return ApiServer
 
     def _addresses(self) -> dict[str, str]:
         c = self.config
@@ -102,6 +112,9 @@ class App:
             await listener.close()
         if self.services is not None:
             await self.services.store.append("gateway.stop")
+            await self.services.registry.close_all("gateway shutting down")
+            if self._webhooks is not None:
+                await self._webhooks.close()  # after the kills, so their alerts still go out
             await self.services.close()
 
     async def serve_forever(self) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.durations import parse_duration
 from gateway.secret import Secret
 
 CONFIG_ENV = "GATEWAY_CONFIG"
@@ -77,6 +78,48 @@ class Webhook:
     min_severity: str = "info"
 
 
+# Asymmetric only: an HS* algorithm would let anyone holding the (public) JWKS mint tokens.
+OIDC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+
+
+@dataclass(frozen=True, slots=True)
+class OidcConfig:
+    """Where the company identity provider's keys are and which claims name the user and the groups."""
+
+    issuer: str
+    audience: str
+    jwks_url: str
+    user_claim: str = "preferred_username"
+    groups_claim: str = "groups"
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    leeway: int = 30
+    jwks_cache_seconds: float = 300.0
+    jwks_min_refresh_seconds: float = 30.0  # an unknown kid refetches the JWKS at most this often
+
+    def __post_init__(self) -> None:
+        bad = [a for a in self.algorithms if a not in OIDC_ALGORITHMS]
+        if bad or not self.algorithms:
+            raise ValueError(f"oidc.algorithms: {bad or 'empty'} not allowed; use some of {', '.join(OIDC_ALGORITHMS)}")
+        if not self.jwks_url.startswith(("https://", "http://")):
+            raise ValueError("oidc.jwks_url: must be an http(s) URL")
+        if not self.issuer or not self.audience:
+            raise ValueError("oidc.issuer and oidc.audience are required")
+        if not 0 <= self.leeway <= 60:
+            raise ValueError("oidc.leeway: must be 0 to 60 seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """How the API authenticates and authorises callers."""
+
+    oidc: OidcConfig | None = None
+    api_keys: bool = True  # [users.NAME] api_key_sha256; keep on for the embedded, IdP-less setup
+    admin_groups: frozenset[str] = field(default_factory=lambda: frozenset({"admins"}))
+    request_timeout: float = 4 * 3600.0
+    metrics_public: bool = True  # Prometheus scrapers rarely carry credentials; counts only, no names of people
+    expire_interval: float = 5.0
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Everything the gateway needs to start; paths are absolute."""
@@ -104,6 +147,7 @@ class Config:
     users: Mapping[str, ApiUser] = field(default_factory=dict)
     webhooks: tuple[Webhook, ...] = ()
     alerts_file: Path | None = None
+    api: ApiSettings = field(default_factory=ApiSettings)
 
     @property
     def store_path(self) -> Path:
@@ -119,7 +163,31 @@ def _resolve(base: Path, value: str | Path) -> Path:
 
 
 _SCHEMA: dict[str, set[str]] = {
-    "": {"gateway", "listen", "store", "paths", "tokens", "postgres", "ssh", "targets", "users", "alerts"},
+    "": {
+        "gateway",
+        "listen",
+        "store",
+        "paths",
+        "tokens",
+        "postgres",
+        "ssh",
+        "targets",
+        "users",
+        "alerts",
+        "api",
+        "oidc",
+    },
+    "api": {"admin_groups", "request_timeout", "metrics_public", "api_keys"},
+    "oidc": {
+        "issuer",
+        "audience",
+        "jwks_url",
+        "user_claim",
+        "groups_claim",
+        "algorithms",
+        "leeway",
+        "jwks_cache_seconds",
+    },
     "gateway": {"name"},
     "listen": {"ssh", "postgres", "http"},
     "store": {"url"},
@@ -264,6 +332,7 @@ def _build(doc: dict[str, Any], path: Path | None, base: Path, need_secrets: boo
         users=_users(r, sections["users"]),
         webhooks=_webhooks(r, alerts.get("webhooks")),
         alerts_file=p(alerts, "file", "alerts.", Path()) if "file" in alerts else None,
+        api=_api(r, sections["api"], sections["oidc"]),
     )
 
 
@@ -392,3 +461,40 @@ def _webhooks(r: _Reader, doc: Any) -> tuple[Webhook, ...]:
             )
         )
     return tuple(out)
+
+
+def _api(r: _Reader, api: dict[str, Any], oidc: dict[str, Any]) -> ApiSettings:
+    d = ApiSettings()
+    timeout = r.string(api, "request_timeout", "api.", "4h")
+    try:
+        request_timeout = parse_duration(timeout)
+    except ValueError as exc:
+        raise r.fail("api.request_timeout", str(exc)) from None
+    oidc_cfg = None
+    if oidc:
+        algs = oidc.get("algorithms", ["RS256", "ES256"])
+        if not isinstance(algs, list) or not all(isinstance(a, str) for a in algs):
+            raise r.fail("oidc.algorithms", "must be a list of strings")
+        try:
+            oidc_cfg = OidcConfig(
+                issuer=r.string(oidc, "issuer", "oidc.", ""),
+                audience=r.string(oidc, "audience", "oidc.", ""),
+                jwks_url=r.string(oidc, "jwks_url", "oidc.", ""),
+                user_claim=r.string(oidc, "user_claim", "oidc.", "preferred_username"),
+                groups_claim=r.string(oidc, "groups_claim", "oidc.", "groups"),
+                algorithms=tuple(algs),
+                leeway=r.integer(oidc, "leeway", "oidc.", 30, 0, 60),
+                jwks_cache_seconds=float(r.integer(oidc, "jwks_cache_seconds", "oidc.", 300, 1, 86400)),
+            )
+        except ValueError as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"{r.where}: {exc}") from None
+    groups = r.strings(api, "admin_groups", "api.") if "admin_groups" in api else d.admin_groups
+    return ApiSettings(
+        oidc=oidc_cfg,
+        api_keys=r.boolean(api, "api_keys", "api.", d.api_keys),
+        admin_groups=groups,
+        request_timeout=request_timeout,
+        metrics_public=r.boolean(api, "metrics_public", "api.", d.metrics_public),
+    )

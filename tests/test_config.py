@@ -396,3 +396,35 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_config_path_is_a_folder(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path)
+
+
+def test_api_and_oidc_sections(tmp_path: Path) -> None:
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(
+        '[api]\nadmin_groups = ["sec"]\nrequest_timeout = "2h"\nmetrics_public = false\n'
+        '[oidc]\nissuer = "https://idp.example"\naudience = "gateway"\njwks_url = "https://idp.example/jwks"\n'
+        'groups_claim = "roles"\n'
+    )
+    api = load_config(cfg).api
+    assert api.admin_groups == frozenset({"sec"})
+    assert api.request_timeout == 7200
+    assert api.metrics_public is False
+    assert api.oidc is not None and api.oidc.groups_claim == "roles" and api.oidc.algorithms == ("RS256", "ES256")
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('[oidc]\nissuer = "x"\naudience = "a"\njwks_url = "https://x/j"\nalgorithms = ["HS256"]\n', "HS256"),
+        ('[oidc]\nissuer = "x"\naudience = "a"\njwks_url = "ftp://x"\n', "jwks_url"),
+        ('[oidc]\nissuer = "x"\njwks_url = "https://x/j"\n', "audience"),
+        ('[api]\nrequest_timeout = "soon"\n', "api.request_timeout"),
+        ('[api]\nadmin = true\n', "api.admin"),
+    ],
+)
+def test_api_and_oidc_errors(tmp_path: Path, text: str, words: str) -> None:
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(cfg)
+    assert str(cfg) in str(exc.value) and words in str(exc.value)

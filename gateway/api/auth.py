@@ -16,9 +16,8 @@ import aiohttp
 import jwt
 
 from gateway.api.errors import ApiError
-from gateway.api.oidc_config import ApiSettings, OidcConfig
 from gateway.approvals import Caller
-from gateway.config import ApiUser
+from gateway.config import ApiSettings, ApiUser, OidcConfig
 
 log = logging.getLogger(__name__)
 

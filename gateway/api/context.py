@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from gateway.api.auth import Authenticator
-from gateway.api.oidc_config import ApiSettings
 from gateway.approvals import Caller, Workflow
+from gateway.config import ApiSettings
 from gateway.metrics import Counters
 from gateway.services import Services
 

@@ -15,8 +15,8 @@ from gateway.api.auth import Authenticator, AuthError
 from gateway.api.body import MAX_BODY
 from gateway.api.context import CALLER_KEY, CONTEXT, ApiContext, ctx
 from gateway.api.errors import error_response, from_exception
-from gateway.api.oidc_config import ApiSettings
 from gateway.approvals import Workflow
+from gateway.config import ApiSettings
 from gateway.services import Services
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class ApiServer:
         self, services: Services, settings: ApiSettings | None = None, *, clock: Callable[[], float] = time.time
     ) -> None:
         self.services = services
-        self.settings = settings or ApiSettings()
+        self.settings = settings or services.config.api
         s = self.settings
         workflow = Workflow(
             services.config,

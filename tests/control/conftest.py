@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -14,10 +12,9 @@ import aiohttp
 import pytest
 
 from gateway.api.auth import hash_api_key, new_api_key
-from gateway.api.server import ApiServer
 from gateway.app import App
 from gateway.config import Config, load_config
-from gateway.services import Services, build_services
+from gateway.services import Services
 from tests.rig.ports import free_port
 
 # name -> groups; every user gets a fresh API key per test
@@ -199,34 +196,8 @@ class Running:
 async def start_gateway(config: Config, enable: tuple[str, ...] = ("http",)) -> tuple[Services, int, Any]:
     """Start `App(config, enable=...)`: (services, API port, async stop)."""
     app = App(config, enable=enable)
-    try:
-        svc = await app.start()
-    except ModuleNotFoundError as exc:
-        # App imports every front end even when only "http" is enabled; until gateway.ssh.listener exists,
-        # compose the same pieces it would (services, API, revocation watcher). Remove once it lands.
-        if not (exc.name or "").startswith(("gateway.ssh", "gateway.pg")):
-            raise
-        if app.services is not None:
-            await app.services.close()
-        return await _compose(config)
-    api = app.listeners["http"]
-    return svc, api.port, app.stop
-
-
-async def _compose(config: Config) -> tuple[Services, int, Any]:
-    svc = await build_services(config)
-    api = ApiServer(svc)
-    await api.start()
-    watcher = asyncio.create_task(svc.registry.watch())
-
-    async def stop() -> None:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-        await api.close()
-        await svc.close()
-
-    return svc, api.port, stop
+    svc = await app.start()
+    return svc, app.listeners["http"].port, app.stop
 
 
 @pytest.fixture

@@ -13,9 +13,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from gateway.api.oidc_config import ApiSettings, OidcConfig
 from gateway.api.server import ApiServer
-from gateway.config import Config
+from gateway.config import ApiSettings, Config, OidcConfig
 from gateway.services import build_services
 from tests.control.conftest import Running
 
