@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import asyncssh
 
 from gateway.sessions import LiveSession
 
 
-class AuditedChannel(asyncssh.SSHServerChannel):  # type: ignore[misc]
+class AuditedChannel(asyncssh.SSHServerChannel[bytes]):
     """An SSHServerChannel whose agent and X11 forwarding requests are refused and audited.
 
     asyncssh answers these requests inside the channel, with no application hook, and its server
@@ -21,13 +21,16 @@ class AuditedChannel(asyncssh.SSHServerChannel):  # type: ignore[misc]
     _gw_session: LiveSession
 
     @classmethod
-    def adopt(cls, chan: asyncssh.SSHServerChannel, session: LiveSession) -> AuditedChannel:
+    def adopt(cls, chan: asyncssh.SSHServerChannel[bytes], session: LiveSession) -> AuditedChannel:
         """Turn a channel made by ``create_server_channel`` into an audited one."""
         chan.__class__ = cls
-        chan._gw_session = session
-        return chan  # type: ignore[no-any-return]
+        audited = cast(AuditedChannel, chan)
+        audited._gw_session = session
+        return audited
 
-    def _process_auth_agent_req_at_openssh_dot_com_request(self, packet: Any) -> bool:
+    # asyncssh reports a handler's bool result itself (SSHChannel._service_next_request); its own
+    # agent handler returns None only because it answers later, from a task.
+    def _process_auth_agent_req_at_openssh_dot_com_request(self, packet: Any) -> bool:  # type: ignore[override]
         """ssh -A: the engineer's agent is never exposed to the target."""
         packet.check_end()
         self._gw_session.audit_soon("ssh.forward", severity="warning", kind="agent", allowed=False)

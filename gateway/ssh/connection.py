@@ -109,11 +109,11 @@ class SshConnection:
                 with contextlib.suppress(Exception):
                     up.send_signal("HUP")
         for relay in self.channels:
-            if relay.chan is not None:
+            if relay.started:
                 relay.chan.close()
         for up in ups:
             up.close()
-        waits = [r.chan.wait_closed() for r in self.channels if r.chan is not None]
+        waits = [r.chan.wait_closed() for r in self.channels if r.started]
         waits += [up.wait_closed() for up in ups]
         with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), CLOSE_GRACE)

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from gateway.ssh.connection import SshConnection
 
 
-class TcpRelay(asyncssh.SSHTCPSession):  # type: ignore[misc]
+class TcpRelay(asyncssh.SSHTCPSession[bytes]):
     """The engineer's end of a forwarded TCP connection; the other end is a direct-tcpip channel upstream.
 
     Connecting from the gateway itself would reach the gateway's network, not the target's: the
@@ -23,10 +23,11 @@ class TcpRelay(asyncssh.SSHTCPSession):  # type: ignore[misc]
         self.conn = conn
         self.host = host
         self.port = port
-        self.chan: asyncssh.SSHTCPChannel = None
-        self.up: asyncssh.SSHTCPChannel | None = None
+        self.up: asyncssh.SSHTCPChannel[bytes] | None = None
 
-    def connection_made(self, chan: asyncssh.SSHTCPChannel) -> None:
+    chan: asyncssh.SSHTCPChannel[bytes]  # set by asyncssh before any other callback
+
+    def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
         """Hold data until the upstream channel is open."""
         self.chan = chan
         chan.pause_reading()
@@ -70,7 +71,7 @@ class TcpRelay(asyncssh.SSHTCPSession):  # type: ignore[misc]
             self.up.close()
 
 
-class _UpstreamTcp(asyncssh.SSHTCPSession):  # type: ignore[misc]
+class _UpstreamTcp(asyncssh.SSHTCPSession[bytes]):
     """The target's end of a forwarded connection."""
 
     def __init__(self, relay: TcpRelay) -> None:

@@ -30,7 +30,7 @@ from gateway.ssh.upstream import MAX_PACKET, WINDOW, UpstreamError, connect_upst
 
 log = logging.getLogger(__name__)
 
-TOKEN_PROMPT = "Approval token: "
+TOKEN_PROMPT = "Approval token: "  # noqa: S105 - a prompt, not a password
 MAX_TOKEN_CHARS = 16384
 
 
@@ -44,13 +44,14 @@ def _refused(kind: str) -> asyncssh.ChannelOpenError:
     return asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"{kind} is not allowed in this scope")
 
 
-class _Gate(asyncssh.SSHServer):  # type: ignore[misc]
+class _Gate(asyncssh.SSHServer):
     """Authentication and connection-level requests of one client connection."""
+
+    conn: asyncssh.SSHServerConnection  # set in connection_made, before anything else
 
     def __init__(self, listener: SshListener) -> None:
         self.listener = listener
         self.services = listener.services
-        self.conn: asyncssh.SSHServerConnection = None
         self.client_addr = ""
         self.username = ""
         self.connection: SshConnection | None = None
@@ -158,7 +159,8 @@ class _Gate(asyncssh.SSHServer):  # type: ignore[misc]
         conn = self.connection
         if conn is None:
             raise _refused("port forwarding")
-        ok = conn.session.policy.ssh.local_forwarding
+        policy = conn.session.policy.ssh
+        ok = policy is not None and policy.local_forwarding
         self._audit_forward("direct-tcpip", ok, dest=f"{dest_host}:{dest_port}", origin=f"{orig_host}:{orig_port}")
         if not ok:
             raise _refused("local port forwarding")
@@ -198,7 +200,7 @@ class _Gate(asyncssh.SSHServer):  # type: ignore[misc]
             self.connection.recordings.marker(f"blocked: {kind} {' '.join(str(v) for v in data.values())}")
 
 
-class _UpstreamWatch(asyncssh.SSHClient):  # type: ignore[misc]
+class _UpstreamWatch(asyncssh.SSHClient):
     """Tells the connection when the target drops the gateway's login."""
 
     def __init__(self) -> None:

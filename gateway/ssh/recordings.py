@@ -51,7 +51,8 @@ class SessionRecordings:
                                          started_at=s.started_at, on_failure=self._on_failure)  # fmt: skip
         else:
             rec = BinaryStreamRecorder.open(path, title=title, env=env, started_at=s.started_at,
-                                            on_failure=self._on_failure, width=width or 80, height=height or 24)  # fmt: skip
+                                            on_failure=self._on_failure, width=width or 80,
+                                            height=height or 24)  # fmt: skip
         if n == 1:
             self._main = rec
         else:

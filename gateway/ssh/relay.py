@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 import asyncssh
 
-from gateway.policy import Decision, Verdict
+from gateway.policy import Decision, SshPolicy, Verdict
 from gateway.recording import BinaryStreamRecorder, RecordingError
 from gateway.sessions import LiveSession
 from gateway.ssh.commandline import CommandTracker, Enter
@@ -42,14 +42,14 @@ def notice(text: str) -> bytes:
     return f"\r\n[gateway] {text}\r\n".encode()
 
 
-class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[misc]
+class ChannelRelay(asyncssh.SSHServerSession[bytes]):
     """The engineer's side of one session channel: requests are checked, data relayed and recorded."""
 
     def __init__(self, host: RelayHost, number: int) -> None:
         self.host = host
         self.n = number
-        self.chan: asyncssh.SSHServerChannel = None
-        self.up: asyncssh.SSHClientChannel | None = None
+        self._chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self.up: asyncssh.SSHClientChannel[bytes] | None = None
         self.rec: ChannelRecorder | None = None
         self.kind = ""
         self.command: str | None = None
@@ -70,17 +70,31 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[misc]
         self._early_eof = False
 
     @property
-    def policy(self) -> Any:
-        """The scope's SSH policy."""
-        return self.host.session.policy.ssh
+    def chan(self) -> asyncssh.SSHServerChannel[bytes]:
+        """The engineer's channel (asyncssh sets it before any other callback)."""
+        assert self._chan is not None
+        return self._chan
+
+    @property
+    def started(self) -> bool:
+        """Whether asyncssh has attached the engineer's channel."""
+        return self._chan is not None
+
+    @property
+    def policy(self) -> SshPolicy:
+        """The scope's SSH policy (the listener admits no session without one)."""
+        policy = self.host.session.policy.ssh
+        assert policy is not None
+        return policy
 
     # -- channel requests: checked against the scope, audited either way -------------------------
 
-    def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         """The engineer's channel."""
-        self.chan = chan
+        self._chan = chan
 
-    def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int], term_modes: dict[int, int]) -> bool:
+    def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
+                      term_modes: Mapping[int, int]) -> bool:  # fmt: skip
         """Remember the terminal; it is requested upstream with the same type, size and modes."""
         self.pty, self.term, self.size, self.modes = True, term_type, term_size, dict(term_modes)
         return True
@@ -125,7 +139,8 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[misc]
 
     async def _start(self) -> None:
         s, chan = self.host.session, self.chan
-        env, refused = filter_env(chan.get_environment_bytes())
+        allowed, refused = filter_env(chan.get_environment_bytes())
+        env: dict[str | bytes, str | bytes] = {k: v for k, v in allowed.items()}
         if refused:
             s.audit_soon("ssh.env.refused", severity="warning", channel=self.n, names=refused)
         what = self.command if self.kind == "exec" else (self.subsystem or self.kind)
@@ -196,7 +211,7 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[misc]
         else:
             up.write(data)
 
-    def _on_enter(self, ev: Enter, up: asyncssh.SSHClientChannel) -> None:
+    def _on_enter(self, ev: Enter, up: asyncssh.SSHClientChannel[bytes]) -> None:
         """A line is about to run: its Enter key is forwarded only if the scope's rules allow it."""
         if not ev.line.strip() and not ev.typed.strip():
             up.write(ev.key)
@@ -224,7 +239,7 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[misc]
         if d.verdict is Verdict.KILL:
             self.host.kill_soon(f"command {shown!r} matched kill rule {d.rule}")
 
-    def _sftp_request(self, data: bytes, up: asyncssh.SSHClientChannel) -> None:
+    def _sftp_request(self, data: bytes, up: asyncssh.SSHClientChannel[bytes]) -> None:
         assert self.sftp is not None
         try:
             res = self.sftp.client_data(data)
@@ -317,7 +332,7 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[misc]
 
     def write_notice(self, text: str, *, stderr: bool = False) -> None:
         """A gateway message on this channel (terminal: stdout; otherwise stderr, to keep stdout clean)."""
-        if self.chan is None or self.closed or self.eof_sent:
+        if self._chan is None or self.closed or self.eof_sent:
             return
         data = notice(text)
         if stderr and not self.pty:
@@ -330,7 +345,7 @@ class ChannelRelay(asyncssh.SSHServerSession):  # type: ignore[misc]
             self.chan.write_stderr(data)
 
 
-class UpstreamSide(asyncssh.SSHClientSession):  # type: ignore[misc]
+class UpstreamSide(asyncssh.SSHClientSession[bytes]):
     """The target's side of one session channel."""
 
     def __init__(self, relay: ChannelRelay) -> None:

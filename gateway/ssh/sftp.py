@@ -248,7 +248,7 @@ class SftpFilter:
     @staticmethod
     def _header_size(head: bytearray) -> int:
         """How many leading bytes of a reply the filter needs to see (the rest is passed over)."""
-        (length,) = _U32.unpack_from(head, 0)
+        length = int(_U32.unpack_from(head, 0)[0])
         if length < 1 or length > MAX_PACKET + 64 * 1024:
             raise SftpProtocolError(f"bad reply length {length}")
         ptype = head[4]

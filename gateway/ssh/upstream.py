@@ -30,7 +30,7 @@ def tuning() -> dict[str, Any]:
 
 
 async def connect_upstream(session: LiveSession, *, client_factory: Callable[[], asyncssh.SSHClient] | None = None,
-                           timeout: float = CONNECT_TIMEOUT) -> asyncssh.SSHClientConnection:  # fmt: skip
+                           limit: float = CONNECT_TIMEOUT) -> asyncssh.SSHClientConnection:  # fmt: skip
     """Log in to the session's target as the scope's login (credential injection), host key pinned."""
     target, login = session.target, session.login
     try:
@@ -59,19 +59,19 @@ async def connect_upstream(session: LiveSession, *, client_factory: Callable[[],
                 kbdint_auth=False,
                 gss_auth=False,
                 x509_trusted_certs=None,
-                connect_timeout=timeout,
-                login_timeout=timeout,
+                connect_timeout=limit,
+                login_timeout=limit,
                 keepalive_interval=30,
                 **options,
             ),
-            timeout,
+            limit,
         )
     except asyncssh.HostKeyNotVerifiable:
         raise UpstreamError(f"host key of {target.name} does not match the pinned key; refusing to log in") from None
     except asyncssh.PermissionDenied:
         raise UpstreamError(f"{target.name} refused the gateway's login as {login.user}") from None
-    except (TimeoutError, asyncio.TimeoutError):
-        raise UpstreamError(f"{target.name} did not answer within {timeout:.0f} s") from None
+    except TimeoutError:
+        raise UpstreamError(f"{target.name} did not answer within {limit:.0f} s") from None
     except asyncssh.Error as exc:
         raise UpstreamError(f"{target.name}: {exc.reason}") from None
     except OSError as exc:

@@ -1,4 +1,4 @@
-"""Fixtures for the SSH front end: a running gateway in front of the rig's sshd, tokens, OpenSSH and asyncssh clients."""
+"""Fixtures for the SSH front end: a gateway in front of the rig's sshd, tokens, OpenSSH and asyncssh clients."""
 
 from __future__ import annotations
 

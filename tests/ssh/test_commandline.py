@@ -169,7 +169,7 @@ def test_forwarding_is_transparent_and_chunking_invariant(data: bytes, cuts: lis
     assert rebuilt == data
     chunked = CommandTracker()
     pieces, last = [], 0
-    for c in sorted(set(min(c, len(data)) for c in cuts)) + [len(data)]:
+    for c in [*sorted({min(c, len(data)) for c in cuts}), len(data)]:
         pieces.append(data[last:c])
         last = c
     got: list[bytes | Enter] = []

@@ -131,14 +131,16 @@ def test_truncated_fields_are_protocol_errors() -> None:
         s.SftpFilter(read_only=True).client_data(raw(s.OPEN, 1, struct.pack(">I", 100) + b"short"))
 
 
+ids, paths = st.integers(0, 2**32 - 1), st.binary(max_size=40)
+ext_names = st.sampled_from([b"statvfs@openssh.com", b"copy-data", b"x"])
 requests = st.one_of(
-    st.builds(lambda i, p, fl: open_req(i, p, fl), st.integers(0, 2**32 - 1), st.binary(max_size=40), st.integers(0, 63)),
-    st.builds(lambda i, p: pkt(s.REMOVE, p, req_id=i), st.integers(0, 2**32 - 1), st.binary(max_size=40)),
-    st.builds(lambda i, a, b: pkt(s.RENAME, a, b, req_id=i), st.integers(0, 9), st.binary(max_size=20), st.binary(max_size=20)),
-    st.builds(lambda i, p: pkt(s.STAT, p, req_id=i), st.integers(0, 9), st.binary(max_size=40)),
-    st.builds(lambda i, h: pkt(s.CLOSE, h, req_id=i), st.integers(0, 9), st.binary(max_size=8)),
-    st.builds(lambda i, n: pkt(s.EXTENDED, n, req_id=i), st.integers(0, 9), st.sampled_from([b"statvfs@openssh.com", b"copy-data", b"x"])),
-)  # fmt: skip
+    st.builds(lambda i, p, fl: open_req(i, p, fl), ids, paths, st.integers(0, 63)),
+    st.builds(lambda i, p: pkt(s.REMOVE, p, req_id=i), ids, paths),
+    st.builds(lambda i, a, b: pkt(s.RENAME, a, b, req_id=i), ids, paths, paths),
+    st.builds(lambda i, p: pkt(s.STAT, p, req_id=i), ids, paths),
+    st.builds(lambda i, h: pkt(s.CLOSE, h, req_id=i), ids, st.binary(max_size=8)),
+    st.builds(lambda i, n: pkt(s.EXTENDED, n, req_id=i), ids, ext_names),
+)
 
 
 @given(st.lists(requests, max_size=12), st.lists(st.integers(0, 2000), max_size=6), st.booleans())
@@ -149,7 +151,7 @@ def test_chunking_never_changes_the_outcome(reqs: list[bytes], cuts: list[int], 
     f = s.SftpFilter(read_only=read_only)
     fwd, rep, ops = b"", b"", []
     last = 0
-    for c in sorted(min(c, len(stream)) for c in cuts) + [len(stream)]:
+    for c in [*sorted(min(c, len(stream)) for c in cuts), len(stream)]:
         res = f.client_data(stream[last:c])
         fwd, rep, ops = fwd + res.forward, rep + res.reply, ops + res.ops
         last = c

@@ -15,7 +15,8 @@ from gateway.sandbox.sshd import HELLO_TEXT
 from tests.ssh.conftest import SSH_OPTS, TARGET, Gateway
 
 
-def run_tool(gateway: Gateway, token: str, argv: list[str], *, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_tool(gateway: Gateway, token: str, argv: list[str], *,
+             input: str | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
     """scp or sftp (stock OpenSSH) with sshpass answering the token prompt."""
     return subprocess.run(["sshpass", "-P", "Approval token", "-p", token, *argv], input=input, capture_output=True,
                           text=True, timeout=120)  # fmt: skip
@@ -58,7 +59,8 @@ async def test_sftp_read_only_refuses_changes_and_keeps_the_file(gateway: Gatewa
     await gateway.settle()
     s = await gateway.last_session()
     refused = {e.data["op"] for e in await gateway.events(s.id, types=("sftp.refused",))}
-    assert {"open-write", "remove", "rename", "mkdir", "setstat", "symlink", "extended:posix-rename@openssh.com"} <= refused
+    expected = {"open-write", "remove", "rename", "mkdir", "setstat", "symlink", "extended:posix-rename@openssh.com"}
+    assert expected <= refused
     (read,) = [e for e in await gateway.events(s.id, types=("sftp.file",)) if e.data["op"] == "open-read"]
     assert read.data["path"] == str(hello) and read.data["read"] == len(HELLO_TEXT)
 
@@ -88,8 +90,9 @@ async def test_stock_sftp_batch_read_only(gateway: Gateway, tmp_path: Path) -> N
     upload = tmp_path / "up.txt"
     upload.write_text("new\n")
     # Commands on stdin, not -b: batch mode turns password prompts off.
-    commands = (f"get {gateway.sshd.hello_path} {local}\nput {upload} {gateway.sshd.scratch_dir}/up.txt\n"
-                f"rm {gateway.sshd.hello_path}\nrename {gateway.sshd.hello_path} {gateway.sshd.hello_path}.x\n")  # fmt: skip
+    hello = gateway.sshd.hello_path
+    commands = (f"get {hello} {local}\nput {upload} {gateway.sshd.scratch_dir}/up.txt\n"
+                f"rm {hello}\nrename {hello} {hello}.x\n")  # fmt: skip
     r = await asyncio.to_thread(run_tool, gateway, await gateway.token("readonly"),
                                 ["sftp", *SSH_OPTS, "-P", str(gateway.port), f"{TARGET}@{gateway.host}"],
                                 input=commands)  # fmt: skip
@@ -101,7 +104,8 @@ async def test_stock_sftp_batch_read_only(gateway: Gateway, tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["scp-over-sftp", "scp-legacy"])
-async def test_scp_download_allowed_upload_refused_in_read_only(gateway: Gateway, tmp_path: Path, legacy: bool) -> None:
+async def test_scp_download_allowed_upload_refused_in_read_only(gateway: Gateway, tmp_path: Path,
+                                                                legacy: bool) -> None:  # fmt: skip
     local = tmp_path / "dl.txt"
     r = await asyncio.to_thread(scp, gateway, await gateway.token("readonly"), remote(gateway, gateway.sshd.hello_path),
                                 str(local), legacy=legacy)  # fmt: skip

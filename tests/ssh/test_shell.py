@@ -18,7 +18,6 @@ import pytest
 
 from tests.ssh.conftest import Gateway, remote_pids
 
-
 # Unique per run: a process left over from an earlier run must not satisfy (or fail) a check.
 SLEEP = {i: f"sleep {random.randrange(10**6, 10**7)}" for i in range(1, 5)}
 
