@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import asyncssh
@@ -32,6 +32,7 @@ class SshConnection:
         self.channels: list[ChannelRelay] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._finished: asyncio.Future[None] | None = None
+        self.on_finished: Callable[[SshConnection], None] | None = None
         session.bind(kill=self.kill, warn=self.warn)
 
     @property
@@ -99,6 +100,8 @@ class SshConnection:
             await self._teardown(reason, hangup)
         finally:
             self._finished.set_result(None)
+            if self.on_finished is not None:
+                self.on_finished(self)
 
     async def _teardown(self, reason: str, hangup: bool) -> None:
         ups = [r.up for r in self.channels if r.up is not None and not r.up.is_closing()]

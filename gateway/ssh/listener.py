@@ -14,6 +14,7 @@ Flow of one connection, top to bottom (``_Gate``):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -142,6 +143,8 @@ class _Gate(asyncssh.SSHServer):
             return "gateway: connection closed"
         self.connection = SshConnection(session, self.conn, upstream)
         watch.owner = self.connection
+        self.listener._connections.add(self.connection)
+        self.connection.on_finished = self.listener._connections.discard
         return None
 
     # -- channels ---------------------------------------------------------------------------------
@@ -222,6 +225,7 @@ class SshListener:
         self.services = services
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._gates: set[_Gate] = set()
+        self._connections: set[SshConnection] = set()  # admitted and not yet finished
 
     async def start(self) -> None:
         """Listen on config.listen_ssh (port 0: any free port); make the host key on first start."""
@@ -236,7 +240,7 @@ class SshListener:
             allow_pty=True,
             line_editor=False,
             keepalive_interval=60,
-            **tuning(),
+            **tuning(server=True),
         )  # fmt: skip
 
     @property
@@ -259,9 +263,10 @@ class SshListener:
             self._acceptor = None
         for gate in list(self._gates):
             gate.conn.close()
-        for gate in list(self._gates):
-            if gate.connection is not None:
-                await gate.connection.finish("gateway shutting down", hangup=True)
+        # Including connections whose client just left: their session end must be stored before
+        # the composition root closes the store.
+        await asyncio.gather(*(c.finish("gateway shutting down", hangup=True) for c in list(self._connections)),
+                             return_exceptions=True)  # fmt: skip
 
 
 __all__ = ["ChannelRelay", "SshListener", "parse_username"]

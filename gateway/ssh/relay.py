@@ -66,6 +66,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         self.closed = False  # the engineer's channel is gone
         self.eof_sent = False  # no more output may be written to the engineer
         self._rec_err: Callable[[bytes], None] = _drop
+        self._holds: dict[str, set[str]] = {"client": set(), "up": set()}  # why each side is not read
         self._early: list[bytes] = []  # client data that came before the upstream channel was open
         self._early_eof = False
 
@@ -179,7 +180,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
             self.data_received(data, None)
         if self._early_eof:
             up.write_eof()
-        chan.resume_reading()
+        self.release("client", "opening")
 
     def _fail(self, why: str) -> None:
         """The channel cannot run: say why and end it with status 255 (what ssh uses for its own errors)."""
@@ -196,10 +197,11 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
             # asyncssh starts delivering data as soon as the request is accepted; the upstream
             # channel is still opening. Hold it (and stop reading) until it is there.
             self._early.append(data)
-            self.chan.pause_reading()
+            self.hold("client", "opening")
             return
         if self.rec is not None:
             self.rec.input(data)
+            self._check_backlog("client")
         if self.tracker is not None:
             for item in self.tracker.feed_input(data):
                 if isinstance(item, bytes):
@@ -300,13 +302,46 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
 
     def pause_writing(self) -> None:
         """The engineer is not reading: stop reading the upstream (its window closes, sshd waits)."""
-        if self.up is not None:
-            self.up.pause_reading()
+        self.hold("up", "client-busy")
 
     def resume_writing(self) -> None:
         """The engineer reads again."""
-        if self.up is not None:
-            self.up.resume_reading()
+        self.release("up", "client-busy")
+
+    # -- backpressure: a side is read only when nobody holds it ----------------------------------
+
+    def hold(self, side: str, why: str) -> None:
+        """Stop reading `side` ("client" or "up") for `why` (flow control, recorder backlog)."""
+        holds = self._holds[side]
+        if not holds:
+            ch = self.up if side == "up" else self._chan
+            if ch is not None:
+                ch.pause_reading()
+        holds.add(why)
+
+    def release(self, side: str, why: str) -> None:
+        """Read `side` again once no other reason holds it."""
+        holds = self._holds[side]
+        if why not in holds:
+            return
+        holds.discard(why)
+        if not holds:
+            ch = self.up if side == "up" else self._chan
+            if ch is not None:
+                ch.resume_reading()
+
+    def _check_backlog(self, side: str) -> None:
+        """The recorder fell behind: slow this side down until it catches up, rather than fail the session."""
+        rec = self.rec
+        if rec is not None and rec.needs_drain and "recorder" not in self._holds[side]:
+            self.hold(side, "recorder")
+            self.host.spawn(self._drain(side, rec))
+
+    async def _drain(self, side: str, rec: ChannelRecorder) -> None:
+        try:
+            await rec.drain()
+        finally:
+            self.release(side, "recorder")
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The engineer's channel is gone: close the upstream one."""
@@ -359,6 +394,7 @@ class UpstreamSide(asyncssh.SSHClientSession[bytes]):
                 r._rec_err(data)
             else:
                 r.rec.output(data)
+            r._check_backlog("up")
         if r.tracker is not None:
             r.tracker.feed_output(data)
         elif r.sftp is not None:
@@ -389,11 +425,11 @@ class UpstreamSide(asyncssh.SSHClientSession[bytes]):
 
     def pause_writing(self) -> None:
         """The target is not reading: stop reading the engineer."""
-        self.relay.chan.pause_reading()
+        self.relay.hold("client", "up-busy")
 
     def resume_writing(self) -> None:
         """The target reads again."""
-        self.relay.chan.resume_reading()
+        self.relay.release("client", "up-busy")
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The upstream channel closed."""

@@ -156,3 +156,18 @@ async def test_multiple_channels_share_one_session(gateway: Gateway) -> None:
     assert os.path.exists(side)
     parts = [e for e in await gateway.events(s.id, types=("recording.part",))]
     assert parts and parts[0].data["recording_sha256"]
+
+
+async def test_bulk_output_slows_down_for_the_recorder_instead_of_failing(gateway: Gateway) -> None:
+    async with await gateway.connect(await gateway.token()) as conn:
+        r = await conn.run("head -c 150000000 /dev/urandom | md5sum >&2; head -c 150000000 /dev/zero", encoding=None)
+    assert len(r.stdout) == 150_000_000
+    rec = await gateway.settle()
+    assert rec.end_reason == "client disconnected"
+    assert os.path.getsize(rec.recording_path) > 150_000_000
+
+
+async def test_stock_client_negotiates_aes_gcm(gateway: Gateway) -> None:
+    r = await asyncio.to_thread(gateway.ssh, await gateway.token(), "-v", "true")
+    kex = [line for line in r.stderr.splitlines() if "cipher:" in line]
+    assert kex and all("cipher: aes128-gcm@openssh.com" in line for line in kex), kex

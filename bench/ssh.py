@@ -1,0 +1,320 @@
+"""SSH through the gateway vs direct to sshd: bulk exec, scp, echo round trip, set-up time, idle-session memory.
+
+    .venv/bin/python bench/ssh.py [--rounds 3] [--mb 300] [--sessions 200] [--cipher CIPHER]
+
+Starts a throwaway OpenSSH server (gateway.sandbox) and the gateway in its own process on uvloop
+(`gateway.app.App`, SSH front end only, recording on, the `ops` scope with command rules: exactly as
+deployed), then, alternating direct and gateway in every round:
+
+* `ssh host cat <file>` of a random file (--mb) with stock OpenSSH, stdout to /dev/null;
+* `scp host:<file> /dev/null` (sftp protocol, OpenSSH's default) and `scp -O` (legacy protocol);
+* echo round trip: one byte into a PTY running `cat`, wait for its echo (asyncssh client, p50/p99);
+* session set-up: asyncssh connect + `true` + close (p50);
+* gateway RSS per idle session: --sessions connections each with an idle PTY `cat`, RSS before/after.
+Medians over rounds; ratios gateway/direct in the same round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import asyncssh
+
+from gateway.sandbox.sshd import SshServer
+
+TARGET = "rig"
+POLICY = """
+target: rig
+scopes:
+  ops:
+    max_ttl: 1h
+    ssh:
+      commands:
+        - {name: no-rm-rf, pattern: "rm -rf /*", action: deny}
+        - {name: passwd, pattern: "*passwd*", action: alert}
+"""
+OPENSSH_OPTS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "GSSAPIAuthentication=no", "-o", "IdentityAgent=none", "-o", "LogLevel=ERROR"]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def write_config(base: Path, sshd: SshServer) -> Path:
+    """A gateway.toml (and policy) for the sandbox sshd, as an operator would write it."""
+    (base / "policies").mkdir(parents=True, exist_ok=True)
+    (base / "policies" / "rig.yaml").write_text(POLICY)
+    cfg = base / "gateway.toml"
+    cfg.write_text(f"""
+[listen]
+ssh = "127.0.0.1:{free_port()}"
+postgres = "127.0.0.1:{free_port()}"
+http = "127.0.0.1:{free_port()}"
+[store]
+url = "sqlite:///{base}/gateway.db"
+[paths]
+keys = "{base}/keys"
+policies = "{base}/policies"
+recordings = "{base}/recordings"
+[targets.{TARGET}]
+kind = "ssh"
+address = "{sshd.host}:{sshd.port}"
+host_key = "{sshd.host_key_line}"
+[targets.{TARGET}.logins.ops]
+user = "{sshd.user}"
+key_file = "{sshd.client_key_path}"
+""")
+    return cfg
+
+
+# --- the gateway, in its own process -----------------------------------------------------------------
+
+
+async def serve(config_path: str, recording: bool = True) -> None:
+    """Run the SSH front end of the composition root until stdin closes; print the port when ready."""
+    from gateway.app import App
+    from gateway.config import load_config
+
+    if not recording:  # --no-recording: the relay's own cost, for comparison only (never a deployment mode)
+        from gateway.recording.writer import Recorder
+
+        Recorder._append = lambda self, *a, **k: None  # type: ignore[method-assign]
+
+    app = App(load_config(Path(config_path)), enable=("ssh",))
+    await app.start()
+    print(json.dumps({"port": app.listeners["ssh"].port, "pid": os.getpid()}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await app.stop()
+
+
+class GatewayProcess:
+    """`bench/ssh.py --serve CONFIG` in a child process."""
+
+    def __init__(self, config: Path, *, recording: bool = True) -> None:
+        extra = [] if recording else ["--no-recording"]
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(config), *extra], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert self.proc.stdout is not None
+        info = json.loads(self.proc.stdout.readline())
+        self.port: int = info["port"]
+        self.pid: int = info["pid"]
+
+    def rss_kb(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+async def issue_token(config: Path) -> str:
+    """A token for alice, scope ops, 1 h (the store is shared with the gateway process)."""
+    from gateway.config import load_config
+    from gateway.grants import issue_grant
+    from gateway.services import build_services
+
+    cfg = load_config(config)
+    svc = await build_services(cfg)
+    issued = await issue_grant(cfg, svc.ring, svc.store, svc.policies, user="alice", target=TARGET, scope="ops",
+                               ttl=3600, reason="BENCH", approvers=("bob",), now=time.time())  # fmt: skip
+    await svc.store.close()
+    return issued.token
+
+
+# --- measurements ------------------------------------------------------------------------------------
+
+
+class Paths:
+    """The two ways to the same server."""
+
+    def __init__(self, sshd: SshServer, gw_port: int, token: str, cipher: str | None) -> None:
+        self.sshd, self.gw_port, self.token = sshd, gw_port, token
+        self.cipher = ["-o", f"Ciphers={cipher}"] if cipher else []
+
+    def ssh(self, via: str, *cmd: str) -> list[str]:
+        if via == "direct":
+            return ["ssh", *OPENSSH_OPTS, *self.cipher, "-i", str(self.sshd.client_key_path), "-p", str(self.sshd.port),
+                    f"{self.sshd.user}@{self.sshd.host}", *cmd]  # fmt: skip
+        return ["sshpass", "-P", "Approval token", "-p", self.token, "ssh", *OPENSSH_OPTS, *self.cipher,
+                "-o", "PubkeyAuthentication=no", "-p", str(self.gw_port), f"{TARGET}@127.0.0.1", *cmd]  # fmt: skip
+
+    def scp(self, via: str, remote_path: str, legacy: bool) -> list[str]:
+        flags = ["-O"] if legacy else []
+        if via == "direct":
+            return ["scp", *flags, *OPENSSH_OPTS, *self.cipher, "-i", str(self.sshd.client_key_path), "-P",
+                    str(self.sshd.port), f"{self.sshd.user}@{self.sshd.host}:{remote_path}", "/dev/null"]  # fmt: skip
+        return ["sshpass", "-P", "Approval token", "-p", self.token, "scp", *flags, *OPENSSH_OPTS, *self.cipher,
+                "-o", "PubkeyAuthentication=no", "-P", str(self.gw_port), f"{TARGET}@127.0.0.1:{remote_path}",
+                "/dev/null"]  # fmt: skip
+
+    async def connect(self, via: str) -> asyncssh.SSHClientConnection:
+        opts: dict[str, Any] = {"known_hosts": None, "config": None, "agent_path": None}
+        if via == "direct":
+            return await asyncssh.connect(self.sshd.host, self.sshd.port, username=self.sshd.user,
+                                          client_keys=[str(self.sshd.client_key_path)], **opts)  # fmt: skip
+        return await asyncssh.connect("127.0.0.1", self.gw_port, username=TARGET, password=self.token,
+                                      client_keys=None, preferred_auth="password", **opts)  # fmt: skip
+
+
+def timed(argv: list[str]) -> float:
+    started = time.perf_counter()
+    r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
+    elapsed = time.perf_counter() - started
+    if r.returncode != 0:
+        raise RuntimeError(f"{argv[argv.index('ssh') if 'ssh' in argv else 0]} failed ({r.returncode}): {r.stderr}")
+    return elapsed
+
+
+async def echo_rtt(paths: Paths, via: str, n: int = 300) -> list[float]:
+    """Seconds per one-byte round trip (PTY echo of a `cat` in canonical mode)."""
+    async with await paths.connect(via) as conn:
+        proc = await conn.create_process("cat", term_type="xterm", encoding=None)
+        out: list[float] = []
+        for i in range(n + 20):
+            started = time.perf_counter()
+            proc.stdin.write(b"x")
+            await proc.stdout.readexactly(1)
+            if i >= 20:
+                out.append(time.perf_counter() - started)
+        proc.stdin.write(b"\x04\x04")
+        proc.close()
+    return out
+
+
+async def setup_time(paths: Paths, via: str, n: int = 15) -> list[float]:
+    """Seconds from connect to the first output byte of a command (channel teardown not included)."""
+    out = []
+    for _ in range(n):
+        started = time.perf_counter()
+        async with await paths.connect(via) as conn:
+            proc = await conn.create_process("echo ready")
+            await proc.stdout.readline()
+            out.append(time.perf_counter() - started)
+            await proc.wait()
+    return out
+
+
+async def idle_memory(paths: Paths, gw: GatewayProcess, sessions: int) -> tuple[int, int]:
+    """(RSS kB before, after) with `sessions` idle PTY sessions open through the gateway."""
+    await asyncio.sleep(1)
+    before = gw.rss_kb()
+    conns: list[asyncssh.SSHClientConnection] = []
+    procs = []
+    for start in range(0, sessions, 20):  # in batches: sshd's MaxStartups counts unauthenticated connections
+        batch = await asyncio.gather(*(paths.connect("gateway") for _ in range(start, min(sessions, start + 20))))
+        conns += batch
+        procs += await asyncio.gather(*(c.create_process("cat", term_type="xterm") for c in batch))
+    await asyncio.sleep(2)
+    after = gw.rss_kb()
+    for c in conns:
+        c.close()
+    await asyncio.gather(*(c.wait_closed() for c in conns), return_exceptions=True)
+    return before, after
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+async def bench(args: argparse.Namespace) -> None:
+    sshd = SshServer().start()
+    base = Path(tempfile.mkdtemp(prefix="gw-bench-ssh-"))
+    gw: GatewayProcess | None = None
+    try:
+        config = write_config(base, sshd)
+        token = await issue_token(config)
+        gw = GatewayProcess(config, recording=not args.no_recording)
+        paths = Paths(sshd, gw.port, token, args.cipher)
+        big = sshd.scratch_dir / "big.bin"
+        with open(big, "wb") as f:
+            for _ in range(args.mb):
+                f.write(os.urandom(1 << 20))
+        os.chmod(big, 0o644)
+        mb = args.mb * 1.048576
+        results: dict[str, dict[str, list[float]]] = {}
+
+        def add(name: str, via: str, value: float) -> None:
+            results.setdefault(name, {}).setdefault(via, []).append(value)
+
+        for rnd in range(args.rounds):
+            for via in ("direct", "gateway"):
+                add("exec cat MB/s", via, mb / timed(paths.ssh(via, "cat", str(big))))
+                add("scp (sftp) MB/s", via, mb / timed(paths.scp(via, str(big), legacy=False)))
+                add("scp -O MB/s", via, mb / timed(paths.scp(via, str(big), legacy=True)))
+                rtt = await echo_rtt(paths, via)
+                add("echo p50 ms", via, 1000 * pct(rtt, 0.5))
+                add("echo p99 ms", via, 1000 * pct(rtt, 0.99))
+                add("set-up p50 ms", via, 1000 * pct(await setup_time(paths, via), 0.5))
+            print(f"round {rnd + 1}: " + ", ".join(f"{k} {v['direct'][-1]:.1f}/{v['gateway'][-1]:.1f}"
+                                                   for k, v in results.items()), file=sys.stderr)  # fmt: skip
+        before, after = await idle_memory(paths, gw, args.sessions)
+        report(args, results, before, after)
+    finally:
+        if gw is not None:
+            gw.stop()
+        sshd.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]], before: int, after: int) -> None:
+    print(f"\n{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, Linux {platform.release()}, "
+          f"CPython {platform.python_version()}, asyncssh {asyncssh.__version__}, "
+          f"{subprocess.run(['ssh', '-V'], capture_output=True, text=True).stderr.strip()}")  # fmt: skip
+    print(f"Command: `.venv/bin/python bench/ssh.py --rounds {args.rounds} --mb {args.mb} --sessions {args.sessions}"
+          + (f" --cipher {args.cipher}" if args.cipher else "")
+          + (" --no-recording" if args.no_recording else "") + "`\n")  # fmt: skip
+    print("| measure | direct (median) | gateway (median) | gateway / direct (median of rounds) |")
+    print("| --- | --- | --- | --- |")
+    for name, by in results.items():
+        ratios = [g / d for d, g in zip(by["direct"], by["gateway"], strict=True)]
+        print(f"| {name} | {statistics.median(by['direct']):.1f} | {statistics.median(by['gateway']):.1f} "
+              f"| {statistics.median(ratios):.2f} |")  # fmt: skip
+    setup = results["set-up p50 ms"]
+    print(f"\nSet-up overhead (gateway - direct, p50): {statistics.median(setup['gateway']) - statistics.median(setup['direct']):.1f} ms")  # noqa: E501
+    print(f"Gateway RSS: {before / 1024:.1f} MiB idle, {after / 1024:.1f} MiB with {args.sessions} idle PTY sessions "
+          f"-> {(after - before) / args.sessions:.0f} KiB per session")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--mb", type=int, default=300)
+    parser.add_argument("--sessions", type=int, default=200)
+    parser.add_argument("--cipher", help="force one cipher on both paths (e.g. aes128-gcm@openssh.com)")
+    parser.add_argument("--no-recording", action="store_true", help="stub the recorder out (relay cost only)")
+    args = parser.parse_args()
+    if args.serve:
+        import uvloop
+
+        uvloop.run(serve(args.serve, recording=not args.no_recording))
+        return
+    asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    main()
