@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `gateway` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_shorthands(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -46,6 +46,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _shorthands(argv: list[str]) -> list[str]:
+    """`gateway token REQ` means `gateway token get REQ` (the issue's spelling)."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):  # global options before the command
+        i += 2 if argv[i] == "--config" else 1
+    if argv[i : i + 1] == ["token"] and i + 1 < len(argv) and argv[i + 1] not in ("verify", "get"):
+        if not argv[i + 1].startswith("-"):
+            argv.insert(i + 1, "get")
+    return argv
 
 
 def _run_async(coro: object) -> object:
