@@ -163,6 +163,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--scale", type=int, default=10)
+    ap.add_argument(
+        "--targets",
+        default="direct,pgbouncer,pgbouncer-tls,gateway,gateway-notls",
+        help="comma-separated subset of the targets to run (ratios need pgbouncer and gateway)",
+    )
+    ap.add_argument("--modes", default=",".join(MODES), help="simple, prepared or both")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -195,22 +201,27 @@ def main() -> int:
             "gateway": (gw_port, "bench", token, "require"),
             "gateway-notls": (gwp_port, "bench", token_p, "disable"),
         }
+        wanted = args.targets.split(",")
+        targets = {k: v for k, v in targets.items() if k in wanted}
+        modes = [m for m in MODES if m in args.modes.split(",")]
+        for name in ("gateway", "gateway-notls"):
+            if name in targets:
+                print(f"{name} pid {procs[2 if name == 'gateway' else 3].pid}", flush=True)
         results: dict[tuple[str, str], list[float]] = {}
         for r in range(args.rounds):
-            for mode in MODES:
+            for mode in modes:
                 for name, (port, user, pw, sslmode) in targets.items():
                     tps = pgbench(port, user, pw, mode, args.seconds, sslmode=sslmode)
                     results.setdefault((name, mode), []).append(tps)
                     print(f"round {r + 1} {mode:8} {name:14} {tps:9.0f} tps", flush=True)
         print("\nmedians (tps) and ratios")
         print(json.dumps(versions()))
-        for mode in MODES:
+        for mode in modes:
             med = {name: statistics.median(results[(name, mode)]) for name in targets}
             line = "  ".join(f"{n}={v:.0f}" for n, v in med.items())
-            print(f"{mode:8} {line}  gateway/pgbouncer={med['gateway'] / med['pgbouncer']:.2f}"
-                  f"  gateway/direct={med['gateway'] / med['direct']:.2f}"
-                  f"  gateway/pgbouncer-tls={med['gateway'] / med['pgbouncer-tls']:.2f}"
-                  f"  gateway-notls/pgbouncer={med['gateway-notls'] / med['pgbouncer']:.2f}")  # fmt: skip
+            ratios = [(a, b) for a, b in (("gateway", "pgbouncer"), ("gateway", "direct"), ("gateway", "pgbouncer-tls"),
+                                          ("gateway-notls", "pgbouncer")) if a in med and b in med]  # fmt: skip
+            print(f"{mode:8} {line}  " + "  ".join(f"{a}/{b}={med[a] / med[b]:.2f}" for a, b in ratios))
         recs = sorted((base / "tls" / "recordings").rglob("*.sql.jsonl"))
         lines = sum(1 for p in recs for _ in p.open())
         print(f"gateway recordings: {len(recs)} files, {lines} lines")

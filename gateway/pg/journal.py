@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Sequence
+from json.encoder import encode_basestring_ascii as _js
 from typing import Any, Protocol
 
 from gateway.policy import Decision
@@ -13,12 +14,18 @@ MAX_PARAM_CHARS = 2048  # bind parameters are truncated in the recording: eviden
 MAX_PARAMS = 64
 SUSPENDED = "PortalSuspended"
 TX_NAMES = {"I": "idle", "T": "transaction", "E": "failed"}
+_TX_JSON = {k: _js(v) for k, v in TX_NAMES.items()}
+_MAX_SHAPES = 1024  # cached line fragments per session (by fingerprint); cleared when full
 
 
 class Recorder(Protocol):
     """What the journal needs of a StatementRecorder."""
 
     def record(self, event: dict[str, Any]) -> None: ...
+
+    def record_line(self, line: str) -> None: ...
+
+    def elapsed(self) -> float: ...
 
 
 class StatementInfo(Protocol):
@@ -33,7 +40,7 @@ class Stmt:
 
     __slots__ = ("batch", "decision", "fingerprint", "kind", "limit", "params", "sql", "t0", "tables", "tx")
 
-    def __init__(self, sql: str, params: list[str] | None, fingerprint: str, kind: str, tables: list[str],
+    def __init__(self, sql: str, params: list[str] | None, fingerprint: str, kind: str, tables: Any,
                  decision: Decision, batch: int, tx: str) -> None:  # fmt: skip
         self.sql = sql
         self.params = params
@@ -75,7 +82,14 @@ def _tables(x: Any) -> list[str]:
 
 
 class Journal:
-    """The statement FIFO: server replies arrive in the order statements were sent."""
+    """The statement FIFO: server replies arrive in the order statements were sent.
+
+    Statement lines are rendered here, straight to JSON text (the schema is in gateway/review/replay.py):
+    everything fixed for a statement shape (fingerprint, kind, tables, decision) is rendered once per shape
+    and cached; per execution only the SQL text, parameters and numbers are escaped or formatted. Absent
+    keys are left out (null = absent). The result parses to the same object a json.dumps of the event
+    dict would give.
+    """
 
     def __init__(self, recorder: Recorder, *, max_rows: int | None, alert: Any) -> None:
         self.recorder = recorder
@@ -87,12 +101,14 @@ class Journal:
         self.errors = 0
         self.rows = 0
         self.last_tag = ""
-        self._done: list[dict[str, Any]] = []  # finished, waiting for ReadyForQuery to learn the tx state
+        # Finished, waiting for ReadyForQuery to learn the tx state: (stmt, rows, ms, sqlstate, error, tag).
+        self._done: list[tuple[Stmt, int | None, float, str | None, str | None, str | None]] = []
+        self._shapes: dict[str, tuple[str, Any, Decision, str]] = {}
 
     def started(self, sql: str, params: list[str] | None, fingerprint: str, kind: str, tables: Any,
                 decision: Decision, batch: int, tx: str, limit: int = 0) -> None:  # fmt: skip
         """A statement was forwarded upstream."""
-        s = Stmt(sql, params, fingerprint, kind, _tables(tables), decision, batch, tx)
+        s = Stmt(sql, params, fingerprint, kind, tables, decision, batch, tx)
         s.limit = limit
         self.pending.append(s)
 
@@ -102,8 +118,9 @@ class Journal:
         self.denied += 1
         self.statements += 1
         why = f"blocked by gateway policy: {decision.rule}: {decision.reason}"
-        ev = self._event(sql, params, fingerprint, kind, _tables(tables), decision, None, 0.0, "42501", why, tx)
-        self.recorder.record(ev)
+        s = Stmt(sql, params, fingerprint, kind, tables, decision, 0, tx)
+        tx_json = _TX_JSON.get(tx) or _js(tx)
+        self.recorder.record_line(self._line(self.recorder.elapsed(), s, None, 0.0, "42501", why, None, tx_json))
 
     def completed(self, rows: int | None, tag: str) -> None:
         """CommandComplete / EmptyQueryResponse / PortalSuspended for the oldest pending statement."""
@@ -118,65 +135,80 @@ class Journal:
             if self.max_rows is not None and rows > self.max_rows and tag.startswith(("SELECT", "COPY", "FETCH")):
                 self._alert("sql.max_rows", f"statement returned {rows} rows (policy max_rows {self.max_rows})",
                             rows=rows, fingerprint=s.fingerprint)  # fmt: skip
-        self._finish(s, rows, None, None, tag)
+        self.statements += 1
+        self._done.append((s, rows, (time.perf_counter() - s.t0) * 1000.0, None, None, tag))
 
     def failed(self, sqlstate: str, message: str, batch: int) -> None:
         """ErrorResponse in batch `batch`: its oldest pending statement failed (the server skips the rest)."""
         self.errors += 1
         if self.pending and self.pending[0].batch == batch:
-            self._finish(self.pending.popleft(), None, sqlstate, message, None)
+            self._finish(self.pending.popleft(), sqlstate, message)
 
     def batch_end(self, batch: int, before: str, status: str) -> None:
         """ReadyForQuery number `batch` with transaction status `status`: write the batch's statements."""
         pending = self.pending
         while pending and pending[0].batch <= batch:
-            self._finish(pending.popleft(), None, None, "not executed: an earlier statement in the batch failed", None)
-        tx = TX_NAMES.get(status, status)
-        record = self.recorder.record
-        for ev in self._done:
-            ev["tx"] = tx
-            record(ev)
-        self._done.clear()
+            self._finish(pending.popleft(), None, "not executed: an earlier statement in the batch failed")
+        done = self._done
+        if done:
+            tx_json = _TX_JSON.get(status) or _js(status)
+            t = self.recorder.elapsed()
+            record_line, line = self.recorder.record_line, self._line
+            for s, rows, ms, sqlstate, error, tag in done:
+                record_line(line(t, s, rows, ms, sqlstate, error, tag, tx_json))
+            done.clear()
         if before != "I" and status == "I":
             tag = self.last_tag.upper()
             outcome = "rollback" if before == "E" or tag.startswith("ROLLBACK") else "commit"
-            record({"type": "transaction", "outcome": outcome})
+            t = self.recorder.elapsed()
+            self.recorder.record_line(f'{{"t":{t:.6f},"type":"transaction","outcome":"{outcome}"}}\n')
 
     def flush(self) -> None:
-        """Write what is still waiting (the session is ending)."""
-        for ev in self._done:
-            self.recorder.record(ev)
+        """Write what is still waiting (the session is ending); their tx is the one they started in."""
+        t = self.recorder.elapsed()
+        for s, rows, ms, sqlstate, error, tag in self._done:
+            tx_json = _TX_JSON.get(s.tx) or _js(s.tx)
+            self.recorder.record_line(self._line(t, s, rows, ms, sqlstate, error, tag, tx_json))
         self._done.clear()
 
-    def _finish(self, s: Stmt, rows: int | None, sqlstate: str | None, error: str | None, tag: str | None) -> None:
+    def _finish(self, s: Stmt, sqlstate: str | None, error: str | None) -> None:
         self.statements += 1
-        ms = round((time.perf_counter() - s.t0) * 1000.0, 3)
-        ev = self._event(s.sql, s.params, s.fingerprint, s.kind, s.tables, s.decision, rows, ms, sqlstate, error,
-                         s.tx)  # fmt: skip
-        if tag:
-            ev["tag"] = tag
-        self._done.append(ev)
+        self._done.append((s, None, (time.perf_counter() - s.t0) * 1000.0, sqlstate, error, None))
 
-    def _event(self, sql: str, params: list[str] | None, fingerprint: str, kind: str, tables: list[str],
-               d: Decision, rows: int | None, ms: float, sqlstate: str | None, error: str | None,
-               tx: str) -> dict[str, Any]:  # fmt: skip
-        """One statement line; the schema is in gateway/review/replay.py. Empty keys are left out (null = absent):
-        the recording's JSON encoding shares the GIL with the relay, so fewer keys are more TPS."""
-        ev: dict[str, Any] = {"type": "statement", "sql": sql, "fingerprint": fingerprint, "kind": kind,
-                              "verdict": d.verdict.value, "duration_ms": ms, "tx": TX_NAMES.get(tx, tx)}  # fmt: skip
-        if params:
-            ev["params"] = params
+    def _shape(self, s: Stmt) -> str:
+        """The fixed part of a statement's line: fingerprint, kind, verdict, tables, rule, reason, alerts."""
+        fp, d = s.fingerprint, s.decision
+        hit = self._shapes.get(fp)
+        if hit is not None and hit[0] == s.kind and hit[1] is s.tables and (hit[2] is d or hit[2] == d):
+            return hit[3]
+        parts = [',"fingerprint":', _js(fp), ',"kind":', _js(s.kind), ',"verdict":', _js(d.verdict.value)]
+        tables = _tables(s.tables)
         if tables:
-            ev["tables"] = tables
-        if rows is not None:
-            ev["rows"] = rows
+            parts += [',"tables":[', ",".join(map(_js, tables)), "]"]
         if d.rule:
-            ev["rule"] = d.rule
-            ev["reason"] = d.reason
-        if sqlstate:
-            ev["sqlstate"] = sqlstate
-        if error:
-            ev["error"] = error
+            parts += [',"rule":', _js(d.rule), ',"reason":', _js(d.reason)]
         if d.alerts:
-            ev["alerts"] = list(d.alerts)
-        return ev
+            parts += [',"alerts":[', ",".join(map(_js, d.alerts)), "]"]
+        shape = "".join(parts)
+        if len(self._shapes) >= _MAX_SHAPES:
+            self._shapes.clear()
+        self._shapes[fp] = (s.kind, s.tables, d, shape)
+        return shape
+
+    def _line(self, t: float, s: Stmt, rows: int | None, ms: float, sqlstate: str | None, error: str | None,
+              tag: str | None, tx_json: str) -> str:  # fmt: skip
+        """One statement line (JSON object and newline); the schema is in gateway/review/replay.py."""
+        line = (
+            f'{{"t":{t:.6f},"type":"statement","sql":{_js(s.sql)}{self._shape(s)},"duration_ms":{ms:.3f},"tx":{tx_json}'
+        )
+        if s.params:
+            line += ',"params":[' + ",".join(map(_js, s.params)) + "]"
+        if rows is not None:
+            line += f',"rows":{rows:d}'
+        if sqlstate:
+            line += ',"sqlstate":' + _js(sqlstate)
+        if error:
+            line += ',"error":' + _js(error)
+        if tag:
+            line += ',"tag":' + _js(tag)
+        return line + "}\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import json
 import struct
@@ -12,7 +13,7 @@ from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import IO, Any
 
-from gateway.recording.writer import DEFAULT_MAX_BACKLOG, PendingEvent, Recorder, RecordingError
+from gateway.recording.writer import DEFAULT_MAX_BACKLOG, FLUSH_DELAY, PendingEvent, Recorder, RecordingError
 
 _FRAME = struct.Struct(">cII")
 _BINARY_FORMAT = "gateway-binary-stream"
@@ -98,7 +99,17 @@ class AsciicastRecorder(Recorder):
 
 
 class StatementRecorder(Recorder):
-    """JSON-lines recording of a SQL session: a header line, then one object per event."""
+    """JSON-lines recording of a SQL session: a header line, then one object per event.
+
+    Events are encoded on the calling thread (the event loop), when recorded, and the lines handed to the
+    shared writer thread in one bytes object per ~FLUSH_DELAY (``loop.call_later``): the writer only does
+    ``os.write``/hashing, which release the GIL, so it never holds the GIL the relay's loop is waiting for.
+    A recorder opened inside a running loop must be fed from that loop's thread; one opened outside a loop
+    hands every line over at once. ``record_line`` takes a line the caller has already encoded (the Postgres
+    journal renders its statement lines from cached fragments); ``record`` encodes a dict with ``json``.
+    """
+
+    MAX_BUFFERED_LINES = 4096  # hand over early past this many lines (a burst of tiny statements)
 
     @classmethod
     def open(
@@ -117,15 +128,56 @@ class StatementRecorder(Recorder):
         rec._write_header(_dump_event(line) + "\n")
         return rec
 
+    def __init__(self, path: Path, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self._lines: list[str] = []
+        self._handoff_timer: asyncio.TimerHandle | None = None
+
     def record(self, event: dict[str, Any]) -> None:
-        """Queue one event (shallow-copied); ``t`` (seconds since start) is added if missing."""
+        """Queue one event (encoded now); ``t`` (seconds since start) is added if missing."""
         ev = dict(event) if "t" in event else {"t": round(self.elapsed(), 6), **event}
-        size = 256 + sum(len(v) for v in ev.values() if isinstance(v, str | bytes))
-        self._append("s", ev, size, False)
+        self.record_line(_dump_event(ev) + "\n")
+
+    def record_line(self, line: str) -> None:
+        """Queue one already-encoded event: a single JSON object, ASCII only, ending in a newline."""
+        if self._failed is not None or self._closing:
+            return
+        lines = self._lines
+        lines.append(line)
+        if len(lines) == 1:
+            if self._loop is None:
+                self._handoff()
+            else:
+                self._handoff_timer = self._loop.call_later(FLUSH_DELAY, self._handoff)
+        elif len(lines) >= self.MAX_BUFFERED_LINES:
+            self._handoff()
+
+    def _handoff(self) -> None:
+        """Give the buffered lines to the writer thread as one bytes object."""
+        if self._handoff_timer is not None:
+            self._handoff_timer.cancel()
+            self._handoff_timer = None
+        lines, self._lines = self._lines, []
+        if not lines:
+            return
+        try:
+            data = "".join(lines).encode("ascii")
+        except UnicodeEncodeError:  # a caller broke record_line's contract: fail closed, like an encoder error
+            self._fail("recording encoder error: UnicodeEncodeError")
+            return
+        self._append("s", data, len(data), False)
+
+    async def close(self) -> str:
+        """Hand over what is buffered, then flush, fsync and close (see Recorder.close)."""
+        self._handoff()
+        return await super().close()
 
     def _encode(self, batch: list[PendingEvent], final: bool) -> bytes:
-        """One JSON object per line."""
-        return "".join(_dump_event(ev.parts[0]) + "\n" for ev in batch).encode("ascii")
+        """The lines were encoded on the loop: join the handed-over chunks."""
+        if len(batch) == 1:
+            data: bytes = batch[0].parts[0]
+            return data
+        return b"".join(ev.parts[0] for ev in batch)
 
 
 def _dump_event(ev: dict[str, Any]) -> str:
