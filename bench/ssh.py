@@ -204,21 +204,22 @@ async def echo_rtt(paths: Paths, via: str, n: int = 300) -> list[float]:
     return out
 
 
-async def setup_time(paths: Paths, via: str, n: int = 15) -> list[float]:
-    """Seconds from connect to the first output byte of a command (channel teardown not included)."""
-    out = []
+async def setup_time(paths: Paths, via: str, n: int = 15) -> tuple[list[float], list[float]]:
+    """Seconds to an authenticated connection, and to the first output byte of a command."""
+    auth, first = [], []
     for _ in range(n):
         started = time.perf_counter()
         async with await paths.connect(via) as conn:
+            auth.append(time.perf_counter() - started)
             proc = await conn.create_process("echo ready")
             await proc.stdout.readline()
-            out.append(time.perf_counter() - started)
+            first.append(time.perf_counter() - started)
             await proc.wait()
-    return out
+    return auth, first
 
 
-async def idle_memory(paths: Paths, gw: GatewayProcess, sessions: int) -> tuple[int, int]:
-    """(RSS kB before, after) with `sessions` idle PTY sessions open through the gateway."""
+async def idle_memory(paths: Paths, gw: GatewayProcess, sessions: int) -> tuple[int, int, int]:
+    """(RSS kB before, after, sessions still open) with `sessions` idle PTY sessions through the gateway."""
     await asyncio.sleep(1)
     before = gw.rss_kb()
     conns: list[asyncssh.SSHClientConnection] = []
@@ -229,10 +230,11 @@ async def idle_memory(paths: Paths, gw: GatewayProcess, sessions: int) -> tuple[
         procs += await asyncio.gather(*(c.create_process("cat", term_type="xterm") for c in batch))
     await asyncio.sleep(2)
     after = gw.rss_kb()
+    alive = sum(1 for p in procs if p.exit_status is None and not p.is_closing())
     for c in conns:
         c.close()
     await asyncio.gather(*(c.wait_closed() for c in conns), return_exceptions=True)
-    return before, after
+    return before, after, alive
 
 
 def pct(values: list[float], q: float) -> float:
@@ -255,6 +257,7 @@ async def bench(args: argparse.Namespace) -> None:
                 f.write(os.urandom(1 << 20))
         os.chmod(big, 0o644)
         mb = args.mb * 1.048576
+        before, after, alive = await idle_memory(paths, gw, args.sessions)
         results: dict[str, dict[str, list[float]]] = {}
 
         def add(name: str, via: str, value: float) -> None:
@@ -268,11 +271,12 @@ async def bench(args: argparse.Namespace) -> None:
                 rtt = await echo_rtt(paths, via)
                 add("echo p50 ms", via, 1000 * pct(rtt, 0.5))
                 add("echo p99 ms", via, 1000 * pct(rtt, 0.99))
-                add("set-up p50 ms", via, 1000 * pct(await setup_time(paths, via), 0.5))
+                auth, first = await setup_time(paths, via)
+                add("connect+auth p50 ms", via, 1000 * pct(auth, 0.5))
+                add("to first output p50 ms", via, 1000 * pct(first, 0.5))
             print(f"round {rnd + 1}: " + ", ".join(f"{k} {v['direct'][-1]:.1f}/{v['gateway'][-1]:.1f}"
                                                    for k, v in results.items()), file=sys.stderr)  # fmt: skip
-        before, after = await idle_memory(paths, gw, args.sessions)
-        report(args, results, before, after)
+        report(args, results, before, after, alive)
     finally:
         if gw is not None:
             gw.stop()
@@ -280,7 +284,8 @@ async def bench(args: argparse.Namespace) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]], before: int, after: int) -> None:
+def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]], before: int, after: int,
+           alive: int) -> None:  # fmt: skip
     print(f"\n{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, Linux {platform.release()}, "
           f"CPython {platform.python_version()}, asyncssh {asyncssh.__version__}, "
           f"{subprocess.run(['ssh', '-V'], capture_output=True, text=True).stderr.strip()}")  # fmt: skip
@@ -293,10 +298,12 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
         ratios = [g / d for d, g in zip(by["direct"], by["gateway"], strict=True)]
         print(f"| {name} | {statistics.median(by['direct']):.1f} | {statistics.median(by['gateway']):.1f} "
               f"| {statistics.median(ratios):.2f} |")  # fmt: skip
-    setup = results["set-up p50 ms"]
-    print(f"\nSet-up overhead (gateway - direct, p50): {statistics.median(setup['gateway']) - statistics.median(setup['direct']):.1f} ms")  # noqa: E501
-    print(f"Gateway RSS: {before / 1024:.1f} MiB idle, {after / 1024:.1f} MiB with {args.sessions} idle PTY sessions "
-          f"-> {(after - before) / args.sessions:.0f} KiB per session")  # fmt: skip
+    for name in ("connect+auth p50 ms", "to first output p50 ms"):
+        by = results[name]
+        print(f"\nSet-up overhead, {name.removesuffix(' p50 ms')} (gateway - direct, p50): "
+              f"{statistics.median(by['gateway']) - statistics.median(by['direct']):.1f} ms")  # fmt: skip
+    print(f"\nGateway RSS: {before / 1024:.1f} MiB idle, {after / 1024:.1f} MiB with {args.sessions} idle PTY sessions "
+          f"({alive} still open at measurement) -> {(after - before) / args.sessions:.0f} KiB per session")  # fmt: skip
 
 
 def main() -> None:

@@ -42,6 +42,7 @@ class Enter:
 
 
 def _decoder() -> codecs.IncrementalDecoder:
+    """A UTF-8 decoder that replaces bad bytes (keystrokes are not trusted to be valid)."""
     return codecs.getincrementaldecoder("utf-8")(errors="replace")
 
 
@@ -100,6 +101,7 @@ class InputLine:
         return False
 
     def _insert(self, text: str) -> None:
+        """Insert at the cursor; past MAX_LINE the line is only flagged truncated."""
         if not text:
             return
         if len(self.chars) + len(text) > MAX_LINE:
@@ -109,6 +111,7 @@ class InputLine:
         self.cursor += len(text)
 
     def _control(self, b: int) -> bool:
+        """A C0 control key; returns True for ^C."""
         chars, cur = self.chars, self.cursor
         if b in (0x7F, 0x08):  # backspace
             if cur:
@@ -150,6 +153,7 @@ class InputLine:
         return False
 
     def _escape(self, b: int) -> None:
+        """The byte after ESC: CSI, SS3, or a Meta key."""
         if b == 0x5B:  # '['
             self._state, self._params = "csi", ""
         elif b == 0x4F:  # 'O'
@@ -159,6 +163,7 @@ class InputLine:
             self.exact = False
 
     def _csi(self, b: int) -> None:
+        """A CSI key sequence (arrows, Home/End, Delete, paste brackets)."""
         if 0x20 <= b <= 0x3F:
             if len(self._params) < 32:
                 self._params += chr(b)
@@ -185,6 +190,7 @@ class InputLine:
             self._key(chr(b))
 
     def _key(self, final: str) -> None:
+        """An arrow/Home/End key (CSI or SS3 final byte)."""
         if final == "C":
             self.cursor = min(len(self.chars), self.cursor + 1)
         elif final == "D":
@@ -236,6 +242,7 @@ class EchoLine:
                 self._move_to((self.cursor // 8 + 1) * 8)
 
     def _put(self, ch: str) -> None:
+        """Write one character at the cursor (overwrite, as a terminal does)."""
         if self.cursor >= MAX_LINE:
             return
         self._move_to(self.cursor)
@@ -246,12 +253,14 @@ class EchoLine:
         self.cursor += 1
 
     def _move_to(self, col: int) -> None:
+        """Move the cursor, padding the row with blanks."""
         col = max(0, min(col, MAX_LINE))
         if col > len(self.row):
             self.row.extend(" " * (col - len(self.row)))
         self.cursor = col
 
     def _escape(self, state: str, b: int) -> None:
+        """Escape-sequence state machine of the output (CSI, OSC, charset)."""
         if state == "esc":
             if b == 0x5B:
                 self._state, self._params = "csi", ""
@@ -279,6 +288,7 @@ class EchoLine:
             self._state = ""
 
     def _csi(self, final: str, params: str) -> None:
+        """Apply one CSI command to the row."""
         if params.startswith("?") or params.startswith(">"):
             return  # private modes (bracketed paste, alternate screen...): no effect on the row
         nums = [int(p) if p.isdigit() else 0 for p in params.split(";")] if params else []
@@ -357,6 +367,7 @@ class CommandTracker:
         return out
 
     def _enter(self, key: bytes) -> Enter:
+        """Close the current line into an Enter event and start a new one."""
         line = self.input
         typed = line.text
         best = typed

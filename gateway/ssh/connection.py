@@ -53,6 +53,7 @@ class SshConnection:
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
+        """A failed background task ends the session (never a silent half-dead relay)."""
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("ssh session %s: task failed", self.session.id, exc_info=task.exception())
@@ -104,6 +105,7 @@ class SshConnection:
                 self.on_finished(self)
 
     async def _teardown(self, reason: str, hangup: bool) -> None:
+        """Hang up, close channels and connections, seal recordings, record the end."""
         ups = [r.up for r in self.channels if r.up is not None and not r.up.is_closing()]
         if hangup:
             # sshd kills the process group on a "signal" request; without a terminal nothing else

@@ -34,6 +34,7 @@ class TcpRelay(asyncssh.SSHTCPSession[bytes]):
         self.conn.spawn(self._open())
 
     async def _open(self) -> None:
+        """Open the direct-tcpip channel on the target's side, then let data flow."""
         try:
             up, _ = await self.conn.upstream.create_connection(
                 lambda: _UpstreamTcp(self), self.host, self.port, encoding=None, window=WINDOW, max_pktsize=MAX_PACKET

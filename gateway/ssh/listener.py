@@ -42,6 +42,7 @@ def parse_username(username: str) -> tuple[str, str | None]:
 
 
 def _refused(kind: str) -> asyncssh.ChannelOpenError:
+    """The channel-open error for a refused forwarding request."""
     return asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"{kind} is not allowed in this scope")
 
 
@@ -195,6 +196,7 @@ class _Gate(asyncssh.SSHServer):
         raise _refused("tunnelling")
 
     def _audit_forward(self, kind: str, allowed: bool, **data: Any) -> None:
+        """Audit a forwarding request (and mark refusals in the recording)."""
         if self.connection is None:
             return
         s = self.connection.session
@@ -210,6 +212,7 @@ class _UpstreamWatch(asyncssh.SSHClient):
         self.owner: SshConnection | None = None
 
     def __call__(self) -> _UpstreamWatch:
+        """asyncssh's client_factory: this watcher is the one client object."""
         return self
 
     def connection_lost(self, exc: Exception | None) -> None:

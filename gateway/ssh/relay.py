@@ -113,6 +113,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         return self._admit("subsystem", check_subsystem(self.policy, subsystem), subsystem=subsystem)
 
     def _admit(self, kind: str, d: Decision, *, command: str | None = None, subsystem: str | None = None) -> bool:
+        """Audit a channel request's decision; a refusal is explained once the channel starts."""
         s = self.host.session
         s.audit_soon("ssh.channel", severity="info" if d.allowed else "warning", channel=self.n, kind=kind,
                      command=command, subsystem=subsystem, pty=self.pty, verdict=d.verdict.value, rule=d.rule,
@@ -139,6 +140,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         self.host.spawn(self._start())
 
     async def _start(self) -> None:
+        """Open the recorder and the upstream channel, then release held client data."""
         s, chan = self.host.session, self.chan
         allowed, refused = filter_env(chan.get_environment_bytes())
         env: dict[str | bytes, str | bytes] = {k: v for k, v in allowed.items()}
@@ -242,6 +244,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
             self.host.kill_soon(f"command {shown!r} matched kill rule {d.rule}")
 
     def _sftp_request(self, data: bytes, up: asyncssh.SSHClientChannel[bytes]) -> None:
+        """Client SFTP requests through the filter; refusals are answered here."""
         assert self.sftp is not None
         try:
             res = self.sftp.client_data(data)
@@ -255,6 +258,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         self._file_ops(res.ops)
 
     def _file_ops(self, ops: list[FileOp]) -> None:
+        """Audit and mark file operations the SFTP filter saw."""
         s = self.host.session
         for op in ops:
             s.audit_soon("sftp." + ("file" if op.allowed else "refused"), severity="info" if op.allowed else "warning",
@@ -265,6 +269,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
                 self.rec.marker(f"sftp: {op.op} {op.path}{' -> ' + op.target if op.target else ''}{verdict}")
 
     def _protocol_error(self, exc: Exception) -> None:
+        """Not SFTP after all: audit it and close both channels."""
         self.host.session.audit_soon("sftp.protocol-error", severity="warning", channel=self.n, error=str(exc))
         self.chan.close()
         if self.up is not None:
@@ -338,6 +343,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
             self.host.spawn(self._drain(side, rec))
 
     async def _drain(self, side: str, rec: ChannelRecorder) -> None:
+        """Wait for the recorder to catch up, then read `side` again."""
         try:
             await rec.drain()
         finally:

@@ -88,6 +88,7 @@ def check_exec(policy: SshPolicy, command: str) -> Decision:
 
 
 def _check_scp(policy: SshPolicy, command: str, direction: str) -> Decision:
+    """scp's server side: downloads need scp, uploads also a read-write sftp mode."""
     if direction == "invalid":
         return Decision.deny("scp", "unrecognised scp invocation")
     if not policy.scp:

@@ -94,6 +94,7 @@ class _Reader:
         self.pos = pos
 
     def u32(self) -> int:
+        """Read a uint32."""
         if self.pos + 4 > len(self.data):
             raise SftpProtocolError("truncated packet")
         (v,) = _U32.unpack_from(self.data, self.pos)
@@ -101,6 +102,7 @@ class _Reader:
         return int(v)
 
     def string(self) -> bytes:
+        """Read an SSH string (uint32 length + bytes)."""
         n = self.u32()
         if self.pos + n > len(self.data):
             raise SftpProtocolError("truncated string")
@@ -110,6 +112,7 @@ class _Reader:
 
 
 def _path(raw: bytes) -> str:
+    """A path for the audit log (undecodable bytes kept visible as escapes)."""
     return raw.decode("utf-8", "backslashreplace")
 
 
