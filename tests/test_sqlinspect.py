@@ -12,8 +12,17 @@ from sqlglot.dialects.postgres import Postgres
 
 from gateway.pg import sqlfunctions as fn
 from gateway.pg import sqlinspect
-from gateway.pg.sqlinspect import Inspection, Inspector, decide, fingerprint, inspect, statement_name
-from gateway.pg.sqllex import OP, LexError, _long_operator_run, _operator_length, split, tokenize
+from gateway.pg.sqlinspect import (
+    Inspection,
+    Inspector,
+    decide,
+    fingerprint,
+    inspect,
+    skeleton,
+    skeleton_texts,
+    statement_name,
+)
+from gateway.pg.sqllex import IDENT, NUMBER, OP, PUNCT, LexError, _long_operator_run, _operator_length, split, tokenize
 from gateway.policy import Decision, SqlPolicy, SqlRule, Verdict
 from tests.rig.postgres import PgCluster
 
@@ -668,6 +677,9 @@ def test_cache_is_bounded() -> None:
     for i in range(50):
         inspector.check(f"SELECT c{i} FROM t")
     assert len(inspector._cache) <= 8 and len(inspector._texts) <= 8
+    for i in range(50):
+        inspector.check(f"SELECT c{i} FROM t WHERE a = {i}")
+    assert len(inspector._skeletons) <= 8
     huge = "SELECT " + ", ".join(f"c{i}" for i in range(3000))
     assert inspector.check(huge)[1].allowed and huge not in inspector._texts
 
@@ -789,6 +801,73 @@ def test_same_fingerprint_same_decision(template: str, lit1: str, lit2: str) -> 
         assert decide(inspect(a), policy) == decide(inspect(b), policy), (a, b)
     assert inspector.check(a)[1] == decide(inspect(a), READ)
     assert inspector.check(b)[1] == decide(inspect(b), READ)
+
+
+# The skeleton fast path (texts that differ only in integers): its grammar's edges and the lexer's tricky spots.
+# Pieces made of the grammar's own characters (where the edges are: 1e5, 0x1f, 1_000, 1.5, t1, a$), and others.
+SKELETON_SOUP = [
+    "SELECT", "select", "abalance", "FROM", "pgbench_accounts", "WHERE", "aid", "t1", "_x", "a$", "e", "E", "x",
+    "b", "u", "U", "n", "set", "SET", "set_config", "SHOW", "DELETE", "UPDATE", "EXECUTE", "p", "LIMIT", "AND",
+    "1", "42", "007", "0", "1_000", "0x1f", "0b1", "0o7", "1e5", "1.5", ".5", "5.", "1..2", "e5", "_1", "1$",
+    " ", "  ", "\n", "\t", "\r", ";", ",", "(", ")", ".", "*", "=", "<", ">", "!", "+", "<>", "!=", "=+", "..",
+]  # fmt: skip
+SKELETON_OTHER = ["$1", "$$", "\f", "\u00a0", "é", "-", "--", "/", "/*", "*/", ":", "::", "'", "''", '"', "[",
+                  "?", "%", "&", "U&", "\\", "E'", "x'"]  # fmt: skip
+SKELETON_PIECES = st.one_of(*[st.sampled_from(SKELETON_SOUP)] * 12, st.sampled_from(SKELETON_OTHER))
+
+
+@FUZZ
+@given(st.lists(SKELETON_PIECES, max_size=30), st.sampled_from(["", " "]), st.booleans(), st.randoms())
+def test_skeleton_fast_path_matches_the_lexer(parts: list[str], sep: str, greedy: bool, rnd: object) -> None:
+    import random
+
+    assert isinstance(rnd, random.Random)
+    if greedy:  # keep only pieces that leave the text in the fast grammar (most random joins fall out of it)
+        text = ""
+        for piece in parts:
+            if skeleton(text + sep + piece) is not None:
+                text += sep + piece
+    else:
+        text = sep.join(parts)
+    skel = skeleton(text)
+    if skel is None:
+        return
+    # Exactly the lexer's integers are replaced, and nothing else the lexer sees is a literal or a quote.
+    toks = tokenize(text)
+    assert {t[0] for t in toks} <= {IDENT, NUMBER, PUNCT, OP}, text
+    ints = [(m.start(), m.end()) for m in sqlinspect._SKELETON_INT.finditer(text)]
+    assert ints == [(a, b) for kind, _, a, b in toks if kind == NUMBER], text
+    assert skeleton_texts(text) == [s.text for s in inspect(text).statements], text
+    # Another text with the same skeleton: other integers, same inspection and decision as the full path.
+    other = sqlinspect._SKELETON_INT.sub(lambda m: str(rnd.randrange(10 ** rnd.randrange(1, 12))), text)
+    assert skeleton(other) == skel
+    kept = sqlinspect._Scan(text).kept
+    assert kept == sqlinspect._Scan(other).kept
+    if not kept:
+        assert fingerprint(other) == fingerprint(text), (text, other)
+    for policy in (READ, WRITE, ADMIN):
+        inspector = Inspector(policy)
+        assert inspector.check(text) == (inspect(text), decide(inspect(text), policy))
+        assert inspector.check(other) == (inspect(other), decide(inspect(other), policy)), (text, other)
+
+
+def test_skeleton_fast_path_is_used_and_keeps_literals_that_matter(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert skeleton("SELECT a FROM t1 WHERE id = 12 AND b<>3;") == "SELECT a FROM t1 WHERE id = ? AND b<>?;"
+    for text in ("SELECT 'a'", "SELECT 1.5", "SELECT 1e5", "SELECT $1", "SELECT 1 -- c", "SELECT x::int", 'SELECT "a"',
+                 "SELECT 1_0", "SELECT 0x1f", "SELECT a\u00a0b", "SELECT 1 /* c */", "SELECT E'1'"):  # fmt: skip
+        assert skeleton(text) is None, text
+    inspector = Inspector(READ)
+    assert inspector.check("SELECT abalance FROM pgbench_accounts WHERE aid = 1")[1].allowed
+    want = inspect("SELECT abalance FROM pgbench_accounts WHERE aid = 22")
+    monkeypatch.setattr(sqlinspect, "_Scan", None)  # the second text must not reach the lexer
+    ins, d = inspector.check("SELECT abalance FROM pgbench_accounts WHERE aid = 22")
+    monkeypatch.undo()
+    assert d.allowed and ins == want
+    # SET keeps its literals in the fingerprint: never served by skeleton.
+    assert inspector.check("SET statement_timeout = 1000")[1].allowed
+    assert "SET statement_timeout = ?" not in inspector._skeletons
+    assert inspector.check("SELECT set_config(a, 1, false) FROM t")[1].rule
+    assert not any("set_config" in k for k in inspector._skeletons)
 
 
 def test_huge_texts_are_classified_by_keyword_and_rules_still_apply() -> None:
