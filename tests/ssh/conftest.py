@@ -195,7 +195,6 @@ def gateway(sshd_server: SshServer, tmp_path_factory: pytest.TempPathFactory) ->
 
     async def start() -> tuple[Services, SshListener]:
         services = await build_services(config)
-        _serialise_appends(services)
         listener = SshListener(services)
         await listener.start()
         return services, listener
@@ -213,21 +212,6 @@ def gateway(sshd_server: SshServer, tmp_path_factory: pytest.TempPathFactory) ->
         gw.run_sync(stop())
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
-
-
-def _serialise_appends(services: Services) -> None:
-    """Work around a store bug: concurrent Store.append calls on one aiosqlite connection interleave their
-    BEGIN IMMEDIATE transactions ("cannot start a transaction within a transaction"), and a relay makes
-    concurrent audit events by design (audit_soon). Remove once the store serialises appends itself."""
-    store = services.store
-    append = store.append
-    lock = asyncio.Lock()
-
-    async def serialised(*args: Any, **kwargs: Any) -> Any:
-        async with lock:
-            return await append(*args, **kwargs)
-
-    store.append = serialised  # type: ignore[method-assign]
 
 
 def remote_pids(pattern: str) -> list[int]:
