@@ -13,7 +13,7 @@ import pytest
 
 from gateway.store import GrantRecord, RequestRecord, SessionRecord, SqliteStore, StoreError
 from gateway.store.chain import GENESIS, chain_hash, checkpoint_message, event_body
-from gateway.store.sqlite import MIGRATIONS
+from gateway.store.schema import MIGRATIONS
 from gateway.tokens import KeyRing
 
 NOW = 1_700_000_000.0

@@ -23,52 +23,16 @@ from gateway.store.chain import (
     verify_chain,
 )
 from gateway.store.records import AuditEvent, GrantRecord, RequestRecord, SessionRecord
-from gateway.tokens import KeyRing
-
-# Each entry upgrades the schema by one version (PRAGMA user_version); never edit a shipped entry.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE grants (
-        id TEXT PRIMARY KEY, user TEXT NOT NULL, target TEXT NOT NULL, scope TEXT NOT NULL,
-        reason TEXT NOT NULL, approvers TEXT NOT NULL, issued_at REAL NOT NULL, not_before REAL NOT NULL,
-        expires_at REAL NOT NULL, state TEXT NOT NULL, break_glass INTEGER NOT NULL, request_id TEXT,
-        max_sessions INTEGER, revoked_at REAL, revoked_by TEXT, revoke_reason TEXT,
-        changed_seq INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX grants_state ON grants(state, expires_at);
-    CREATE TABLE sessions (
-        id TEXT PRIMARY KEY, grant_id TEXT NOT NULL, user TEXT NOT NULL, target TEXT NOT NULL,
-        scope TEXT NOT NULL, protocol TEXT NOT NULL, client_addr TEXT NOT NULL, started_at REAL NOT NULL,
-        ended_at REAL, end_reason TEXT, recording_path TEXT, recording_sha256 TEXT, stats TEXT NOT NULL,
-        kill_requested TEXT
-    );
-    CREATE INDEX sessions_grant ON sessions(grant_id);
-    CREATE INDEX sessions_started ON sessions(started_at);
-    CREATE TABLE requests (
-        id TEXT PRIMARY KEY, requester TEXT NOT NULL, target TEXT NOT NULL, scope TEXT NOT NULL,
-        reason TEXT NOT NULL, ttl REAL NOT NULL, created_at REAL NOT NULL, state TEXT NOT NULL,
-        approvals TEXT NOT NULL, decided_at REAL, decided_by TEXT, comment TEXT, grant_id TEXT, expires_at REAL
-    );
-    CREATE TABLE audit (
-        seq INTEGER PRIMARY KEY, ts REAL NOT NULL, type TEXT NOT NULL, actor TEXT NOT NULL,
-        session TEXT NOT NULL, grant_id TEXT NOT NULL, target TEXT NOT NULL, severity TEXT NOT NULL,
-        data TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL
-    );
-    CREATE INDEX audit_ts ON audit(ts);
-    CREATE INDEX audit_session ON audit(session);
-    -- Append-only: the database itself refuses to change history (a determined attacker with the file
-    -- can drop these triggers, which is what the hash chain and signed checkpoints are for).
-    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
-    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
-    CREATE TABLE checkpoints (
-        seq INTEGER PRIMARY KEY, head TEXT NOT NULL, kid TEXT NOT NULL, signature TEXT NOT NULL, ts REAL NOT NULL
-    );
-    CREATE TRIGGER checkpoints_no_update BEFORE UPDATE ON checkpoints
-        BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
-    CREATE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints
-        BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
-    """,
+from gateway.store.schema import (
+    MIGRATIONS,
+    event_row,
+    grant_row,
+    read_checkpoint_file,
+    request_row,
+    session_row,
+    split_script,
 )
+from gateway.tokens import KeyRing
 
 SEVERITIES = ("info", "warning", "critical")
 
@@ -134,7 +98,7 @@ class SqliteStore:
         for i, script in enumerate(MIGRATIONS[version:], start=version + 1):
             await self.db.execute("BEGIN IMMEDIATE")
             try:
-                for stmt in _split_script(script):
+                for stmt in split_script(script):
                     await self.db.execute(stmt)
                 await self.db.execute(f"PRAGMA user_version = {i}")
                 await self.db.execute("COMMIT")
@@ -262,21 +226,21 @@ class SqliteStore:
             sql += f" LIMIT {int(limit)}"
         async with self.db.execute(sql, args) as cur:
             rows = await cur.fetchall()
-        return [_event(r) for r in rows]
+        return [event_row(r) for r in rows]
 
     async def verify(self) -> Verdict:
         """Walk the whole chain and every checkpoint (DB and side file)."""
         rows: list[Row] = []
         async with self.db.execute("SELECT * FROM audit ORDER BY rowid") as cur:
             async for r in cur:
-                e = _event(r)
+                e = event_row(r)
                 body = event_body(e.seq, e.ts, e.type, e.actor, e.session, e.grant, e.target, e.severity, e.data)
                 rows.append(Row(body, e.prev_hash, e.hash))
         cps = {}
         async with self.db.execute("SELECT * FROM checkpoints") as cur:
             async for r in cur:
                 cps[(r["seq"], r["head"])] = Checkpoint(r["seq"], r["head"], r["kid"], r["signature"], r["ts"])
-        for cp in _read_checkpoint_file(self.checkpoint_file):
+        for cp in read_checkpoint_file(self.checkpoint_file):
             cps.setdefault((cp.seq, cp.head), cp)
         ring = self.ring
         return verify_chain(rows, cps.values(), ring.verify_bytes if ring else (lambda *_: False))
@@ -309,7 +273,7 @@ class SqliteStore:
         """One grant by id (the token's jti)."""
         async with self.db.execute("SELECT * FROM grants WHERE id = ?", (grant_id,)) as cur:
             r = await cur.fetchone()
-        return _grant(r) if r else None
+        return grant_row(r) if r else None
 
     async def list_grants(self, *, user: str | None = None, state: str | None = None) -> list[GrantRecord]:
         """Grants, newest first."""
@@ -322,7 +286,7 @@ class SqliteStore:
             args.append(state)
         sql = f"SELECT * FROM grants WHERE {' AND '.join(where)} ORDER BY issued_at DESC"  # noqa: S608
         async with self.db.execute(sql, args) as cur:
-            return [_grant(r) for r in await cur.fetchall()]
+            return [grant_row(r) for r in await cur.fetchall()]
 
     async def revoke_grant(self, grant_id: str, *, by: str, reason: str, now: float) -> GrantRecord:
         """Mark a grant revoked; raises StoreError for an unknown or already ended grant."""
@@ -396,7 +360,7 @@ class SqliteStore:
             async with self.db.execute("SELECT * FROM sessions WHERE id LIKE ? LIMIT 2", (session_id + "%",)) as cur:
                 found = list(await cur.fetchall())
             r = found[0] if len(found) == 1 else None
-        return _session(r) if r else None
+        return session_row(r) if r else None
 
     async def list_sessions(
         self,
@@ -421,7 +385,7 @@ class SqliteStore:
             where.append("ended_at IS NULL" if live else "ended_at IS NOT NULL")
         sql = f"SELECT * FROM sessions WHERE {' AND '.join(where)} ORDER BY started_at DESC"  # noqa: S608
         async with self.db.execute(sql, args) as cur:
-            return [_session(r) for r in await cur.fetchall()]
+            return [session_row(r) for r in await cur.fetchall()]
 
     async def request_kill(self, session_id: str, reason: str) -> None:
         """Ask whichever process runs a live session to end it (picked up by its watcher)."""
@@ -465,7 +429,7 @@ class SqliteStore:
         """One request by id."""
         async with self.db.execute("SELECT * FROM requests WHERE id = ?", (request_id,)) as cur:
             r = await cur.fetchone()
-        return _request(r) if r else None
+        return request_row(r) if r else None
 
     async def update_request(self, r: RequestRecord, *, expect_state: str, expect_approvals: int | None = None) -> bool:
         """Write a request's new state if it is still in `expect_state` (and has `expect_approvals`); else False."""
@@ -502,108 +466,4 @@ class SqliteStore:
                 args.append(val)
         sql = f"SELECT * FROM requests WHERE {' AND '.join(where)} ORDER BY created_at DESC"  # noqa: S608
         async with self.db.execute(sql, args) as cur:
-            return [_request(r) for r in await cur.fetchall()]
-
-
-def _split_script(script: str) -> list[str]:
-    """Split a migration into statements, keeping trigger bodies (which contain ';') whole."""
-    out, buf = [], []
-    for line in script.strip().splitlines():
-        if line.strip().startswith("--") or not line.strip():
-            continue
-        buf.append(line)
-        joined = "\n".join(buf).strip()
-        if joined.endswith(";") and ("BEGIN" not in joined.upper().split() or joined.upper().endswith("END;")):
-            out.append(joined)
-            buf = []
-    if buf:
-        out.append("\n".join(buf))
-    return out
-
-
-def _read_checkpoint_file(path: Path) -> list[Checkpoint]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            d = json.loads(line)
-            out.append(Checkpoint(int(d["seq"]), str(d["head"]), str(d["kid"]), str(d["signature"]), float(d["ts"])))
-        except (ValueError, KeyError, TypeError):
-            continue  # a torn last line after a crash; the DB copy still counts
-    return out
-
-
-def _event(r: Any) -> AuditEvent:
-    return AuditEvent(
-        int(r["seq"]),
-        float(r["ts"]),
-        r["type"],
-        r["actor"],
-        r["session"],
-        r["grant_id"],
-        r["target"],
-        r["severity"],
-        json.loads(r["data"]),
-        r["prev_hash"],
-        r["hash"],
-    )
-
-
-def _grant(r: Any) -> GrantRecord:
-    return GrantRecord(
-        r["id"],
-        r["user"],
-        r["target"],
-        r["scope"],
-        r["reason"],
-        tuple(json.loads(r["approvers"])),
-        r["issued_at"],
-        r["not_before"],
-        r["expires_at"],
-        r["state"],
-        bool(r["break_glass"]),
-        r["request_id"],
-        r["max_sessions"],
-        r["revoked_at"],
-        r["revoked_by"],
-        r["revoke_reason"],
-    )
-
-
-def _session(r: Any) -> SessionRecord:
-    return SessionRecord(
-        r["id"],
-        r["grant_id"],
-        r["user"],
-        r["target"],
-        r["scope"],
-        r["protocol"],
-        r["client_addr"],
-        r["started_at"],
-        r["ended_at"],
-        r["end_reason"],
-        r["recording_path"],
-        r["recording_sha256"],
-        json.loads(r["stats"]),
-        r["kill_requested"],
-    )
-
-
-def _request(r: Any) -> RequestRecord:
-    return RequestRecord(
-        r["id"],
-        r["requester"],
-        r["target"],
-        r["scope"],
-        r["reason"],
-        r["ttl"],
-        r["created_at"],
-        r["state"],
-        tuple(json.loads(r["approvals"])),
-        r["decided_at"],
-        r["decided_by"],
-        r["comment"],
-        r["grant_id"],
-        r["expires_at"],
-    )
+            return [request_row(r) for r in await cur.fetchall()]
