@@ -84,7 +84,7 @@ def asciinema_cat(path: Path) -> subprocess.CompletedProcess[bytes]:
     """Run the real `asciinema cat` (it opens /dev/tty, so give it a pty as controlling terminal)."""
     exe = shutil.which("asciinema")
     if exe is None:
-        pytest.skip("asciinema CLI not installed")
+        pytest.fail("asciinema CLI not installed: scripts/test installs it (apt-get install asciinema)")
     master, slave = os.openpty()
 
     def take_tty() -> None:
