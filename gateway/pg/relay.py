@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -45,10 +46,85 @@ _UTF8_NAMES = {"UTF8", "UNICODE"}
 def _norm_encoding(name: str) -> str:
     # Postgres accepts quoted and differently spelled names: asyncpg sends 'utf-8' with the quotes.
     return name.strip().strip("'\"").upper().replace("-", "").replace("_", "")
+
+
 _EMPTY_DECISION = Decision(Verdict.ALLOW)
+_ALLOW = Verdict.ALLOW
 
 
 _PREPARE_COMMANDS = frozenset({"PREPARE", "DEALLOCATE"})
+_WATCHED = frozenset(b"CEISZs")  # the upstream messages from_server looks at; the rest go by untouched
+_I16 = struct.Struct("!h")
+_I32 = struct.Struct("!i")
+_EMPTY: tuple[int, ...] = ()
+
+
+def decode_bind(body: bytes) -> tuple[str, str, tuple[int, ...], list[bytes | None]]:
+    """Bind's portal, statement, parameter formats and values: what Bind.decode gives, without its objects.
+
+    The common shapes (at most one format code) are read here; anything else, malformed messages
+    included, goes through Bind.decode, so errors are exactly its ProtocolErrors.
+    """
+    try:
+        i = body.index(0)
+        j = body.index(0, i + 1)
+        portal = body[:i].decode() if i else ""
+        statement = body[i + 1 : j].decode() if j > i + 1 else ""
+        pos = j + 1
+        nf = _I16.unpack_from(body, pos)[0]
+        pos += 2
+        if nf == 0:
+            formats = _EMPTY
+        elif nf == 1:
+            formats = (_I16.unpack_from(body, pos)[0],)
+            pos += 2
+        else:
+            raise ValueError
+        n = len(body)
+        npar = _I16.unpack_from(body, pos)[0]
+        if npar < 0:
+            raise ValueError
+        pos += 2
+        params: list[bytes | None] = []
+        for _ in range(npar):
+            size = _I32.unpack_from(body, pos)[0]
+            pos += 4
+            if size == -1:
+                params.append(None)
+            elif 0 <= size <= n - pos:
+                params.append(body[pos : pos + size])
+                pos += size
+            else:
+                raise ValueError
+        nres = _I16.unpack_from(body, pos)[0]
+        if nres < 0 or pos + 2 + 2 * nres != n:
+            raise ValueError
+        return portal, statement, formats, params
+    except (ValueError, struct.error):  # UnicodeDecodeError is a ValueError
+        msg = Bind.decode(body)
+        return msg.portal, msg.statement, msg.param_formats, list(msg.params)
+
+
+def decode_query(chunk: bytes, start: int, end: int) -> str:
+    """The SQL of the Query message at chunk[start:end] (as Query.decode, which handles anything unusual)."""
+    if chunk.find(0, start + 5, end) == end - 1:  # one string, nothing after it: the usual Query
+        try:
+            return chunk[start + 5 : end - 1].decode()
+        except UnicodeDecodeError:
+            pass
+    return Query.decode(chunk[start + 5 : end]).sql
+
+
+def decode_execute(body: bytes) -> tuple[str, int]:
+    """Execute's portal and row limit (as Execute.decode, which handles anything unusual)."""
+    n = len(body)
+    if n >= 5 and body.find(0) == n - 5:
+        try:
+            return (body[: n - 5].decode() if n > 5 else ""), _I32.unpack_from(body, n - 4)[0]
+        except ValueError:
+            pass
+    msg = Execute.decode(body)
+    return msg.portal, msg.max_rows
 
 
 def _kind(st: Statement | None) -> str:
@@ -188,6 +264,8 @@ class Relay:
 
     def _check(self, sql: str) -> tuple[Inspection, Decision]:
         insp, decision = self.inspector.check(sql, self.prepared)
+        if decision.verdict is _ALLOW and not decision.alerts:
+            return insp, decision
         if decision.alerts:
             self._raise_alerts(insp, decision)
         if decision.verdict is Verdict.KILL:
@@ -195,15 +273,18 @@ class Relay:
         return insp, decision
 
     def _on_query(self, chunk: bytes, start: int, end: int) -> bool:
-        sql = Query.decode(chunk[start + 5 : end]).sql
+        sql = decode_query(chunk, start, end)
         insp, decision = self._check(sql)
         if not decision.allowed:
             self._refuse(sql, None, insp, decision)
             self._synthetic(error_response("ERROR", "42501", denial_message(decision)), rfq=True)
             return False
-        if any(st.command in _PREPARE_COMMANDS for st in insp.statements):
-            self._remember_sql_prepares(insp)
         stmts = insp.statements
+        if len(stmts) == 1:
+            if stmts[0].command in _PREPARE_COMMANDS:
+                self._remember_sql_prepares(insp)
+        elif any(st.command in _PREPARE_COMMANDS for st in stmts):
+            self._remember_sql_prepares(insp)
         batch = self._z_sent + 1
         if len(stmts) <= 1:
             st = stmts[0] if stmts else None
@@ -232,19 +313,18 @@ class Relay:
         return True
 
     def _on_bind(self, chunk: bytes, start: int, end: int) -> bool:
-        msg = Bind.decode(chunk[start + 5 : end])
-        denied = self._denied.get(msg.statement)
+        portal, statement, formats, params = decode_bind(chunk[start + 5 : end])
+        denied = self._denied.get(statement)
         if denied is not None:
             # The statement never reached the upstream; a Bind to it must not reach an older one of that name.
             self._deny_in_batch(denied)
             return False
-        self._portals[msg.portal] = (msg.statement, describe_params(msg.params, msg.param_formats))
+        self._portals[portal] = (statement, describe_params(params, formats) if params else None)
         self._batch_forwarded = True
         return True
 
     def _on_execute(self, chunk: bytes, start: int, end: int) -> bool:
-        msg = Execute.decode(chunk[start + 5 : end])
-        portal = msg.portal
+        portal, max_rows = decode_execute(chunk[start + 5 : end])
         stmt_name, params = self._portals.get(portal, ("", None))
         known = self._statements.get(stmt_name)
         if known is None:
@@ -254,7 +334,7 @@ class Relay:
             sql, insp, decision = known
             st = insp.statements[0] if insp.statements else None
             self.journal.started(sql, params, insp.fingerprint, _kind(st), st.tables if st else (), decision,
-                                 self._z_sent + 1, self.status, msg.max_rows)  # fmt: skip
+                                 self._z_sent + 1, self.status, max_rows)  # fmt: skip
         self._batch_forwarded = True
         return True
 
@@ -366,6 +446,8 @@ class Relay:
         fwd_from = 0
         journal = self.journal
         for tag, start, end in frames:
+            if tag not in _WATCHED:  # DataRow, RowDescription, BindComplete...: forwarded as they are
+                continue
             if tag == 90:  # Z ReadyForQuery
                 cut = self._on_ready_for_query(chr(chunk[start + 5]))
                 if cut is not None:

@@ -287,3 +287,72 @@ def test_md5_password() -> None:
     # echo -n "md5$(echo -n 'secretalice' | md5sum | cut -c1-32)SALT" style reference
     inner = hashlib.md5(b"secretalice").hexdigest()
     assert md5_password("alice", "secret", b"salt") == "md5" + hashlib.md5(inner.encode() + b"salt").hexdigest()
+
+
+# --- the relay's own decoders of Bind, Execute and Query must agree with messages.py, errors included --------
+
+
+def _outcome(fn: object, body: bytes) -> object:
+    try:
+        return ("ok", fn(body))  # type: ignore[operator]
+    except ProtocolError as exc:
+        return ("error", str(exc), exc.sqlstate)
+
+
+def _reference_bind(body: bytes) -> tuple[str, str, tuple[int, ...], list[bytes | None]]:
+    m = Bind.decode(body)
+    return m.portal, m.statement, m.param_formats, list(m.params)
+
+
+def _bind_body(portal: bytes, stmt: bytes, formats: list[int], params: list[bytes | None], results: list[int]) -> bytes:
+    out = portal + b"\0" + stmt + b"\0" + struct.pack(f"!h{len(formats)}h", len(formats), *formats)
+    out += struct.pack("!h", len(params))
+    for p in params:
+        out += struct.pack("!i", -1) if p is None else struct.pack("!i", len(p)) + p
+    return out + struct.pack(f"!h{len(results)}h", len(results), *results)
+
+
+NAMES = st.sampled_from([b"", b"P0_1", b"p\xc3\xa9", b"\xff", b"a"])
+
+
+@FUZZ
+@given(NAMES, NAMES, st.lists(st.integers(-2, 2), max_size=3), st.lists(st.none() | st.binary(max_size=6), max_size=4),
+       st.lists(st.integers(0, 1), max_size=3), st.integers(0, 40), st.binary(max_size=3), st.booleans())  # fmt: skip
+def test_relay_bind_decoder_matches_messages(portal: bytes, stmt: bytes, formats: list[int],
+                                             params: list[bytes | None], results: list[int], cut: int,
+                                             junk: bytes, mangle: bool) -> None:  # fmt: skip
+    from gateway.pg.relay import decode_bind
+
+    body = _bind_body(portal, stmt, formats, params, results)
+    if mangle:  # truncated, extended, or a count/length overwritten
+        body = body[: len(body) - cut % (len(body) + 1)] + junk if cut % 2 else body[:cut] + b"\xff\xfe" + body[cut:]
+    assert _outcome(decode_bind, body) == _outcome(_reference_bind, body), body
+
+
+@FUZZ
+@given(NAMES, st.integers(-(2**31), 2**31 - 1), st.binary(max_size=6), st.booleans())
+def test_relay_execute_decoder_matches_messages(portal: bytes, rows: int, junk: bytes, mangle: bool) -> None:
+    from gateway.pg.messages import Execute
+    from gateway.pg.relay import decode_execute
+
+    body = portal + b"\0" + struct.pack("!i", rows)
+    if mangle:
+        body = (body + junk)[: len(body) + len(junk) - (rows % 7)]
+
+    def reference(b: bytes) -> tuple[str, int]:
+        m = Execute.decode(b)
+        return m.portal, m.max_rows
+
+    assert _outcome(decode_execute, body) == _outcome(reference, body), body
+
+
+@FUZZ
+@given(st.binary(max_size=3), st.text(max_size=8).map(str.encode) | st.binary(max_size=8), st.binary(max_size=3))
+def test_relay_query_decoder_matches_messages(before: bytes, body: bytes, after: bytes) -> None:
+    from gateway.pg.relay import decode_query
+
+    def relay_decode(b: bytes) -> str:
+        return decode_query(before + msg(b"Q", b) + after, len(before), len(before) + 5 + len(b))
+
+    for b in (body + b"\0", body + b"\0" + after, body):
+        assert _outcome(relay_decode, b) == _outcome(lambda x: Query.decode(x).sql, b)
