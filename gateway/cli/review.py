@@ -11,6 +11,7 @@ from typing import Any
 
 from gateway.cli.common import CliError, iso, print_json, print_table, services_from, since_arg
 from gateway.durations import format_duration
+from gateway.recording.check import check_recording
 from gateway.review import replay as replay_mod
 from gateway.review.sanitize import neutralise
 from gateway.review.search import search as search_recordings
@@ -135,6 +136,8 @@ async def cmd_show(args: argparse.Namespace) -> int:
         request = await svc.store.get_request(grant.request_id) if grant and grant.request_id else None
         row = (await _session_rows(svc.store, [s]))[0]
     timeline = _timeline(request, events)
+    if s.protocol == "postgres" and s.recording_path:
+        timeline = sorted(timeline + _recorded_statements(s), key=lambda i: i["ts"])
     if args.json:
         print_json({"session": row, "timeline": timeline})
         return 0
@@ -160,6 +163,37 @@ def _timeline(request: Any, events: list[AuditEvent]) -> list[dict[str, Any]]:
     return items
 
 
+_VERDICT_WORDS = {"allow": "allowed", "alert": "alert", "deny": "denied", "kill": "killed"}
+
+
+def _recorded_statements(s: SessionRecord) -> list[dict[str, Any]]:
+    """Every statement of a SQL session's recording, with its verdict (the audit log holds only refusals).
+
+    A missing or damaged recording gives what can be read (`gateway audit verify` reports the damage).
+    """
+    import json
+
+    items: list[dict[str, Any]] = []
+    try:
+        with open(str(s.recording_path), "rb") as f:
+            for line in f:
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(ev, dict) or ev.get("type") != "statement" or not isinstance(ev.get("sql"), str):
+                    continue
+                verdict = str(ev.get("verdict") or "allow").lower()
+                word = _VERDICT_WORDS.get(verdict, verdict)
+                rule = f" [{ev['rule']}]" if ev.get("rule") else ""
+                t = ev.get("t")
+                offset = float(t) if isinstance(t, int | float) and not isinstance(t, bool) else 0.0
+                items.append({"ts": s.started_at + offset, "what": "statement", "detail": f"{word}{rule}: {ev['sql']}"})
+    except OSError:
+        pass
+    return items
+
+
 def _describe(e: AuditEvent) -> str:
     d = e.data
     for key in ("line", "sql", "summary", "reason", "path"):
@@ -180,6 +214,10 @@ async def cmd_replay(args: argparse.Namespace) -> int:
     path = Path(s.recording_path)
     if not path.exists():  # noqa: ASYNC240 - one stat before the replay starts
         raise CliError(f"recording {path} is missing (deleted?); `gateway audit verify` reports it")
+    if ended and s.recording_sha256:
+        problem = check_recording(path, s.recording_sha256)
+        if problem:  # still shown: what is there is evidence too
+            print(f"gateway: warning: {problem}; `gateway audit verify` reports it", file=sys.stderr)
     if s.protocol == "postgres":
         result = replay_mod.print_statements(path, sys.stdout, color=sys.stdout.isatty())
     elif args.print_only:
