@@ -564,7 +564,11 @@ class Relay:
         if not self._closing:
             if not self._client_gone:
                 self._write_client(error_response("FATAL", "08006", "the upstream server closed the connection"))
-            self.session._spawn(self.shutdown("upstream closed the connection"))
+            # After a client's Terminate the upstream closes too; whichever close arrives first, the
+            # session ended because the client left.
+            self.session._spawn(
+                self.shutdown("client disconnected" if self._client_gone else "upstream closed the connection")
+            )
 
     async def shutdown(self, reason: str) -> None:
         """Close both sides once; a busy backend is cancelled first, since a closed socket does not stop a query."""

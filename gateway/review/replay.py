@@ -182,9 +182,7 @@ def _binary_events(path: Path, warnings: list[str]) -> Iterator[Event]:
 class _Controls:
     """Playback state driven by keys: pause, step, speed, quit."""
 
-    def __init__(
-        self, speed: float, sleep: Callable[[float], Awaitable[None]], clock: Callable[[], float]
-    ) -> None:
+    def __init__(self, speed: float, sleep: Callable[[float], Awaitable[None]], clock: Callable[[], float]) -> None:
         self.speed = speed
         self.paused = False
         self.steps = 0
@@ -451,13 +449,14 @@ def _statement_line(ev: dict[str, Any], paint: Callable[[str, str], str]) -> str
     verdict = _VERDICTS.get(str(ev.get("verdict", "allow")).lower(), "allowed")
     rule = f" [{_clean(ev['rule'])}]" if "rule" in ev else ""
     details: list[str] = []
-    if "sqlstate" in ev or "error" in ev:
-        label = paint("error", f"ERROR {_clean(ev.get('sqlstate', ''))}".rstrip())
-        details.append(_clean(ev.get("error", "")))
-    elif verdict == "denied":
+    # The gateway's own refusals carry SQLSTATE 42501 too: the verdict says more than the error does.
+    if verdict == "denied":
         label = paint("denied", "DENIED" + rule)
     elif verdict == "killed":
         label = paint("killed", "KILLED" + rule)
+    elif "sqlstate" in ev or "error" in ev:
+        label = paint("error", f"ERROR {_clean(ev.get('sqlstate', ''))}".rstrip())
+        details.append(_clean(ev.get("error", "")))
     elif verdict == "alert":
         label = paint("error", "ALERT" + rule)
     else:

@@ -222,6 +222,9 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
             return
         s = self.host.session
         d = check_line(self.policy, dict.fromkeys([ev.line, ev.typed]), truncated=ev.truncated)
+        s.stats["commands"] = s.stats.get("commands", 0) + 1
+        if not d.allowed:
+            s.stats["violations"] = s.stats.get("violations", 0) + 1
         # A line typed with echo off is most likely a password: kept out of the audit log (the
         # recording's input events still have it, for a reviewer with access to recordings).
         shown = ev.line if ev.echoed else f"<not echoed: {len(ev.typed)} characters>"
