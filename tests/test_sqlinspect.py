@@ -991,3 +991,24 @@ def test_random_tricky_texts_split_like_the_server(
 ) -> None:
     sql = (gaps[0] + ";" + gaps[1]).join("SELECT" + gaps[2] + ("," + gaps[3]).join(e) for e in statements)
     assert our_commands(sql) == server_commands(pg_cluster, sql)
+
+
+@pytest.mark.parametrize(
+    ("sql", "allowed"),
+    [
+        # asyncpg's type introspection (see asyncpg/introspection.py): must work in read scope
+        ("SELECT current_setting('jit') AS cur, set_config('jit', 'off', false) AS new", True),
+        ("select pg_catalog.set_config('statement_timeout', '0', false)", True),
+        ("select set_config('role', 'postgres', false)", False),
+        ("select set_config('session_authorization', 'postgres', false)", False),
+        ("select set_config('default_transaction_read_only', 'off', false)", False),
+        ("select set_config('client_encoding', 'SJIS', false)", False),
+        ("select set_config(name, 'off', false) from t", False),
+        ("select set_config('jit', 'off', false), set_config('role', 'a', false)", False),
+        ("select myschema.set_config('jit', 'off', false)", False),
+    ],
+)
+def test_set_config_of_a_read_setting_is_a_read(sql: str, allowed: bool) -> None:
+    inspector = Inspector(SqlPolicy(mode="read"))
+    assert inspector.check(sql)[1].allowed is allowed
+    assert inspector.check(sql)[1].allowed is allowed  # and the same from the cache

@@ -570,6 +570,24 @@ _HANDLERS: dict[str, Callable[[list[Token], Context], Facts]] = {
 }
 
 
+def harmless_set_config(t: list[Token]) -> bool:
+    """Whether every set_config() call names, as a plain literal, a setting that read scope may SET.
+
+    Drivers do this on their own: asyncpg's type introspection runs `set_config('jit', 'off', false)`.
+    Anything else (a computed name, role, session_authorization, ...) stays denied.
+    """
+    found = False
+    for i in range(len(t) - 2):
+        if t[i][0] in (IDENT, QIDENT) and t[i][1] == "set_config" and punct(t, i + 1, "("):
+            raw = string_value(t[i + 2][1]) if t[i + 2][0] == STRING else None
+            name = fold(raw) if raw is not None else ""
+            # search_path is safe only for some values (pg_catalog first), which SET checks; not here.
+            if raw is None or not punct(t, i + 3, ",") or name not in fn.READ_SETTINGS or name == "search_path":
+                return False
+            found = True
+    return found
+
+
 def lexing_calls(t: list[Token]) -> str | None:
     """Why a set_config() call could change client_encoding or standard_conforming_strings, or None.
 

@@ -278,12 +278,26 @@ def parse_text(toks: list[Token], lo: int, hi: int) -> tuple[str, dict[int, int]
             piece = "1"
         elif kind == QIDENT:
             piece = '"' + value.replace('"', '""') + '"'
+        elif kind == IDENT and _array_type_at(toks, i, lo, hi):
+            # `::oid[]`: sqlglot reads an array of a type it does not know (oid, regclass, name...) as
+            # a subscript and fails. Which type it is decides no table, function or kind, so any known
+            # one stands in (asyncpg's type introspection casts `$1::oid[]`).
+            piece = "int"
         else:
             piece = value
         where[at] = i
         parts.append(piece)
         at += len(piece) + 1
     return " ".join(parts), where
+
+
+def _array_type_at(toks: list[Token], i: int, lo: int, hi: int) -> bool:
+    """Whether token i is the element type in `::type[]` or `CAST(... AS type[])`."""
+    if i + 2 >= hi or i - 1 < lo:
+        return False
+    before = toks[i - 1]
+    cast = (before[0] == PUNCT and before[1] == "::") or (before[0] == IDENT and before[1] == "as")
+    return cast and toks[i + 1][:2] == (PUNCT, "[") and toks[i + 2][:2] == (PUNCT, "]")
 
 
 def string_value(raw: str) -> str | None:

@@ -25,6 +25,19 @@ async def test_asyncpg_query_and_prepared(gateway: Gateway) -> None:
         await conn.close()
 
 
+async def test_asyncpg_array_and_custom_type_parameters_in_read_scope(gateway: Gateway) -> None:
+    # Array and composite parameters make asyncpg introspect types, which starts with
+    # set_config('jit', 'off', false): read scope must let that harmless setting through.
+    conn = await gateway.connect(await gateway.token())
+    try:
+        rows = await conn.fetch("SELECT id FROM customers WHERE id = ANY($1::int[]) ORDER BY id", [2, 4])
+        assert [r["id"] for r in rows] == [2, 4]
+        assert await conn.fetchval("SELECT $1::text[]", ["a", "b"]) == ["a", "b"]
+        assert await conn.fetchval("SELECT current_setting('default_transaction_read_only')") == "on"
+    finally:
+        await conn.close()
+
+
 def test_psql_over_tls(gateway: Gateway, read_token: str) -> None:
     proc = gateway.psql(read_token, sql="SELECT count(*) FROM order_items")
     assert proc.returncode == 0, proc.stderr
