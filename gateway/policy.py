@@ -389,6 +389,10 @@ def _load_ssh(ctx: _Ctx, body: Any, key: str) -> SshPolicy:
                 str(rule.get("name") or pattern), ctx.action(rule.get("action", "alert"), f"{rkey}.action"), pattern
             )
         )
+    for unsupported in ("remote_forwarding", "agent_forwarding", "x11_forwarding"):
+        if ctx.boolean(body.get(unsupported), f"{key}.{unsupported}", False):
+            # Saying yes here and refusing at run time would be a policy that lies; say so at load.
+            raise ctx.fail(f"{key}.{unsupported}", "is not supported yet: the gateway refuses it (and audits it)")
     sftp = body.get("sftp", "read-write")
     if sftp not in SFTP_MODES:
         raise ctx.fail(f"{key}.sftp", f"must be one of {', '.join(SFTP_MODES)}")

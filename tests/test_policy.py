@@ -417,3 +417,13 @@ def test_command_rule_regex_is_compiled_at_load(tmp_path: Path) -> None:
     path = policy_file(tmp_path, "target: web-1\nscopes: {shell: {ssh: {commands: [{pattern: 'regex:a{2,1}'}]}}}\n")
     with pytest.raises(PolicyError, match=re.escape("invalid regular expression")):
         load_policy_file(path, KINDS)
+
+
+@pytest.mark.parametrize("flag", ["remote_forwarding", "agent_forwarding", "x11_forwarding"])
+def test_unsupported_forwarding_cannot_be_turned_on(tmp_path: Path, flag: str) -> None:
+    msg = load_error(tmp_path, f"target: web-1\nscopes:\n  shell:\n    ssh: {{{flag}: true}}\n")
+    assert f"scopes.shell.ssh.{flag}" in msg and "not supported" in msg
+    tp = load_policy_file(
+        policy_file(tmp_path, f"target: web-1\nscopes:\n  shell:\n    ssh: {{{flag}: false}}\n"), KINDS
+    )
+    assert tp.scopes["shell"].ssh is not None
