@@ -25,10 +25,12 @@ How writing works (the relay must never block on a disk):
 * ``output()``/``input()``/``record()``... only append to an in-memory list under a short lock.
   Chunks of one stream less than ``COALESCE_WINDOW`` (10 ms) apart are merged into one event that
   keeps the first chunk's time, so a bulk transfer makes ~100 events a second, not one per chunk.
-* One shared daemon thread (``_Writer``) encodes and writes every dirty recorder ~``FLUSH_DELAY``
-  after it became dirty (sooner when its backlog grows past ``URGENT_BACKLOG``), so data reaches
-  the file within ~100 ms. One thread rather than one per recorder: idle sessions cost no thread
-  and no wake-ups, and Python cannot encode in parallel anyway (GIL).
+* One shared daemon thread (``_Writer``) writes every dirty recorder ~``FLUSH_DELAY`` after it
+  became dirty (sooner when its backlog grows past ``URGENT_BACKLOG``), so data reaches the file
+  within ~100 ms. One thread rather than one per recorder: idle sessions cost no thread and no
+  wake-ups. ``StatementRecorder`` lines are encoded on the event loop and handed over as one bytes
+  object every ~50 ms, so for them the thread only hashes and writes (both release the GIL: a
+  thread encoding under the GIL made the relay wait for it after every send).
 * A UTF-8 incremental decoder per stream (errors="replace") keeps a character split across two
   chunks whole.
 * Every write appends whole lines (or whole frames): a crash leaves at most one torn last line,
