@@ -114,6 +114,11 @@ atexit.register(_WRITER.flush_all)
 class Recorder:
     """A streaming, append-only, fail-closed writer of one session's recording file."""
 
+    urgent_backlog = URGENT_BACKLOG
+    """Backlog (bytes) past which the writer is woken at once and ``needs_drain`` turns true."""
+    drain_low_water = DRAIN_LOW_WATER
+    """Backlog (bytes) at or below which ``drain()`` returns."""
+
     def __init__(
         self,
         path: Path,
@@ -163,7 +168,7 @@ class Recorder:
     @property
     def needs_drain(self) -> bool:
         """True when the writer is behind enough that a front end may want to await drain()."""
-        return self._backlog > URGENT_BACKLOG
+        return self._backlog > self.urgent_backlog
 
     def elapsed(self) -> float:
         """Seconds since the recording started (the ``t`` of an event recorded now)."""
@@ -195,14 +200,14 @@ class Recorder:
             self._backlog = backlog = before + size
         if backlog > self._max_backlog:
             self._fail("recording backlog exceeded")
-        elif was_empty or (before <= URGENT_BACKLOG < backlog):
-            _WRITER.wake(self, urgent=backlog > URGENT_BACKLOG)
+        elif was_empty or (before <= self.urgent_backlog < backlog):
+            _WRITER.wake(self, urgent=backlog > self.urgent_backlog)
 
     async def drain(self) -> None:
         """Wait until the writer's backlog is below DRAIN_LOW_WATER (optional backpressure)."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            if self._failed is not None or self._backlog <= DRAIN_LOW_WATER:
+            if self._failed is not None or self._backlog <= self.drain_low_water:
                 return
             if self._drain_waiter is None:
                 self._drain_waiter = loop.create_future()
@@ -300,7 +305,7 @@ class Recorder:
             with self._lock:
                 self._backlog = max(0, self._backlog - written)
                 waiter = None
-                if self._drain_waiter is not None and self._backlog <= DRAIN_LOW_WATER:
+                if self._drain_waiter is not None and self._backlog <= self.drain_low_water:
                     waiter, self._drain_waiter = self._drain_waiter, None
             if waiter is not None:
                 _resolve_threadsafe(waiter)
