@@ -190,13 +190,14 @@ class BinaryStreamRecorder(Recorder):
 
     STREAMS = {"o": "stdout", "e": "stderr", "i": "stdin", "m": "marker", "r": "resize"}
 
-    # Bulk streams (scp, tar over exec) are written in ~1 MiB batches and the relay pauses at 1 MiB
-    # behind, down to 256 KiB: bench/ssh.py exec `cat` went from 0.44x to 0.63x direct (scp 0.51x to
-    # 0.68x) against the defaults (4 MiB / 1 MiB). Small batches keep the writer thread's join, SHA-256
-    # and write in cache and its GIL hand-offs short; the brief pauses cost the relay less than a
-    # 4 MiB backlog does.
+    # Bulk streams (scp, tar over exec): the writer is woken at 1 MiB behind and writes in ~1 MiB slices,
+    # releasing backlog after each, so the writer's join, SHA-256 and write stay in cache and the relay
+    # may go on; it is asked to pause only at 16 MiB behind (down to 8 MiB), which rides out the kernel's
+    # dirty-page throttling of the writer (bench/ssh.py; see docs/benchmarks.md, SSH front end).
     urgent_backlog = 1 << 20
-    drain_low_water = 256 << 10
+    drain_high_water = 16 << 20
+    drain_low_water = 8 << 20
+    write_slice = 1 << 20
 
     @classmethod
     def open(

@@ -115,7 +115,11 @@ class Recorder:
     """A streaming, append-only, fail-closed writer of one session's recording file."""
 
     urgent_backlog = URGENT_BACKLOG
-    """Backlog (bytes) past which the writer is woken at once and ``needs_drain`` turns true."""
+    """Backlog (bytes) past which the writer is woken at once."""
+    drain_high_water = URGENT_BACKLOG
+    """Backlog (bytes) past which ``needs_drain`` turns true."""
+    write_slice: int | None = None
+    """Write a flush's events in slices of about this many bytes, releasing backlog after each (None: one write)."""
     drain_low_water = DRAIN_LOW_WATER
     """Backlog (bytes) at or below which ``drain()`` returns."""
 
@@ -168,7 +172,7 @@ class Recorder:
     @property
     def needs_drain(self) -> bool:
         """True when the writer is behind enough that a front end may want to await drain()."""
-        return self._backlog > self.urgent_backlog
+        return self._backlog > self.drain_high_water
 
     def elapsed(self) -> float:
         """Seconds since the recording started (the ``t`` of an event recorded now)."""
@@ -284,31 +288,49 @@ class Recorder:
             if failed is not None:
                 self._close_fd()
                 return
-            try:
-                data = self._encode(batch, final)
-                if data:
-                    self._write_all(data)
-                    # Writes to an unlinked file succeed and vanish: removal is a failure too.
-                    if os.fstat(self._fd).st_nlink == 0:
-                        raise OSError(errno.ENOENT, "recording file was removed")
-                if final:
-                    os.fsync(self._fd)
-            except OSError as exc:
-                self._fail(_reason("recording write failed", exc))
-                self._close_fd()
-                return
-            except Exception as exc:  # an encoder bug must end the session, not the writer thread
-                self._fail(f"recording encoder error: {type(exc).__name__}")
-                self._close_fd()
-                return
-            written = sum(p.size for p in batch)
-            with self._lock:
-                self._backlog = max(0, self._backlog - written)
-                waiter = None
-                if self._drain_waiter is not None and self._backlog <= self.drain_low_water:
-                    waiter, self._drain_waiter = self._drain_waiter, None
-            if waiter is not None:
-                _resolve_threadsafe(waiter)
+            limit = self.write_slice
+            while True:
+                part = batch
+                if limit is not None and len(batch) > 1:
+                    n, size = 0, 0
+                    while n < len(batch) and (n == 0 or size + batch[n].size <= limit):
+                        size += batch[n].size
+                        n += 1
+                    part, batch = batch[:n], batch[n:]
+                else:
+                    batch = []
+                if not self._write_events(part, final and not batch) or not batch:
+                    return
+
+    def _write_events(self, batch: list[PendingEvent], final: bool) -> bool:
+        """Encode and write taken events, then release their backlog; False once the recording failed."""
+        assert self._fd is not None
+        try:
+            data = self._encode(batch, final)
+            if data:
+                self._write_all(data)
+                # Writes to an unlinked file succeed and vanish: removal is a failure too.
+                if os.fstat(self._fd).st_nlink == 0:
+                    raise OSError(errno.ENOENT, "recording file was removed")
+            if final:
+                os.fsync(self._fd)
+        except OSError as exc:
+            self._fail(_reason("recording write failed", exc))
+            self._close_fd()
+            return False
+        except Exception as exc:  # an encoder bug must end the session, not the writer thread
+            self._fail(f"recording encoder error: {type(exc).__name__}")
+            self._close_fd()
+            return False
+        written = sum(p.size for p in batch)
+        with self._lock:
+            self._backlog = max(0, self._backlog - written)
+            waiter = None
+            if self._drain_waiter is not None and self._backlog <= self.drain_low_water:
+                waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None:
+            _resolve_threadsafe(waiter)
+        return True
 
     def _finish(self) -> None:
         """Final flush, fsync file and directory, close (runs in an executor)."""
