@@ -1,6 +1,6 @@
 """SSH through the gateway vs direct to sshd: bulk exec, scp, echo round trip, set-up time, idle-session memory.
 
-    .venv/bin/python bench/ssh.py [--rounds 3] [--mb 300] [--sessions 200] [--cipher CIPHER]
+    .venv/bin/python bench/ssh.py [--rounds 3] [--mb 300] [--sessions 200] [--cipher CIPHER] [--only exec,scp]
 
 Starts a throwaway OpenSSH server (gateway.sandbox) and the gateway in its own process on uvloop
 (`gateway.app.App`, SSH front end only, recording on, the `ops` scope with command rules: exactly as
@@ -251,13 +251,15 @@ async def bench(args: argparse.Namespace) -> None:
         token = await issue_token(config)
         gw = GatewayProcess(config, recording=not args.no_recording)
         paths = Paths(sshd, gw.port, token, args.cipher)
+        print(f"gateway pid {gw.pid} (for py-spy/perf)", file=sys.stderr)
         big = sshd.scratch_dir / "big.bin"
         with open(big, "wb") as f:
             for _ in range(args.mb):
                 f.write(os.urandom(1 << 20))
         os.chmod(big, 0o644)
         mb = args.mb * 1.048576
-        before, after, alive = await idle_memory(paths, gw, args.sessions)
+        only = set(args.only.split(",")) if args.only else {"exec", "scp", "scp-O", "echo", "setup", "memory"}
+        before, after, alive = await idle_memory(paths, gw, args.sessions) if "memory" in only else (0, 0, 0)
         results: dict[str, dict[str, list[float]]] = {}
 
         def add(name: str, via: str, value: float) -> None:
@@ -265,15 +267,20 @@ async def bench(args: argparse.Namespace) -> None:
 
         for rnd in range(args.rounds):
             for via in ("direct", "gateway"):
-                add("exec cat MB/s", via, mb / timed(paths.ssh(via, "cat", str(big))))
-                add("scp (sftp) MB/s", via, mb / timed(paths.scp(via, str(big), legacy=False)))
-                add("scp -O MB/s", via, mb / timed(paths.scp(via, str(big), legacy=True)))
-                rtt = await echo_rtt(paths, via)
-                add("echo p50 ms", via, 1000 * pct(rtt, 0.5))
-                add("echo p99 ms", via, 1000 * pct(rtt, 0.99))
-                auth, first = await setup_time(paths, via)
-                add("connect+auth p50 ms", via, 1000 * pct(auth, 0.5))
-                add("to first output p50 ms", via, 1000 * pct(first, 0.5))
+                if "exec" in only:
+                    add("exec cat MB/s", via, mb / timed(paths.ssh(via, "cat", str(big))))
+                if "scp" in only:
+                    add("scp (sftp) MB/s", via, mb / timed(paths.scp(via, str(big), legacy=False)))
+                if "scp-O" in only:
+                    add("scp -O MB/s", via, mb / timed(paths.scp(via, str(big), legacy=True)))
+                if "echo" in only:
+                    rtt = await echo_rtt(paths, via)
+                    add("echo p50 ms", via, 1000 * pct(rtt, 0.5))
+                    add("echo p99 ms", via, 1000 * pct(rtt, 0.99))
+                if "setup" in only:
+                    auth, first = await setup_time(paths, via)
+                    add("connect+auth p50 ms", via, 1000 * pct(auth, 0.5))
+                    add("to first output p50 ms", via, 1000 * pct(first, 0.5))
             print(f"round {rnd + 1}: " + ", ".join(f"{k} {v['direct'][-1]:.1f}/{v['gateway'][-1]:.1f}"
                                                    for k, v in results.items()), file=sys.stderr)  # fmt: skip
         report(args, results, before, after, alive)
@@ -291,6 +298,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
           f"{subprocess.run(['ssh', '-V'], capture_output=True, text=True).stderr.strip()}")  # fmt: skip
     print(f"Command: `.venv/bin/python bench/ssh.py --rounds {args.rounds} --mb {args.mb} --sessions {args.sessions}"
           + (f" --cipher {args.cipher}" if args.cipher else "")
+          + (f" --only {args.only}" if args.only else "")
           + (" --no-recording" if args.no_recording else "") + "`\n")  # fmt: skip
     print("| measure | direct (median) | gateway (median) | gateway / direct (median of rounds) |")
     print("| --- | --- | --- | --- |")
@@ -299,9 +307,13 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
         print(f"| {name} | {statistics.median(by['direct']):.1f} | {statistics.median(by['gateway']):.1f} "
               f"| {statistics.median(ratios):.2f} |")  # fmt: skip
     for name in ("connect+auth p50 ms", "to first output p50 ms"):
+        if name not in results:
+            continue
         by = results[name]
         print(f"\nSet-up overhead, {name.removesuffix(' p50 ms')} (gateway - direct, p50): "
               f"{statistics.median(by['gateway']) - statistics.median(by['direct']):.1f} ms")  # fmt: skip
+    if not before:
+        return
     print(f"\nGateway RSS: {before / 1024:.1f} MiB idle, {after / 1024:.1f} MiB with {args.sessions} idle PTY sessions "
           f"({alive} still open at measurement) -> {(after - before) / args.sessions:.0f} KiB per session")  # fmt: skip
 
@@ -313,6 +325,7 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=300)
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--cipher", help="force one cipher on both paths (e.g. aes128-gcm@openssh.com)")
+    parser.add_argument("--only", help="comma-separated subset of exec,scp,scp-O,echo,setup,memory (default: all)")
     parser.add_argument("--no-recording", action="store_true", help="stub the recorder out (relay cost only)")
     args = parser.parse_args()
     if args.serve:
