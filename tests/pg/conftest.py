@@ -7,23 +7,22 @@ import json
 import os
 import ssl
 import subprocess
-import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 import pytest
-import uvloop
 
 from gateway.config import Address, Config, Login, Target
 from gateway.grants import Issued, issue_grant
 from gateway.pg.listener import PostgresListener
 from gateway.secret import Secret
-from gateway.services import Services, build_services
+from gateway.services import Services
 from tests.rig.postgres import PgCluster
+from tests.threaded import OnLoop, serve_in_thread
 
 T = TypeVar("T")
 TARGET = "orders"
@@ -51,7 +50,7 @@ scopes:
 
 
 @dataclass
-class Gateway:
+class Gateway(OnLoop):
     """A gateway running in its own thread and event loop (as in production), so blocking clients work too."""
 
     config: Config
@@ -60,18 +59,6 @@ class Gateway:
     cluster: PgCluster
     loop: asyncio.AbstractEventLoop
     host: str = "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        return self.listener.port
-
-    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run a coroutine on the gateway's loop (its store, registry and timers live there)."""
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
-
-    def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
-        """The same, from a plain thread."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
 
     async def grant(self, scope: str = "read", *, ttl: float = 600, user: str = USER, target: str = TARGET) -> Issued:
         """Issue a grant and its token."""
@@ -153,29 +140,8 @@ def make_config(base: Path, cluster: PgCluster, *, require_tls: bool = True) -> 
 def gateway(pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """One gateway for the whole session (TLS required), on uvloop in a thread of its own."""
     config = make_config(tmp_path_factory.mktemp("gw"), pg_cluster)
-    loop = uvloop.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="gateway", daemon=True)
-    thread.start()
-
-    async def start() -> tuple[Services, PostgresListener]:
-        services = await build_services(config)
-        listener = PostgresListener(services)
-        await listener.start()
-        return services, listener
-
-    services, listener = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    gw = Gateway(config, services, listener, pg_cluster, loop)
-    try:
-        yield gw
-    finally:
-
-        async def stop() -> None:
-            await listener.close()
-            await services.close()
-
-        gw.run_sync(stop())
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+    with serve_in_thread(config, PostgresListener, "gateway") as (services, listener, loop):
+        yield Gateway(config, services, listener, pg_cluster, loop)
 
 
 @pytest.fixture

@@ -6,22 +6,21 @@ import asyncio
 import json
 import os
 import subprocess
-import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncssh
 import pytest
-import uvloop
 
 from gateway.config import Address, Config, Login, Target
 from gateway.grants import Issued, issue_grant
-from gateway.services import Services, build_services
+from gateway.services import Services
 from gateway.ssh import SshListener
 from tests.rig.sshd import SshServer
+from tests.threaded import OnLoop, serve_in_thread
 
 T = TypeVar("T")
 TARGET = "rig"
@@ -68,7 +67,7 @@ SSH_OPTS = [
 
 
 @dataclass
-class Gateway:
+class Gateway(OnLoop):
     """A gateway running in its own thread and event loop (uvloop, as in production)."""
 
     config: Config
@@ -77,18 +76,6 @@ class Gateway:
     sshd: SshServer
     loop: asyncio.AbstractEventLoop
     host: str = "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        return self.listener.port
-
-    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run a coroutine on the gateway's loop (its store, registry and timers live there)."""
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
-
-    def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
-        """The same, from a plain thread."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
 
     async def grant(self, scope: str = "ops", *, ttl: float = 600, user: str = USER, target: str = TARGET,
                     now: float | None = None) -> Issued:  # fmt: skip
@@ -189,29 +176,8 @@ def make_config(base: Path, sshd: SshServer, *, warn_before: float = 1.5) -> Con
 def gateway(sshd_server: SshServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """One SSH gateway for the whole session, on uvloop in a thread of its own."""
     config = make_config(tmp_path_factory.mktemp("gw-ssh"), sshd_server)
-    loop = uvloop.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="gateway-ssh", daemon=True)
-    thread.start()
-
-    async def start() -> tuple[Services, SshListener]:
-        services = await build_services(config)
-        listener = SshListener(services)
-        await listener.start()
-        return services, listener
-
-    services, listener = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    gw = Gateway(config, services, listener, sshd_server, loop)
-    try:
-        yield gw
-    finally:
-
-        async def stop() -> None:
-            await listener.close()
-            await services.close()
-
-        gw.run_sync(stop())
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+    with serve_in_thread(config, SshListener, "gateway-ssh") as (services, listener, loop):
+        yield Gateway(config, services, listener, sshd_server, loop)
 
 
 def remote_pids(pattern: str) -> list[int]:
