@@ -419,7 +419,7 @@ def test_api_and_oidc_sections(tmp_path: Path) -> None:
         ('[oidc]\nissuer = "x"\naudience = "a"\njwks_url = "ftp://x"\n', "jwks_url"),
         ('[oidc]\nissuer = "x"\njwks_url = "https://x/j"\n', "audience"),
         ('[api]\nrequest_timeout = "soon"\n', "api.request_timeout"),
-        ('[api]\nadmin = true\n', "api.admin"),
+        ("[api]\nadmin = true\n", "api.admin"),
     ],
 )
 def test_api_and_oidc_errors(tmp_path: Path, text: str, words: str) -> None:

@@ -61,8 +61,12 @@ class FakeClock:
 def cast(path: Path, failures: Callable[[str], None], **kw: object) -> AsciicastRecorder:
     """Open an asciicast recorder with test defaults."""
     args: dict[str, object] = dict(
-        width=80, height=24, title="alice@db1", env={"TERM": "xterm-256color", "SHELL": "/bin/bash"},
-        started_at=time.time(), on_failure=failures,
+        width=80,
+        height=24,
+        title="alice@db1",
+        env={"TERM": "xterm-256color", "SHELL": "/bin/bash"},
+        started_at=time.time(),
+        on_failure=failures,
     )
     args.update(kw)
     return AsciicastRecorder.open(path, **args)  # type: ignore[arg-type]
@@ -93,8 +97,12 @@ def asciinema_cat(path: Path) -> subprocess.CompletedProcess[bytes]:
 
     try:
         return subprocess.run(
-            [exe, "cat", str(path)], stdin=slave, capture_output=True,
-            preexec_fn=take_tty, timeout=60, check=False,
+            [exe, "cat", str(path)],
+            stdin=slave,
+            capture_output=True,
+            preexec_fn=take_tty,
+            timeout=60,
+            check=False,
         )
     finally:
         os.close(slave)
@@ -333,7 +341,9 @@ async def test_short_writes_are_completed(tmp_path: Path, monkeypatch: pytest.Mo
     rec = cast(path, Failures())
     real = os.write
     monkeypatch.setattr(
-        os, "write", only_fd(lambda: rec._fd, lambda fd, data: real(fd, bytes(data)[:7]))  # type: ignore[arg-type]
+        os,
+        "write",
+        only_fd(lambda: rec._fd, lambda fd, data: real(fd, bytes(data)[:7])),  # type: ignore[arg-type]
     )
     rec.output(b"a fairly long line of output\r\n" * 20)
     digest = await rec.close()
@@ -391,8 +401,10 @@ async def test_statement_recorder_lines(tmp_path: Path) -> None:
     clock = FakeClock()
     path = tmp_path / "pg" / "s.jsonl"
     rec = StatementRecorder.open(
-        path, header={"session": "s1", "user": "alice", "target": "orders-db", "type": "x"},
-        on_failure=Failures(), clock=clock,
+        path,
+        header={"session": "s1", "user": "alice", "target": "orders-db", "type": "x"},
+        on_failure=Failures(),
+        clock=clock,
     )
     clock.now += 1.5
     rec.record({"type": "statement", "sql": "SELECT 'é', 1", "verdict": "allowed", "rows": 1})
@@ -436,8 +448,9 @@ async def test_binary_roundtrip(tmp_path: Path) -> None:
 
 async def test_binary_to_asciicast(tmp_path: Path) -> None:
     path = tmp_path / "exec.bin"
-    rec = BinaryStreamRecorder.open(path, title="t", env={"TERM": "dumb"}, started_at=time.time(),
-                                    on_failure=Failures())
+    rec = BinaryStreamRecorder.open(
+        path, title="t", env={"TERM": "dumb"}, started_at=time.time(), on_failure=Failures()
+    )
     rec.stdin(b"uname -a\n")
     rec.stdout("Linux host \u20ac".encode()[:-1])
     await asyncio.sleep(0.03)

@@ -54,8 +54,16 @@ def ignore(reason: str) -> None:
 async def make_cast(path: Path, script: list[tuple[float, str, object]]) -> Path:
     """Record `script` ([(t, call, arg)]) with the real AsciicastRecorder and a fake clock."""
     clock = [100.0]
-    rec = AsciicastRecorder.open(path, width=80, height=24, title="t", env={"TERM": "xterm"},
-                                 started_at=time.time(), on_failure=ignore, clock=lambda: clock[0])
+    rec = AsciicastRecorder.open(
+        path,
+        width=80,
+        height=24,
+        title="t",
+        env={"TERM": "xterm"},
+        started_at=time.time(),
+        on_failure=ignore,
+        clock=lambda: clock[0],
+    )
     for t, call, arg in script:
         clock[0] = 100.0 + t
         getattr(rec, call)(arg)
@@ -139,8 +147,10 @@ _ALLOWED_OUT = re.compile(r"\x1b\[(?:[0-9;:]*m|[0-9;]*[ABCDEFGHJKSTdefrXP@LM`a]|
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list("ab;[]0123?P_^X\\m\x1b\x07\x9b\x9c\x9d\r\n\b\t")), max_size=80),
-       st.lists(st.integers(min_value=0, max_value=80), max_size=6))
+@given(
+    st.text(alphabet=st.sampled_from(list("ab;[]0123?P_^X\\m\x1b\x07\x9b\x9c\x9d\r\n\b\t")), max_size=80),
+    st.lists(st.integers(min_value=0, max_value=80), max_size=6),
+)
 def test_fuzz_streaming_equals_one_shot_and_output_is_safe(text: str, cuts: list[int]) -> None:
     for keep in (True, False):
         n = Neutraliser(keep_sgr=keep)
@@ -204,8 +214,7 @@ async def keys_from(script: list[tuple[Callable[[], bool], str]]) -> AsyncIterat
 
 async def test_play_keys_speed_pause_step_quit(session_cast: Path) -> None:
     fake, out = FakeTime(), io.StringIO()
-    result = await play(session_cast, out, keys=keys_from([(lambda: True, "+")]), sleep=fake.sleep,
-                        clock=fake.clock)
+    result = await play(session_cast, out, keys=keys_from([(lambda: True, "+")]), sleep=fake.sleep, clock=fake.clock)
     assert fake.slept == pytest.approx(11.5 / 2, abs=1e-3) and result.events == 5
 
     fake, out = FakeTime(), io.StringIO()
@@ -235,20 +244,27 @@ async def test_torn_last_line_is_reported(session_cast: Path) -> None:
 
 async def test_bad_line_in_the_middle_is_skipped_with_a_warning(tmp_path: Path) -> None:
     path = tmp_path / "bad.cast"
-    path.write_text('{"version": 2, "width": 80, "height": 24}\n[0.1, "o", "a\\r\\n"]\nnot json\n'
-                    '[0.2, "o", "b\\r\\n"]\n[0.3, "o", "complete but no newline"]')
+    path.write_text(
+        '{"version": 2, "width": 80, "height": 24}\n[0.1, "o", "a\\r\\n"]\nnot json\n'
+        '[0.2, "o", "b\\r\\n"]\n[0.3, "o", "complete but no newline"]'
+    )
     out = io.StringIO()
     result = print_cast(path, out)
     assert out.getvalue() == "a\nb\ncomplete but no newline\n"
-    assert result.warnings == ["line 3 does not parse as an asciicast event: skipped",
-                               "line 5 lacks its newline (recording cut off)"]
+    assert result.warnings == [
+        "line 3 does not parse as an asciicast event: skipped",
+        "line 5 lacks its newline (recording cut off)",
+    ]
 
 
 async def test_replay_neutralises_hostile_output(tmp_path: Path) -> None:
-    path = await make_cast(tmp_path / "h.cast", [
-        (0.1, "output", f"x{ESC}]52;c;cm0gLXJm".encode()),
-        (0.2, "output", f"IH4K\x07y{ESC}]0;t\x07{ESC}[31mz{ESC}[6n".encode()),
-    ])
+    path = await make_cast(
+        tmp_path / "h.cast",
+        [
+            (0.1, "output", f"x{ESC}]52;c;cm0gLXJm".encode()),
+            (0.2, "output", f"IH4K\x07y{ESC}]0;t\x07{ESC}[31mz{ESC}[6n".encode()),
+        ],
+    )
     fake, out = FakeTime(), io.StringIO()
     await play(path, out, sleep=fake.sleep, clock=fake.clock)
     assert out.getvalue().startswith(f"xy{ESC}[31mz")
@@ -260,8 +276,9 @@ async def test_replay_neutralises_hostile_output(tmp_path: Path) -> None:
 
 async def test_follow_plays_a_live_recording_until_its_end_marker(tmp_path: Path) -> None:
     path = tmp_path / "live.cast"
-    rec = AsciicastRecorder.open(path, width=80, height=24, title="live", env={}, started_at=time.time(),
-                                 on_failure=ignore)
+    rec = AsciicastRecorder.open(
+        path, width=80, height=24, title="live", env={}, started_at=time.time(), on_failure=ignore
+    )
 
     async def session() -> None:
         rec.output(b"first\r\n")
@@ -284,8 +301,9 @@ async def test_follow_plays_a_live_recording_until_its_end_marker(tmp_path: Path
 
 async def test_follow_stops_when_closed_and_not_growing(tmp_path: Path) -> None:
     path = tmp_path / "live.cast"
-    rec = AsciicastRecorder.open(path, width=80, height=24, title="live", env={}, started_at=time.time(),
-                                 on_failure=ignore)
+    rec = AsciicastRecorder.open(
+        path, width=80, height=24, title="live", env={}, started_at=time.time(), on_failure=ignore
+    )
     live = [True]
 
     async def session() -> None:
@@ -321,23 +339,59 @@ async def test_print_and_play_binary_stream_recordings(tmp_path: Path) -> None:
 async def _statements(path: Path) -> Path:
     clock = [0.0]
     header = {"session": "pg-1", "user": "alice", "target": "orders-db", "started_at": 1764209936.0}
-    rec = StatementRecorder.open(path, header=header,
-                                 on_failure=ignore, clock=lambda: clock[0])
+    rec = StatementRecorder.open(path, header=header, on_failure=ignore, clock=lambda: clock[0])
     none = {"params": None, "rule": None, "reason": None, "rows": None, "sqlstate": None, "error": None}
     events = [  # as gateway/pg/journal.py writes them
-        {"type": "statement", "sql": "SELECT id FROM orders", **none, "verdict": "allow", "rows": 3,
-         "duration_ms": 1.25, "tx": "idle", "fingerprint": "f1", "kind": "select", "tables": ["orders"]},
+        {
+            "type": "statement",
+            "sql": "SELECT id FROM orders",
+            **none,
+            "verdict": "allow",
+            "rows": 3,
+            "duration_ms": 1.25,
+            "tx": "idle",
+            "fingerprint": "f1",
+            "kind": "select",
+            "tables": ["orders"],
+        },
         {"type": "statement", "sql": "BEGIN", **none, "verdict": "allow", "duration_ms": 0.1, "tx": "transaction"},
-        {"type": "statement", "sql": "UPDATE orders SET total = 0", **none, "verdict": "deny", "rule": "read-only",
-         "reason": "UPDATE on orders", "duration_ms": 0.0, "tx": "transaction"},
-        {"type": "statement", "sql": "SELECT * FROM nope", **none, "verdict": "allow", "sqlstate": "42P01",
-         "error": 'relation "nope" does not exist', "tx": "failed"},
+        {
+            "type": "statement",
+            "sql": "UPDATE orders SET total = 0",
+            **none,
+            "verdict": "deny",
+            "rule": "read-only",
+            "reason": "UPDATE on orders",
+            "duration_ms": 0.0,
+            "tx": "transaction",
+        },
+        {
+            "type": "statement",
+            "sql": "SELECT * FROM nope",
+            **none,
+            "verdict": "allow",
+            "sqlstate": "42P01",
+            "error": 'relation "nope" does not exist',
+            "tx": "failed",
+        },
         {"type": "statement", "sql": "COMMIT", **none, "verdict": "allow", "tx": "idle"},
         {"type": "transaction", "outcome": "rollback"},
-        {"type": "statement", "sql": f"SELECT '{ESC}]52;c;eA==\x07' WHERE id = $1", **none, "verdict": "allow",
-         "rows": 1, "params": ["42"]},
-        {"type": "statement", "sql": "SELECT pg_sleep(600)", **none, "verdict": "kill", "rule": "deadline",
-         "reason": "grant expired"},
+        {
+            "type": "statement",
+            "sql": f"SELECT '{ESC}]52;c;eA==\x07' WHERE id = $1",
+            **none,
+            "verdict": "allow",
+            "rows": 1,
+            "params": ["42"],
+        },
+        {
+            "type": "statement",
+            "sql": "SELECT pg_sleep(600)",
+            **none,
+            "verdict": "kill",
+            "rule": "deadline",
+            "reason": "grant expired",
+        },
         {"type": "statement", "sql": "SELECT 1", "verdict": "allowed", "rows": 1},  # older spelling
         {"type": "kill", "reason": "grant revoked"},
         {"type": "end", "reason": "killed"},
@@ -392,17 +446,21 @@ def test_input_lines_rebuild_typed_commands() -> None:
     assert keys.feed("\x15ls -la\x7f\x7fl\r") == ["ls -l"]
     assert keys.feed("echo one two\x17three\r") == ["echo one three"]
     assert keys.feed("cat fo\x1b[Dx\x1b[C\x1bOD\x1bOCo\r") == ["cat fxoo"]
-    assert keys.feed("abandoned\x03") == [] and keys.feed("\x1b[200~pasted\nlines\x1b[201~\r") == [
-        "pasted", "lines"]
+    assert keys.feed("abandoned\x03") == [] and keys.feed("\x1b[200~pasted\nlines\x1b[201~\r") == ["pasted", "lines"]
 
 
 async def test_search_statements_and_commands(tmp_path: Path, session_cast: Path) -> None:
     pg = await _statements(tmp_path / "pg.jsonl")
-    recordings = [("ssh-1", session_cast, "asciicast"), ("pg-1", pg, "statements"),
-                  ("gone", tmp_path / "missing.cast", "asciicast")]
+    recordings = [
+        ("ssh-1", session_cast, "asciicast"),
+        ("pg-1", pg, "statements"),
+        ("gone", tmp_path / "missing.cast", "asciicast"),
+    ]
     hits = list(search(recordings, "ls -l"))
     assert [(h.session_id, h.kind, h.text) for h in hits] == [
-        ("ssh-1", "input", "ls -l"), ("ssh-1", "command", "ls -l")]
+        ("ssh-1", "input", "ls -l"),
+        ("ssh-1", "command", "ls -l"),
+    ]
     assert hits[0].t == pytest.approx(0.9, abs=1e-3) and hits[1].t == pytest.approx(0.95, abs=1e-3)
     hits = list(search(recordings, r"^(UPDATE|DELETE)\b", regex=True))
     assert [(h.session_id, h.text, h.t) for h in hits] == [("pg-1", "UPDATE orders SET total = 0", 4.5)]
@@ -419,5 +477,6 @@ async def test_search_binary_markers(tmp_path: Path) -> None:
     rec.stdin(b"echo piped script\n")
     await rec.close()
     assert [(h.kind, h.text) for h in search([("e-1", path, "binary")], "tar")] == [
-        ("command", "tar cf - /var/lib/app")]
+        ("command", "tar cf - /var/lib/app")
+    ]
     assert [(h.kind, h.text) for h in search([("e-1", path, "ssh")], "piped")] == [("input", "echo piped script")]

@@ -207,5 +207,3 @@ async def gw(config: Config, api_keys: dict[str, str]) -> AsyncIterator[Running]
     async with aiohttp.ClientSession() as session:
         yield Running(svc, port, api_keys, session, stop)
     await stop()
-
-

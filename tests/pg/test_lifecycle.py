@@ -24,10 +24,13 @@ async def _open_with_sleep(gateway: Gateway, token: str) -> tuple[asyncpg.Connec
 
 async def _query_running(gateway: Gateway, sid: str) -> None:
     for _ in range(50):
-        if gateway.superuser(
-            f"SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE '%:{sid}' AND query LIKE '%pg_sleep%'"
-            " AND state = 'active'"
-        ) == "1":
+        if (
+            gateway.superuser(
+                f"SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE '%:{sid}'"
+                " AND query LIKE '%pg_sleep%' AND state = 'active'"
+            )
+            == "1"
+        ):
             return
         await asyncio.sleep(0.1)
     pytest.fail("pg_sleep never started upstream")
