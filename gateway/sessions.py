@@ -73,6 +73,11 @@ class LiveSession:
     def bind(self, *, kill: KillFn, warn: WarnFn | None = None) -> None:
         """The front end says how to tear the connection down and how to warn the user; timers start now."""
         self._kill, self._warn = kill, warn
+        if self._killing or self.closed:
+            # Killed (revoked, expired) between admission and bind: the front end was not listening
+            # yet, so tear its connection down now instead of letting it run unrecorded.
+            self._spawn(kill(self.end_reason or "session ended before it was set up"))
+            return
         self.registry._arm(self)
 
     async def audit(self, type_: str, *, severity: str = "info", **data: Any) -> None:

@@ -27,7 +27,7 @@ import pytest
 from gateway.api.auth import new_api_key
 from gateway.config import load_config
 from gateway.review.replay import END_MARKER, play
-from tests.control.conftest import USERS, Running, start_gateway, write_config
+from tests.control.conftest import USERS, Running, start_gateway, write_rig_config
 from tests.pg.rawclient import TERMINATE, RawClient, query, tags
 from tests.rig.postgres import PgCluster
 from tests.rig.sshd import SshServer
@@ -164,17 +164,7 @@ async def recorded(
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GW_TEST_RO_PASSWORD", pg_cluster.passwords["app_ro"])
         mp.setenv("GW_TEST_RW_PASSWORD", pg_cluster.passwords["app_rw"])
-        path = write_config(
-            root,
-            keys,
-            pg={"address": f"127.0.0.1:{pg_cluster.port}", "database": "orders"},
-            ssh={
-                "address": f"127.0.0.1:{sshd_server.port}",
-                "host_key": sshd_server.host_key_line,
-                "user": sshd_server.user,
-                "key_file": str(sshd_server.client_key_path),
-            },
-        )
+        path = write_rig_config(root, keys, pg_cluster, sshd_server)
         config = load_config(path, need_secrets=True)
         svc, port, stop = await start_gateway(config, enable=("postgres", "ssh", "http"))
     try:

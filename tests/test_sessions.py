@@ -191,6 +191,18 @@ async def test_no_timer_fires_before_bind_and_none_after_close(env: Env) -> None
     assert await env.events("session.kill", "s1") == []
 
 
+async def test_a_kill_before_bind_reaches_the_front_end_when_it_binds(env: Env) -> None:
+    # Revocation can land between admission (open_session) and the front end's bind: the connection
+    # must still be torn down once the front end says how.
+    s = await env.session("s1", "g1", T0 + 600, bind=False)
+    assert await env.registry.revoke("g1", "grant revoked: INC closed", by="carol") == 1
+    assert s.closed
+    h = env.handles["s1"]
+    s.bind(kill=h.kill, warn=h.warn)
+    await asyncio.sleep(0.05)
+    assert h.kills == ["grant revoked: INC closed"]
+
+
 async def test_deadline_is_the_token_exp(env: Env) -> None:
     s = await env.session("s1", "g1", T0 + 123, bind=False)
     assert s.deadline == T0 + 123 and s.user == "alice" and s.scope == "read"

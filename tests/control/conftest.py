@@ -112,6 +112,21 @@ def write_config(
     return path
 
 
+def write_rig_config(root: Path, keys: dict[str, str], pg: Any, sshd: Any) -> Path:
+    """write_config with the rig's PostgreSQL and sshd as targets (the caller sets GW_TEST_*_PASSWORD)."""
+    return write_config(
+        root,
+        keys,
+        pg={"address": f"127.0.0.1:{pg.port}", "database": "orders"},
+        ssh={
+            "address": f"127.0.0.1:{sshd.port}",
+            "host_key": sshd.host_key_line,
+            "user": sshd.user,
+            "key_file": str(sshd.client_key_path),
+        },
+    )
+
+
 @pytest.fixture
 def api_keys() -> dict[str, str]:
     """A fresh API key per configured user."""

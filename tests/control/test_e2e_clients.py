@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from gateway.config import load_config
-from tests.control.conftest import Running, start_gateway, write_config
+from tests.control.conftest import Running, start_gateway, write_rig_config
 from tests.rig.postgres import PgCluster
 from tests.rig.sshd import HELLO_TEXT, SshServer
 
@@ -33,17 +33,7 @@ async def full_gw(
     """App(config) with every listener, its targets the rig's PostgreSQL and sshd."""
     monkeypatch.setenv("GW_TEST_RO_PASSWORD", pg_cluster.passwords["app_ro"])
     monkeypatch.setenv("GW_TEST_RW_PASSWORD", pg_cluster.passwords["app_rw"])
-    path = write_config(
-        tmp_path,
-        api_keys,
-        pg={"address": f"127.0.0.1:{pg_cluster.port}", "database": "orders"},
-        ssh={
-            "address": f"127.0.0.1:{sshd_server.port}",
-            "host_key": sshd_server.host_key_line,
-            "user": sshd_server.user,
-            "key_file": str(sshd_server.client_key_path),
-        },
-    )
+    path = write_rig_config(tmp_path, api_keys, pg_cluster, sshd_server)
     config = load_config(path, need_secrets=True)
     svc, port, stop = await start_gateway(config, enable=("postgres", "ssh", "http"))
     async with aiohttp.ClientSession() as session:
@@ -115,8 +105,11 @@ async def test_psql_and_ssh_then_revoke(full_gw: Running) -> None:
         while (await _live(gw, pg_grant), await _live(gw, ssh_grant)) != (0, 0):
             assert time.monotonic() - t0 < 1.0, "revocation did not end the sessions within 1 s"
             await asyncio.sleep(0.05)
-        for proc in (psql, ssh):
-            code, _, _ = await _done(proc, 10)
+        for name, proc in (("psql", psql), ("ssh", ssh)):
+            try:
+                code, _, _ = await _done(proc, 10)
+            except TimeoutError:
+                raise AssertionError(f"{name} still running 10 s after its session was revoked") from None
             assert code != 0
     finally:
         for proc in (psql, ssh):
