@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from gateway.alerts import Alerts
-from gateway.approvals import Caller, check_text, conflict, invalid, may_manage_grant, not_found
+from gateway.approvals import Caller, conflict, invalid, may_manage_grant, not_found
+from gateway.review.sanitize import free_text_problem
 from gateway.sessions import SessionRegistry
 from gateway.store import GrantRecord, SessionRecord, Store, StoreError
 
@@ -11,9 +12,13 @@ MAX_REASON = 500
 
 
 def _reason(reason: str) -> str:
+    """The one check every revoke/kill reason passes, from the API and from the CLI on the embedded store."""
     if not reason.strip():
         raise invalid("a reason is required")
-    return check_text(reason, "reason", MAX_REASON)
+    problem = free_text_problem(reason, limit=MAX_REASON)
+    if problem is not None:
+        raise invalid(f"reason {problem}")
+    return reason
 
 
 async def revoke_grant(
