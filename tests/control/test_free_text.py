@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.approvals import Caller, WorkflowError, check_create, check_text
 from gateway.cli import main
+from gateway.config import Config
+from gateway.services import load_policies
 from tests.control.conftest import Running
 
 BAD = [
@@ -119,3 +122,15 @@ async def test_local_revoke_and_kill_reasons_refused(
     assert code == 1 and "reason contains a control" in err and "(\\x9b at position 2)" in err, err
     assert (await gw.services.store.get_session(s.id)).kill_requested is None  # type: ignore[union-attr]
     await s.close("test over")
+
+
+async def test_the_workflow_itself_refuses(config: Config) -> None:
+    """Behind the API: any other caller of the workflow (a console page, a script) gets the same check."""
+    policies = load_policies(config)
+    alice = Caller("alice", frozenset({"engineers"}))
+    with pytest.raises(WorkflowError) as exc:
+        check_create(config, policies, alice, "orders-db", "read", 900, "INC\x1b[2K")
+    assert exc.value.code == "invalid" and exc.value.message.startswith("reason contains a control")
+    with pytest.raises(WorkflowError) as exc:
+        check_text("ok\u202e", "comment", 500)
+    assert exc.value.message.startswith("comment contains a control")
