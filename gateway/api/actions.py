@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from gateway.alerts import Alerts
 from gateway.approvals import Caller, conflict, invalid, may_manage_grant, not_found
-from gateway.review.sanitize import free_text_problem
+from gateway.review.sanitize import MAX_FREE_TEXT, free_text_problem, printable
 from gateway.sessions import SessionRegistry
 from gateway.store import GrantRecord, SessionRecord, Store, StoreError
 
-MAX_REASON = 500
+MAX_REASON = MAX_FREE_TEXT
+
+
+def default_kill_reason(caller: Caller) -> str:
+    """The reason of a kill given none: the caller's name, made printable (an IdP name may carry anything)."""
+    return f"killed by {printable(caller.name)}"[:MAX_REASON]
 
 
 def _reason(reason: str) -> str:

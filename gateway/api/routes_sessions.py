@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api.actions import kill_session
+from gateway.api.actions import default_kill_reason, kill_session
 from gateway.api.body import free_text, q_bool, q_number, query, read_json
 from gateway.api.context import caller, ctx
 from gateway.approvals import not_found
@@ -75,6 +75,6 @@ async def kill(request: web.Request) -> web.Response:
     who = caller(request)
     svc = ctx(request).services
     s, here = await kill_session(
-        svc.store, svc.registry, who, request.match_info["id"], reason=body.get("reason") or f"killed by {who.name}"
+        svc.store, svc.registry, who, request.match_info["id"], reason=body.get("reason") or default_kill_reason(who)
     )
     return web.json_response({"id": s.id, "killed_here": here, "requested": True})

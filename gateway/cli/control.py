@@ -275,12 +275,13 @@ async def cmd_kill(args: argparse.Namespace) -> int:
         out = client_from(args.server).call("POST", f"/v1/sessions/{_id(args.session)}/kill", body)
         say(f"session {out['id']}: kill {'done' if out['killed_here'] else 'requested; it ends within 1 s'}")
         return 0
-    from gateway.api.actions import kill_session
+    from gateway.api.actions import default_kill_reason, kill_session
 
     who = _local_caller()
     async with services_from(args) as svc:
         try:
-            s, _ = await kill_session(svc.store, None, who, args.session, reason=args.reason or f"killed by {who.name}")
+            reason = args.reason or default_kill_reason(who)
+            s, _ = await kill_session(svc.store, None, who, args.session, reason=reason)
         except WorkflowError as exc:
             raise CliError(exc.message) from None
     say(f"session {s.id}: kill requested; the running gateway ends it within 1 s")

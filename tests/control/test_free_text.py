@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway.api.actions import default_kill_reason
 from gateway.approvals import Caller, WorkflowError, check_create, check_text
 from gateway.cli import main
 from gateway.config import Config
+from gateway.review.sanitize import free_text_problem
 from gateway.services import load_policies
 from tests.control.conftest import Running
 
@@ -134,3 +136,9 @@ async def test_the_workflow_itself_refuses(config: Config) -> None:
     with pytest.raises(WorkflowError) as exc:
         check_text("ok\u202e", "comment", 500)
     assert exc.value.message.startswith("comment contains a control")
+
+
+def test_default_kill_reason_passes_the_check_whatever_the_callers_name() -> None:
+    """A kill without a reason must not fail because an identity provider's user name carries a control."""
+    reason = default_kill_reason(Caller("eve\x1b[2K\u202e" + "x" * 600))
+    assert reason.startswith("killed by eve\\x1b[2K\\u202e") and free_text_problem(reason) is None
