@@ -62,27 +62,25 @@ class Access:
             policy = self.policies.scope(tgt.name, claims.scope)
             if policy is None:
                 raise AccessDenied("unknown-scope", f"scope {claims.scope!r} is not defined for {tgt.name}")
-            await self._check_session_limit(claims)
+            now = self.clock()
+            sid = secrets.token_hex(8)
+            session = LiveSession(
+                id=sid,
+                claims=claims,
+                target=tgt,
+                login=upstream,
+                policy=policy,
+                protocol=protocol,
+                client_addr=client_addr,
+                started_at=now,
+                recording_path=self._recording_path(sid, protocol, now),
+                store=self.store,
+                registry=self.registry,
+            )
+            await self._admit(session)
         except AccessDenied as denied:
             await self._audit_rejection(token, target, protocol, client_addr, denied)
             raise
-        now = self.clock()
-        sid = secrets.token_hex(8)
-        session = LiveSession(
-            id=sid,
-            claims=claims,
-            target=tgt,
-            login=upstream,
-            policy=policy,
-            protocol=protocol,
-            client_addr=client_addr,
-            started_at=now,
-            recording_path=self._recording_path(sid, protocol, now),
-            store=self.store,
-            registry=self.registry,
-        )
-        await self.store.add_session(new_session_record(session))
-        self.registry.add(session)
         await session.audit(
             "session.start",
             protocol=protocol,
@@ -139,12 +137,28 @@ class Access:
             raise AccessDenied("wrong-login", f"scope {claims.scope!r} logs in as {upstream.user!r}, not {login!r}")
         return upstream
 
-    async def _check_session_limit(self, claims: Claims) -> None:
-        if claims.max_sessions is None:
+    async def _admit(self, session: LiveSession) -> None:
+        """Check the grant's session limit and register the session as one indivisible step.
+
+        Checking first and inserting later let 8-12 concurrent connections all pass a limit of 1. Now the
+        in-process guard holds one lock per grant around count-and-insert, and the store counts and inserts
+        in one transaction, so other processes and replicas on the same store cannot slip in between either.
+        """
+        claims = session.claims
+        limit = claims.max_sessions
+        if limit is None:
+            await self.store.add_session(new_session_record(session))
+            self.registry.add(session)
             return
-        live = await self.store.list_sessions(grant_id=claims.jti, live=True)
-        if len(live) >= claims.max_sessions:
-            raise AccessDenied("max-sessions", f"this grant allows {claims.max_sessions} concurrent session(s)")
+        full = AccessDenied(
+            "max-sessions", f"this grant allows {limit} concurrent session(s) and that many are live; close one first"
+        )
+        async with self.registry.admitting(claims.jti):
+            if self.registry.live_count(claims.jti) >= limit:
+                raise full
+            if not await self.store.admit_session(new_session_record(session), max_live=limit):
+                raise full
+            self.registry.add(session)
 
     def _recording_path(self, sid: str, protocol: str, now: float) -> Path:
         day = time.strftime("%Y/%m/%d", time.gmtime(now))

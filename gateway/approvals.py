@@ -13,6 +13,7 @@ from gateway.config import Config
 from gateway.durations import format_duration
 from gateway.grants import GrantRefused, issue_grant
 from gateway.policy import Policies, ScopePolicy
+from gateway.review.sanitize import free_text_problem
 from gateway.store import GrantRecord, RequestRecord, Store
 from gateway.tokens import Claims, KeyRing
 
@@ -86,8 +87,7 @@ def check_create(
         raise forbidden(f"policy for {target}/{scope} does not let {caller.name} request it ({_requesters(policy)})")
     if not reason.strip():
         raise invalid("a reason is required (a ticket or incident id and why)")
-    if len(reason) > MAX_REASON:
-        raise invalid(f"reason is too long ({len(reason)} characters; at most {MAX_REASON})")
+    check_text(reason, "reason", MAX_REASON)
     if not ttl > 0:
         raise invalid("ttl must be more than zero seconds")
     if ttl > policy.max_ttl:
@@ -148,9 +148,10 @@ def may_manage_grant(grant: GrantRecord, caller: Caller) -> bool:
 
 
 def check_text(value: str, what: str, limit: int) -> str:
-    """A free-text field within its length limit."""
-    if len(value) > limit:
-        raise invalid(f"{what} is too long ({len(value)} characters; at most {limit})")
+    """A free-text field: within its length limit, printable, one line (the check the API and CLI share)."""
+    problem = free_text_problem(value, limit=limit)
+    if problem is not None:
+        raise invalid(f"{what} {problem}")
     return value
 
 

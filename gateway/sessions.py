@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,8 @@ class SessionRegistry:
         self.warn_before = warn_before
         self._alert = alert
         self._live: dict[str, LiveSession] = {}
+        # Admission against a session limit, one grant at a time: (lock, coroutines holding or waiting).
+        self._admitting: dict[str, tuple[asyncio.Lock, int]] = {}
 
     def __len__(self) -> int:
         return len(self._live)
@@ -201,6 +204,25 @@ class SessionRegistry:
     def add(self, s: LiveSession) -> None:
         """Register a session (timers start when the front end binds its kill handle)."""
         self._live[s.id] = s
+
+    def live_count(self, grant_id: str) -> int:
+        """How many sessions of this grant are live in this process."""
+        return sum(1 for s in self._live.values() if s.claims.jti == grant_id)
+
+    @asynccontextmanager
+    async def admitting(self, grant_id: str) -> AsyncIterator[None]:
+        """In-process guard: admissions of one grant run one at a time, so count-then-add cannot interleave."""
+        lock, users = self._admitting.get(grant_id, (asyncio.Lock(), 0))
+        self._admitting[grant_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._admitting[grant_id]
+            if users <= 1:
+                del self._admitting[grant_id]
+            else:
+                self._admitting[grant_id] = (lock, users - 1)
 
     def get(self, session_id: str) -> LiveSession | None:
         """A live session by id."""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -21,7 +22,7 @@ from gateway.config import Config, load_config
 from gateway.grants import issue_grant
 from gateway.policy import Policies
 from gateway.sessions import LiveSession, SessionRegistry
-from gateway.store import GrantRecord, SqliteStore
+from gateway.store import GrantRecord, SessionRecord, SqliteStore
 from gateway.tokens import Claims, KeyRing
 
 T0 = 1_700_000_000.0
@@ -543,3 +544,32 @@ async def test_sensitive_target_raises_an_alert(door: Door) -> None:
     s = await access.open_session(token=token, target="other-db", protocol="postgres", client_addr="x")
     await s.close("done")  # waits for the alert task
     assert alerts == [("session.sensitive", "alice started a session on sensitive target other-db")]
+
+
+@pytest.mark.parametrize("limit", [1, 4])
+async def test_concurrent_admissions_never_exceed_max_sessions(door: Door, limit: int) -> None:
+    """20 connections at once used to pass a limit of 1 together (check first, insert later)."""
+    token, grant = await door.issue(max_sessions=limit)
+    results = await asyncio.gather(*(door.open(token) for _ in range(20)), return_exceptions=True)
+    admitted = [r for r in results if isinstance(r, LiveSession)]
+    refused = [r for r in results if not isinstance(r, LiveSession)]
+    assert len(admitted) == limit
+    assert all(isinstance(r, AccessDenied) and r.code == "max-sessions" for r in refused), refused
+    assert len(await door.store.list_sessions(grant_id=grant.id, live=True)) == limit
+    assert door.registry.live_count(grant.id) == limit
+    rejected = await door.store.events(types=["token.rejected"])
+    assert len(rejected) == 20 - limit
+
+
+async def test_another_process_sessions_count_against_the_limit(door: Door, tmp_path: Path) -> None:
+    """A second store on the same file (another replica) already holds the only session: refused here."""
+    token, grant = await door.issue(max_sessions=1)
+    other = await SqliteStore(door.store.path).open()
+    try:
+        rec = SessionRecord("s_replica", grant.id, "alice", "orders-db", "read", "postgres", "x", T0)
+        assert await other.admit_session(rec, max_live=1)
+        with pytest.raises(AccessDenied) as info:
+            await door.open(token)
+        assert info.value.code == "max-sessions"
+    finally:
+        await other.close(checkpoint=False)

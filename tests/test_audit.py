@@ -151,7 +151,7 @@ def test_intact_chain_verifies(home: Path, capsys: pytest.CaptureFixture[str]) -
     assert side == [100, 200, 250]
     rc, out = cli(home, capsys, "audit", "verify")
     assert rc == 0, out
-    assert f"audit chain intact: {EVENTS} events, last signed checkpoint at #{EVENTS}" in out
+    assert f"audit chain intact: {EVENTS} events; last signed checkpoint at event #{EVENTS} (" in out
 
 
 def test_verify_does_not_add_a_checkpoint(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -523,8 +523,16 @@ def test_verify_chain_checks_the_signed_message() -> None:
 
 
 def test_verdict_descriptions() -> None:
-    assert Verdict(True, 3).describe() == "audit chain intact: 3 events"
-    assert (
-        Verdict(True, 3, last_checkpoint=2).describe() == "audit chain intact: 3 events, last signed checkpoint at #2"
+    assert Verdict(True, 0).describe() == "audit chain intact: 0 events"
+    assert Verdict(True, 3).describe() == (
+        "audit chain intact: 3 events; no signed checkpoint: none of them is covered by a signature "
+        "(deleting or rewriting them is not detected)"
+    )
+    assert Verdict(True, 3, last_checkpoint=2, last_checkpoint_ts=0.0).describe() == (
+        "audit chain intact: 3 events; last signed checkpoint at event #2 (1970-01-01 00:00:00 UTC); "
+        "events after #2 (1 of them) are not covered by a signature (deleting or rewriting them is not detected)"
+    )
+    assert Verdict(True, 3, last_checkpoint=3).describe() == (
+        "audit chain intact: 3 events; last signed checkpoint at event #3: every event is covered by a signature"
     )
     assert Verdict(False, 3, 2, "boom").describe() == "audit chain BROKEN at record #2: boom"

@@ -451,7 +451,37 @@ def test_audit_verify_after_cli_use(gw: Gw) -> None:
     gw("keys", "rotate")
     gw.grant(user="bob")
     rc, out, _ = gw("audit", "verify")
-    assert rc == 0 and "audit chain intact: 4 events, last signed checkpoint at #4" in out
+    assert rc == 0 and "audit chain intact: 4 events; last signed checkpoint at event #4 (" in out
+    assert "every event is covered by a signature" in out
+
+
+def test_audit_verify_says_what_the_signatures_do_not_cover(gw: Gw) -> None:
+    """Events after the last signed checkpoint can be deleted with write access to the store, and verify
+    still passes: the README and the output say so, with the count, instead of promising otherwise."""
+    gw.grant()  # 2 events, signed at exit
+
+    async def unsigned_events() -> None:
+        s = await gw.store().open()
+        for i in range(7):
+            await s.append("test.unsigned", data={"i": i})
+        await s.close(checkpoint=False)
+
+    arun(unsigned_events())
+    rc, out, _ = gw("audit", "verify")
+    assert rc == 0, out
+    line = out.splitlines()[0]
+    assert re.fullmatch(
+        r"audit chain intact: 9 events; last signed checkpoint at event #2 \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\); "
+        r"events after #2 \(7 of them\) are not covered by a signature \(deleting or rewriting them is not detected\)",
+        line,
+    ), line
+    # the limit, demonstrated: the unsigned tail cut off by someone with the file, and verify still passes
+    import sqlite3
+
+    with sqlite3.connect(gw.config.store_path) as db:
+        db.executescript("DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq > 4;")
+    rc, out, _ = gw("audit", "verify")
+    assert rc == 0 and "4 events; last signed checkpoint at event #2" in out and "(2 of them)" in out, out
 
 
 # --- plumbing ------------------------------------------------------------------------------------------

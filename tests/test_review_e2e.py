@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -176,10 +177,14 @@ async def recorded(
                 "GATEWAY_CREDENTIALS": "/nonexistent",
             }
             _, _, pg_token = await gw.approved_grant("alice", "bob", "orders-db", "read")
-            # The SSH grant's reason carries escape sequences too: `show` prints reasons.
-            req = await gw.ok("alice", "POST", "/v1/requests",
-                              {"target": "web-1", "scope": "shell", "ttl": "15m", "reason": EVIL_REASON})  # fmt: skip
-            await gw.ok("bob", "POST", f"/v1/requests/{req['id']}/approve", {"comment": "ok"})
+            # The SSH grant's reason carries escape sequences too: `show` prints reasons. The API refuses
+            # such a reason now (422), so it is written into the store as older data or a hand with the file would.
+            ask = {"target": "web-1", "scope": "shell", "ttl": "15m", "reason": "INC-77 disk full"}
+            req = await gw.ok("alice", "POST", "/v1/requests", ask)
+            approved = await gw.ok("bob", "POST", f"/v1/requests/{req['id']}/approve", {"comment": "ok"})
+            with sqlite3.connect(config.store_path) as db:
+                db.execute("UPDATE requests SET reason = ? WHERE id = ?", (EVIL_REASON, req["id"]))
+                db.execute("UPDATE grants SET reason = ? WHERE id = ?", (EVIL_REASON, approved["grant"]))
             tok = await gw.ok("alice", "GET", f"/v1/requests/{req['id']}/token")
             ssh_grant, ssh_token = tok["grant"], tok["token"]
 

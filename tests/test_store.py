@@ -394,3 +394,82 @@ async def test_sql_injection_in_filters_is_inert(store: SqliteStore) -> None:
     assert await store.events(session=evil) == []
     assert await store.list_sessions(user=evil) == []
     assert await store.get_session(evil + "zzzzzz") is None
+
+
+# --- admission against a session limit ----------------------------------------------------------------
+
+
+async def test_admit_session_counts_and_inserts_as_one_step(store: SqliteStore) -> None:
+    await store.add_grant(grant())
+    results = await asyncio.gather(*(store.admit_session(session(f"s_{i:06}"), max_live=2) for i in range(20)))
+    assert sum(results) == 2
+    assert len(await store.list_sessions(grant_id="g_1", live=True)) == 2
+    # an ended session frees its place; no limit means no count
+    first = (await store.list_sessions(grant_id="g_1", live=True))[0]
+    await store.end_session(first.id, ended_at=NOW + 5, reason="done", recording_sha256=None, stats={})
+    assert await store.admit_session(session("s_again"), max_live=2)
+    assert not await store.admit_session(session("s_full"), max_live=2)
+    assert await store.admit_session(session("s_nolimit"), max_live=None)
+
+
+async def test_admissions_from_two_store_instances_respect_the_limit(tmp_path: Path) -> None:
+    """Two connections to one file (the gateway and a second replica): together never above the limit."""
+    path = tmp_path / "shared.db"
+    a = await SqliteStore(path).open()
+    b = await SqliteStore(path).open()
+    try:
+        await a.add_grant(grant())
+        tries = [
+            s.admit_session(session(f"s_{n}{i:05}"), max_live=3) for i in range(15) for n, s in (("a", a), ("b", b))
+        ]
+        assert sum(await asyncio.gather(*tries)) == 3
+        assert len(await b.list_sessions(grant_id="g_1", live=True)) == 3
+    finally:
+        await a.close()
+        await b.close()
+
+
+_ADMITTER = """
+import asyncio, sys, time
+from pathlib import Path
+from gateway.store import SessionRecord, SqliteStore
+
+async def main(path: str, name: str, go: str) -> None:
+    store = await SqliteStore(Path(path)).open()
+    Path(go + "." + name).touch()  # ready
+    while not Path(go).exists():
+        await asyncio.sleep(0.001)
+    recs = [SessionRecord(f"s_{name}{i:04}", "g_1", "alice", "orders-db", "read", "postgres", "x", time.time())
+            for i in range(25)]
+    won = await asyncio.gather(*(store.admit_session(r, max_live=3) for r in recs))
+    await store.close()
+    print(sum(won))
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_admissions_from_two_processes_respect_the_limit(tmp_path: Path) -> None:
+    """Two OS processes (two replicas on one file) race 25 admissions each against max_sessions 3."""
+    import sys
+
+    path = tmp_path / "shared.db"
+    s = await SqliteStore(path).open()
+    await s.add_grant(grant())
+    go = tmp_path / "go"
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _ADMITTER, str(path), name, str(go), stdout=asyncio.subprocess.PIPE
+        )
+        for name in ("a", "b")
+    ]
+    for _ in range(1000):  # until both have opened the store and wait for the start
+        if all((tmp_path / f"go.{n}").exists() for n in ("a", "b")):
+            break
+        await asyncio.sleep(0.01)
+    go.touch()
+    outs = [await p.communicate() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert sum(int(out.strip()) for out, _ in outs) == 3
+    assert len(await s.list_sessions(grant_id="g_1", live=True)) == 3
+    await s.close()

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 from gateway.alerts import Alerts
-from gateway.approvals import Caller, check_text, conflict, invalid, may_manage_grant, not_found
+from gateway.approvals import Caller, conflict, invalid, may_manage_grant, not_found
+from gateway.review.sanitize import MAX_FREE_TEXT, free_text_problem, printable
 from gateway.sessions import SessionRegistry
 from gateway.store import GrantRecord, SessionRecord, Store, StoreError
 
-MAX_REASON = 500
+MAX_REASON = MAX_FREE_TEXT
+
+
+def default_kill_reason(caller: Caller) -> str:
+    """The reason of a kill given none: the caller's name, made printable (an IdP name may carry anything)."""
+    return f"killed by {printable(caller.name)}"[:MAX_REASON]
 
 
 def _reason(reason: str) -> str:
+    """The one check every revoke/kill reason passes, from the API and from the CLI on the embedded store."""
     if not reason.strip():
         raise invalid("a reason is required")
-    return check_text(reason, "reason", MAX_REASON)
+    problem = free_text_problem(reason, limit=MAX_REASON)
+    if problem is not None:
+        raise invalid(f"reason {problem}")
+    return reason
 
 
 async def revoke_grant(

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gateway.api.errors import ApiError, bad_request
 from gateway.durations import parse_duration
+from gateway.review.sanitize import free_text_problem
 
 Convert = Callable[[str, Any], Any]
 MAX_BODY = 64 * 1024
@@ -20,6 +21,19 @@ def text(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise bad_request(f"field {name!r} must be a string, got {_kind(value)}")
     return value
+
+
+def free_text(name: str, value: Any) -> str:
+    """A reason or comment: a string of printable text on one line, of sane length (else 422 naming the field).
+
+    These are shown to approvers and reviewers; an escape sequence in a reason once made scope `admin`
+    render as `read` in the approver's terminal. Output is neutralised too; this keeps new text clean.
+    """
+    checked = text(name, value)
+    problem = free_text_problem(checked)
+    if problem is not None:
+        raise ApiError("invalid", f"field {name!r} {problem}")
+    return checked
 
 
 def duration(name: str, value: Any) -> float:

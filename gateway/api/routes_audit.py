@@ -47,6 +47,8 @@ async def verify(request: web.Request) -> web.Response:
             "first_bad_seq": v.first_bad_seq,
             "problem": v.problem,
             "last_checkpoint": v.last_checkpoint,
+            "last_checkpoint_at": v.last_checkpoint_ts,
+            "unsigned_tail": v.unsigned_tail if v.ok else None,
             "summary": v.describe(),
         }
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.api.actions import revoke_grant
-from gateway.api.body import q_choice, query, read_json, text
+from gateway.api.body import free_text, q_choice, query, read_json
 from gateway.api.context import caller, ctx, no_store
 from gateway.approvals import grant_json, may_manage_grant, not_found
 
@@ -44,7 +44,7 @@ async def get(request: web.Request) -> web.Response:
 @routes.post("/v1/grants/{id}/revoke")
 async def revoke(request: web.Request) -> web.Response:
     """Revoke: refuse new connections, end every live session of the grant (here now, elsewhere within 1 s)."""
-    body = await read_json(request, {"reason": (text, True)})
+    body = await read_json(request, {"reason": (free_text, True)})
     c = ctx(request)
     svc = c.services
     grant, killed = await revoke_grant(

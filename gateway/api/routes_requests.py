@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.api.body import duration, q_bool, q_choice, query, read_json, text
+from gateway.api.body import duration, free_text, q_bool, q_choice, query, read_json, text
 from gateway.api.context import caller, ctx, no_store
 from gateway.approvals import REQUEST_STATES, approvals_needed, conflict, request_json
 from gateway.store import RequestRecord
 
 routes = web.RouteTableDef()
 
-_COMMENT = {"comment": (text, False)}
+_COMMENT = {"comment": (free_text, False)}
 
 
 def _view(request: web.Request, req: RequestRecord) -> dict[str, object]:
@@ -24,7 +24,7 @@ def _view(request: web.Request, req: RequestRecord) -> dict[str, object]:
 async def create(request: web.Request) -> web.Response:
     """Ask for access: target, scope, ttl (seconds or "15m"), reason."""
     body = await read_json(
-        request, {"target": (text, True), "scope": (text, True), "ttl": (duration, True), "reason": (text, True)}
+        request, {"target": (text, True), "scope": (text, True), "ttl": (duration, True), "reason": (free_text, True)}
     )
     c = ctx(request)
     req = await c.workflow.create(

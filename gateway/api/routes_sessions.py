@@ -6,8 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api.actions import kill_session
-from gateway.api.body import q_bool, q_number, query, read_json, text
+from gateway.api.actions import default_kill_reason, kill_session
+from gateway.api.body import free_text, q_bool, q_number, query, read_json
 from gateway.api.context import caller, ctx
 from gateway.approvals import not_found
 from gateway.store import SessionRecord
@@ -71,10 +71,10 @@ async def get(request: web.Request) -> web.Response:
 @routes.post("/v1/sessions/{id}/kill")
 async def kill(request: web.Request) -> web.Response:
     """End one live session (admins: any; engineers: their own)."""
-    body = await read_json(request, {"reason": (text, False)})
+    body = await read_json(request, {"reason": (free_text, False)})
     who = caller(request)
     svc = ctx(request).services
     s, here = await kill_session(
-        svc.store, svc.registry, who, request.match_info["id"], reason=body.get("reason") or f"killed by {who.name}"
+        svc.store, svc.registry, who, request.match_info["id"], reason=body.get("reason") or default_kill_reason(who)
     )
     return web.json_response({"id": s.id, "killed_here": here, "requested": True})

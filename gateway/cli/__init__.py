@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from gateway import __version__
 from gateway.cli import admin, control, demo, review, run
 from gateway.cli.common import CliError
+from gateway.review.sanitize import printable
 
 GROUPS = (admin, run, review, control, demo)
 
@@ -42,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = _run_async(result)
         return int(result or 0)
     except CliError as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
+        # Errors echo input and server messages (names, ids, reasons): shown inert like every stored value.
+        print(f"gateway: {printable(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import CliError, config_from, print_json, services_from, since_arg
+from gateway.cli.common import CliError, config_from, print_json, say, services_from, since_arg
 from gateway.cli.templates import EXAMPLE_POLICIES, config_template
 from gateway.durations import parse_duration
 from gateway.grants import GrantRefused, issue_grant
 from gateway.keyfiles import ensure_ssh_host_key, ensure_tls_cert
 from gateway.recording.check import check_recording
+from gateway.review.sanitize import MAX_FREE_TEXT, free_text_problem
 from gateway.store import Store
 from gateway.tokens import KeyRing, TokenError, unverified_claims, verify_token
 
@@ -90,6 +91,11 @@ async def cmd_grant(args: argparse.Namespace) -> int:
         ttl = parse_duration(args.ttl)
     except ValueError as exc:
         raise CliError(str(exc), 2) from None
+    # The same check the API applies: this text is shown to every reviewer and in the critical alert.
+    for flag, value, limit in (("--reason", args.reason, MAX_FREE_TEXT), ("--user", args.user, 100)):
+        problem = free_text_problem(value, limit=limit)
+        if problem is not None:
+            raise CliError(f"{flag} {problem}", 2)
     async with services_from(args) as svc:
         try:
             issued = await issue_grant(
@@ -132,7 +138,7 @@ async def cmd_grant(args: argparse.Namespace) -> int:
             }
         )
     else:
-        print(issued.token)
+        say(issued.token)
     return 0
 
 
@@ -195,9 +201,9 @@ async def cmd_audit_verify(args: argparse.Namespace) -> int:
     async with services_from(args, read_only=True) as svc:
         verdict = await svc.store.verify()
         problems = [] if args.no_recordings else await _check_recordings(svc.store)
-    print(verdict.describe())
+    say(verdict.describe())
     for p in problems:
-        print(f"recording problem: {p}")
+        say(f"recording problem: {p}")
     return 0 if verdict.ok and not problems else 1
 
 
@@ -218,5 +224,7 @@ async def cmd_audit_export(args: argparse.Namespace) -> int:
     async with services_from(args, read_only=True) as svc:
         events = await svc.store.events(since=since, types=args.type)
     for ev in events:
-        sys.stdout.write(json.dumps(ev.to_json(), sort_keys=True, ensure_ascii=False) + "\n")
+        # ASCII JSON: a reason's ESC, C1 CSI (U+009B) or bidi override arrives as \uXXXX, inert on a terminal,
+        # and a SIEM parses back exactly the same values (so re-verifying the hashes still works).
+        sys.stdout.write(json.dumps(ev.to_json(), sort_keys=True, ensure_ascii=True) + "\n")
     return 0

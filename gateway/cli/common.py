@@ -13,6 +13,7 @@ from typing import Any
 from gateway.config import Config, ConfigError, find_config_path, load_config
 from gateway.durations import parse_duration
 from gateway.policy import PolicyError
+from gateway.review.sanitize import printable
 from gateway.services import Services, build_services
 
 
@@ -63,15 +64,20 @@ def iso(ts: float | None) -> str:
     return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
 
 
+def say(text: object, *, err: bool = False) -> None:
+    """Print one line that carries stored or requester-controlled text, with every escape made visible."""
+    print(printable(text), file=sys.stderr if err else sys.stdout)
+
+
 def print_json(obj: Any) -> None:
-    """Pretty JSON on stdout."""
+    """Pretty JSON on stdout (ASCII only: escapes, C1 controls and bidi overrides come out as \\uXXXX)."""
     json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A plain aligned table on stdout."""
-    cells = [[str(c) for c in headers], *[[("-" if c is None else str(c)) for c in r] for r in rows]]
+    """A plain aligned table on stdout; every cell shown inert (stored text may carry terminal escapes)."""
+    cells = [[printable(c) for c in headers], *[[printable(c) for c in r] for r in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for r in cells:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

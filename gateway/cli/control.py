@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.approvals import Caller, WorkflowError
 from gateway.cli import connect
 from gateway.cli.client import ApiClient, check_server_url, client_from, save_credentials, server_from
-from gateway.cli.common import CliError, config_from, iso, print_json, print_table, services_from
+from gateway.cli.common import CliError, config_from, iso, print_json, print_table, say, services_from
 from gateway.durations import format_duration, parse_duration
 from gateway.policy import Policies, PolicyError, ScopePolicy
 
@@ -119,14 +119,14 @@ def cmd_login(args: argparse.Namespace) -> int:
     me = ApiClient(server, key).call("GET", "/v1/whoami")
     path = save_credentials(server, key)
     groups = ", ".join(me.get("groups", [])) or "no groups"
-    print(f"logged in to {server} as {me['user']} ({groups}); credentials in {path}")
+    say(f"logged in to {server} as {me['user']} ({groups}); credentials in {path}")
     return 0
 
 
 def cmd_whoami(args: argparse.Namespace) -> int:
     """Print the caller."""
     me = client_from(args.server).call("GET", "/v1/whoami")
-    print(f"{me['user']} ({', '.join(me['groups']) or 'no groups'}){' admin' if me['admin'] else ''} via {me['via']}")
+    say(f"{me['user']} ({', '.join(me['groups']) or 'no groups'}){' admin' if me['admin'] else ''} via {me['via']}")
     return 0
 
 
@@ -144,11 +144,11 @@ def cmd_request(args: argparse.Namespace) -> int:
     if args.json:
         print_json(req)
         return 0
-    print(req["id"])
+    say(req["id"])
     if req["state"] == "approved":
-        print(f"auto-approved by policy; get the token with: gateway token get {req['id']}", file=sys.stderr)
+        say(f"auto-approved by policy; get the token with: gateway token get {req['id']}", err=True)
     else:
-        print(f"waiting for {req['approvals_needed']} approval(s): gateway approve {req['id']}", file=sys.stderr)
+        say(f"waiting for {req['approvals_needed']} approval(s): gateway approve {req['id']}", err=True)
     return 0
 
 
@@ -192,7 +192,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
         extra = f" ({len(req['approvals'])}/{req['approvals_needed']} approvals)"
     elif req["state"] == "approved":
         extra = f" (grant {req['grant']})"
-    print(f"request {req['id']}: {req['state']}{extra}")
+    say(f"request {req['id']}: {req['state']}{extra}")
     return 0
 
 
@@ -200,7 +200,7 @@ def cmd_token_get(args: argparse.Namespace) -> int:
     """Print the JWT (stdout only, so `TOKEN=$(gateway token get REQ)` works)."""
     ident = _id(args.id)
     path = f"/v1/grants/{ident}/token" if ident.startswith("g_") else f"/v1/requests/{ident}/token"
-    print(client_from(args.server).call("GET", path)["token"])
+    say(client_from(args.server).call("GET", path)["token"])
     return 0
 
 
@@ -253,7 +253,7 @@ async def cmd_revoke(args: argparse.Namespace) -> int:
     """Revoke a grant."""
     if server_from(args.server):
         out = client_from(args.server).call("POST", f"/v1/grants/{_id(args.grant)}/revoke", {"reason": args.reason})
-        print(f"grant {out['id']} revoked; {out['sessions_ended']} live session(s) ended here, the rest within 1 s")
+        say(f"grant {out['id']} revoked; {out['sessions_ended']} live session(s) ended here, the rest within 1 s")
         return 0
     from gateway.api.actions import revoke_grant
 
@@ -264,7 +264,7 @@ async def cmd_revoke(args: argparse.Namespace) -> int:
             )
         except WorkflowError as exc:
             raise CliError(exc.message) from None
-    print(f"grant {g.id} revoked in the store; the running gateway ends its sessions within 1 s")
+    say(f"grant {g.id} revoked in the store; the running gateway ends its sessions within 1 s")
     return 0
 
 
@@ -273,17 +273,18 @@ async def cmd_kill(args: argparse.Namespace) -> int:
     if server_from(args.server):
         body = {"reason": args.reason} if args.reason else {}
         out = client_from(args.server).call("POST", f"/v1/sessions/{_id(args.session)}/kill", body)
-        print(f"session {out['id']}: kill {'done' if out['killed_here'] else 'requested; it ends within 1 s'}")
+        say(f"session {out['id']}: kill {'done' if out['killed_here'] else 'requested; it ends within 1 s'}")
         return 0
-    from gateway.api.actions import kill_session
+    from gateway.api.actions import default_kill_reason, kill_session
 
     who = _local_caller()
     async with services_from(args) as svc:
         try:
-            s, _ = await kill_session(svc.store, None, who, args.session, reason=args.reason or f"killed by {who.name}")
+            reason = args.reason or default_kill_reason(who)
+            s, _ = await kill_session(svc.store, None, who, args.session, reason=reason)
         except WorkflowError as exc:
             raise CliError(exc.message) from None
-    print(f"session {s.id}: kill requested; the running gateway ends it within 1 s")
+    say(f"session {s.id}: kill requested; the running gateway ends it within 1 s")
     return 0
 
 
@@ -326,9 +327,9 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         raise CliError(f"policy error: {exc}", 2) from None
     problems, warnings = check_policies(config.targets, config.users, policies)
     for tp in policies.targets():
-        print(f"{tp.target} ({tp.source})")
+        say(f"{tp.target} ({tp.source})")
         for name, sp in sorted(tp.scopes.items()):
-            print(f"  {name:<10} max {format_duration(sp.max_ttl):<6} {describe_approvals(sp)}")
+            say(f"  {name:<10} max {format_duration(sp.max_ttl):<6} {describe_approvals(sp)}")
     if config.users:
         print("who may request what:")
         for user in sorted(config.users.values(), key=lambda u: u.name):
@@ -339,11 +340,11 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
                 if sp.may_request(user.name, user.groups)
             ]
             groups = f" ({', '.join(sorted(user.groups))})" if user.groups else ""
-            print(f"  {user.name}{groups}: {', '.join(allowed) or 'nothing'}")
+            say(f"  {user.name}{groups}: {', '.join(allowed) or 'nothing'}")
     for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        say(f"warning: {w}", err=True)
     for p in problems:
-        print(f"error: {p}", file=sys.stderr)
+        say(f"error: {p}", err=True)
     return 2 if problems else 0
 
 

@@ -9,11 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import CliError, iso, print_json, print_table, services_from, since_arg
+from gateway.cli.common import CliError, iso, print_json, print_table, say, services_from, since_arg
 from gateway.durations import format_duration
 from gateway.recording.check import check_recording
 from gateway.review import replay as replay_mod
-from gateway.review.sanitize import neutralise
 from gateway.review.search import search as search_recordings
 from gateway.store import AuditEvent, SessionRecord, Store
 
@@ -141,13 +140,13 @@ async def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"session": row, "timeline": timeline})
         return 0
-    print(f"session {s.id}: {s.user} on {s.target} ({s.protocol}, scope {s.scope}) from {s.client_addr}")
+    say(f"session {s.id}: {s.user} on {s.target} ({s.protocol}, scope {s.scope}) from {s.client_addr}")
     if grant is not None:
         who = ", ".join(grant.approvers) or ("break-glass" if grant.break_glass else "-")
-        print(f"grant {grant.id}: reason {neutralise(grant.reason)!r}; approved by {who}; state {grant.state}")
-    print(f"recording {s.recording_path}")
+        say(f'grant {grant.id}: reason "{grant.reason}"; approved by {who}; state {grant.state}')
+    say(f"recording {s.recording_path}")
     for item in timeline:
-        print(f"{iso(item['ts'])}  {item['what']:<18} {neutralise(item['detail'])}")
+        say(f"{iso(item['ts'])}  {item['what']:<18} {item['detail']}")
     return 0
 
 
@@ -217,7 +216,7 @@ async def cmd_replay(args: argparse.Namespace) -> int:
     if ended and s.recording_sha256:
         problem = check_recording(path, s.recording_sha256)
         if problem:  # still shown: what is there is evidence too
-            print(f"gateway: warning: {problem}; `gateway audit verify` reports it", file=sys.stderr)
+            say(f"gateway: warning: {problem}; `gateway audit verify` reports it", err=True)
     if s.protocol == "postgres":
         result = replay_mod.print_statements(path, sys.stdout, color=sys.stdout.isatty())
     elif args.print_only:
@@ -234,7 +233,7 @@ async def cmd_replay(args: argparse.Namespace) -> int:
             is_live=is_live,
         )
     for w in result.warnings:
-        print(f"gateway: warning: {w}", file=sys.stderr)
+        say(f"gateway: warning: {w}", err=True)
     return 0
 
 
@@ -296,5 +295,5 @@ async def cmd_search(args: argparse.Namespace) -> int:
         print_json(rows)
     else:
         for r in rows:
-            print(f"{iso(r['ts'])}  {r['session']}  {r['user']}@{r['target']}  {r['kind']:<9}  {r['text']}")
+            say(f"{iso(r['ts'])}  {r['session']}  {r['user']}@{r['target']}  {r['kind']:<9}  {r['text']}")
     return 0 if hits else 1

@@ -16,18 +16,27 @@ So this module parses output as a VT parser would and lets through only a short 
 
 The parser is streaming (``Neutraliser.feed``) because a sequence can be split across two recorded
 events: a trailing partial sequence is held back, never emitted half-way.
+
+Stored *fields* (reasons, comments, end reasons, user and target names, alert texts) are another matter:
+they are one value in a table cell or a line, so `printable` shows every control, escape and invisible
+formatting character as a visible marker (``\x1b``, ``\u202e``) instead of running or dropping it: the
+reviewer sees that someone tried, and a reason can no longer move the cursor over the real scope. The same
+character class is what `free_text_problem` refuses at the API and the CLI, so new text is clean at the door.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 # Token kinds produced by the parser.
 TEXT, CTL, CSI, ESC = "text", "ctl", "csi", "esc"
 Token = tuple[str, str, str, str]  # (kind, params or text, intermediates, final)
 
-_SPECIAL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# C0, DEL, C1, and the bidi embedding/override/isolate controls (they reorder what follows on terminals
+# that implement bidi, so "nimda" can show as "admin"): never text.
+_SPECIAL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _STRING_END = re.compile(r"[\x07\x18\x1a\x1b\x9c]")
 _MAX_CSI = 64  # a longer control sequence is malformed or hostile: it is dropped whole
 
@@ -276,3 +285,52 @@ def render_final_text(events: Iterable[Sequence[object]]) -> str:
         if len(ev) >= 3 and ev[1] == "o" and isinstance(ev[2], str):
             screen.feed(ev[2])
     return screen.text()
+
+
+# --- single stored values: visible markers; and the input check that keeps new ones clean ---------------
+
+# Controls (C0, DEL, C1), formatting characters (bidi marks and overrides, zero-width characters, BOM),
+# surrogates, and line/paragraph separators: nothing a reason or a name needs, all of it able to change
+# what a terminal shows.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+MAX_FREE_TEXT = 500
+"""The longest reason or comment accepted (characters)."""
+
+
+def unsafe_char(ch: str) -> bool:
+    """True for a character that may act on a terminal or hide text instead of being shown."""
+    return unicodedata.category(ch) in _UNSAFE_CATEGORIES
+
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def marker(ch: str) -> str:
+    """The visible stand-in for an unsafe character: ``\x1b``, ``\x9b``, ``\u202e``."""
+    code = ord(ch)
+    if ch in _NAMED:
+        return _NAMED[ch]
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def printable(value: object) -> str:
+    """One stored value as inert single-line text: every unsafe character replaced by its visible marker."""
+    text = "-" if value is None else str(value)
+    if not any(unsafe_char(ch) for ch in text):
+        return text
+    return "".join(marker(ch) if unsafe_char(ch) else ch for ch in text)
+
+
+def free_text_problem(value: str, *, limit: int = MAX_FREE_TEXT) -> str | None:
+    """Why `value` is refused as a reason or comment (too long, or an unsafe character), or None."""
+    if len(value) > limit:
+        return f"is too long ({len(value)} characters; at most {limit})"
+    for i, ch in enumerate(value):
+        if unsafe_char(ch):
+            return (
+                f"contains a control or invisible formatting character ({marker(ch)} at position {i + 1}); "
+                "only printable text on one line is accepted"
+            )
+    return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -84,20 +85,47 @@ class Verdict:
     first_bad_seq: int | None = None
     problem: str = ""
     last_checkpoint: int | None = None
+    last_checkpoint_ts: float | None = None
+
+    @property
+    def unsigned_tail(self) -> int:
+        """How many events come after the last signed checkpoint (covered only by the unkeyed chain)."""
+        return self.checked - (self.last_checkpoint or 0)
 
     def describe(self) -> str:
-        """One line for the CLI."""
-        if self.ok:
-            cp = f", last signed checkpoint at #{self.last_checkpoint}" if self.last_checkpoint else ""
-            return f"audit chain intact: {self.checked} events{cp}"
-        where = f"record #{self.first_bad_seq}" if self.first_bad_seq is not None else "chain"
-        return f"audit chain BROKEN at {where}: {self.problem}"
+        """One line for the CLI, saying exactly what was proven and what was not."""
+        if not self.ok:
+            where = f"record #{self.first_bad_seq}" if self.first_bad_seq is not None else "chain"
+            return f"audit chain BROKEN at {where}: {self.problem}"
+        head = f"audit chain intact: {self.checked} events"
+        if self.checked == 0:
+            return head
+        # The hash chain is unkeyed: whoever can write the store can rewrite rows and recompute it. Only a
+        # signed checkpoint binds events to the gateway's key, so say which events one covers.
+        if self.last_checkpoint is None:
+            return (
+                f"{head}; no signed checkpoint: none of them is covered by a signature "
+                "(deleting or rewriting them is not detected)"
+            )
+        when = _utc(self.last_checkpoint_ts)
+        cp = f"last signed checkpoint at event #{self.last_checkpoint}{when}"
+        if self.unsigned_tail == 0:
+            return f"{head}; {cp}: every event is covered by a signature"
+        return (
+            f"{head}; {cp}; events after #{self.last_checkpoint} ({self.unsigned_tail} of them) are not covered "
+            "by a signature (deleting or rewriting them is not detected)"
+        )
+
+
+def _utc(ts: float | None) -> str:
+    return "" if ts is None else time.strftime(" (%Y-%m-%d %H:%M:%S UTC)", time.gmtime(ts))
 
 
 def verify_chain(
     rows: Iterable[Row], checkpoints: Iterable[Checkpoint], verify_sig: Callable[[str, str, bytes], bool]
 ) -> Verdict:
-    """Walk rows in stored order; detect edits, deletions, reordering, insertions and a truncated tail."""
+    """Walk rows in stored order; detect edits, deletions, reordering, insertions, and truncation up to the last
+    signed checkpoint (rows after it are covered only by the unkeyed chain: see Verdict.describe)."""
     prev = GENESIS
     expected_seq = 1
     heads: dict[int, str] = {}
@@ -119,7 +147,7 @@ def verify_chain(
         heads[seq] = row.hash
         prev = row.hash
         expected_seq += 1
-    last_cp = None
+    last_cp: Checkpoint | None = None
     for cp in sorted(checkpoints, key=lambda c: c.seq):
         if not verify_sig(cp.kid, cp.signature, checkpoint_message(cp.seq, cp.head)):
             return Verdict(False, count, cp.seq, f"checkpoint at #{cp.seq} has an invalid signature")
@@ -132,5 +160,7 @@ def verify_chain(
             )
         if heads[cp.seq] != cp.head:
             return Verdict(False, count, cp.seq, f"record #{cp.seq} does not match the signed checkpoint")
-        last_cp = cp.seq
-    return Verdict(True, count, last_checkpoint=last_cp)
+        last_cp = cp
+    if last_cp is None:
+        return Verdict(True, count)
+    return Verdict(True, count, last_checkpoint=last_cp.seq, last_checkpoint_ts=last_cp.ts)

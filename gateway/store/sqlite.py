@@ -325,23 +325,33 @@ class SqliteStore:
     # --- sessions ----------------------------------------------------------------------------------
 
     async def add_session(self, s: SessionRecord) -> None:
-        """Store a session at its start."""
-        await self._write(
-            "INSERT INTO sessions (id,grant_id,user,target,scope,protocol,client_addr,started_at,recording_path,stats)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (
-                s.id,
-                s.grant_id,
-                s.user,
-                s.target,
-                s.scope,
-                s.protocol,
-                s.client_addr,
-                s.started_at,
-                s.recording_path,
-                json.dumps(s.stats),
-            ),
-        )
+        """Store a session at its start (no limit: admission against a limit uses `admit_session`)."""
+        await self._write(_INSERT_SESSION, _session_args(s))
+
+    async def admit_session(self, s: SessionRecord, *, max_live: int | None) -> bool:
+        """Insert a session only if its grant has fewer than `max_live` live sessions; False when full.
+
+        The count and the insert are one immediate transaction: it takes SQLite's write lock before
+        counting, so no other connection (another coroutine here, another process or replica on the same
+        file) can insert between them. A PostgreSQL store does the same in one transaction that first
+        takes `pg_advisory_xact_lock(hashtext('sessions:' || grant_id))`, then counts, inserts, commits.
+        """
+        async with self._lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                if max_live is not None:
+                    sql = "SELECT count(*) FROM sessions WHERE grant_id = ? AND ended_at IS NULL"
+                    async with self.db.execute(sql, (s.grant_id,)) as cur:
+                        row = await cur.fetchone()
+                    if row is not None and int(row[0]) >= max_live:
+                        await self.db.execute("ROLLBACK")
+                        return False
+                await self.db.execute(_INSERT_SESSION, _session_args(s))
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+        return True
 
     async def end_session(
         self, session_id: str, *, ended_at: float, reason: str, recording_sha256: str | None, stats: dict[str, Any]
@@ -467,3 +477,24 @@ class SqliteStore:
         sql = f"SELECT * FROM requests WHERE {' AND '.join(where)} ORDER BY created_at DESC"  # noqa: S608
         async with self.db.execute(sql, args) as cur:
             return [request_row(r) for r in await cur.fetchall()]
+
+
+_INSERT_SESSION = (
+    "INSERT INTO sessions (id,grant_id,user,target,scope,protocol,client_addr,started_at,recording_path,stats)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+def _session_args(s: SessionRecord) -> tuple[object, ...]:
+    return (
+        s.id,
+        s.grant_id,
+        s.user,
+        s.target,
+        s.scope,
+        s.protocol,
+        s.client_addr,
+        s.started_at,
+        s.recording_path,
+        json.dumps(s.stats),
+    )

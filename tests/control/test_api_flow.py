@@ -209,6 +209,10 @@ async def test_audit_is_admin_only(gw: Running) -> None:
     assert [e["type"] for e in out["events"]] == ["gateway.start"]
     v = await gw.ok("erin", "GET", "/v1/audit/verify")
     assert v["ok"] is True
+    # what the signatures cover, in numbers: events after the last checkpoint are only chained, not signed
+    cp = v["last_checkpoint"] or 0
+    assert v["unsigned_tail"] == v["checked"] - cp and v["unsigned_tail"] > 0
+    assert f"({v['unsigned_tail']} of them) are not covered by a signature" in v["summary"] or cp == 0
 
 
 async def test_public_endpoints(gw: Running) -> None:

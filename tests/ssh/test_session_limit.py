@@ -1,0 +1,91 @@
+"""`max_sessions` under 20 concurrent stock OpenSSH clients: exactly the limit get a shell on the real sshd."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+
+import asyncssh
+
+from gateway.grants import issue_grant
+from tests.ssh.conftest import SSH_OPTS, TARGET, USER, Gateway
+
+CLIENTS = 20
+LIMIT = 2
+CANARY = "sleep 2.713"  # the admitted clients' upstream command, found on the rig's sshd side by pgrep
+
+
+def upstream_canaries() -> int:
+    """Processes whose whole command line is the canary: the upstream's, not the local clients' argv."""
+    out = subprocess.run(["pgrep", "-f", "-x", CANARY], capture_output=True, text=True)
+    return len(out.stdout.split())
+
+
+async def test_concurrent_ssh_connects_admit_exactly_max_sessions(gateway: Gateway) -> None:
+    svc = gateway.services
+    issued = await gateway.run(
+        issue_grant(gateway.config, svc.ring, svc.store, svc.policies, user=USER, target=TARGET, scope="ops",
+                    ttl=600, reason="TEST-limit", approvers=("bob",), now=time.time(), max_sessions=LIMIT)
+    )  # fmt: skip
+    argv = ["sshpass", "-P", "Approval token", "-p", issued.token, "ssh", *SSH_OPTS,
+            "-o", "PreferredAuthentications=keyboard-interactive", "-p", str(gateway.port),
+            f"{TARGET}@{gateway.host}", f"{CANARY}; echo admitted"]  # fmt: skip
+    peak = 0
+    done = asyncio.Event()
+
+    async def watch_upstream() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, await asyncio.to_thread(upstream_canaries))
+            await asyncio.sleep(0.02)
+
+    async def client() -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    watcher = asyncio.create_task(watch_upstream())
+    results = await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    done.set()
+    await watcher
+    admitted = [r for r in results if r[1].strip() == "admitted"]
+    refused = [r for r in results if r[1].strip() != "admitted"]
+    assert len(admitted) == LIMIT, results
+    for code, _, err in refused:
+        assert code != 0 and f"this grant allows {LIMIT} concurrent session(s)" in err, err
+    assert 1 <= peak <= LIMIT, f"upstream ran the canary {peak} times at once for max_sessions={LIMIT}"
+    sessions = await gateway.run(svc.store.list_sessions(grant_id=issued.grant.id))
+    assert len(sessions) == LIMIT
+
+
+async def test_concurrent_asyncssh_connects_admit_exactly_max_sessions(gateway: Gateway) -> None:
+    """In-process clients authenticate within a few ms of each other: the race the old check lost (20 of 20)."""
+    svc = gateway.services
+    issued = await gateway.run(
+        issue_grant(gateway.config, svc.ring, svc.store, svc.policies, user=USER, target=TARGET, scope="ops",
+                    ttl=600, reason="TEST-limit", approvers=("bob",), now=time.time(), max_sessions=LIMIT)
+    )  # fmt: skip
+
+    async def client() -> asyncssh.SSHClientConnection | BaseException:
+        try:
+            return await gateway.connect(issued.token)
+        except Exception as exc:
+            return exc
+
+    results = await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    admitted = [r for r in results if isinstance(r, asyncssh.SSHClientConnection)]
+    refused = [r for r in results if not isinstance(r, asyncssh.SSHClientConnection)]
+    try:
+        assert len(admitted) == LIMIT, f"{len(admitted)} of {CLIENTS} admitted with max_sessions={LIMIT}"
+        assert all(isinstance(r, asyncssh.PermissionDenied) for r in refused), refused
+        runs = [asyncio.create_task(c.run(f"{CANARY}; echo admitted", check=True)) for c in admitted]
+        await asyncio.sleep(1.0)
+        assert await asyncio.to_thread(upstream_canaries) == LIMIT
+        assert [r.stdout for r in await asyncio.gather(*runs)] == ["admitted\n"] * LIMIT
+    finally:
+        for c in admitted:
+            c.close()
+    assert len(await gateway.run(svc.store.list_sessions(grant_id=issued.grant.id))) == LIMIT
