@@ -471,8 +471,9 @@ def test_sqlglot_special_function_parsers_meet_the_allowlist() -> None:
 def test_function_lists_do_not_overlap() -> None:
     assert not fn.READ_FUNCTIONS & fn.WRITE_DENIED_FUNCTIONS
     assert not [f for f in fn.READ_FUNCTIONS if f.startswith(fn.WRITE_DENIED_PREFIXES)]
-    assert {"pg_sleep", "txid_current", "now", "version"} <= fn.READ_FUNCTIONS
+    assert {"pg_sleep", "txid_current_if_assigned", "now", "version"} <= fn.READ_FUNCTIONS
     assert not {"query_to_xml", "set_config", "nextval", "lo_import", "pg_read_file"} & fn.READ_FUNCTIONS
+    assert not {"txid_current", "pg_current_xact_id", "cursor_to_xml", "ts_stat", "lo_create"} & fn.READ_FUNCTIONS
 
 
 # --- EXECUTE and prepared statements ---------------------------------------------------------------

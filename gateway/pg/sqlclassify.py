@@ -13,7 +13,7 @@ setting that would make the server and our lexer disagree about where strings en
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlglot import exp
 
@@ -50,6 +50,14 @@ class Facts(NamedTuple):
     tables: frozenset[str] = frozenset()
     functions: frozenset[str] = frozenset()
     has_where: bool = True
+    attributes: frozenset[tuple[str, str]] = frozenset()  # `x.name` that may call name(x): sqlanalyze
+    types: frozenset[str] = frozenset()  # types converted to
+    operators: frozenset[str] = frozenset()
+
+
+def _calls(a: Analysis) -> dict[str, frozenset[Any]]:
+    """The call-like facts of an analysis that are not `name (` calls, as Facts fields."""
+    return {"attributes": a.attributes, "types": a.types, "operators": a.operators}
 
 
 UNPARSEABLE = "could not be parsed safely"
@@ -137,7 +145,7 @@ def _query(t: list[Token], cx: Context) -> Facts:
         command = "SELECT" if first == "(" else first.upper()
         return unparseable(why, command)._replace(kind=kind, tables=tables, functions=functions)
     command = WRITE_NODES.get(type(a.root)) or ("VALUES" if isinstance(a.root, exp.Values) else "SELECT")
-    base = Facts("read", command, "read", "", a.tables, a.functions, not a.unguarded)
+    base = Facts("read", command, "read", "", a.tables, a.functions, not a.unguarded, **_calls(a))
     if a.select_into:
         return base._replace(kind="ddl", needs="admin", reason="SELECT INTO creates a table")
     if command not in ("SELECT", "VALUES"):
@@ -228,7 +236,7 @@ def _execute(t: list[Token], cx: Context) -> Facts:
     """EXECUTE runs a statement checked when it was prepared: decide() looks it up by name."""
     if len(t) < 2 or t[1][0] not in (IDENT, QIDENT):
         return unparseable("expected EXECUTE name", "EXECUTE")
-    functions: frozenset[str] = frozenset()
+    facts = Facts("unknown", "EXECUTE", "admin", f"runs prepared statement {t[1][1]}")
     if len(t) > 2:
         close = close_paren(t, 2)
         if not punct(t, 2, "(") or close != len(t) - 1:
@@ -236,8 +244,8 @@ def _execute(t: list[Token], cx: Context) -> Facts:
         a = _expr(t[3:close], "EXECUTE", cx)  # parameters are expressions and may call functions
         if isinstance(a, Facts):
             return a
-        functions = a.functions
-    return Facts("unknown", "EXECUTE", "admin", f"runs prepared statement {t[1][1]}", functions=functions)
+        facts = facts._replace(functions=a.functions, **_calls(a))
+    return facts
 
 
 # --- session, transaction and cursor statements ----------------------------------------------------
@@ -432,14 +440,14 @@ def _copy(t: list[Token], cx: Context) -> Facts:
 
 
 def _copy_from(t: list[Token], i: int, tables: frozenset[str], cx: Context) -> Facts:
-    functions: frozenset[str] = frozenset()
+    facts = Facts("write", "COPY", "write", "COPY FROM STDIN", tables)
     where = find_kw(t, i, "where")
     if where > 0:
         a = _expr(t[where + 1 :], "COPY", cx)  # COPY ... FROM STDIN WHERE <condition> may call functions
         if isinstance(a, Facts):
             return a
-        functions = a.functions
-    return Facts("write", "COPY", "write", "COPY FROM STDIN", tables, functions)
+        facts = facts._replace(functions=a.functions, **_calls(a))
+    return facts
 
 
 def _lock(t: list[Token], cx: Context) -> Facts:
@@ -461,7 +469,7 @@ def _call(t: list[Token], cx: Context) -> Facts:
     a = _expr(t[1:], "CALL", cx)
     if isinstance(a, Facts):
         return a
-    return Facts("write", "CALL", "write", "runs a procedure", a.tables, a.functions)
+    return Facts("write", "CALL", "write", "runs a procedure", a.tables, a.functions, **_calls(a))
 
 
 # --- DDL, DCL, maintenance -------------------------------------------------------------------------

@@ -53,6 +53,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gateway.pg import sqlfunctions as fn
+from gateway.pg.catalog import Catalog
+from gateway.pg.pgcatalog15 import UNARY_BUILTINS
+from gateway.pg.sqlanalyze import EXPRESSION
 from gateway.pg.sqlclassify import (
     UNPARSEABLE,
     Budget,
@@ -88,6 +91,15 @@ class Statement:
     has_where: bool  # False when an UPDATE or DELETE in it (CTEs included) has no WHERE
     reason: str  # why kind/needs are what they are; "could not be parsed safely: ..." when unknown
     needs: str  # the least mode that may run it: read, write, admin, or never
+    # Calls the server may make that are not `name (`, resolved by decide() against the catalogue:
+    attributes: frozenset[tuple[str, str]] = frozenset()  # (relation, name) of `x.name`: sqlanalyze
+    types: frozenset[str] = frozenset()  # types converted to (x::t, CAST(x AS t), t 'literal')
+    operators: frozenset[str] = frozenset()
+
+    def again(self, text: str) -> Statement:
+        """The same statement with another text (same fingerprint, other literals)."""
+        return Statement(text, self.kind, self.command, self.tables, self.functions, self.has_where, self.reason,
+                         self.needs, self.attributes, self.types, self.operators)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +217,8 @@ def _statement(text: str, f: Facts, toks: list[Token]) -> Statement:
     functions = f.functions | dangerous_calls(toks) if toks else f.functions
     if f.needs != "never" and (why := lexing_calls(toks)) is not None:
         f = f._replace(needs="never", reason=why)
-    return Statement(text, f.kind, f.command, f.tables, functions, f.has_where, f.reason, f.needs)
+    return Statement(text, f.kind, f.command, f.tables, functions, f.has_where, f.reason, f.needs,
+                     f.attributes, f.types, f.operators)  # fmt: skip
 
 
 def _retext(ins: Inspection, texts: list[str]) -> Inspection:
@@ -214,14 +227,10 @@ def _retext(ins: Inspection, texts: list[str]) -> Inspection:
         s, t = ins.statements[0], texts[0]
         if s.text == t:
             return ins
-        one = Statement(t, s.kind, s.command, s.tables, s.functions, s.has_where, s.reason, s.needs)
-        return Inspection((one,), ins.fingerprint, ins.error)
+        return Inspection((s.again(t),), ins.fingerprint, ins.error)
     if all(s.text == t for s, t in zip(ins.statements, texts, strict=True)):
         return ins
-    stmts = tuple(
-        Statement(t, s.kind, s.command, s.tables, s.functions, s.has_where, s.reason, s.needs)
-        for s, t in zip(ins.statements, texts, strict=True)
-    )
+    stmts = tuple(s.again(t) for s, t in zip(ins.statements, texts, strict=True))
     return Inspection(stmts, ins.fingerprint, ins.error)
 
 
@@ -242,14 +251,21 @@ def statement_name(stmt: Statement) -> str | None:
 # --- decide ----------------------------------------------------------------------------------------
 
 
-def decide(ins: Inspection, policy: SqlPolicy, prepared: Mapping[str, Inspection] | None = None) -> Decision:
+def decide(
+    ins: Inspection,
+    policy: SqlPolicy,
+    prepared: Mapping[str, Inspection] | None = None,
+    catalog: Catalog | None = None,
+) -> Decision:
     """The scope's decision on a whole text: mode floor, then rules, then detections.
 
     `prepared` maps prepared-statement names to the Inspection that created them (the Parse
     message's query, or the PREPARE statement); EXECUTE of a name not in it is denied below admin.
+    `catalog` is the target's (gateway.pg.catalog); without it, names are judged by PostgreSQL 15's
+    built-ins and `(expr).name` that may be a call of an unknown function is denied below admin.
     """
     mode = policy.mode if policy.mode in ("read", "write", "admin") else "read"
-    floor = next((d for s in ins.statements if (d := _floor(s, mode, policy, prepared)) is not None), None)
+    floor = next((d for s in ins.statements if (d := _floor(s, mode, policy, prepared, catalog)) is not None), None)
     stmts = list(_with_prepared(ins.statements, prepared))
     verdict, alerts = _rules(stmts, policy.rules)
     if verdict is not None and verdict.verdict is Verdict.KILL:
@@ -262,15 +278,19 @@ def decide(ins: Inspection, policy: SqlPolicy, prepared: Mapping[str, Inspection
     return Decision.allow(*dict.fromkeys(alerts))
 
 
-def _floor(s: Statement, mode: str, policy: SqlPolicy, prepared: Mapping[str, Inspection] | None) -> Decision | None:
+def _floor(
+    s: Statement, mode: str, policy: SqlPolicy, prepared: Mapping[str, Inspection] | None, catalog: Catalog | None
+) -> Decision | None:
     """Why the scope's mode refuses this statement, or None."""
     if _is_execute(s) and mode != "admin":
-        denied = _execute_floor(s, mode, policy, prepared)
+        denied = _execute_floor(s, mode, policy, prepared, catalog)
         if denied is not None:
             return denied
     elif _RANK.get(s.needs, 3) > _RANK[mode]:
         return _refusal(s, mode)
-    return _function_floor(s, mode, policy.extra_functions)
+    if mode == "admin":
+        return None
+    return _function_floor(s, mode, policy.extra_functions, catalog)
 
 
 def _is_execute(s: Statement) -> bool:
@@ -290,28 +310,85 @@ def _refusal(s: Statement, mode: str) -> Decision:
 
 
 def _execute_floor(
-    s: Statement, mode: str, policy: SqlPolicy, prepared: Mapping[str, Inspection] | None
+    s: Statement, mode: str, policy: SqlPolicy, prepared: Mapping[str, Inspection] | None, catalog: Catalog | None
 ) -> Decision | None:
     name = statement_name(s)
     inner = prepared.get(name) if prepared is not None and name is not None else None
     if inner is None:
         rule = "read-only" if mode == "read" else "write-scope"
         return Decision.deny(rule, f"EXECUTE {name}: not a statement prepared in this session")
-    d = decide(inner, policy)
+    d = decide(inner, policy, catalog=catalog)
     if not d.allowed:
         return Decision(d.verdict, d.rule, f"EXECUTE {name}: {d.reason}")
     return None
 
 
-def _function_floor(s: Statement, mode: str, extra: frozenset[str]) -> Decision | None:
-    for name in sorted(s.functions):
-        if mode == "read" and not _read_function(name, extra):
+def _function_floor(s: Statement, mode: str, extra: frozenset[str], catalog: Catalog | None) -> Decision | None:
+    called, unknown = calls(s, catalog)
+    for name in unknown:
+        if not _extra(name, extra):
+            where = "" if catalog is not None else " (the target's catalogue could not be read)"
+            return Decision.deny("ambiguous-call", f"cannot tell whether .{name} is a column or a call of {name}()"
+                                 f" (attribute notation){where}")  # fmt: skip
+    for name in called:
+        if mode == "read" and not _read_function(name, extra, catalog):
             if _split_name(name) in (("", "set_config"), ("pg_catalog", "set_config")) and _harmless_set_config(s.text):
                 continue  # the literal setting name is part of the fingerprint, so this stays cache-safe
+            if catalog is not None and _split_name(name)[1] in catalog.user_functions and "." not in name:
+                return Decision.deny("function-not-allowed", f"{name}() is not allowed in read scope: the target"
+                                     f" has a {name}() outside pg_catalog, which the call may run")  # fmt: skip
             return Decision.deny("function-not-allowed", f"{name}() is not allowed in read scope")
         if mode == "write" and _write_denied(name, extra):
             return Decision.deny("function-not-allowed", f"{name}() is not allowed in write scope")
     return None
+
+
+def calls(s: Statement, catalog: Catalog | None) -> tuple[list[str], list[str]]:
+    """Every function the statement may call, and `.name`s that may be calls of functions nobody knows.
+
+    Beyond `name (`: attribute notation the catalogue reads as a call, and with a catalogue the user
+    functions behind operators and type conversions (qualified: "public.to_money").
+    """
+    names = set(s.functions)
+    unknown: list[str] = []
+    for rel, name in s.attributes:
+        verdict = _attribute(rel, name, catalog)
+        if verdict is _CALL:
+            names.add(name)
+        elif verdict is _UNKNOWN:
+            unknown.append(name)
+    if catalog is not None:
+        for ty in s.types:
+            names.update(catalog.user_types.get(ty, ()))
+        for op in s.operators:
+            names.update(catalog.user_operators.get(op, ()))
+        for name in [n for n in names if "." not in n and n in catalog.user_types]:
+            names.update(catalog.user_types[name])  # mytype(x) and (x).mytype convert too
+    return sorted(names), sorted(unknown)
+
+
+_CALL, _COLUMN, _UNKNOWN = "call", "column", "unknown"
+
+
+def _attribute(rel: str, name: str, catalog: Catalog | None) -> str:
+    """How the server reads `x.name` (rel: see sqlanalyze.attribute_refs): a column, a call, or who knows.
+
+    PostgreSQL: if x is a relation or row with a column `name`, the column; else name(x) if a function
+    (or type) `name` takes one argument; else an error. Without a catalogue, a name that is no built-in
+    is taken for a column of a FROM relation, and for an unknown call on any other expression.
+    """
+    if catalog is None:
+        if name in UNARY_BUILTINS:
+            return _CALL
+        return _UNKNOWN if rel == EXPRESSION else _COLUMN
+    cols = catalog.columns.get(rel) if rel and rel != EXPRESSION else None
+    if cols is not None:
+        if name in cols:
+            return _COLUMN
+        return _CALL if name in catalog.unary else _UNKNOWN  # neither: a function newer than the snapshot?
+    if name in catalog.unary:
+        return _CALL
+    return _UNKNOWN if rel == EXPRESSION and name not in catalog.all_columns else _COLUMN
 
 
 def _harmless_set_config(text: str) -> bool:
@@ -331,12 +408,14 @@ def _extra(name: str, extra: frozenset[str]) -> bool:
     return name in extra or _split_name(name)[1] in extra
 
 
-def _read_function(name: str, extra: frozenset[str]) -> bool:
+def _read_function(name: str, extra: frozenset[str], catalog: Catalog | None) -> bool:
     if _extra(name, extra):
         return True
     schema, base = _split_name(name)
     if schema not in ("", "pg_catalog"):
         return False  # someone's function that shares a built-in's name
+    if not schema and catalog is not None and base in catalog.user_functions:
+        return False  # `lower(1)` may resolve to public.lower(integer): PostgreSQL picks, not the name
     return base in fn.READ_FUNCTIONS or base.startswith(fn.READ_FUNCTION_PREFIXES)
 
 
@@ -430,10 +509,14 @@ _INSPECTIONS = _Lru(4096)
 
 
 class Inspector:
-    """Per-scope checker: caches decisions by fingerprint (bounded LRU) so a hot statement parses once."""
+    """Per-scope (and target catalogue) checker: caches decisions by fingerprint so a hot statement parses once.
 
-    def __init__(self, policy: SqlPolicy, size: int = 4096) -> None:
+    A new catalogue means a new Inspector: decisions depend on it, inspections do not.
+    """
+
+    def __init__(self, policy: SqlPolicy, size: int = 4096, *, catalog: Catalog | None = None) -> None:
         self.policy = policy
+        self.catalog = catalog
         self._size = size
         self._cache: OrderedDict[str, tuple[str, Inspection, Decision | None]] = OrderedDict()
         # The first text of each fingerprint, exactly (a loop re-sending one statement skips the lexer);
@@ -465,12 +548,12 @@ class Inspector:
             if sql != src:
                 ins = _retext(ins, scan.texts(sql))
             if decision is None:
-                return ins, decide(ins, self.policy, prepared)
+                return ins, decide(ins, self.policy, prepared, self.catalog)
             if skel is not None and not scan.kept:
                 self._skeleton(skel, ins, decision)
             return ins, decision
         ins = _inspect(sql, scan)
-        decision = decide(ins, self.policy, prepared)
+        decision = decide(ins, self.policy, prepared, self.catalog)
         if scan.error is None and len(key) <= _MAX_CACHED_KEY:
             static = not self._text_rules and not any(_is_execute(s) for s in ins.statements)
             self._cache[key] = (sql, ins, decision if static else None)
