@@ -13,7 +13,7 @@ setting that would make the server and our lexer disagree about where strings en
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from sqlglot import exp
 
@@ -55,9 +55,9 @@ class Facts(NamedTuple):
     operators: frozenset[str] = frozenset()
 
 
-def _calls(a: Analysis) -> dict[str, frozenset[Any]]:
-    """The call-like facts of an analysis that are not `name (` calls, as Facts fields."""
-    return {"attributes": a.attributes, "types": a.types, "operators": a.operators}
+def _calls(f: Facts, a: Analysis) -> Facts:
+    """`f` with the analysis' functions and its calls that are not `name (`."""
+    return f._replace(functions=a.functions, attributes=a.attributes, types=a.types, operators=a.operators)
 
 
 UNPARSEABLE = "could not be parsed safely"
@@ -145,7 +145,7 @@ def _query(t: list[Token], cx: Context) -> Facts:
         command = "SELECT" if first == "(" else first.upper()
         return unparseable(why, command)._replace(kind=kind, tables=tables, functions=functions)
     command = WRITE_NODES.get(type(a.root)) or ("VALUES" if isinstance(a.root, exp.Values) else "SELECT")
-    base = Facts("read", command, "read", "", a.tables, a.functions, not a.unguarded, **_calls(a))
+    base = _calls(Facts("read", command, "read", "", a.tables, has_where=not a.unguarded), a)
     if a.select_into:
         return base._replace(kind="ddl", needs="admin", reason="SELECT INTO creates a table")
     if command not in ("SELECT", "VALUES"):
@@ -244,7 +244,7 @@ def _execute(t: list[Token], cx: Context) -> Facts:
         a = _expr(t[3:close], "EXECUTE", cx)  # parameters are expressions and may call functions
         if isinstance(a, Facts):
             return a
-        facts = facts._replace(functions=a.functions, **_calls(a))
+        facts = _calls(facts, a)
     return facts
 
 
@@ -446,7 +446,7 @@ def _copy_from(t: list[Token], i: int, tables: frozenset[str], cx: Context) -> F
         a = _expr(t[where + 1 :], "COPY", cx)  # COPY ... FROM STDIN WHERE <condition> may call functions
         if isinstance(a, Facts):
             return a
-        facts = facts._replace(functions=a.functions, **_calls(a))
+        facts = _calls(facts, a)
     return facts
 
 
@@ -469,7 +469,7 @@ def _call(t: list[Token], cx: Context) -> Facts:
     a = _expr(t[1:], "CALL", cx)
     if isinstance(a, Facts):
         return a
-    return Facts("write", "CALL", "write", "runs a procedure", a.tables, a.functions, **_calls(a))
+    return _calls(Facts("write", "CALL", "write", "runs a procedure", a.tables), a)
 
 
 # --- DDL, DCL, maintenance -------------------------------------------------------------------------

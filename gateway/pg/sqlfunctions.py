@@ -206,8 +206,9 @@ READ_FUNCTION_PREFIXES: tuple[str, ...] = ("pg_stat_get_",)
 # reach other servers, signal other backends, run SQL given as text (which we cannot inspect), or
 # control replication and backups. SQL given as text: every PostgreSQL 15 built-in that hands a text
 # argument to SPI (query_to_xml*, cursor_to_xml*, table_/schema_/database_to_xml* which build and run
-# queries, ts_stat, ts_rewrite(tsquery, text)), and contrib's dblink*, crosstab*, connectby. Matched on the unqualified name in any schema: extensions such
-# as dblink live in whatever schema they were installed into. policy.extra_functions overrides.
+# queries, ts_stat, ts_rewrite(tsquery, text)), and contrib's dblink*, crosstab*, connectby. Matched
+# on the unqualified name in any schema: extensions such as dblink live in whatever schema they were
+# installed into. policy.extra_functions overrides.
 
 WRITE_DENIED_FUNCTIONS: frozenset[str] = _words("""
     set_config pg_terminate_backend pg_cancel_backend pg_reload_conf pg_rotate_logfile

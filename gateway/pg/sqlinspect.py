@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from gateway.pg import sqlfunctions as fn
@@ -491,6 +491,11 @@ def _detections(stmts: list[Statement], policy: SqlPolicy) -> list[str]:
 # --- caches ----------------------------------------------------------------------------------------
 
 
+def _may_ddl(s: Statement) -> bool:
+    """Whether running the statement may change the catalogue: DDL, DO, anything admin-only, CALL."""
+    return s.needs == "admin" or s.command == "CALL"
+
+
 class _Lru(OrderedDict[str, Inspection]):
     """A bounded map, oldest entry evicted first."""
 
@@ -526,6 +531,16 @@ class Inspector:
         self._skeletons: OrderedDict[str, tuple[Inspection, Decision]] = OrderedDict()
         # Pattern rules read literals and comments, which the fingerprint drops: decide every time.
         self._text_rules = any(r.pattern is not None for r in policy.rules)
+        # Told (no I/O here) when a DDL statement is allowed: the target's catalogue is then out of date.
+        self.on_ddl: Callable[[], None] | None = None
+
+    def use(self, catalog: Catalog | None) -> None:
+        """Judge with another catalogue snapshot from now on (the decision caches are dropped)."""
+        if catalog is not self.catalog:
+            self.catalog = catalog
+            self._cache.clear()
+            self._texts.clear()
+            self._skeletons.clear()
 
     def check(self, sql: str, prepared: Mapping[str, Inspection] | None = None) -> tuple[Inspection, Decision]:
         """Inspect and decide one Query/Parse text."""
@@ -548,14 +563,18 @@ class Inspector:
             if sql != src:
                 ins = _retext(ins, scan.texts(sql))
             if decision is None:
-                return ins, decide(ins, self.policy, prepared, self.catalog)
+                decision = decide(ins, self.policy, prepared, self.catalog)
+                self._told(ins, decision)
+                return ins, decision
             if skel is not None and not scan.kept:
                 self._skeleton(skel, ins, decision)
             return ins, decision
         ins = _inspect(sql, scan)
         decision = decide(ins, self.policy, prepared, self.catalog)
+        self._told(ins, decision)
         if scan.error is None and len(key) <= _MAX_CACHED_KEY:
-            static = not self._text_rules and not any(_is_execute(s) for s in ins.statements)
+            # EXECUTE depends on the session; DDL is decided again so that on_ddl hears of every one.
+            static = not self._text_rules and not any(_is_execute(s) or _may_ddl(s) for s in ins.statements)
             self._cache[key] = (sql, ins, decision if static else None)
             if len(self._cache) > self._size:
                 self._cache.popitem(last=False)
@@ -564,6 +583,10 @@ class Inspector:
                 if skel is not None and not scan.kept:
                     self._skeleton(skel, ins, decision)
         return ins, decision
+
+    def _told(self, ins: Inspection, decision: Decision) -> None:
+        if self.on_ddl is not None and decision.allowed and any(_may_ddl(s) for s in ins.statements):
+            self.on_ddl()
 
     def _skeleton(self, skel: str, ins: Inspection, decision: Decision) -> None:
         self._skeletons[skel] = (ins, decision)
