@@ -39,14 +39,14 @@ def victim(gateway: Gateway) -> Iterator[tuple[psycopg.Connection, int]]:
 
 SIGNALS = [
     "SELECT ({pid}).pg_terminate_backend",
-    "SELECT ({pid}).\"pg_terminate_backend\"",
+    'SELECT ({pid})."pg_terminate_backend"',
     "SELECT (pid).pg_terminate_backend FROM pg_stat_activity WHERE pid = {pid}",
     "SELECT a.pid FROM pg_stat_activity a WHERE (a.pid).pg_terminate_backend AND a.pid = {pid}",
     "SELECT 1 ORDER BY ({pid}).pg_terminate_backend",
     "SELECT count(*) FROM (SELECT ({pid}).pg_cancel_backend) s",
     "WITH x AS (SELECT ({pid})::int AS p) SELECT (x.p).pg_terminate_backend FROM x",
     "SELECT pg_catalog.pg_terminate_backend({pid})",
-    "SELECT \"pg_catalog\".\"pg_terminate_backend\"({pid})",
+    'SELECT "pg_catalog"."pg_terminate_backend"({pid})',
     "VALUES ((({pid})).pg_terminate_backend)",
 ]
 
@@ -81,7 +81,7 @@ async def test_read_scope_takes_no_advisory_lock(gateway: Gateway, sql: str) -> 
 
 LARGE_OBJECTS = [
     "SELECT (0).lo_create",
-    "SELECT (0).\"lo_create\"",
+    'SELECT (0)."lo_create"',
     "SELECT id FROM orders WHERE id = (0).lo_creat",
     "SELECT lo_from_bytea(0, 'x')",
 ]
@@ -107,7 +107,7 @@ SETTERS = [
 ]
 FORMS = [
     "SELECT ({q}::text).ts_stat",
-    "SELECT ({q}::text).\"ts_stat\"",
+    'SELECT ({q}::text)."ts_stat"',
     "SELECT * FROM ts_stat({q})",
     "SELECT pg_catalog.ts_stat({q})",
     "SELECT (q).ts_stat FROM (SELECT {q}::text AS q) s",
@@ -220,7 +220,7 @@ async def shadowed_lower(gateway: Gateway) -> object:
 
 
 @pytest.mark.parametrize(
-    "sql", ["SELECT lower(1)", "SELECT (1).lower", "SELECT \"lower\"(1)", "SELECT lower(id::int) FROM orders"]
+    "sql", ["SELECT lower(1)", "SELECT (1).lower", 'SELECT "lower"(1)', "SELECT lower(id::int) FROM orders"]
 )
 async def test_user_overload_of_a_builtin_is_a_user_function(gateway: Gateway, shadowed_lower: object,
                                                              sql: str) -> None:  # fmt: skip
