@@ -52,17 +52,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from gateway.pg import sqlfunctions as fn
 from gateway.pg.catalog import Catalog
-from gateway.pg.pgcatalog15 import UNARY_BUILTINS
-from gateway.pg.sqlanalyze import EXPRESSION
+from gateway.pg.sqlcalls import function_floor, split_name
 from gateway.pg.sqlclassify import (
     UNPARSEABLE,
     Budget,
     Facts,
     classify,
     dangerous_calls,
-    harmless_set_config,
     lexing_calls,
     unparseable,
 )
@@ -290,7 +287,7 @@ def _floor(
         return _refusal(s, mode)
     if mode == "admin":
         return None
-    return _function_floor(s, mode, policy.extra_functions, catalog)
+    return function_floor(s, mode, policy.extra_functions, catalog)
 
 
 def _is_execute(s: Statement) -> bool:
@@ -321,108 +318,6 @@ def _execute_floor(
     if not d.allowed:
         return Decision(d.verdict, d.rule, f"EXECUTE {name}: {d.reason}")
     return None
-
-
-def _function_floor(s: Statement, mode: str, extra: frozenset[str], catalog: Catalog | None) -> Decision | None:
-    called, unknown = calls(s, catalog)
-    for name in unknown:
-        if not _extra(name, extra):
-            where = "" if catalog is not None else " (the target's catalogue could not be read)"
-            return Decision.deny("ambiguous-call", f"cannot tell whether .{name} is a column or a call of {name}()"
-                                 f" (attribute notation){where}")  # fmt: skip
-    for name in called:
-        if mode == "read" and not _read_function(name, extra, catalog):
-            if _split_name(name) in (("", "set_config"), ("pg_catalog", "set_config")) and _harmless_set_config(s.text):
-                continue  # the literal setting name is part of the fingerprint, so this stays cache-safe
-            if catalog is not None and _split_name(name)[1] in catalog.user_functions and "." not in name:
-                return Decision.deny("function-not-allowed", f"{name}() is not allowed in read scope: the target"
-                                     f" has a {name}() outside pg_catalog, which the call may run")  # fmt: skip
-            return Decision.deny("function-not-allowed", f"{name}() is not allowed in read scope")
-        if mode == "write" and _write_denied(name, extra):
-            return Decision.deny("function-not-allowed", f"{name}() is not allowed in write scope")
-    return None
-
-
-def calls(s: Statement, catalog: Catalog | None) -> tuple[list[str], list[str]]:
-    """Every function the statement may call, and `.name`s that may be calls of functions nobody knows.
-
-    Beyond `name (`: attribute notation the catalogue reads as a call, and with a catalogue the user
-    functions behind operators and type conversions (qualified: "public.to_money").
-    """
-    names = set(s.functions)
-    unknown: list[str] = []
-    for rel, name in s.attributes:
-        verdict = _attribute(rel, name, catalog)
-        if verdict is _CALL:
-            names.add(name)
-        elif verdict is _UNKNOWN:
-            unknown.append(name)
-    if catalog is not None:
-        for ty in s.types:
-            names.update(catalog.user_types.get(ty, ()))
-        for op in s.operators:
-            names.update(catalog.user_operators.get(op, ()))
-        for name in [n for n in names if "." not in n and n in catalog.user_types]:
-            names.update(catalog.user_types[name])  # mytype(x) and (x).mytype convert too
-    return sorted(names), sorted(unknown)
-
-
-_CALL, _COLUMN, _UNKNOWN = "call", "column", "unknown"
-
-
-def _attribute(rel: str, name: str, catalog: Catalog | None) -> str:
-    """How the server reads `x.name` (rel: see sqlanalyze.attribute_refs): a column, a call, or who knows.
-
-    PostgreSQL: if x is a relation or row with a column `name`, the column; else name(x) if a function
-    (or type) `name` takes one argument; else an error. Without a catalogue, a name that is no built-in
-    is taken for a column of a FROM relation, and for an unknown call on any other expression.
-    """
-    if catalog is None:
-        if name in UNARY_BUILTINS:
-            return _CALL
-        return _UNKNOWN if rel == EXPRESSION else _COLUMN
-    cols = catalog.columns.get(rel) if rel and rel != EXPRESSION else None
-    if cols is not None:
-        if name in cols:
-            return _COLUMN
-        return _CALL if name in catalog.unary else _UNKNOWN  # neither: a function newer than the snapshot?
-    if name in catalog.unary:
-        return _CALL
-    return _UNKNOWN if rel == EXPRESSION and name not in catalog.all_columns else _COLUMN
-
-
-def _harmless_set_config(text: str) -> bool:
-    try:
-        return harmless_set_config(tokenize(text))
-    except LexError:
-        return False
-
-
-def _split_name(name: str) -> tuple[str, str]:
-    schema, _, base = name.rpartition(".")
-    return schema, base
-
-
-def _extra(name: str, extra: frozenset[str]) -> bool:
-    """extra_functions: a qualified entry matches exactly, an unqualified one in any schema."""
-    return name in extra or _split_name(name)[1] in extra
-
-
-def _read_function(name: str, extra: frozenset[str], catalog: Catalog | None) -> bool:
-    if _extra(name, extra):
-        return True
-    schema, base = _split_name(name)
-    if schema not in ("", "pg_catalog"):
-        return False  # someone's function that shares a built-in's name
-    if not schema and catalog is not None and base in catalog.user_functions:
-        return False  # `lower(1)` may resolve to public.lower(integer): PostgreSQL picks, not the name
-    return base in fn.READ_FUNCTIONS or base.startswith(fn.READ_FUNCTION_PREFIXES)
-
-
-def _write_denied(name: str, extra: frozenset[str]) -> bool:
-    base = _split_name(name)[1]
-    denied = base in fn.WRITE_DENIED_FUNCTIONS or base.startswith(fn.WRITE_DENIED_PREFIXES)
-    return denied and not _extra(name, extra)
 
 
 def _with_prepared(stmts: Iterable[Statement], prepared: Mapping[str, Inspection] | None) -> Iterable[Statement]:
@@ -468,9 +363,9 @@ def _meets(wanted: Iterable[str], have: Iterable[str]) -> str | None:
     """The first wanted name that names one we have; `orders` and `public.orders` meet (search_path)."""
     have = list(have)
     for w in wanted:
-        ws, wb = _split_name(w)
+        ws, wb = split_name(w)
         for h in have:
-            hs, hb = _split_name(h)
+            hs, hb = split_name(h)
             if w == h or (wb == hb and (not ws or not hs)):
                 return w
     return None
