@@ -15,8 +15,10 @@ read   SELECT/VALUES/TABLE (no SELECT INTO, no FOR UPDATE/SHARE, no data-modifyi
        harmless settings (sqlfunctions.READ_SETTINGS; search_path only if pg_catalog is first or
        not listed), DEALLOCATE, DISCARD PLANS/TEMP/SEQUENCES, LISTEN/UNLISTEN (only subscribes this
        session). Every function called must be in the read allowlist (sqlfunctions.READ_FUNCTIONS,
-       unqualified or pg_catalog.) or policy.extra_functions. pg_sleep is allowed: it only holds
-       this session's connection (statement_timeout bounds it).
+       unqualified or pg_catalog.) or policy.extra_functions; with the target's catalogue, an
+       unqualified name that has an overload outside pg_catalog must be in extra_functions (the
+       server, not the name, decides which one runs). pg_sleep is allowed: it only holds this
+       session's connection (statement_timeout bounds it). txid_current() is not a read.
 write  read, plus INSERT/UPDATE/DELETE/MERGE (also in WITH), FOR UPDATE/SHARE, COPY FROM STDIN,
        LOCK, NOTIFY, CALL, READ WRITE transactions, RESET ALL, other non-custom settings,
        PREPARE TRANSACTION. Any function except sqlfunctions.WRITE_DENIED_FUNCTIONS (set_config,
@@ -25,6 +27,13 @@ write  read, plus INSERT/UPDATE/DELETE/MERGE (also in WITH), FOR UPDATE/SHARE, C
        SESSION AUTHORIZATION and their RESET, DISCARD ALL, custom (dotted) settings, ALTER SYSTEM,
        COPY to/from a file or PROGRAM, DO, VACUUM/ANALYZE/CLUSTER/REINDEX/CHECKPOINT/REFRESH/LOAD,
        COMMIT/ROLLBACK PREPARED, unknown or unparseable statements.
+calls  (read and write; sqlcalls) "Every function called" means every call the server may make: `f(...)`
+       in any clause, quoted or schema-qualified; attribute notation, which PostgreSQL reads as a call
+       when x has no such column (`(x).f`, `t.f`, `(t.c).f` mean f(x), f(t), f(t.c)); conversions to
+       a type whose cast, input or domain CHECK runs a user function; operators backed by user
+       functions. gateway.pg.catalog (the target's, passed in: no I/O here) tells a column from a
+       call; without one, PostgreSQL 15's built-in names stand in and `(expr).name` naming no
+       built-in is denied (rule "ambiguous-call"): it may be a user function nobody can see.
 admin  everything, unparseable included (a lexer error means the server runs nothing either);
        unparseable statements still carry a keyword kind and every name they mention, for rules.
 every  client_encoding other than UTF8 and standard_conforming_strings other than on are refused
@@ -37,7 +46,9 @@ alerts: UPDATE/DELETE without WHERE, statements touching sensitive tables.
 Caching: the fingerprint keeps everything but literal values (and keeps those of SET and of
 statements calling set_config, the only decisions that read a literal); sqlglot parses a rendering
 in which every literal is the same constant, so a decision is a function of the fingerprint.
-Decisions that read the statement text (pattern rules) or the session (EXECUTE) are recomputed.
+Decisions that read the statement text (pattern rules) or the session (EXECUTE) are recomputed, and
+so are those of statements that may change the catalogue (DDL, DO, CALL: `on_ddl` hears of each).
+Inspections do not depend on the catalogue; decisions do: `Inspector.use` drops them for a new one.
 Before the lexer, `Inspector.check` tries the exact text, then (for texts of names, integers, whitespace
 and a few operators only, see `skeleton`) the text with its integers blanked: ~3 us instead of ~9 us
 for the pgbench/ORM pattern of one statement shape with ever-new ids.
