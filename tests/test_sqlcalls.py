@@ -298,3 +298,11 @@ def test_every_form_of_a_denied_call_is_denied(
         d = decide(inspect(text), policy, catalog=cat)
         assert not d.allowed, (policy.mode, text, d)
         assert not Inspector(policy, catalog=cat).check(text)[1].allowed, (policy.mode, text)
+
+
+def test_same_named_relations_in_two_schemas() -> None:
+    """public.users and auth.users with different columns: a column of either is no call (nor unknown)."""
+    cat = catalog(("c", "users", "username", "10", ""), ("c", "users", "email", "11", ""))
+    assert cat.columns["users"] == frozenset()
+    assert allowed("SELECT u.username, u.email FROM users u", READ, cat)
+    assert not allowed("SELECT u.pg_advisory_lock FROM users u", READ, cat)  # a call where the column is missing

@@ -34,9 +34,13 @@ CONTRIB = frozenset(
     "dict_int dict_xsyn adminpack old_snapshot sslinfo".split()
 )
 
-# One text, one result: kind, name, detail, schema, extension. Readable by any login: these catalogues
-# are granted to PUBLIC in every PostgreSQL, so the scope's own login sees the same rows as a superuser.
+# One result: kind, name, detail, schema, extension. Readable by any login: these catalogues are
+# granted to PUBLIC in every PostgreSQL, so the scope's own login sees the same rows as a superuser.
+# search_path first, so that no operator in the query can resolve to one in a schema the login can
+# write (everything else is qualified). Other sessions' temporary tables are left out: their columns
+# say nothing about this session's names.
 CATALOG_SQL = """\
+SET search_path = pg_catalog, pg_temp;
 SELECT 'f', p.proname, ((p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1) OR p.provariadic <> 0)::text,
        n.nspname, coalesce(e.extname, '')
   FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
@@ -71,7 +75,8 @@ SELECT 'x', t.typname, pn.nspname || '.' || p.proname, pn.nspname, coalesce(e.ex
 UNION ALL
 SELECT 'c', c.relname, a.attname, c.oid::text, '' FROM pg_catalog.pg_attribute a
   JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
- WHERE NOT a.attisdropped AND a.attnum <> 0 AND c.relkind IN ('r', 'v', 'm', 'f', 'p', 'c')"""
+ WHERE NOT a.attisdropped AND a.attnum <> 0 AND c.relkind IN ('r', 'v', 'm', 'f', 'p', 'c')
+   AND c.relpersistence <> 't'"""
 
 
 @dataclass(frozen=True, eq=False, slots=True)

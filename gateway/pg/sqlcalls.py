@@ -96,13 +96,13 @@ def _attribute(rel: str, name: str, catalog: Catalog | None) -> str:
             return _CALL
         return _UNKNOWN if rel == EXPRESSION else _COLUMN
     cols = catalog.columns.get(rel) if rel and rel != EXPRESSION else None
-    if cols is not None:
-        if name in cols:
-            return _COLUMN
-        return _CALL if name in catalog.unary else _UNKNOWN  # neither: a function newer than the snapshot?
+    if cols is not None and name in cols:
+        return _COLUMN
     if name in catalog.unary:
         return _CALL
-    return _UNKNOWN if rel == EXPRESSION and name not in catalog.all_columns else _COLUMN
+    if name in catalog.all_columns or (rel != EXPRESSION and cols is None):
+        return _COLUMN  # a column of some relation, or of a CTE or subquery (whose columns are not catalogued)
+    return _UNKNOWN  # neither a column nor a function the snapshot knows: a function newer than it?
 
 
 def _harmless_set_config(text: str) -> bool:
