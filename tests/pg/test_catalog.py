@@ -97,3 +97,24 @@ async def test_every_session_of_a_target_shares_one_catalogue(gateway: Gateway, 
     assert cat is not None and "orders" in cat.columns
     active = gateway.superuser("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'gateway:catalog'")
     assert active == "0", "the catalogue connection is closed once read"
+
+
+# C functions of PostgreSQL 15 that hand a text argument (or a name they build a query from) to SPI:
+# src/backend/utils/adt/xml.c, tsvector_op.c (ts_stat) and tsquery_rewrite.c (ts_rewrite(tsquery, text)).
+SPI_WITH_TEXT = (
+    "query_to_xml query_to_xmlschema query_to_xml_and_xmlschema cursor_to_xml cursor_to_xmlschema table_to_xml "
+    "table_to_xmlschema table_to_xml_and_xmlschema schema_to_xml schema_to_xmlschema schema_to_xml_and_xmlschema "
+    "database_to_xml database_to_xmlschema database_to_xml_and_xmlschema ts_stat1 ts_stat2 tsquery_rewrite_query"
+).split()
+
+
+def test_every_builtin_that_runs_sql_text_is_denied_in_read_and_write(gateway: Gateway) -> None:
+    quoted = ", ".join(f"'{s}'" for s in SPI_WITH_TEXT)
+    names = gateway.superuser(
+        f"SELECT string_agg(DISTINCT proname, ' ') FROM pg_proc WHERE prolang = 12 AND prosrc IN ({quoted})"
+    ).split()
+    assert len(names) >= 15, names
+    for name in names:
+        for mode in ("read", "write"):
+            d = Inspector(SqlPolicy(mode)).check(f"SELECT {name}('SELECT 1')")[1]
+            assert not d.allowed and d.rule == "function-not-allowed", (mode, name)
