@@ -183,6 +183,8 @@ class PostgresListener:
 
     async def _serve(self, pipe: Pipe, hello: Hello, session: LiveSession) -> None:
         sql_policy = session.policy.sql or SqlPolicy()
+        # What the target resolves names to (loaded once per target, on a connection of its own; None: fail closed).
+        catalog = await self.catalogs.get(session.target, session.login)
         upstream = await self._connect_upstream(pipe, hello, session, sql_policy)
         if upstream is None:
             return
@@ -192,7 +194,6 @@ class PostgresListener:
         journal = Journal(recorder, max_rows=sql_policy.max_rows,
                           alert=lambda type_, summary, **data: session.alert(type_, summary, **data))  # fmt: skip
         assert pipe.transport is not None
-        catalog = await self.catalogs.get(session.target, session.login)
         relay = Relay(session, pipe.transport, upstream, self._inspector(session, sql_policy, catalog), journal)
         key = self._new_key(relay)
         pipe.write(AUTHENTICATION_OK + b"".join(p.encode() for p in upstream.parameters)

@@ -230,3 +230,12 @@ async def test_user_overload_of_a_builtin_is_a_user_function(gateway: Gateway, s
         assert conn.execute("SELECT pg_catalog.lower('ABC')").fetchone() == ("abc",)
     assert gateway.superuser("SELECT count(*) FROM gw_canary") == "0"
     assert gateway.superuser("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == "0"
+
+
+async def test_psql_attribute_notation_is_refused(gateway: Gateway, victim: tuple[psycopg.Connection, int]) -> None:
+    """The stock psql client, as the issue's attacker used it."""
+    other, pid = victim
+    sql = f"SELECT (pid).pg_terminate_backend FROM pg_stat_activity WHERE pid = {pid}"
+    out = await asyncio.to_thread(gateway.psql, await gateway.token("read"), sql=sql)
+    assert out.returncode != 0 and "blocked by gateway policy" in out.stderr, out
+    assert other.execute("SELECT 1").fetchone() == (1,)
