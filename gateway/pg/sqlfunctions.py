@@ -65,7 +65,7 @@ _TYPES = _words("""
     to_regoper to_regoperator to_regnamespace to_regrole to_regcollation pg_input_is_valid
     pg_input_error_info bool int2 int4 int8 float4 float8 numeric text varchar bpchar char date time
     timestamp timestamptz interval inet cidr macaddr macaddr8 uuid json jsonb bytea oid regclass name
-    bit varbit tsvector tsquery money row array
+    bit varbit tsvector tsquery money row array xml record trigger
 """)
 
 _JSON = _words("""
@@ -109,6 +109,8 @@ _NETWORK_GEO = _words("""
     line lseg path point polygon bound_box
 """)
 
+# xpath, xmltable and xmlexists evaluate XPath over a value they are given: no SQL runs (unlike
+# query_to_xml and its family, denied below).
 _XML = _words("""
     xmlcomment xmlconcat xmlelement xmlforest xmlpi xmlroot xmlexists xml_is_well_formed
     xml_is_well_formed_document xml_is_well_formed_content xpath xpath_exists xmlparse xmlserialize
