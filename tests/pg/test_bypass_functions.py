@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import psycopg
 import pytest
 
+from gateway.pg.catalog import Catalog
 from gateway.pg.pgcatalog15 import UNARY_BUILTINS
+from gateway.pg.sqlinspect import Inspector
+from gateway.policy import SqlPolicy
 from tests.pg.conftest import TARGET, Gateway
 
 
@@ -195,11 +198,11 @@ END $$;
 """
 
 
-async def _wait_catalogue(gateway: Gateway, shadowed: bool) -> None:
+async def _wait(gateway: Gateway, ready: Callable[[Catalog], bool]) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         cat = gateway.listener.catalogs.current(TARGET)
-        if cat is not None and ("lower" in cat.user_functions) == shadowed:
+        if cat is not None and ready(cat):
             return
         await asyncio.sleep(0.2)
     raise AssertionError("the catalogue was not reloaded after DDL through the gateway")
@@ -211,12 +214,12 @@ async def shadowed_lower(gateway: Gateway) -> object:
     admin = _session(gateway, await gateway.token("admin"))
     try:
         admin.execute(SHADOW)
-        await _wait_catalogue(gateway, True)
+        await _wait(gateway, lambda c: "lower" in c.user_functions)
         yield admin
     finally:
         admin.execute("DROP FUNCTION IF EXISTS public.lower(integer); DROP TABLE IF EXISTS gw_canary")
         admin.close()
-        await _wait_catalogue(gateway, False)
+        await _wait(gateway, lambda c: "lower" not in c.user_functions)
 
 
 @pytest.mark.parametrize(
@@ -228,8 +231,61 @@ async def test_user_overload_of_a_builtin_is_a_user_function(gateway: Gateway, s
         _refused(conn, sql)
         # The built-in is still there, qualified: pg_catalog.lower cannot resolve to public.lower.
         assert conn.execute("SELECT pg_catalog.lower('ABC')").fetchone() == ("abc",)
+        assert gateway.superuser("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == "0"
     assert gateway.superuser("SELECT count(*) FROM gw_canary") == "0"
-    assert gateway.superuser("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == "0"
+
+
+USER_CONVERSIONS = """
+CREATE FUNCTION public.gw_check(integer) RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN PERFORM pg_advisory_lock(91010); RETURN true; END $$;
+CREATE DOMAIN gw_positive AS integer CHECK (public.gw_check(VALUE));
+CREATE TYPE gw_pair AS (a integer, b integer);
+CREATE FUNCTION public.gw_pair_plus(gw_pair, gw_pair) RETURNS integer LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN PERFORM pg_advisory_lock(91011); RETURN 1; END $$;
+CREATE OPERATOR + (LEFTARG = gw_pair, RIGHTARG = gw_pair, FUNCTION = public.gw_pair_plus);
+"""
+DROP_CONVERSIONS = """
+DROP OPERATOR IF EXISTS + (gw_pair, gw_pair); DROP FUNCTION IF EXISTS public.gw_pair_plus(gw_pair, gw_pair);
+DROP TYPE IF EXISTS gw_pair; DROP DOMAIN IF EXISTS gw_positive; DROP FUNCTION IF EXISTS public.gw_check(integer)
+"""
+
+
+@pytest.fixture
+async def user_conversions(gateway: Gateway) -> AsyncIterator[None]:
+    """A domain whose CHECK calls a user function, and `+` on a composite type backed by one."""
+    admin = _session(gateway, await gateway.token("admin"))
+    try:
+        admin.execute(USER_CONVERSIONS)
+        await _wait(gateway, lambda c: "gw_positive" in c.user_types and "+" in c.user_operators)
+        yield
+    finally:
+        admin.execute(DROP_CONVERSIONS)
+        admin.close()
+        await _wait(gateway, lambda c: "gw_positive" not in c.user_types and "+" not in c.user_operators)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 5::gw_positive",
+        "SELECT CAST(5 AS gw_positive)",
+        "SELECT (5).gw_positive",
+        "SELECT id FROM orders WHERE id::gw_positive = 1",
+        "SELECT ROW(1, 2)::gw_pair + ROW(3, 4)::gw_pair",
+    ],
+)
+async def test_conversions_and_operators_backed_by_user_functions(
+    gateway: Gateway, user_conversions: None, sql: str
+) -> None:
+    with _session(gateway, await gateway.token("read")) as conn:
+        _refused(conn, sql)
+        assert gateway.superuser("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == "0"
+    # Operators resolve by operand types, which the inspector cannot see: while a user `+` exists, every `+`
+    # in read scope is a call of its function (fail closed) until the policy names it.
+    named = SqlPolicy("read", extra_functions=frozenset({"public.gw_pair_plus"}))
+    cat = gateway.listener.catalogs.current(TARGET)
+    assert not Inspector(SqlPolicy("read"), catalog=cat).check("SELECT 1 + 2")[1].allowed
+    assert Inspector(named, catalog=cat).check("SELECT 1 + 2")[1].allowed
 
 
 async def test_psql_attribute_notation_is_refused(gateway: Gateway, victim: tuple[psycopg.Connection, int]) -> None:
