@@ -352,7 +352,7 @@ def operators(t: list[Token]) -> frozenset[str]:
     out: set[str] = set()
     for i, tok in enumerate(t):
         if tok[0] == OP:
-            if tok[1] == "*" and (i == 0 or t[i - 1][1] in _STAR_AFTER):
+            if tok[1] == "*" and (i == 0 or (t[i - 1][0] in (IDENT, PUNCT) and t[i - 1][1] in _STAR_AFTER)):
                 continue
             out.add(tok[1])
     return frozenset(out)

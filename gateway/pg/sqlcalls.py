@@ -38,6 +38,7 @@ class CallFacts(Protocol):
 
 
 def function_floor(s: CallFacts, mode: str, extra: frozenset[str], catalog: Catalog | None) -> Decision | None:
+    """Why a read or write scope may not make one of the statement's calls, or None."""
     called, unknown = calls(s, catalog)
     for name in unknown:
         if not _extra(name, extra):
