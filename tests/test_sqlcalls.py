@@ -306,3 +306,10 @@ def test_same_named_relations_in_two_schemas() -> None:
     assert cat.columns["users"] == frozenset()
     assert allowed("SELECT u.username, u.email FROM users u", READ, cat)
     assert not allowed("SELECT u.pg_advisory_lock FROM users u", READ, cat)  # a call where the column is missing
+
+
+def test_a_name_for_two_relations_stands_for_neither() -> None:
+    cat = catalog(("f", "email", "true", "public", ""))  # a user email(orders)
+    sql = "SELECT customers.email FROM orders customers WHERE EXISTS (SELECT 1 FROM customers)"
+    assert not allowed(sql, READ, cat)  # in the outer query `customers` is orders, which has no email
+    assert allowed("SELECT customers.email FROM customers", READ, cat)

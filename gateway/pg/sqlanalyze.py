@@ -155,9 +155,11 @@ def _collect(root: exp.Expr, t: list[Token], where: dict[int, int]) -> Analysis:
             name = _table_name(node)
             if name:
                 tables.add(name)
-                relations[name] = relations[node.name] = node.name
-                if node.alias:
-                    relations[node.alias] = node.name
+                for key in (name, node.name, node.alias):
+                    if key:
+                        # One name for two relations (`FROM orders customers ... (SELECT FROM customers)`):
+                        # which one a reference means depends on scope, so it stands for neither.
+                        relations[key] = node.name if relations.get(key, node.name) == node.name else ""
             elif node.alias:
                 aliases.add(node.alias)
         elif role == _ALIAS:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 
+import psycopg
 import pytest
 
 from gateway.config import Address, Login, Target
 from gateway.pg.catalog import Catalog, build
-from gateway.pg.catalogload import CatalogError, Catalogs, load_catalog
+from gateway.pg.catalogload import CatalogError, Catalogs, _Entry, load_catalog
 from gateway.pg.sqlinspect import Inspector
 from gateway.policy import SqlPolicy
 from gateway.secret import Secret
-from tests.pg.conftest import TARGET, Gateway
+from tests.pg.conftest import OTHER_TARGET, TARGET, Gateway
 
 
 def _target(gateway: Gateway) -> Target:
@@ -118,3 +119,23 @@ def test_every_builtin_that_runs_sql_text_is_denied_in_read_and_write(gateway: G
         for mode in ("read", "write"):
             d = Inspector(SqlPolicy(mode)).check(f"SELECT {name}('SELECT 1')")[1]
             assert not d.allowed and d.rule == "function-not-allowed", (mode, name)
+
+
+async def test_a_target_without_catalogue_fails_closed_through_the_gateway(gateway: Gateway) -> None:
+    """orders-replica (same database) whose catalogue cannot be read: ambiguous names are refused, columns run."""
+    catalogs = gateway.listener.catalogs
+    saved = catalogs._entries.get(OTHER_TARGET)
+    catalogs._entries[OTHER_TARGET] = _Entry(failed=time.monotonic() + 3600)  # as if the load just failed
+    try:
+        token = await gateway.token("read", target=OTHER_TARGET)
+        with psycopg.connect(gateway.conninfo(token, database=OTHER_TARGET), autocommit=True) as conn:
+            assert conn.execute("SELECT o.id FROM orders o ORDER BY 1 LIMIT 1").fetchone() == (1,)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match=r"ambiguous-call.*catalogue"):
+                conn.execute("SELECT (1).gw_not_a_builtin")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="pg_advisory_lock"):
+                conn.execute("SELECT (1).pg_advisory_lock")
+    finally:
+        if saved is None:
+            catalogs._entries.pop(OTHER_TARGET, None)
+        else:
+            catalogs._entries[OTHER_TARGET] = saved
