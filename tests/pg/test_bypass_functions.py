@@ -295,3 +295,15 @@ async def test_psql_attribute_notation_is_refused(gateway: Gateway, victim: tupl
     out = await asyncio.to_thread(gateway.psql, await gateway.token("read"), sql=sql)
     assert out.returncode != 0 and "blocked by gateway policy" in out.stderr, out
     assert other.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("sql", ["SELECT txid_current()", "SELECT pg_current_xact_id()", "SELECT (1).txid_current"])
+async def test_read_scope_assigns_no_transaction_id(gateway: Gateway, sql: str) -> None:
+    with _session(gateway, await gateway.token("read")) as conn:
+        conn.execute("BEGIN")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="blocked by gateway policy"):
+            conn.execute(sql)
+        # Still inside the transaction: its backend holds no transaction id.
+        held = "SELECT count(backend_xid) FROM pg_stat_activity WHERE application_name LIKE 'gateway:%'"
+        assert gateway.superuser(held) == "0"
+        conn.execute("ROLLBACK")
