@@ -18,14 +18,14 @@ import asyncio
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from gateway.config import Login, Target
 from gateway.pg.catalog import CATALOG_SQL, Catalog, build
 from gateway.pg.codec import Framer
 from gateway.pg.messages import ErrorResponse, Query
+from gateway.pg.pipe import Pipe
 from gateway.pg.upstream import UpstreamError, connect, startup_parameters
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ async def load_catalog(target: Target, login: Login, *, limit: float = 10.0, now
     return build(rows, now)
 
 
-async def _rows(pipe: Any, leftover: bytes, name: str) -> list[Row]:
+async def _rows(pipe: Pipe, leftover: bytes, name: str) -> list[Row]:
     """DataRows of one simple query, until ReadyForQuery; an ErrorResponse fails the load."""
     framer = Framer(name="upstream message")
     rows: list[Row] = []
@@ -109,7 +109,7 @@ class _Entry:
     task: asyncio.Task[Catalog | None] | None = None
 
 
-Loader = Callable[[Target, Login], Any]  # async (target, login) -> Catalog
+Loader = Callable[[Target, Login], Awaitable[Catalog]]
 
 
 class Catalogs:
@@ -164,7 +164,7 @@ class Catalogs:
     async def _load(self, target: Target, login: Login, entry: _Entry) -> Catalog | None:
         try:
             if self._loader is not None:
-                catalog: Catalog = await self._loader(target, login)
+                catalog = await self._loader(target, login)
             else:
                 catalog = await load_catalog(target, login, limit=self.timeout, now=time.time())
         except Exception as exc:  # any failure: keep the last snapshot, deny what it cannot tell
