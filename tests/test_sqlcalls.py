@@ -157,6 +157,8 @@ def test_user_overload_of_a_builtin_is_a_user_function() -> None:
         assert allowed(sql, WRITE, SHADOWED), sql
     assert allowed("SELECT pg_catalog.lower('A')", READ, SHADOWED)
     assert allowed("SELECT lower(1)", SqlPolicy("read", extra_functions=frozenset({"lower"})), SHADOWED)
+    assert allowed("SELECT lower(1)", SqlPolicy("read", extra_functions=frozenset({"public.lower"})), SHADOWED)
+    assert not allowed("SELECT lower(1)", SqlPolicy("read", extra_functions=frozenset({"other.lower"})), SHADOWED)
     assert allowed("SELECT similarity('a', 'b')", READ, SHADOWED)  # contrib's own
 
 

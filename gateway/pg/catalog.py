@@ -84,7 +84,7 @@ class Catalog:
     """One target's names as its server resolves them (identity-hashed: one snapshot, one cache)."""
 
     unary: frozenset[str]  # callable with one argument in some schema, or a type name: `x.name` may call it
-    user_functions: frozenset[str]  # names with an overload outside the system schemas (and contrib)
+    user_functions: Mapping[str, frozenset[str]]  # name -> schemas of its overloads outside the system ones
     user_operators: Mapping[str, frozenset[str]]  # operator -> the user functions behind it
     user_types: Mapping[str, frozenset[str]]  # type -> user functions a conversion to it runs
     columns: Mapping[str, frozenset[str]]  # relation name -> columns every relation of that name has
@@ -99,7 +99,7 @@ def _user(schema: str, extension: str) -> bool:
 def build(rows: Iterable[tuple[str, str, str, str, str]], loaded_at: float = 0.0) -> Catalog:
     """A Catalog from CATALOG_SQL's rows (kind, name, detail, schema, extension)."""
     unary: set[str] = set()
-    user: set[str] = set()
+    user: dict[str, set[str]] = {}
     operators: dict[str, set[str]] = {}
     types: dict[str, set[str]] = {}
     by_oid: dict[str, tuple[str, set[str]]] = {}
@@ -108,7 +108,7 @@ def build(rows: Iterable[tuple[str, str, str, str, str]], loaded_at: float = 0.0
             if detail == "true":
                 unary.add(name)
             if _user(schema, ext):
-                user.add(name)
+                user.setdefault(name, set()).add(schema)
         elif kind == "t":
             unary.add(name)  # (x).typename is a cast, which may run the type's functions
         elif kind == "o" and _user(schema, ext):
@@ -124,7 +124,7 @@ def build(rows: Iterable[tuple[str, str, str, str, str]], loaded_at: float = 0.0
         columns[relname] = frozenset(cols) if have is None else have & cols
     return Catalog(
         frozenset(unary),
-        frozenset(user),
+        {k: frozenset(v) for k, v in user.items()},
         {k: frozenset(v) for k, v in operators.items()},
         {k: frozenset(v) for k, v in types.items()},
         columns,

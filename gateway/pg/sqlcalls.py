@@ -130,9 +130,13 @@ def _read_function(name: str, extra: frozenset[str], catalog: Catalog | None) ->
     schema, base = split_name(name)
     if schema not in ("", "pg_catalog"):
         return False  # someone's function that shares a built-in's name
-    if not schema and catalog is not None and base in catalog.user_functions:
-        return False  # `lower(1)` may resolve to public.lower(integer): PostgreSQL picks, not the name
-    return base in fn.READ_FUNCTIONS or base.startswith(fn.READ_FUNCTION_PREFIXES)
+    builtin = base in fn.READ_FUNCTIONS or base.startswith(fn.READ_FUNCTION_PREFIXES)
+    user = catalog.user_functions.get(base) if not schema and catalog is not None else None
+    if user:
+        # `lower(1)` may resolve to public.lower(integer): PostgreSQL picks, not the name. Allowed only when
+        # the policy names every overload outside pg_catalog (`public.lower`) and the built-in is a read.
+        return builtin and all(f"{s}.{base}" in extra for s in user)
+    return builtin
 
 
 def _write_denied(name: str, extra: frozenset[str]) -> bool:
