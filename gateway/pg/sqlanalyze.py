@@ -29,7 +29,6 @@ from gateway.pg.sqllex import (
     STRING,
     UIDENT,
     Token,
-    close_paren,
     name_at,
     parse_text,
     punct,
@@ -328,19 +327,24 @@ def _type_position(t: list[Token], i: int, j: int) -> bool:
 
 
 def _cast_types(t: list[Token]) -> set[str]:
-    """Type names of CAST(x AS t) and TREAT(x AS t): the AS at the call's own depth."""
+    """Type names of CAST(x AS t) and TREAT(x AS t): the AS at the call's own depth (one pass: no nesting cost)."""
     out: set[str] = set()
-    for i in range(len(t) - 1):
-        if t[i][0] == IDENT and t[i][1] in ("cast", "treat") and punct(t, i + 1, "("):
-            close = close_paren(t, i + 1)
-            depth = 0
-            for j in range(i + 1, close if close > 0 else len(t)):
-                if t[j][0] == PUNCT and t[j][1] in ("(", ")"):
-                    depth += 1 if t[j][1] == "(" else -1
-                elif depth == 1 and t[j][0] == IDENT and t[j][1] == "as":
-                    name = name_at(t, j + 1)[0]
-                    if name:
-                        out.add(name.rpartition(".")[2])
+    opened: list[int] = []  # paren depths at which a CAST( or TREAT( is open
+    depth = 0
+    for j, tok in enumerate(t):
+        kind, value = tok[0], tok[1]
+        if kind == PUNCT and value == "(":
+            depth += 1
+            if j >= 1 and t[j - 1][0] == IDENT and t[j - 1][1] in ("cast", "treat"):
+                opened.append(depth)
+        elif kind == PUNCT and value == ")":
+            if opened and opened[-1] == depth:
+                opened.pop()
+            depth -= 1
+        elif kind == IDENT and value == "as" and opened and opened[-1] == depth:
+            name = name_at(t, j + 1)[0]
+            if name:
+                out.add(name.rpartition(".")[2])
     return out
 
 
