@@ -17,6 +17,8 @@ import sqlglot
 from sqlglot.dialects.postgres import Postgres
 
 from gateway.pg import sqlinspect
+from gateway.pg.catalog import build
+from gateway.pg.pgcatalog15 import UNARY_BUILTINS
 from gateway.pg.sqlinspect import Inspector, fingerprint
 from gateway.policy import SqlPolicy
 
@@ -43,9 +45,19 @@ def _cases(template: str, n: int) -> dict[str, Callable[[int], object]]:
     cached.check(texts[0])
     same = texts[0]
 
+    # A target catalogue the size of a fresh PostgreSQL 15 database's (1300 names, 2000 columns).
+    catalog = build([("f", name, "true", "pg_catalog", "") for name in UNARY_BUILTINS]
+                    + [("c", f"rel{i // 10}", f"col{i}", str(i // 10), "") for i in range(2000)])  # fmt: skip
+    with_catalog = Inspector(SqlPolicy("read"), catalog=catalog)
+    with_catalog.check(texts[0])
+
     def uncached(i: int) -> object:
         sqlinspect._INSPECTIONS.clear()  # also the module-wide inspection cache
         return Inspector(SqlPolicy("read")).check(texts[i])
+
+    def uncached_catalog(i: int) -> object:
+        sqlinspect._INSPECTIONS.clear()
+        return Inspector(SqlPolicy("read"), catalog=catalog).check(texts[i])
 
     return {
         "sqlglot.parse (baseline)": lambda i: dialect.parse(texts[i]),
@@ -54,6 +66,9 @@ def _cases(template: str, n: int) -> dict[str, Callable[[int], object]]:
         "check, cached, same text": lambda i: cached.check(same),
         "check, cached, varying literal": lambda i: cached.check(texts[i]),
         "check, uncached": uncached,
+        "catalogue: cached, same text": lambda i: with_catalog.check(same),
+        "catalogue: cached, varying lit.": lambda i: with_catalog.check(texts[i]),
+        "catalogue: uncached": uncached_catalog,
     }
 
 

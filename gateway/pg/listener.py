@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.access import AccessDenied
+from gateway.pg.catalog import Catalog
+from gateway.pg.catalogload import Catalogs
 from gateway.pg.codec import ProtocolError
 from gateway.pg.journal import Journal
 from gateway.pg.messages import (
@@ -77,7 +79,10 @@ class PostgresListener:
         self._server: asyncio.Server | None = None
         self._ssl: ssl.SSLContext | None = None
         self._keys: dict[tuple[int, int], Relay] = {}
-        self._inspectors: dict[SqlPolicy, Inspector] = {}
+        self._inspectors: dict[tuple[str, SqlPolicy], Inspector] = {}
+        # Each target's catalogue, for what PostgreSQL resolves names to (attribute notation, user overloads).
+        self.catalogs = Catalogs()
+        self.catalogs.listeners.append(self._catalog_changed)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
@@ -98,6 +103,7 @@ class PostgresListener:
         """Stop accepting; connections still in their handshake are dropped (live sessions end in services.close())."""
         if self._server is not None:
             self._server.close()
+        self.catalogs.close()
         for t in list(self._tasks):
             if not getattr(t, "_gateway_live", False):
                 t.cancel()
@@ -177,6 +183,8 @@ class PostgresListener:
 
     async def _serve(self, pipe: Pipe, hello: Hello, session: LiveSession) -> None:
         sql_policy = session.policy.sql or SqlPolicy()
+        # What the target resolves names to (loaded once per target, on a connection of its own; None: fail closed).
+        catalog = await self.catalogs.get(session.target, session.login)
         upstream = await self._connect_upstream(pipe, hello, session, sql_policy)
         if upstream is None:
             return
@@ -186,7 +194,7 @@ class PostgresListener:
         journal = Journal(recorder, max_rows=sql_policy.max_rows,
                           alert=lambda type_, summary, **data: session.alert(type_, summary, **data))  # fmt: skip
         assert pipe.transport is not None
-        relay = Relay(session, pipe.transport, upstream, self._inspector(sql_policy), journal)
+        relay = Relay(session, pipe.transport, upstream, self._inspector(session, sql_policy, catalog), journal)
         key = self._new_key(relay)
         pipe.write(AUTHENTICATION_OK + b"".join(p.encode() for p in upstream.parameters)
                    + BackendKeyData(*key).encode() + ready_for_query(upstream.status))  # fmt: skip
@@ -247,12 +255,21 @@ class PostgresListener:
 
     # --- helpers -----------------------------------------------------------------------------------
 
-    def _inspector(self, policy: SqlPolicy) -> Inspector:
-        # One per policy, shared by its sessions, so the decision cache (by fingerprint) is shared too.
-        insp = self._inspectors.get(policy)
+    def _inspector(self, session: LiveSession, policy: SqlPolicy, catalog: Catalog | None) -> Inspector:
+        # One per target and policy, shared by its sessions, so the decision cache (by fingerprint) is shared too.
+        target = session.target
+        insp = self._inspectors.get((target.name, policy))
         if insp is None:
-            insp = self._inspectors[policy] = Inspector(policy)
+            insp = self._inspectors[(target.name, policy)] = Inspector(policy, catalog=catalog)
+            insp.on_ddl = lambda: self.catalogs.ddl(target)
+        insp.use(catalog)
         return insp
+
+    def _catalog_changed(self, target: str, catalog: Catalog) -> None:
+        # Live sessions judge by the new snapshot from their next statement on.
+        for (name, _), insp in self._inspectors.items():
+            if name == target:
+                insp.use(catalog)
 
     def _new_key(self, relay: Relay) -> tuple[int, int]:
         # Our own random key: the upstream's pid and key never reach the client, so a cancel can only come

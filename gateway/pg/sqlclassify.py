@@ -13,67 +13,35 @@ setting that would make the server and our lexer disagree about where strings en
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
 
 from sqlglot import exp
 
-from gateway.pg import sqlfunctions as fn
 from gateway.pg.sqlanalyze import WRITE_NODES, Analysis, Budget, analyze, dangerous_calls, guess_names
+from gateway.pg.sqlfacts import UNPARSEABLE, Context, Facts, failed, has_pair, unparseable
 from gateway.pg.sqllex import (
     IDENT,
-    NUMBER,
     OTHER,
-    PUNCT,
     QIDENT,
     STRING,
     UIDENT,
     Token,
     close_paren,
     find_kw,
-    fold,
     kw,
     name_at,
     punct,
-    string_value,
 )
+from gateway.pg.sqlsettings import lexing_calls, reset, set_
 
 __all__ = ["UNPARSEABLE", "Budget", "Facts", "classify", "dangerous_calls", "failed", "lexing_calls", "unparseable"]
 
 
-class Facts(NamedTuple):
-    """A statement's classification, before its text is attached."""
-
-    kind: str
-    command: str
-    needs: str
-    reason: str = ""
-    tables: frozenset[str] = frozenset()
-    functions: frozenset[str] = frozenset()
-    has_where: bool = True
+def _calls(f: Facts, a: Analysis) -> Facts:
+    """`f` with the analysis' functions and its calls that are not `name (`."""
+    return f._replace(functions=a.functions, attributes=a.attributes, types=a.types, operators=a.operators)
 
 
-UNPARSEABLE = "could not be parsed safely"
 _MAX_DEPTH = 4  # EXPLAIN / PREPARE / DECLARE nest at most a couple of levels in real use
-
-
-def unparseable(why: str, command: str = "?") -> Facts:
-    """Fail closed: unknown kind, admin only."""
-    return Facts("unknown", command, "admin", f"{UNPARSEABLE}: {why}")
-
-
-def failed(f: Facts) -> bool:
-    """Whether the statement could not be parsed (its kind may still be a keyword guess)."""
-    return f.reason.startswith(UNPARSEABLE)
-
-
-class Context(NamedTuple):
-    """Where a handler runs: how deep in EXPLAIN/PREPARE/DECLARE nesting, and the parse budget."""
-
-    depth: int
-    budget: Budget
-
-    def deeper(self) -> Context:
-        return Context(self.depth + 1, self.budget)
 
 
 def classify(t: list[Token], budget: Budget) -> Facts:
@@ -95,10 +63,6 @@ def _classify(t: list[Token], cx: Context) -> Facts:
         word = t[0][1] if t[0][0] == IDENT else t[0][1][:20]
         return unparseable(f"unknown statement {word.upper()!r}", word.upper())
     return handler(t, cx)
-
-
-def _has_pair(t: list[Token], a: str, b: str) -> bool:
-    return any(kw(t, i) == a and kw(t, i + 1) == b for i in range(len(t) - 1))
 
 
 def _join(*reasons: str) -> str:
@@ -137,7 +101,7 @@ def _query(t: list[Token], cx: Context) -> Facts:
         command = "SELECT" if first == "(" else first.upper()
         return unparseable(why, command)._replace(kind=kind, tables=tables, functions=functions)
     command = WRITE_NODES.get(type(a.root)) or ("VALUES" if isinstance(a.root, exp.Values) else "SELECT")
-    base = Facts("read", command, "read", "", a.tables, a.functions, not a.unguarded)
+    base = _calls(Facts("read", command, "read", "", a.tables, has_where=not a.unguarded), a)
     if a.select_into:
         return base._replace(kind="ddl", needs="admin", reason="SELECT INTO creates a table")
     if command not in ("SELECT", "VALUES"):
@@ -228,7 +192,7 @@ def _execute(t: list[Token], cx: Context) -> Facts:
     """EXECUTE runs a statement checked when it was prepared: decide() looks it up by name."""
     if len(t) < 2 or t[1][0] not in (IDENT, QIDENT):
         return unparseable("expected EXECUTE name", "EXECUTE")
-    functions: frozenset[str] = frozenset()
+    facts = Facts("unknown", "EXECUTE", "admin", f"runs prepared statement {t[1][1]}")
     if len(t) > 2:
         close = close_paren(t, 2)
         if not punct(t, 2, "(") or close != len(t) - 1:
@@ -236,8 +200,8 @@ def _execute(t: list[Token], cx: Context) -> Facts:
         a = _expr(t[3:close], "EXECUTE", cx)  # parameters are expressions and may call functions
         if isinstance(a, Facts):
             return a
-        functions = a.functions
-    return Facts("unknown", "EXECUTE", "admin", f"runs prepared statement {t[1][1]}", functions=functions)
+        facts = _calls(facts, a)
+    return facts
 
 
 # --- session, transaction and cursor statements ----------------------------------------------------
@@ -254,7 +218,7 @@ def _begin(t: list[Token], cx: Context) -> Facts:
     if kw(t, 0) == "start" and kw(t, 1) != "transaction":
         return unparseable("expected START TRANSACTION", "START")
     command = "BEGIN" if kw(t, 0) == "begin" else "START TRANSACTION"
-    if _has_pair(t, "read", "write"):
+    if has_pair(t, "read", "write"):
         return Facts("transaction", command, "write", "READ WRITE transaction")
     return Facts("transaction", command, "read")
 
@@ -272,126 +236,6 @@ def _discard(t: list[Token], cx: Context) -> Facts:
         # DISCARD ALL includes SET SESSION AUTHORIZATION DEFAULT and RESET ALL.
         return Facts("session", "DISCARD ALL", "admin", "resets the session's identity")
     return Facts("session", "DISCARD", "read")
-
-
-def _set(t: list[Token], cx: Context) -> Facts:
-    i = 1
-    if kw(t, i) in ("session", "local") and kw(t, i + 1) not in ("authorization", "characteristics"):
-        i += 1
-    word, nxt = kw(t, i), kw(t, i + 1)
-    if word == "session" and nxt == "authorization":
-        return Facts("session", "SET SESSION AUTHORIZATION", "admin", "changes the session's identity")
-    if word == "session" and nxt == "characteristics":
-        return Facts("session", "SET SESSION CHARACTERISTICS", "write", "changes every later transaction")
-    if word == "role":
-        return Facts("session", "SET ROLE", "admin", "changes the session's identity")
-    if word == "transaction":
-        if nxt != "snapshot" and _has_pair(t, "read", "write"):
-            return Facts("transaction", "SET TRANSACTION", "write", "READ WRITE transaction")
-        return Facts("transaction", "SET TRANSACTION", "read")
-    if word == "constraints":
-        return Facts("transaction", "SET CONSTRAINTS", "read")
-    special = {"time": ("timezone", i + 2), "names": ("client_encoding", i + 1), "schema": ("search_path", i + 1)}
-    if word in special and (word != "time" or nxt == "zone"):
-        var, at = special[word]
-        return _setting("SET", var, t[at:])
-    if word == "xml" and nxt == "option":
-        return _setting("SET", "xmloption", t[i + 2 :])
-    var, at = name_at(t, i)
-    if not var or not (kw(t, at) == "to" or punct(t, at, "=")):
-        return unparseable("expected SET name TO value", "SET")
-    return _setting("SET", var, t[at + 1 :])
-
-
-def _reset(t: list[Token], cx: Context) -> Facts:
-    word, nxt = kw(t, 1), kw(t, 2)
-    if word == "all":
-        # Back to the session-start values; denied in read because a read-only default set after
-        # login would be undone.
-        return Facts("session", "RESET ALL", "write", "resets every setting")
-    if word == "role" or (word == "session" and nxt == "authorization"):
-        return Facts("session", f"RESET {'ROLE' if word == 'role' else 'SESSION AUTHORIZATION'}", "admin",
-                     "changes the session's identity")  # fmt: skip
-    if word == "time" and nxt == "zone":
-        return _setting("RESET", "timezone", [])
-    if word == "transaction":
-        return Facts("transaction", "RESET", "read")
-    var, at = name_at(t, 1)
-    if not var or at != len(t):
-        return unparseable("expected RESET name", "RESET")
-    return _setting("RESET", var, [])
-
-
-_ON = frozenset({"on", "true", "yes", "1", "t", "tr", "tru", "y", "ye"})
-
-
-def _setting(command: str, var: str, values: list[Token]) -> Facts:
-    """SET var = values / RESET var (values empty); `var` compared case-insensitively, as the server does."""
-    var = fold(var)
-    default = not values or (len(values) == 1 and kw(values, 0) == "default")
-    if var in ("client_encoding", "standard_conforming_strings"):
-        return _lexing_setting(command, var, values, default)
-    if var in ("default_transaction_read_only", "transaction_read_only"):
-        return Facts("session", command, "write", f"changes {var}")
-    if var in fn.ADMIN_SETTINGS or var.startswith(fn.ADMIN_SETTING_PREFIXES):
-        return Facts("session", command, "admin", f"changes {var}")
-    if "." in var:
-        return Facts("session", command, "admin", f"changes custom setting {var} (row-level security may trust it)")
-    if var == "search_path" and _demotes_pg_catalog(values):
-        return Facts("session", command, "write", "lists pg_catalog after another schema")
-    if var in fn.READ_SETTINGS:
-        return Facts("session", command, "read")
-    return Facts("session", command, "write", f"changes {var}")
-
-
-def _demotes_pg_catalog(values: list[Token]) -> bool:
-    """Whether a search_path names pg_catalog after another schema, or cannot be read.
-
-    pg_catalog is searched first unless listed; listed later, an unqualified upper() could resolve to
-    some other schema's upper(), and the read allowlist trusts unqualified built-in names.
-    """
-    names: list[str | None] = []
-    for tok in values:
-        if tok[0] == PUNCT and tok[1] == ",":
-            continue
-        if tok[0] == STRING:
-            names.append(string_value(tok[1]))
-        else:
-            names.append(tok[1] if tok[0] in (IDENT, QIDENT) else None)
-    return None in names or "pg_catalog" in names[1:]
-
-
-def _lexing_setting(command: str, var: str, values: list[Token], default: bool) -> Facts:
-    """client_encoding and standard_conforming_strings decide where strings end: UTF8/on or nothing.
-
-    With SJIS or GBK a quote can hide inside a multibyte character; with standard_conforming_strings
-    off, 'a\\' stops being a whole string. Either makes this lexer and the server disagree.
-    DEFAULT/RESET return to the session-start value, which the front end pins (needs write).
-    """
-    if default:
-        return Facts("session", command, "write", f"resets {var} to the session-start value")
-    value = _single_value(values)
-    if var == "client_encoding":
-        ok = value is not None and "".join(c for c in value if c.isalnum() and c.isascii()) in ("utf8", "unicode")
-        wanted = "UTF8"
-    else:
-        ok, wanted = value in _ON, "on"
-    if ok:
-        return Facts("session", command, "read")
-    return Facts(
-        "session", command, "never", f"{var} must stay {wanted}: other values let a quote hide from the parser"
-    )
-
-
-def _single_value(values: list[Token]) -> str | None:
-    """The ASCII-lowercased text of a one-token value (word, number or plain string), else None."""
-    if len(values) != 1:
-        return None
-    kind, raw = values[0][0], values[0][1]
-    if kind == STRING:
-        text = string_value(raw)
-        return None if text is None else fold(text)
-    return raw if kind in (IDENT, NUMBER) else None
 
 
 # --- COPY, LOCK, CALL ------------------------------------------------------------------------------
@@ -432,14 +276,14 @@ def _copy(t: list[Token], cx: Context) -> Facts:
 
 
 def _copy_from(t: list[Token], i: int, tables: frozenset[str], cx: Context) -> Facts:
-    functions: frozenset[str] = frozenset()
+    facts = Facts("write", "COPY", "write", "COPY FROM STDIN", tables)
     where = find_kw(t, i, "where")
     if where > 0:
         a = _expr(t[where + 1 :], "COPY", cx)  # COPY ... FROM STDIN WHERE <condition> may call functions
         if isinstance(a, Facts):
             return a
-        functions = a.functions
-    return Facts("write", "COPY", "write", "COPY FROM STDIN", tables, functions)
+        facts = _calls(facts, a)
+    return facts
 
 
 def _lock(t: list[Token], cx: Context) -> Facts:
@@ -461,7 +305,7 @@ def _call(t: list[Token], cx: Context) -> Facts:
     a = _expr(t[1:], "CALL", cx)
     if isinstance(a, Facts):
         return a
-    return Facts("write", "CALL", "write", "runs a procedure", a.tables, a.functions)
+    return _calls(Facts("write", "CALL", "write", "runs a procedure", a.tables), a)
 
 
 # --- DDL, DCL, maintenance -------------------------------------------------------------------------
@@ -541,8 +385,8 @@ _HANDLERS: dict[str, Callable[[list[Token], Context], Facts]] = {
     "prepare": _prepare,
     "declare": _declare,
     "execute": _execute,
-    "set": _set,
-    "reset": _reset,
+    "set": set_,
+    "reset": reset,
     "show": _constant("read", "SHOW", "read"),
     "begin": _begin,
     "start": _begin,
@@ -568,40 +412,3 @@ _HANDLERS: dict[str, Callable[[list[Token], Context], Facts]] = {
         ("do", "load", "vacuum", "analyze", "analyse", "cluster", "reindex", "checkpoint", "refresh"), _maintenance
     ),
 }
-
-
-def harmless_set_config(t: list[Token]) -> bool:
-    """Whether every set_config() call names, as a plain literal, a setting that read scope may SET.
-
-    Drivers do this on their own: asyncpg's type introspection runs `set_config('jit', 'off', false)`.
-    Anything else (a computed name, role, session_authorization, ...) stays denied.
-    """
-    found = False
-    for i in range(len(t) - 2):
-        if t[i][0] in (IDENT, QIDENT) and t[i][1] == "set_config" and punct(t, i + 1, "("):
-            raw = string_value(t[i + 2][1]) if t[i + 2][0] == STRING else None
-            name = fold(raw) if raw is not None else ""
-            # search_path is safe only for some values (pg_catalog first), which SET checks; not here.
-            if raw is None or not punct(t, i + 3, ",") or name not in fn.READ_SETTINGS or name == "search_path":
-                return False
-            found = True
-    return found
-
-
-def lexing_calls(t: list[Token]) -> str | None:
-    """Why a set_config() call could change client_encoding or standard_conforming_strings, or None.
-
-    Checked in every scope (admin too), like SET: the name and value must be plain literals.
-    """
-    for i in range(len(t) - 2):
-        if t[i][0] in (IDENT, QIDENT) and t[i][1] == "set_config" and punct(t, i + 1, "("):
-            raw = string_value(t[i + 2][1]) if t[i + 2][0] == STRING else None
-            if raw is None or not punct(t, i + 3, ","):
-                return "set_config() with a setting name that is not a plain literal might change client_encoding"
-            var = fold(raw)
-            if var in ("client_encoding", "standard_conforming_strings"):
-                value = t[i + 4 : i + 5] if punct(t, i + 5, ",") else []
-                facts = _lexing_setting("set_config", var, value, False)
-                if facts.needs == "never":
-                    return facts.reason
-    return None

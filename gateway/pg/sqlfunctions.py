@@ -15,6 +15,9 @@ def _words(text: str) -> frozenset[str]:
 # --- Functions allowed in read scope ---------------------------------------------------------------
 # Built-ins that neither write, nor change session state, nor reach outside the database (files,
 # other servers, other backends), nor run SQL given as text. Volatile is fine (random(), now()).
+# Not here, on purpose: txid_current() and pg_current_xact_id() assign a transaction id (a write to
+# the clog, and what keeps a read-only standby from running them); advisory locks, large objects
+# (lo_*), nextval/setval, set_config, pg_notify, backend signals, and functions that run SQL text.
 
 _AGGREGATES = _words("""
     count sum avg min max array_agg string_agg bool_and bool_or every bit_and bit_or bit_xor
@@ -62,7 +65,7 @@ _TYPES = _words("""
     to_regoper to_regoperator to_regnamespace to_regrole to_regcollation pg_input_is_valid
     pg_input_error_info bool int2 int4 int8 float4 float8 numeric text varchar bpchar char date time
     timestamp timestamptz interval inet cidr macaddr macaddr8 uuid json jsonb bytea oid regclass name
-    bit varbit tsvector tsquery money row array
+    bit varbit tsvector tsquery money row array xml record trigger
 """)
 
 _JSON = _words("""
@@ -106,6 +109,8 @@ _NETWORK_GEO = _words("""
     line lseg path point polygon bound_box
 """)
 
+# xpath, xmltable and xmlexists evaluate XPath over a value they are given: no SQL runs (unlike
+# query_to_xml and its family, denied below).
 _XML = _words("""
     xmlcomment xmlconcat xmlelement xmlforest xmlpi xmlroot xmlexists xml_is_well_formed
     xml_is_well_formed_document xml_is_well_formed_content xpath xpath_exists xmlparse xmlserialize
@@ -129,9 +134,9 @@ _SESSION_INFO = _words("""
     pg_current_wal_insert_lsn pg_current_wal_flush_lsn pg_wal_lsn_diff pg_walfile_name
     pg_walfile_name_offset pg_get_wal_replay_pause_state pg_is_wal_replay_paused pg_current_snapshot
     pg_snapshot_xip pg_snapshot_xmax pg_snapshot_xmin pg_visible_in_snapshot pg_xact_status
-    txid_current txid_current_if_assigned txid_current_snapshot txid_snapshot_xip txid_snapshot_xmax
-    txid_snapshot_xmin txid_visible_in_snapshot txid_status pg_current_xact_id
-    pg_current_xact_id_if_assigned pg_xact_commit_timestamp pg_xact_commit_timestamp_origin
+    txid_current_if_assigned txid_current_snapshot txid_snapshot_xip txid_snapshot_xmax
+    txid_snapshot_xmin txid_visible_in_snapshot txid_status pg_current_xact_id_if_assigned
+    pg_xact_commit_timestamp pg_xact_commit_timestamp_origin
     pg_last_committed_xact mxid_age current_setting pg_settings_get_flags pg_sleep pg_sleep_for
     pg_sleep_until currval lastval pg_sequence_last_value pg_sequence_parameters
     pg_control_checkpoint pg_control_system pg_control_init pg_control_recovery
@@ -161,7 +166,7 @@ _CATALOG = _words("""
     pg_database_size pg_indexes_size pg_relation_size pg_size_bytes pg_size_pretty pg_table_size
     pg_tablespace_size pg_total_relation_size pg_relation_filenode pg_relation_filepath
     pg_filenode_relation pg_partition_tree pg_partition_ancestors pg_partition_root pg_lock_status
-    pg_available_extensions pg_available_extension_versions pg_extension_config_dump
+    pg_available_extensions pg_available_extension_versions
     pg_show_all_settings pg_timezone_names pg_timezone_abbrevs pg_cursor pg_prepared_statement
     pg_prepared_xact pg_get_replication_slots pg_get_shmem_allocations pg_get_backend_memory_contexts
     pg_get_multixact_members pg_stat_statements pg_stat_statements_info pg_get_wal_resource_managers
@@ -201,8 +206,11 @@ READ_FUNCTION_PREFIXES: tuple[str, ...] = ("pg_stat_get_",)
 # Write scope may change data, not the server, the session's identity or other sessions. These change
 # settings (set_config can do what SET ROLE and SET client_encoding do), touch the server's files,
 # reach other servers, signal other backends, run SQL given as text (which we cannot inspect), or
-# control replication and backups. Matched on the unqualified name in any schema: extensions such
-# as dblink live in whatever schema they were installed into. policy.extra_functions overrides.
+# control replication and backups. SQL given as text: every PostgreSQL 15 built-in that hands a text
+# argument to SPI (query_to_xml*, cursor_to_xml*, table_/schema_/database_to_xml* which build and run
+# queries, ts_stat, ts_rewrite(tsquery, text)), and contrib's dblink*, crosstab*, connectby. Matched
+# on the unqualified name in any schema: extensions such as dblink live in whatever schema they were
+# installed into. policy.extra_functions overrides.
 
 WRITE_DENIED_FUNCTIONS: frozenset[str] = _words("""
     set_config pg_terminate_backend pg_cancel_backend pg_reload_conf pg_rotate_logfile
@@ -213,7 +221,8 @@ WRITE_DENIED_FUNCTIONS: frozenset[str] = _words("""
     pg_copy_physical_replication_slot pg_copy_logical_replication_slot pg_replication_slot_advance
     pg_logical_emit_message pg_sync_replication_slots pg_import_system_collations
     pg_read_file pg_read_binary_file pg_ls_dir pg_stat_file pg_logdir_ls pg_truncate_visibility_map
-    lo_import lo_export query_to_xml query_to_xml_and_xmlschema query_to_xmlschema table_to_xml
+    lo_import lo_export query_to_xml query_to_xml_and_xmlschema query_to_xmlschema cursor_to_xml
+    cursor_to_xmlschema connectby table_to_xml
     table_to_xml_and_xmlschema table_to_xmlschema schema_to_xml schema_to_xml_and_xmlschema
     schema_to_xmlschema database_to_xml database_to_xml_and_xmlschema database_to_xmlschema
     ts_stat ts_rewrite pg_hba_file_rules pg_ident_file_mappings
@@ -222,6 +231,7 @@ WRITE_DENIED_FUNCTIONS: frozenset[str] = _words("""
 
 WRITE_DENIED_PREFIXES: tuple[str, ...] = (
     "dblink",  # dblink, dblink_exec, dblink_connect...: SQL on another (or this) server as another role
+    "crosstab",  # tablefunc's crosstab(text), crosstab2..4, crosstab_hash: run the SQL text they are given
     "pg_ls_",  # pg_ls_logdir, pg_ls_waldir, ...: server directory listings
     "pg_file_",  # adminpack: pg_file_write, pg_file_unlink, ...
     "pg_stat_reset",  # wipes the statistics an investigation relies on

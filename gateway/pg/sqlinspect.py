@@ -15,8 +15,10 @@ read   SELECT/VALUES/TABLE (no SELECT INTO, no FOR UPDATE/SHARE, no data-modifyi
        harmless settings (sqlfunctions.READ_SETTINGS; search_path only if pg_catalog is first or
        not listed), DEALLOCATE, DISCARD PLANS/TEMP/SEQUENCES, LISTEN/UNLISTEN (only subscribes this
        session). Every function called must be in the read allowlist (sqlfunctions.READ_FUNCTIONS,
-       unqualified or pg_catalog.) or policy.extra_functions. pg_sleep is allowed: it only holds
-       this session's connection (statement_timeout bounds it).
+       unqualified or pg_catalog.) or policy.extra_functions; with the target's catalogue, an
+       unqualified name that has an overload outside pg_catalog must be in extra_functions (the
+       server, not the name, decides which one runs). pg_sleep is allowed: it only holds this
+       session's connection (statement_timeout bounds it). txid_current() is not a read.
 write  read, plus INSERT/UPDATE/DELETE/MERGE (also in WITH), FOR UPDATE/SHARE, COPY FROM STDIN,
        LOCK, NOTIFY, CALL, READ WRITE transactions, RESET ALL, other non-custom settings,
        PREPARE TRANSACTION. Any function except sqlfunctions.WRITE_DENIED_FUNCTIONS (set_config,
@@ -25,6 +27,13 @@ write  read, plus INSERT/UPDATE/DELETE/MERGE (also in WITH), FOR UPDATE/SHARE, C
        SESSION AUTHORIZATION and their RESET, DISCARD ALL, custom (dotted) settings, ALTER SYSTEM,
        COPY to/from a file or PROGRAM, DO, VACUUM/ANALYZE/CLUSTER/REINDEX/CHECKPOINT/REFRESH/LOAD,
        COMMIT/ROLLBACK PREPARED, unknown or unparseable statements.
+calls  (read and write; sqlcalls) "Every function called" means every call the server may make: `f(...)`
+       in any clause, quoted or schema-qualified; attribute notation, which PostgreSQL reads as a call
+       when x has no such column (`(x).f`, `t.f`, `(t.c).f` mean f(x), f(t), f(t.c)); conversions to
+       a type whose cast, input or domain CHECK runs a user function; operators backed by user
+       functions. gateway.pg.catalog (the target's, passed in: no I/O here) tells a column from a
+       call; without one, PostgreSQL 15's built-in names stand in and `(expr).name` naming no
+       built-in is denied (rule "ambiguous-call"): it may be a user function nobody can see.
 admin  everything, unparseable included (a lexer error means the server runs nothing either);
        unparseable statements still carry a keyword kind and every name they mention, for rules.
 every  client_encoding other than UTF8 and standard_conforming_strings other than on are refused
@@ -37,7 +46,9 @@ alerts: UPDATE/DELETE without WHERE, statements touching sensitive tables.
 Caching: the fingerprint keeps everything but literal values (and keeps those of SET and of
 statements calling set_config, the only decisions that read a literal); sqlglot parses a rendering
 in which every literal is the same constant, so a decision is a function of the fingerprint.
-Decisions that read the statement text (pattern rules) or the session (EXECUTE) are recomputed.
+Decisions that read the statement text (pattern rules) or the session (EXECUTE) are recomputed, and
+so are those of statements that may change the catalogue (DDL, DO, CALL: `on_ddl` hears of each).
+Inspections do not depend on the catalogue; decisions do: `Inspector.use` drops them for a new one.
 Before the lexer, `Inspector.check` tries the exact text, then (for texts of names, integers, whitespace
 and a few operators only, see `skeleton`) the text with its integers blanked: ~3 us instead of ~9 us
 for the pgbench/ORM pattern of one statement shape with ever-new ids.
@@ -49,17 +60,17 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from gateway.pg import sqlfunctions as fn
+from gateway.pg.catalog import Catalog
+from gateway.pg.sqlcalls import function_floor, split_name
 from gateway.pg.sqlclassify import (
     UNPARSEABLE,
     Budget,
     Facts,
     classify,
     dangerous_calls,
-    harmless_set_config,
     lexing_calls,
     unparseable,
 )
@@ -88,6 +99,15 @@ class Statement:
     has_where: bool  # False when an UPDATE or DELETE in it (CTEs included) has no WHERE
     reason: str  # why kind/needs are what they are; "could not be parsed safely: ..." when unknown
     needs: str  # the least mode that may run it: read, write, admin, or never
+    # Calls the server may make that are not `name (`, resolved by decide() against the catalogue:
+    attributes: frozenset[tuple[str, str]] = frozenset()  # (relation, name) of `x.name`: sqlanalyze
+    types: frozenset[str] = frozenset()  # types converted to (x::t, CAST(x AS t), t 'literal')
+    operators: frozenset[str] = frozenset()
+
+    def again(self, text: str) -> Statement:
+        """The same statement with another text (same fingerprint, other literals)."""
+        return Statement(text, self.kind, self.command, self.tables, self.functions, self.has_where, self.reason,
+                         self.needs, self.attributes, self.types, self.operators)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +225,8 @@ def _statement(text: str, f: Facts, toks: list[Token]) -> Statement:
     functions = f.functions | dangerous_calls(toks) if toks else f.functions
     if f.needs != "never" and (why := lexing_calls(toks)) is not None:
         f = f._replace(needs="never", reason=why)
-    return Statement(text, f.kind, f.command, f.tables, functions, f.has_where, f.reason, f.needs)
+    return Statement(text, f.kind, f.command, f.tables, functions, f.has_where, f.reason, f.needs,
+                     f.attributes, f.types, f.operators)  # fmt: skip
 
 
 def _retext(ins: Inspection, texts: list[str]) -> Inspection:
@@ -214,14 +235,10 @@ def _retext(ins: Inspection, texts: list[str]) -> Inspection:
         s, t = ins.statements[0], texts[0]
         if s.text == t:
             return ins
-        one = Statement(t, s.kind, s.command, s.tables, s.functions, s.has_where, s.reason, s.needs)
-        return Inspection((one,), ins.fingerprint, ins.error)
+        return Inspection((s.again(t),), ins.fingerprint, ins.error)
     if all(s.text == t for s, t in zip(ins.statements, texts, strict=True)):
         return ins
-    stmts = tuple(
-        Statement(t, s.kind, s.command, s.tables, s.functions, s.has_where, s.reason, s.needs)
-        for s, t in zip(ins.statements, texts, strict=True)
-    )
+    stmts = tuple(s.again(t) for s, t in zip(ins.statements, texts, strict=True))
     return Inspection(stmts, ins.fingerprint, ins.error)
 
 
@@ -242,14 +259,21 @@ def statement_name(stmt: Statement) -> str | None:
 # --- decide ----------------------------------------------------------------------------------------
 
 
-def decide(ins: Inspection, policy: SqlPolicy, prepared: Mapping[str, Inspection] | None = None) -> Decision:
+def decide(
+    ins: Inspection,
+    policy: SqlPolicy,
+    prepared: Mapping[str, Inspection] | None = None,
+    catalog: Catalog | None = None,
+) -> Decision:
     """The scope's decision on a whole text: mode floor, then rules, then detections.
 
     `prepared` maps prepared-statement names to the Inspection that created them (the Parse
     message's query, or the PREPARE statement); EXECUTE of a name not in it is denied below admin.
+    `catalog` is the target's (gateway.pg.catalog); without it, names are judged by PostgreSQL 15's
+    built-ins and `(expr).name` that may be a call of an unknown function is denied below admin.
     """
     mode = policy.mode if policy.mode in ("read", "write", "admin") else "read"
-    floor = next((d for s in ins.statements if (d := _floor(s, mode, policy, prepared)) is not None), None)
+    floor = next((d for s in ins.statements if (d := _floor(s, mode, policy, prepared, catalog)) is not None), None)
     stmts = list(_with_prepared(ins.statements, prepared))
     verdict, alerts = _rules(stmts, policy.rules)
     if verdict is not None and verdict.verdict is Verdict.KILL:
@@ -262,15 +286,19 @@ def decide(ins: Inspection, policy: SqlPolicy, prepared: Mapping[str, Inspection
     return Decision.allow(*dict.fromkeys(alerts))
 
 
-def _floor(s: Statement, mode: str, policy: SqlPolicy, prepared: Mapping[str, Inspection] | None) -> Decision | None:
+def _floor(
+    s: Statement, mode: str, policy: SqlPolicy, prepared: Mapping[str, Inspection] | None, catalog: Catalog | None
+) -> Decision | None:
     """Why the scope's mode refuses this statement, or None."""
     if _is_execute(s) and mode != "admin":
-        denied = _execute_floor(s, mode, policy, prepared)
+        denied = _execute_floor(s, mode, policy, prepared, catalog)
         if denied is not None:
             return denied
     elif _RANK.get(s.needs, 3) > _RANK[mode]:
         return _refusal(s, mode)
-    return _function_floor(s, mode, policy.extra_functions)
+    if mode == "admin":
+        return None
+    return function_floor(s, mode, policy.extra_functions, catalog)
 
 
 def _is_execute(s: Statement) -> bool:
@@ -290,60 +318,17 @@ def _refusal(s: Statement, mode: str) -> Decision:
 
 
 def _execute_floor(
-    s: Statement, mode: str, policy: SqlPolicy, prepared: Mapping[str, Inspection] | None
+    s: Statement, mode: str, policy: SqlPolicy, prepared: Mapping[str, Inspection] | None, catalog: Catalog | None
 ) -> Decision | None:
     name = statement_name(s)
     inner = prepared.get(name) if prepared is not None and name is not None else None
     if inner is None:
         rule = "read-only" if mode == "read" else "write-scope"
         return Decision.deny(rule, f"EXECUTE {name}: not a statement prepared in this session")
-    d = decide(inner, policy)
+    d = decide(inner, policy, catalog=catalog)
     if not d.allowed:
         return Decision(d.verdict, d.rule, f"EXECUTE {name}: {d.reason}")
     return None
-
-
-def _function_floor(s: Statement, mode: str, extra: frozenset[str]) -> Decision | None:
-    for name in sorted(s.functions):
-        if mode == "read" and not _read_function(name, extra):
-            if _split_name(name) in (("", "set_config"), ("pg_catalog", "set_config")) and _harmless_set_config(s.text):
-                continue  # the literal setting name is part of the fingerprint, so this stays cache-safe
-            return Decision.deny("function-not-allowed", f"{name}() is not allowed in read scope")
-        if mode == "write" and _write_denied(name, extra):
-            return Decision.deny("function-not-allowed", f"{name}() is not allowed in write scope")
-    return None
-
-
-def _harmless_set_config(text: str) -> bool:
-    try:
-        return harmless_set_config(tokenize(text))
-    except LexError:
-        return False
-
-
-def _split_name(name: str) -> tuple[str, str]:
-    schema, _, base = name.rpartition(".")
-    return schema, base
-
-
-def _extra(name: str, extra: frozenset[str]) -> bool:
-    """extra_functions: a qualified entry matches exactly, an unqualified one in any schema."""
-    return name in extra or _split_name(name)[1] in extra
-
-
-def _read_function(name: str, extra: frozenset[str]) -> bool:
-    if _extra(name, extra):
-        return True
-    schema, base = _split_name(name)
-    if schema not in ("", "pg_catalog"):
-        return False  # someone's function that shares a built-in's name
-    return base in fn.READ_FUNCTIONS or base.startswith(fn.READ_FUNCTION_PREFIXES)
-
-
-def _write_denied(name: str, extra: frozenset[str]) -> bool:
-    base = _split_name(name)[1]
-    denied = base in fn.WRITE_DENIED_FUNCTIONS or base.startswith(fn.WRITE_DENIED_PREFIXES)
-    return denied and not _extra(name, extra)
 
 
 def _with_prepared(stmts: Iterable[Statement], prepared: Mapping[str, Inspection] | None) -> Iterable[Statement]:
@@ -389,9 +374,9 @@ def _meets(wanted: Iterable[str], have: Iterable[str]) -> str | None:
     """The first wanted name that names one we have; `orders` and `public.orders` meet (search_path)."""
     have = list(have)
     for w in wanted:
-        ws, wb = _split_name(w)
+        ws, wb = split_name(w)
         for h in have:
-            hs, hb = _split_name(h)
+            hs, hb = split_name(h)
             if w == h or (wb == hb and (not ws or not hs)):
                 return w
     return None
@@ -412,6 +397,11 @@ def _detections(stmts: list[Statement], policy: SqlPolicy) -> list[str]:
 # --- caches ----------------------------------------------------------------------------------------
 
 
+def _may_ddl(s: Statement) -> bool:
+    """Whether running the statement may change the catalogue: DDL, DO, anything admin-only, CALL."""
+    return s.needs == "admin" or s.command == "CALL"
+
+
 class _Lru(OrderedDict[str, Inspection]):
     """A bounded map, oldest entry evicted first."""
 
@@ -430,10 +420,14 @@ _INSPECTIONS = _Lru(4096)
 
 
 class Inspector:
-    """Per-scope checker: caches decisions by fingerprint (bounded LRU) so a hot statement parses once."""
+    """Per-scope (and target catalogue) checker: caches decisions by fingerprint so a hot statement parses once.
 
-    def __init__(self, policy: SqlPolicy, size: int = 4096) -> None:
+    A new catalogue means a new Inspector: decisions depend on it, inspections do not.
+    """
+
+    def __init__(self, policy: SqlPolicy, size: int = 4096, *, catalog: Catalog | None = None) -> None:
         self.policy = policy
+        self.catalog = catalog
         self._size = size
         self._cache: OrderedDict[str, tuple[str, Inspection, Decision | None]] = OrderedDict()
         # The first text of each fingerprint, exactly (a loop re-sending one statement skips the lexer);
@@ -443,6 +437,16 @@ class Inspector:
         self._skeletons: OrderedDict[str, tuple[Inspection, Decision]] = OrderedDict()
         # Pattern rules read literals and comments, which the fingerprint drops: decide every time.
         self._text_rules = any(r.pattern is not None for r in policy.rules)
+        # Told (no I/O here) when a DDL statement is allowed: the target's catalogue is then out of date.
+        self.on_ddl: Callable[[], None] | None = None
+
+    def use(self, catalog: Catalog | None) -> None:
+        """Judge with another catalogue snapshot from now on (the decision caches are dropped)."""
+        if catalog is not self.catalog:
+            self.catalog = catalog
+            self._cache.clear()
+            self._texts.clear()
+            self._skeletons.clear()
 
     def check(self, sql: str, prepared: Mapping[str, Inspection] | None = None) -> tuple[Inspection, Decision]:
         """Inspect and decide one Query/Parse text."""
@@ -465,14 +469,18 @@ class Inspector:
             if sql != src:
                 ins = _retext(ins, scan.texts(sql))
             if decision is None:
-                return ins, decide(ins, self.policy, prepared)
+                decision = decide(ins, self.policy, prepared, self.catalog)
+                self._told(ins, decision)
+                return ins, decision
             if skel is not None and not scan.kept:
                 self._skeleton(skel, ins, decision)
             return ins, decision
         ins = _inspect(sql, scan)
-        decision = decide(ins, self.policy, prepared)
+        decision = decide(ins, self.policy, prepared, self.catalog)
+        self._told(ins, decision)
         if scan.error is None and len(key) <= _MAX_CACHED_KEY:
-            static = not self._text_rules and not any(_is_execute(s) for s in ins.statements)
+            # EXECUTE depends on the session; DDL is decided again so that on_ddl hears of every one.
+            static = not self._text_rules and not any(_is_execute(s) or _may_ddl(s) for s in ins.statements)
             self._cache[key] = (sql, ins, decision if static else None)
             if len(self._cache) > self._size:
                 self._cache.popitem(last=False)
@@ -481,6 +489,10 @@ class Inspector:
                 if skel is not None and not scan.kept:
                     self._skeleton(skel, ins, decision)
         return ins, decision
+
+    def _told(self, ins: Inspection, decision: Decision) -> None:
+        if self.on_ddl is not None and decision.allowed and any(_may_ddl(s) for s in ins.statements):
+            self.on_ddl()
 
     def _skeleton(self, skel: str, ins: Inspection, decision: Decision) -> None:
         self._skeletons[skel] = (ins, decision)
