@@ -50,6 +50,7 @@ _EMPTY_DECISION = Decision(Verdict.ALLOW)
 _ALLOW = Verdict.ALLOW
 
 
+_NO_PORTAL: tuple[str, None, None] = ("", None, None)
 _PREPARE_COMMANDS = frozenset({"PREPARE", "DEALLOCATE"})
 _WATCHED = frozenset(b"CEISZs")  # the upstream messages from_server looks at; the rest go by untouched
 
@@ -131,7 +132,7 @@ class Relay:
         self.prepared: dict[str, Inspection] = {}
         self._statements: dict[str, tuple[str, Inspection, Decision]] = {}
         self._denied: dict[str, Decision] = {}
-        self._portals: dict[str, tuple[str, list[str] | None]] = {}
+        self._portals: dict[str, tuple[str, list[str] | None, list[dict[str, Any]] | None]] = {}
         self._tripwires = Tripwires(upstream.parameters, read_only=self.read_only, admin=self.admin)
         self._handlers: dict[int, Callable[[bytes, int, int], bool]] = {
             _Q: self._on_query, _P: self._on_parse, _B: self._on_bind, _E: self._on_execute, _C: self._on_close,
@@ -260,22 +261,26 @@ class Relay:
             # The statement never reached the upstream; a Bind to it must not reach an older one of that name.
             self._deny_in_batch(denied)
             return False
-        self._portals[portal] = (statement, describe_params(params, formats) if params else None)
+        if params:
+            shown, long = describe_params(params, formats, self.journal.attach)
+            self._portals[portal] = (statement, shown, long)
+        else:
+            self._portals[portal] = (statement, None, None)
         self._batch_forwarded = True
         return True
 
     def _on_execute(self, chunk: bytes, start: int, end: int) -> bool:
         portal, max_rows = decode_execute(chunk[start + 5 : end])
-        stmt_name, params = self._portals.get(portal, ("", None))
+        stmt_name, params, long = self._portals.get(portal, _NO_PORTAL)
         known = self._statements.get(stmt_name)
         if known is None:
             self.journal.started(f"<portal {portal!r}>", params, "", "unknown", (), _EMPTY_DECISION,
-                                 self._z_sent + 1, self.status)  # fmt: skip
+                                 self._z_sent + 1, self.status, 0, long)  # fmt: skip
         else:
             sql, insp, decision = known
             st = insp.statements[0] if insp.statements else None
             self.journal.started(sql, params, insp.fingerprint, _kind(st), st.tables if st else (), decision,
-                                 self._z_sent + 1, self.status, max_rows)  # fmt: skip
+                                 self._z_sent + 1, self.status, max_rows, long)  # fmt: skip
         self._batch_forwarded = True
         return True
 
