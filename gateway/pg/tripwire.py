@@ -11,6 +11,14 @@ that runs SQL text, an overload the inspector took for a built-in):
   of `off` means the second wall is gone for the rest of the session.
 - session_authorization: the session user the gateway logged in as; a change means another identity.
 - is_superuser: `on` after login means the session now acts with superuser rights.
+
+The login flow (upstream.startup_parameters) pins default_transaction_read_only=on (read mode),
+client_encoding and standard_conforming_strings in the startup packet; session_authorization and
+is_superuser follow the login, so their values at login (Upstream.parameters) are the baseline. The
+server reports a value only when it changes, at the end of the Query (or Sync) that changed it: the
+statement that breached the wall has run, nothing after it is forwarded. Breaching the real wall takes
+something the parser cannot see into, such as a SECURITY DEFINER function that calls set_config or a
+function that runs SQL text; the tests build exactly that (tests/pg/test_walls.py).
 """
 
 from __future__ import annotations
