@@ -459,8 +459,9 @@ def _params_shown(ev: dict[str, Any]) -> list[str]:
         if len(p) <= 240 and size == len(shown):
             out.append(p if text is None else f"{p} = {text!r}")
             continue
-        core = shown.strip()
-        note += f" ({size} {'bytes' if i in sizes else 'chars'}{', blanks trimmed' if len(core) < len(shown) else ''})"
+        core = "\u2026".join(part.strip() for part in shown.split("\u2026"))  # head and tail trimmed apart
+        trimmed = ", blanks trimmed" if len(core) < len(shown) else ""
+        note += f" ({size} {'bytes' if i in sizes else 'chars'}{trimmed})"
         out.append((core if len(core) <= 240 else core[:80] + "\u2026" + core[-160:]) + note)
     return out
 
