@@ -11,6 +11,7 @@ take the right away. Checked per login, by its scope's SQL mode (read < write < 
   (query_to_xml, ts_stat, dblink...), server files (read, write); advisory locks, large objects,
   pg_notify (read)
 - CREATE on a schema or the database, TEMP on the database (read, write)
+- LISTEN and NOTIFY need no privilege at all: only the parser refuses them (pg_notify is checked above)
 - default_transaction_read_only off as the role's own default (read: the gateway pins it per session,
   but a role that is read-only by itself does not depend on the gateway's startup packet)
 """
@@ -81,13 +82,19 @@ _MEMBERSHIPS = f"""SELECT r.rolname,
     WHERE r.rolname <> current_user AND pg_has_role(current_user, r.oid, 'MEMBER')
       AND (r.rolname = ANY($1::text[]) OR r.rolsuper OR r.rolcreaterole OR r.rolbypassrls)
     ORDER BY 1"""  # noqa: S608
+# INSERT and UPDATE may be granted on single columns (has_table_privilege does not see those); a REVOKE on
+# the table takes the column grants away too.
 _TABLES = f"""SELECT format('%I.%I', n.nspname, c.relname) AS name, p.priv,
         pg_has_role(current_user, c.relowner, 'USAGE') AS owner,
-        {_grantees("c.relacl", "r", "c.relowner", "p.priv")}
+        {_grantees("c.relacl", "r", "c.relowner", "p.priv")},
+        EXISTS (SELECT 1 FROM pg_attribute at, aclexplode(at.attacl) a WHERE at.attrelid = c.oid
+                AND a.privilege_type = p.priv AND a.grantee IN (0, {_ME})) AS on_columns
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     CROSS JOIN unnest(ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE']) AS p(priv)
     WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-      AND n.nspname NOT LIKE 'pg\\_%' AND has_table_privilege(c.oid, p.priv)
+      AND n.nspname NOT LIKE 'pg\\_%'
+      AND (has_table_privilege(c.oid, p.priv)
+           OR (p.priv IN ('INSERT', 'UPDATE') AND has_any_column_privilege(c.oid, p.priv)))
     ORDER BY 1, 2"""  # noqa: S608
 _SEQUENCES = f"""SELECT format('%I.%I', n.nspname, c.relname) AS name, p.priv,
         pg_has_role(current_user, c.relowner, 'USAGE') AS owner,
@@ -166,8 +173,11 @@ async def _findings(conn: asyncpg.Connection, login: str, mode: str) -> list[Fin
         out.append(Finding(f"member of {r['rolname']}", fix))
     if mode == "read":
         for r in await conn.fetch(_TABLES):
-            out.append(Finding(f"{r['priv']} on table {r['name']}",
-                               _revoke(r["priv"], f"TABLE {r['name']}", login, r["via_public"], r["direct"],
+            cols = r["on_columns"] and not (r["via_public"] or r["direct"])
+            # A column grant to PUBLIC or the login: the table-level REVOKE from both takes it away.
+            via_public, direct = (True, True) if cols else (r["via_public"], r["direct"])
+            out.append(Finding(f"{r['priv']} on table {r['name']}" + (" (some columns)" if cols else ""),
+                               _revoke(r["priv"], f"TABLE {r['name']}", login, via_public, direct,
                                        r["owner"])))  # fmt: skip
         for r in await conn.fetch(_SEQUENCES):
             out.append(Finding(f"{r['priv']} on sequence {r['name']} (nextval/setval)",

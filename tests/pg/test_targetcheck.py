@@ -23,7 +23,9 @@ from tests.rig.postgres import PgCluster
 DB = "gw_tcheck"
 SETUP = """
 CREATE TABLE t (id int);
+CREATE TABLE u (id int, note text);
 GRANT SELECT, INSERT ON t TO app_ro;
+GRANT SELECT, UPDATE (note) ON u TO app_ro;
 GRANT SELECT, INSERT, UPDATE, DELETE ON t TO app_rw;
 """
 
@@ -89,6 +91,7 @@ async def test_stock_read_role_has_findings_and_the_fixes_clear_them(tcheck: Tar
     assert what["TEMP on database (temporary tables)"] == f"REVOKE TEMP ON DATABASE {DB} FROM PUBLIC;"
     assert what["INSERT on table public.t"] == "REVOKE INSERT ON TABLE public.t FROM app_ro;"
     assert "SELECT on table public.t" not in what  # reading is what the scope is for
+    assert what["UPDATE on table public.u (some columns)"] == "REVOKE UPDATE ON TABLE public.u FROM PUBLIC, app_ro;"
     assert what["default_transaction_read_only is off for the role (the gateway pins it per session)"] == (
         f"ALTER ROLE app_ro IN DATABASE {DB} SET default_transaction_read_only = on;"
     )
