@@ -102,8 +102,8 @@ class Relay:
         self.journal = journal
         sql = session.policy.sql
         self.admin = session.scope == "admin" or (sql is not None and sql.mode == "admin")
-        # As the upstream login flow decides (startup_parameters): read mode pins default_transaction_read_only.
-        self.read_only = sql is not None and sql.mode == "read"
+        # As the listener decides (no sql policy: read mode), which pins default_transaction_read_only upstream.
+        self.read_only = sql is None or sql.mode == "read"
         self.status = upstream.status
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
