@@ -26,9 +26,12 @@ from gateway.api.auth import hash_api_key, new_api_key
 from gateway.app import App
 from gateway.config import Config, ConfigError, load_config
 from gateway.keyfiles import write_private
+from gateway.pg.targetcheck import check_target, render, scope_modes
+from gateway.review.sanitize import neutralise
 from gateway.sandbox import SandboxStartError, SandboxUnavailable, is_root, port_in_use
 from gateway.sandbox.postgres import PG_OS_USER, SAMPLE_COUNTS, PgCluster
 from gateway.sandbox.sshd import SSH_OS_USER, SSHD_BIN, SshServer
+from gateway.services import load_policies
 
 HOST = "127.0.0.1"
 ENGINEER, APPROVER = "alice", "bob"
@@ -140,6 +143,7 @@ class Demo:
             app = App(config)
             await self.start_gateway(app)
             await self.request_and_approve(f"http://{HOST}:{self.opts.http_port}")
+            self.say(await self.target_check(config))
             self.write_known_hosts(config.ssh_host_key.with_name(config.ssh_host_key.name + ".pub"))
             self.say(self.ready_text(config))
             await stop.wait()
@@ -316,6 +320,17 @@ class Demo:
         port = self.opts.ssh_port
         name = HOST if port == 22 else f"[{HOST}]:{port}"
         (self.dir / "known_hosts").write_text(f"{name} {key_type} {blob}\n")
+
+    async def target_check(self, config: Config) -> str:
+        """`gateway target check orders-db`: what the sandbox's logins can do beyond their scopes, and the fixes."""
+        target = config.targets["orders-db"]
+        reports = await check_target(target, scope_modes(target, load_policies(config)))
+        return "\n".join([
+            "", f"gateway --config {config.path} target check orders-db",
+            "  (the upstream roles, as a stock PostgreSQL leaves them: the parser refuses all of this, but the",
+            "   role is the real wall; a DBA runs the FIX column to make it so)", "",
+            neutralise(render(target.name, reports)),
+        ])  # fmt: skip
 
     def ready_text(self, config: Config) -> str:
         """The block a newcomer reads: what runs, what happened, what to paste."""

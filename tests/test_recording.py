@@ -481,3 +481,77 @@ async def test_binary_reader_refuses_other_files(tmp_path: Path) -> None:
     await rec.close()
     with pytest.raises(RecordingError, match="not a binary stream"):
         read_binary_stream(path)
+
+
+# --- long values: head and tail in the line, whole in a sidecar covered by the recording's hash -----------
+
+
+async def test_sidecar_is_covered_by_the_recording_hash(tmp_path: Path) -> None:
+    from gateway.pg.journal import Journal, describe_params
+    from gateway.policy import Decision
+    from gateway.recording.check import check_recording
+    from gateway.recording.sidecar import read_value, sidecar_path
+
+    path = tmp_path / "s.sql.jsonl"
+    failures = Failures()
+    rec = StatementRecorder.open(path, header={"session": "s"}, on_failure=failures)
+    value = b" " * 3000 + b"DELETE FROM secrets"
+    shown, long = describe_params([b"42", value, None, b"\x00" * 3000], [0, 0, 0, 1], rec.attach)
+    assert shown is not None and long is not None
+    assert shown[0] == "42" and shown[2] == "NULL"
+    assert shown[1].endswith("DELETE FROM secrets") and len(shown[1]) <= 2049
+    assert [e["index"] for e in long] == [1, 3] and long[0]["bytes"] == 3019
+    assert long[0]["sha256"] == hashlib.sha256(value).hexdigest()
+    j = Journal(rec, max_rows=None, alert=lambda *a, **k: None)
+    j.started("SELECT $1, $2, $3, $4", shown, "fp", "select", (), Decision.allow(), 1, "I", 0, long)
+    j.completed(1, "SELECT 1")
+    j.batch_end(1, "I", "I")
+    rec.record({"type": "end", "reason": "done"})
+    digest = await rec.close()
+    assert not failures.reasons
+    events = lines(path)
+    stmt = next(e for e in events if e.get("type") == "statement")  # type: ignore[union-attr]
+    assert stmt["long_params"] == long  # type: ignore[index]
+    last = events[-1]
+    blobs = sidecar_path(path)
+    assert last == {"t": last["t"], "type": "sidecar", "file": blobs.name, "bytes": 6019,  # type: ignore[index]
+                    "sha256": hashlib.sha256(blobs.read_bytes()).hexdigest()}  # fmt: skip
+    assert read_value(path, long[0]["offset"], long[0]["bytes"]) == value
+    assert read_value(path, long[1]["offset"], long[1]["bytes"]) == b"\x00" * 3000
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert check_recording(path, digest) is None
+    # An edited sidecar (same length) is found; so is a deleted one.
+    blobs.write_bytes(blobs.read_bytes().replace(b"DELETE FROM secrets", b"SELECT 1 -- nothing"))
+    problem = check_recording(path, digest)
+    assert problem is not None and "edited or truncated" in problem
+    blobs.unlink()
+    problem = check_recording(path, digest)
+    assert problem is not None and "missing" in problem
+
+
+async def test_no_sidecar_without_long_values(tmp_path: Path) -> None:
+    from gateway.pg.journal import describe_params
+    from gateway.recording.check import check_recording
+    from gateway.recording.sidecar import sidecar_path
+
+    path = tmp_path / "s.sql.jsonl"
+    rec = StatementRecorder.open(path, header={"session": "s"}, on_failure=Failures())
+    shown, long = describe_params([b"x" * 2048] + [b"%d" % i for i in range(100)], [0], rec.attach)
+    assert shown is not None and len(shown) == 101 and shown[100] == "99", "no parameter is dropped"
+    assert long is None
+    digest = await rec.close()
+    assert not sidecar_path(path).exists() and check_recording(path, digest) is None
+
+
+async def test_sidecar_write_failure_fails_the_recording(tmp_path: Path) -> None:
+    from gateway.recording.sidecar import sidecar_path
+
+    path = tmp_path / "s.sql.jsonl"
+    failures = Failures()
+    rec = StatementRecorder.open(path, header={"session": "s"}, on_failure=failures)
+    sidecar_path(path).write_bytes(b"in the way")  # O_EXCL: the sidecar cannot be created
+    rec.attach(b"x" * 5000)
+    await failures.wait()
+    assert failures.reasons and "sidecar" in failures.reasons[0]
+    with pytest.raises(RecordingError):
+        await rec.close()

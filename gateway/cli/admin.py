@@ -55,6 +55,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--type", action="append", default=[], help="only this event type (repeatable)")
     p.set_defaults(func=cmd_audit_export)
 
+    tgt = sub.add_parser("target", help="upstream targets").add_subparsers(dest="target_cmd", required=True)
+    p = tgt.add_parser("check", help="log in as each login of a Postgres target; list what it can do beyond its scope")
+    p.add_argument("target")
+    p.set_defaults(func=cmd_target_check)
+
 
 def cmd_init(args: argparse.Namespace) -> int:
     """Write a complete config, keys and example policies."""
@@ -228,3 +233,18 @@ async def cmd_audit_export(args: argparse.Namespace) -> int:
         # and a SIEM parses back exactly the same values (so re-verifying the hashes still works).
         sys.stdout.write(json.dumps(ev.to_json(), sort_keys=True, ensure_ascii=True) + "\n")
     return 0
+
+
+async def cmd_target_check(args: argparse.Namespace) -> int:
+    """Report each login's rights beyond its scope with the SQL that revokes them; exit 1 on any finding."""
+    from gateway.pg.targetcheck import check_target, count_findings, render, scope_modes
+    from gateway.review.sanitize import neutralise
+    from gateway.services import load_policies
+
+    config = config_from(args, need_secrets=True)
+    target = config.targets.get(args.target)
+    if target is None or target.kind != "postgres":
+        raise CliError(f"{args.target!r} is not a configured postgres target", 2)
+    reports = await check_target(target, scope_modes(target, load_policies(config)))
+    print(neutralise(render(target.name, reports)))  # names come from the database: never raw to a terminal
+    return 1 if count_findings(reports) else 0

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring_ascii as _js
 from typing import Any, Protocol
 
 from gateway.policy import Decision
 
-MAX_PARAM_CHARS = 2048  # bind parameters are truncated in the recording: evidence, not a backup
-MAX_PARAMS = 64
+MAX_PARAM_CHARS = 2048  # longer bind parameters: head and tail in the line, the whole value in the sidecar
+PARAM_EDGE = 1024
+ELISION = "\u2026"  # between head and tail of a long value (the line's long_params says it is elided)
 SUSPENDED = "PortalSuspended"
 TX_NAMES = {"I": "idle", "T": "transaction", "E": "failed"}
 _TX_JSON = {k: _js(v) for k, v in TX_NAMES.items()}
@@ -38,7 +41,7 @@ class StatementInfo(Protocol):
 class Stmt:
     """One statement on its way through the upstream (simple Query part, or an Execute)."""
 
-    __slots__ = ("batch", "decision", "fingerprint", "kind", "limit", "params", "sql", "t0", "tables", "tx")
+    __slots__ = ("batch", "decision", "fingerprint", "kind", "limit", "long", "params", "sql", "t0", "tables", "tx")
 
     def __init__(self, sql: str, params: list[str] | None, fingerprint: str, kind: str, tables: Any,
                  decision: Decision, batch: int, tx: str) -> None:  # fmt: skip
@@ -51,30 +54,49 @@ class Stmt:
         self.batch = batch
         self.tx = tx
         self.limit = 0  # Execute's row limit: a PortalSuspended means exactly this many rows came back
+        self.long: list[dict[str, Any]] | None = None  # where elided parameters are kept whole (sidecar)
         self.t0 = time.perf_counter()
 
 
-def describe_params(values: Sequence[bytes | None], formats: Sequence[int]) -> list[str] | None:
-    """Bind parameters for the recording: text ones as text, binary ones as hex, each truncated."""
+LongParams = list[dict[str, Any]]
+
+
+def describe_params(
+    values: Sequence[bytes | None], formats: Sequence[int], attach: Callable[[bytes], int] | None = None
+) -> tuple[list[str] | None, LongParams | None]:
+    """Bind parameters for the recording: text ones as text, binary ones as hex, every one of them.
+
+    A value longer than MAX_PARAM_CHARS bytes is shown as its head and tail (PARAM_EDGE bytes each,
+    joined by ELISION) and kept whole in the recording's sidecar through `attach`; the second list
+    says where (index, bytes, sha256, offset, format). Nothing is dropped: a payload padded past
+    any limit is still recorded, searchable and covered by the recording's hash.
+    """
     if not values:
-        return None
+        return None, None
     out: list[str] = []
+    long: list[dict[str, Any]] | None = None
     nfmt = len(formats)
-    for i, v in enumerate(values[:MAX_PARAMS]):
+    for i, v in enumerate(values):
         if v is None:
             out.append("NULL")
             continue
         fmt = formats[0] if nfmt == 1 else formats[i] if i < nfmt else 0
+        if len(v) <= MAX_PARAM_CHARS:
+            out.append(v.decode("utf-8", "replace") if fmt == 0 else "\\x" + v.hex())
+            continue
+        head, tail = v[:PARAM_EDGE], v[-PARAM_EDGE:]
         if fmt == 0:
-            s = v[:MAX_PARAM_CHARS].decode("utf-8", "replace")
+            out.append(head.decode("utf-8", "replace") + ELISION + tail.decode("utf-8", "replace"))
         else:
-            s = "\\x" + v[: MAX_PARAM_CHARS // 2].hex()
-        if len(v) > (MAX_PARAM_CHARS if fmt == 0 else MAX_PARAM_CHARS // 2):
-            s += f"... ({len(v)} bytes)"
-        out.append(s)
-    if len(values) > MAX_PARAMS:
-        out.append(f"... ({len(values)} parameters)")
-    return out
+            out.append("\\x" + head.hex() + ELISION + tail.hex())
+        entry: dict[str, Any] = {"index": i, "bytes": len(v), "sha256": hashlib.sha256(v).hexdigest(),
+                                 "format": "text" if fmt == 0 else "binary"}  # fmt: skip
+        if attach is not None:
+            entry["offset"] = attach(v)
+        if long is None:
+            long = []
+        long.append(entry)
+    return out, long
 
 
 def _tables(x: Any) -> list[str]:
@@ -93,6 +115,8 @@ class Journal:
 
     def __init__(self, recorder: Recorder, *, max_rows: int | None, alert: Any) -> None:
         self.recorder = recorder
+        # Long values go to the recording's sidecar (a recorder without one records head and tail only).
+        self.attach: Callable[[bytes], int] | None = getattr(recorder, "attach", None)
         self.max_rows = max_rows
         self._alert = alert
         self.pending: deque[Stmt] = deque()
@@ -106,10 +130,12 @@ class Journal:
         self._shapes: dict[str, tuple[str, Any, Decision, str]] = {}
 
     def started(self, sql: str, params: list[str] | None, fingerprint: str, kind: str, tables: Any,
-                decision: Decision, batch: int, tx: str, limit: int = 0) -> None:  # fmt: skip
+                decision: Decision, batch: int, tx: str, limit: int = 0,
+                long: list[dict[str, Any]] | None = None) -> None:  # fmt: skip
         """A statement was forwarded upstream."""
         s = Stmt(sql, params, fingerprint, kind, tables, decision, batch, tx)
         s.limit = limit
+        s.long = long
         self.pending.append(s)
 
     def refused(self, sql: str, params: list[str] | None, fingerprint: str, kind: str, tables: Any,
@@ -203,6 +229,8 @@ class Journal:
         )
         if s.params:
             line += ',"params":[' + ",".join(map(_js, s.params)) + "]"
+            if s.long:
+                line += ',"long_params":' + json.dumps(s.long, separators=(",", ":"))
         if rows is not None:
             line += f',"rows":{rows:d}'
         if sqlstate:

@@ -4,28 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from gateway.pg.codec import DEFAULT_FRONTEND_CAP, FRONTEND_CAPS, Framer, ProtocolError
+from gateway.pg.fastdecode import decode_bind, decode_execute, decode_query
 from gateway.pg.journal import SUSPENDED, Journal, describe_params
 from gateway.pg.messages import (
     SYNC,
     TERMINATE,
-    Bind,
     Close,
     ErrorResponse,
-    Execute,
     ParameterStatus,
     Parse,
-    Query,
     error_response,
     notice_response,
     ready_for_query,
 )
 from gateway.pg.sqlinspect import Inspection, Inspector, Statement, statement_name
+from gateway.pg.tripwire import Tripwires
 from gateway.pg.upstream import Upstream, send_cancel
 from gateway.policy import Decision, Verdict
 from gateway.sessions import LiveSession
@@ -52,79 +50,9 @@ _EMPTY_DECISION = Decision(Verdict.ALLOW)
 _ALLOW = Verdict.ALLOW
 
 
+_NO_PORTAL: tuple[str, None, None] = ("", None, None)
 _PREPARE_COMMANDS = frozenset({"PREPARE", "DEALLOCATE"})
 _WATCHED = frozenset(b"CEISZs")  # the upstream messages from_server looks at; the rest go by untouched
-_I16 = struct.Struct("!h")
-_I32 = struct.Struct("!i")
-_EMPTY: tuple[int, ...] = ()
-
-
-def decode_bind(body: bytes) -> tuple[str, str, tuple[int, ...], list[bytes | None]]:
-    """Bind's portal, statement, parameter formats and values: what Bind.decode gives, without its objects.
-
-    The common shapes (at most one format code) are read here; anything else, malformed messages
-    included, goes through Bind.decode, so errors are exactly its ProtocolErrors.
-    """
-    try:
-        i = body.index(0)
-        j = body.index(0, i + 1)
-        portal = body[:i].decode() if i else ""
-        statement = body[i + 1 : j].decode() if j > i + 1 else ""
-        pos = j + 1
-        nf = _I16.unpack_from(body, pos)[0]
-        pos += 2
-        if nf == 0:
-            formats = _EMPTY
-        elif nf == 1:
-            formats = (_I16.unpack_from(body, pos)[0],)
-            pos += 2
-        else:
-            raise ValueError
-        n = len(body)
-        npar = _I16.unpack_from(body, pos)[0]
-        if npar < 0:
-            raise ValueError
-        pos += 2
-        params: list[bytes | None] = []
-        for _ in range(npar):
-            size = _I32.unpack_from(body, pos)[0]
-            pos += 4
-            if size == -1:
-                params.append(None)
-            elif 0 <= size <= n - pos:
-                params.append(body[pos : pos + size])
-                pos += size
-            else:
-                raise ValueError
-        nres = _I16.unpack_from(body, pos)[0]
-        if nres < 0 or pos + 2 + 2 * nres != n:
-            raise ValueError
-        return portal, statement, formats, params
-    except (ValueError, struct.error):  # UnicodeDecodeError is a ValueError
-        msg = Bind.decode(body)
-        return msg.portal, msg.statement, msg.param_formats, list(msg.params)
-
-
-def decode_query(chunk: bytes, start: int, end: int) -> str:
-    """The SQL of the Query message at chunk[start:end] (as Query.decode, which handles anything unusual)."""
-    if chunk.find(0, start + 5, end) == end - 1:  # one string, nothing after it: the usual Query
-        try:
-            return chunk[start + 5 : end - 1].decode()
-        except UnicodeDecodeError:
-            pass
-    return Query.decode(chunk[start + 5 : end]).sql
-
-
-def decode_execute(body: bytes) -> tuple[str, int]:
-    """Execute's portal and row limit (as Execute.decode, which handles anything unusual)."""
-    n = len(body)
-    if n >= 5 and body.find(0) == n - 5:
-        try:
-            return (body[: n - 5].decode() if n > 5 else ""), _I32.unpack_from(body, n - 4)[0]
-        except ValueError:
-            pass
-    msg = Execute.decode(body)
-    return msg.portal, msg.max_rows
 
 
 def _kind(st: Statement | None) -> str:
@@ -172,7 +100,10 @@ class Relay:
         self.upstream_key = upstream.key
         self.inspector = inspector
         self.journal = journal
-        self.admin = session.scope == "admin" or (session.policy.sql is not None and session.policy.sql.mode == "admin")
+        sql = session.policy.sql
+        self.admin = session.scope == "admin" or (sql is not None and sql.mode == "admin")
+        # As the listener decides (no sql policy: read mode), which pins default_transaction_read_only upstream.
+        self.read_only = sql is None or sql.mode == "read"
         self.status = upstream.status
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -190,13 +121,19 @@ class Relay:
         self._server_erred = False
         self._inject: list[bytes] = []
         self._closing = False
+        # Set by a kill verdict (client side) or a tripwire (both sides): from then on nothing more is
+        # forwarded that way, even what is already buffered in the same read. One attribute each, checked
+        # where _closing was checked, so the common path does no more work than before.
+        self._stop_client = False
+        self._stop_server = False
         self._client_gone = False
         self._alerted: set[str] = set()
         # Per-session statement state: the inspector resolves EXECUTE / protocol statements through `prepared`.
         self.prepared: dict[str, Inspection] = {}
         self._statements: dict[str, tuple[str, Inspection, Decision]] = {}
         self._denied: dict[str, Decision] = {}
-        self._portals: dict[str, tuple[str, list[str] | None]] = {}
+        self._portals: dict[str, tuple[str, list[str] | None, list[dict[str, Any]] | None]] = {}
+        self._tripwires = Tripwires(upstream.parameters, read_only=self.read_only, admin=self.admin)
         self._handlers: dict[int, Callable[[bytes, int, int], bool]] = {
             _Q: self._on_query, _P: self._on_parse, _B: self._on_bind, _E: self._on_execute, _C: self._on_close,
             _S: self._on_sync, _X: self._on_terminate, _F: self._on_function_call,
@@ -221,7 +158,7 @@ class Relay:
 
     def from_client(self, data: bytes) -> None:
         """Bytes from the client: frame, inspect what carries SQL, forward the rest untouched."""
-        if self._closing:
+        if self._stop_client:
             return
         self.bytes_in += len(data)
         try:
@@ -250,7 +187,11 @@ class Relay:
                     if self._inject:
                         pieces.extend(self._inject)
                         self._inject.clear()
-                if self._closing:
+                if self._stop_client:
+                    # A kill verdict: what came before the killing message goes (it was decided and is
+                    # owed its answers); nothing from it on, not even the rest of this read.
+                    if pieces:
+                        self.server.write(b"".join(pieces))
                     return
             if fwd_from == 0:
                 self.server.write(chunk)
@@ -269,6 +210,7 @@ class Relay:
         if decision.alerts:
             self._raise_alerts(insp, decision)
         if decision.verdict is Verdict.KILL:
+            self._stop_client = True
             self._kill_soon(f"{denial_message(decision)}")
         return insp, decision
 
@@ -319,22 +261,26 @@ class Relay:
             # The statement never reached the upstream; a Bind to it must not reach an older one of that name.
             self._deny_in_batch(denied)
             return False
-        self._portals[portal] = (statement, describe_params(params, formats) if params else None)
+        if params:
+            shown, long = describe_params(params, formats, self.journal.attach)
+            self._portals[portal] = (statement, shown, long)
+        else:
+            self._portals[portal] = (statement, None, None)
         self._batch_forwarded = True
         return True
 
     def _on_execute(self, chunk: bytes, start: int, end: int) -> bool:
         portal, max_rows = decode_execute(chunk[start + 5 : end])
-        stmt_name, params = self._portals.get(portal, ("", None))
+        stmt_name, params, long = self._portals.get(portal, _NO_PORTAL)
         known = self._statements.get(stmt_name)
         if known is None:
             self.journal.started(f"<portal {portal!r}>", params, "", "unknown", (), _EMPTY_DECISION,
-                                 self._z_sent + 1, self.status)  # fmt: skip
+                                 self._z_sent + 1, self.status, 0, long)  # fmt: skip
         else:
             sql, insp, decision = known
             st = insp.statements[0] if insp.statements else None
             self.journal.started(sql, params, insp.fingerprint, _kind(st), st.tables if st else (), decision,
-                                 self._z_sent + 1, self.status, max_rows)  # fmt: skip
+                                 self._z_sent + 1, self.status, max_rows, long)  # fmt: skip
         self._batch_forwarded = True
         return True
 
@@ -432,7 +378,7 @@ class Relay:
 
     def from_server(self, data: bytes) -> None:
         """Bytes from the upstream: forward whole messages; look only at C, E, I, s, S and Z."""
-        if self._closing:
+        if self._stop_server:
             return
         self.bytes_out += len(data)
         try:
@@ -470,7 +416,14 @@ class Relay:
             elif tag == 115:  # s PortalSuspended
                 journal.completed(None, SUSPENDED)
             elif tag == 83:  # S ParameterStatus
-                self._on_parameter_status(ParameterStatus.decode(chunk[start + 5 : end]))
+                if self._on_parameter_status(ParameterStatus.decode(chunk[start + 5 : end])):
+                    # The wall was breached: nothing from this message on reaches the client.
+                    head = chunk[fwd_from:start]
+                    if pieces:
+                        head = b"".join(pieces) + head
+                    if head:
+                        self.client.write(head)
+                    return
         if pieces is None:
             self.client.write(chunk)
         else:
@@ -501,13 +454,30 @@ class Relay:
             extra.append(p + ready_for_query(status) if k == SYNTHETIC_RFQ else p)
         return swallow, extra
 
-    def _on_parameter_status(self, ps: ParameterStatus) -> None:
+    def _on_parameter_status(self, ps: ParameterStatus) -> bool:
+        """Watch what the server reports; True when a tripwire fired and the session is being killed."""
+        breach = self._tripwires.check(ps.name, ps.value)
+        if breach is not None:
+            self._trip(ps, breach)
+            return True
         if ps.name == "client_encoding" and _norm_encoding(ps.value) not in _UTF8_NAMES:
             # Multi-byte encodings (SJIS, GBK, BIG5) can hide a quote inside a character: the parser would be fooled.
             self._kill_soon(f"client_encoding changed to {ps.value}: only UTF8 is allowed through the gateway")
         elif ps.name == "standard_conforming_strings" and ps.value != "on":
             # With it off, a backslash escapes a quote in '...': the server and the parser would split strings apart.
             self._kill_soon("standard_conforming_strings turned off: not allowed through the gateway")
+        return False
+
+    def _trip(self, ps: ParameterStatus, breach: str) -> None:
+        """A wall was breached upstream: stop both directions now, raise a critical alert, kill the session."""
+        self._stop_client = self._stop_server = True
+        s = self.session
+        detail = {"parameter": ps.name, "value": ps.value[:200], "login": s.login.user, "scope": s.scope}
+        self.journal.recorder.record({"type": "tripwire", "reason": breach, **detail})
+        s.audit_soon("session.tripwire", severity="critical", reason=breach, **detail)
+        s.alert("sql.tripwire", f"session {s.id} of {s.user} on {s.target.name}: {breach}", severity="critical",
+                reason=breach, **detail)  # fmt: skip
+        self._kill_soon(f"tripwire: {breach}")
 
     # --- ending ------------------------------------------------------------------------------------------
 
@@ -575,7 +545,7 @@ class Relay:
         if self._closing:
             await asyncio.shield(self.done)
             return
-        self._closing = True
+        self._closing = self._stop_client = self._stop_server = True
         self.client.close()
         try:
             if self.busy() and self.upstream_key is not None and not self.server.is_closing():

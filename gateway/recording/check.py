@@ -1,4 +1,4 @@
-"""Check a closed recording against the SHA-256 recorded in the audit log at its close."""
+"""Check a closed recording against the SHA-256 recorded in the audit log at its close (and its sidecar)."""
 
 from __future__ import annotations
 
@@ -25,4 +25,7 @@ def check_recording(path: Path, expected_sha256: str) -> str | None:
         return f"{path} cannot be read: {exc.strerror}"
     if actual != expected_sha256:
         return f"{path} does not match the hash recorded at close (edited or truncated)"
-    return None
+    # The recording is intact, so its sidecar line (if any) is what the gateway wrote: check the sidecar by it.
+    from gateway.recording.sidecar import check_sidecar  # sidecar imports file_sha256 from here
+
+    return check_sidecar(path)

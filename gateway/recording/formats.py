@@ -13,9 +13,12 @@ from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import IO, Any
 
+from gateway.recording.sidecar import Sidecar, sidecar_path
 from gateway.recording.writer import DEFAULT_MAX_BACKLOG, FLUSH_DELAY, PendingEvent, Recorder, RecordingError
 
 _FRAME = struct.Struct(">cII")
+# The sidecar takes whole Bind parameters (up to 256 MiB each): they are in memory already when attached.
+SIDECAR_MAX_BACKLOG = 512 << 20
 _BINARY_FORMAT = "gateway-binary-stream"
 
 
@@ -132,6 +135,20 @@ class StatementRecorder(Recorder):
         super().__init__(path, **kwargs)
         self._lines: list[str] = []
         self._handoff_timer: asyncio.TimerHandle | None = None
+        self._sidecar: Sidecar | None = None
+        self._sidecar_kwargs = {k: v for k, v in kwargs.items() if k in ("clock", "started_at")}
+
+    def attach(self, data: bytes) -> int:
+        """Keep a value too long for a line in the sidecar file (created on first use); its offset there."""
+        if self._sidecar is None:
+            try:
+                self._sidecar = Sidecar(sidecar_path(self.path), on_failure=lambda why: self._fail(f"sidecar: {why}"),
+                                        max_backlog=max(self._max_backlog, SIDECAR_MAX_BACKLOG),
+                                        **self._sidecar_kwargs)  # fmt: skip
+            except RecordingError as exc:
+                self._fail(f"sidecar: {exc}")
+                return 0
+        return self._sidecar.attach(data)
 
     def record(self, event: dict[str, Any]) -> None:
         """Queue one event (encoded now); ``t`` (seconds since start) is added if missing."""
@@ -168,7 +185,15 @@ class StatementRecorder(Recorder):
         self._append("s", data, len(data), False)
 
     async def close(self) -> str:
-        """Hand over what is buffered, then flush, fsync and close (see Recorder.close)."""
+        """Close the sidecar and record its hash in the last line, then flush, fsync and close (see Recorder.close)."""
+        side = self._sidecar
+        if side is not None and not self._closing:
+            try:
+                digest = await side.close()
+            except RecordingError as exc:
+                self._fail(f"sidecar: {exc}")
+            else:
+                self.record({"type": "sidecar", "file": side.path.name, "bytes": side.size, "sha256": digest})
         self._handoff()
         return await super().close()
 

@@ -14,7 +14,11 @@ and unknown keys are ignored::
      "application_name": "psql", "started_at": 1764210136.2, "protocol": "postgres"}     first line
     {"type": "statement", "t": 1.5,
      "sql": "SELECT ...",                               the statement text as the client sent it
-     "params": ["42", "\\x00ff"] | null,               bind parameters (extended protocol), truncated
+     "params": ["42", "\\x00ff"] | null,               bind parameters (extended protocol), each whole
+                                                        up to 2048 bytes, longer ones as head + U+2026 + tail
+     "long_params": [{"index": 0, "bytes": 3100, "sha256": "...", "offset": 0, "format": "text"}],
+                                                        the long ones, whole in the sidecar <session>.sql.blobs
+                                                        at `offset` (see gateway/recording/sidecar.py)
      "fingerprint": "...", "kind": "select", "tables": ["orders"],
      "verdict": "allow" | "alert" | "deny" | "kill",    the policy decision
      "rule": "read-only", "reason": "UPDATE on orders", why (deny / kill / alert)
@@ -24,6 +28,8 @@ and unknown keys are ignored::
     {"type": "transaction", "t": 9.1, "outcome": "commit" | "rollback"}   a transaction block ended
     {"type": "kill", "t": 12.0, "reason": "grant revoked"}                the session was killed
     {"type": "end", "t": 12.1, "reason": "client closed"}                 the session ended
+    {"type": "tripwire", "t": 3.0, "parameter": "is_superuser", "value": "on", "reason": ...}  a wall fell
+    {"type": "sidecar", "file": "s-1.sql.blobs", "bytes": 3100, "sha256": "..."}   last line, when there is one
 
 Any other ``type`` is printed generically. Also read: verdicts ``allowed``/``denied``/``killed``.
 """
@@ -424,6 +430,42 @@ def _format_time(value: object) -> str:
     return _clean(value)
 
 
+def _as_text(p: str) -> str | None:
+    """A hex-shown (binary format) value as text when it is printable UTF-8: asyncpg sends text binary."""
+    if not p.startswith("\\x"):
+        return None
+    try:
+        text = "\u2026".join(bytes.fromhex(part).decode() for part in p[2:].split("\u2026"))
+    except ValueError:
+        return None
+    printable = all(c.isprintable() or c in " \t\r\n" for c in text)
+    return text if printable and text.strip(" \t\r\n\u2026") else None
+
+
+def _params_shown(ev: dict[str, Any]) -> list[str]:
+    """Each bind parameter short enough to read, never cut so that its payload is hidden.
+
+    A value padded with blanks is shown trimmed; a long one as its head and its (longer) tail, with its
+    full length: the whole value is in the recording's sidecar (``gateway search`` looks there). A
+    hex one (binary format) that is printable UTF-8 is shown as that text too.
+    """
+    sizes = {e.get("index"): e.get("bytes") for e in ev.get("long_params") or () if isinstance(e, dict)}
+    out: list[str] = []
+    for i, p in enumerate(map(str, ev["params"])):
+        text = _as_text(p)
+        shown = p if text is None else text
+        size = sizes.get(i) or len(shown)
+        note = "" if text is None else " (hex shown as text)"
+        if len(p) <= 240 and size == len(shown):
+            out.append(p if text is None else f"{p} = {text!r}")
+            continue
+        core = "\u2026".join(part.strip() for part in shown.split("\u2026"))  # head and tail trimmed apart
+        trimmed = ", blanks trimmed" if len(core) < len(shown) else ""
+        note += f" ({size} {'bytes' if i in sizes else 'chars'}{trimmed})"
+        out.append((core if len(core) <= 240 else core[:80] + "\u2026" + core[-160:]) + note)
+    return out
+
+
 def _statement_line(ev: dict[str, Any], paint: Callable[[str, str], str]) -> str:
     """Format one JSONL event for the transcript."""
     ev = {k: v for k, v in ev.items() if v is not None}
@@ -468,7 +510,7 @@ def _statement_line(ev: dict[str, Any], paint: Callable[[str, str], str]) -> str
     if isinstance(ev.get("duration_ms"), int | float):
         details.append(f"{ev['duration_ms']:.1f} ms")
     if isinstance(ev.get("params"), list) and ev["params"]:
-        details.append(_clean("params " + ", ".join(map(str, ev["params"])))[:300])
+        details.append(_clean("params " + ", ".join(_params_shown(ev))))
     line = f"{stamp} {label}  {_clean(ev.get('sql', ''))}"
     if any(details):
         line += paint("dim", "  -- " + ", ".join(d for d in details if d))

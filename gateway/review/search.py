@@ -2,7 +2,8 @@
 
 Looked at, per recording kind:
 
-* ``statements`` (SQL JSON lines): the ``sql`` of every ``statement`` event.
+* ``statements`` (SQL JSON lines): the ``sql`` of every ``statement`` event and each of its bind
+  parameters, whole: a parameter too long for its line is read from the recording's sidecar.
 * ``asciicast`` (SSH terminal): markers labelled ``command: ...`` (the SSH front end's command lines)
   and the lines typed on input, rebuilt from keystrokes (backspace, Ctrl-U/W/C, arrows, paste).
 * ``binary`` (exec without a terminal): its ``command: ...`` markers and the lines of its stdin
@@ -18,8 +19,10 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.recording import RecordingError
+from gateway.recording.sidecar import read_value
 from gateway.review.replay import iter_events
 from gateway.review.sanitize import neutralise
 
@@ -40,7 +43,7 @@ class Hit:
     session_id: str
     t: float
     text: str
-    kind: str  # statement | command | input
+    kind: str  # statement | parameter | command | input
 
 
 class InputLines:
@@ -118,28 +121,88 @@ class InputLines:
                 del self._chars[self._cursor]
 
 
-def _matcher(pattern: str, regex: bool, ignore_case: bool) -> Callable[[str], bool]:
-    """A predicate for one search pattern."""
+Span = tuple[int, int]
+_CONTEXT = 120  # characters shown either side of a match inside a long value
+
+
+def _matcher(pattern: str, regex: bool, ignore_case: bool) -> Callable[[str], Span | None]:
+    """A function giving where one search pattern first matches a text (None: nowhere)."""
     if regex:
         compiled = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
-        return lambda text: compiled.search(text) is not None
-    if ignore_case:
-        folded = pattern.casefold()
-        return lambda text: folded in text.casefold()
-    return lambda text: pattern in text
+
+        def find_re(text: str) -> Span | None:
+            m = compiled.search(text)
+            return m.span() if m is not None else None
+
+        return find_re
+    folded = pattern.casefold() if ignore_case else pattern
+
+    def find(text: str) -> Span | None:
+        hay = text.casefold() if ignore_case else text
+        i = hay.find(folded)
+        # casefold can change lengths (ß -> ss): the span is then approximate, good enough to cut a window.
+        return (i, i + len(folded)) if i >= 0 else None
+
+    return find
 
 
-def _statements(session_id: str, path: Path) -> Iterator[Hit]:
-    """Statement texts of a SQL recording (lines that do not parse are skipped)."""
+def _window(text: str, span: Span) -> str:
+    """The match with some context, elisions marked (a long parameter is not printed whole)."""
+    start, end = max(0, span[0] - _CONTEXT), min(len(text), span[1] + _CONTEXT)
+    return ("\u2026" if start else "") + text[start:end] + ("\u2026" if end < len(text) else "")
+
+
+def _param_values(path: Path, ev: dict[str, Any]) -> Iterator[tuple[int, str]]:
+    """(index, whole value) of a statement's bind parameters; long ones from the sidecar."""
+    params = ev.get("params")
+    if not isinstance(params, list):
+        return
+    long = {e.get("index"): e for e in ev.get("long_params") or () if isinstance(e, dict)}
+    for i, shown in enumerate(params):
+        entry = long.get(i)
+        raw: bytes | None = None
+        if entry is not None and isinstance(entry.get("offset"), int) and isinstance(entry.get("bytes"), int):
+            raw = read_value(path, entry["offset"], entry["bytes"])
+        if raw is not None and entry is not None and entry.get("format") != "binary":
+            yield i, raw.decode("utf-8", "replace")
+            continue
+        if raw is None:
+            text = str(shown)
+            if not text.startswith("\\x") or "\u2026" in text:
+                yield i, text
+                continue
+            try:
+                raw = bytes.fromhex(text[2:])
+            except ValueError:
+                yield i, text
+                continue
+        # Binary format (asyncpg sends even text binary): searched as hex and as the text it may be.
+        yield i, "\\x" + raw.hex()
+        yield i, raw.decode("utf-8", "replace")
+
+
+def _statement_hits(session_id: str, path: Path, find: Callable[[str], Span | None]) -> Iterator[Hit]:
+    """Matching statement texts and bind parameters of a SQL recording (lines that do not parse are skipped)."""
     with open(path, "rb") as f:
         for line in f:
             try:
                 ev = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(ev, dict) and ev.get("type", "statement") == "statement" and isinstance(ev.get("sql"), str):
-                t = ev.get("t")
-                yield Hit(session_id, float(t) if isinstance(t, int | float) else 0.0, str(ev["sql"]), "statement")
+            if not (isinstance(ev, dict) and ev.get("type", "statement") == "statement"):
+                continue
+            sql = ev.get("sql")
+            if not isinstance(sql, str):
+                continue
+            t = ev.get("t")
+            when = float(t) if isinstance(t, int | float) else 0.0
+            span = find(sql)
+            if span is not None:
+                yield Hit(session_id, when, sql if len(sql) <= 4 * _CONTEXT else _window(sql, span), "statement")
+            for i, value in _param_values(path, ev):
+                span = find(value)
+                if span is not None:
+                    yield Hit(session_id, when, f"${i + 1} = {_window(value, span)}  -- in: {sql[:200]}", "parameter")
 
 
 def _commands(session_id: str, path: Path) -> Iterator[Hit]:
@@ -164,15 +227,18 @@ def search(
 
     A recording that is missing or unreadable is skipped (the audit check reports those).
     """
-    matches = _matcher(pattern, regex, ignore_case)
+    find = _matcher(pattern, regex, ignore_case)
     for session_id, path, kind in recordings:
         fmt = _KINDS.get(kind.lower())
         if fmt is None:
             raise ValueError(f"unknown recording kind {kind!r}")
-        source = _statements(session_id, path) if fmt == "statements" else _commands(session_id, path)
+        source = (
+            _statement_hits(session_id, path, find)
+            if fmt == "statements"
+            else (h for h in _commands(session_id, path) if find(h.text) is not None)
+        )
         try:
             for hit in source:
-                if matches(hit.text):
-                    yield Hit(hit.session_id, hit.t, neutralise(hit.text), hit.kind)
+                yield Hit(hit.session_id, hit.t, neutralise(hit.text), hit.kind)
         except (OSError, RecordingError):
             continue
