@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -40,12 +43,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.func(args)
         if asyncio.iscoroutine(result):
             result = _run_async(result)
+        sys.stdout.flush()  # here, not at exit: a reader that left early is then caught below
         return int(result or 0)
     except CliError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_left()
+
+
+def _reader_left() -> int:
+    """`gateway show S | head -3`: the reader closed the pipe; end quietly, as Unix tools do (128 + SIGPIPE)."""
+    # Python flushes stdout once more at exit; point it at /dev/null so that flush cannot fail and print a traceback.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def _shorthands(argv: list[str]) -> list[str]:

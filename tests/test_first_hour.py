@@ -1,0 +1,245 @@
+"""A new user's first hour, driven as they would: real subprocesses with timeouts, a real port conflict, a real
+pipe into `head`, a real empty folder.
+
+`gateway run` that cannot start exits at once with non-zero; SIGTERM and SIGINT stop it (gracefully, then for
+sure); output piped into a reader that leaves early ends quietly; no command but `init` and `demo` creates
+state where there is no config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.sandbox import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+GATEWAY = [sys.executable, "-m", "gateway"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """The user's environment without any gateway settings (they would point elsewhere)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env["PYTHONPATH"] = str(REPO)
+    env["XDG_CONFIG_HOME"] = "/nonexistent-xdg"  # no saved `gateway login` credentials either
+    env.update(extra)
+    return env
+
+
+def _ports() -> dict[str, int]:
+    """Three distinct free loopback ports."""
+    ports: dict[str, int] = {}
+    while len(set(ports.values())) < 3:
+        ports = {name: free_port() for name in ("ssh", "postgres", "http")}
+    return ports
+
+
+def write_config(home: Path, ports: dict[str, int] | None = None) -> Path:
+    """A minimal gateway.toml: three listeners, no targets; everything else the defaults."""
+    ports = ports or _ports()
+    path = home / "gateway.toml"
+    path.write_text("[listen]\n" + "".join(f'{k} = "127.0.0.1:{v}"\n' for k, v in ports.items()))
+    return path
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """The gateway's folder."""
+    folder = tmp_path / "gw"
+    folder.mkdir()
+    return folder
+
+
+def _start_run(home: Path, ports: dict[str, int]) -> subprocess.Popen[str]:
+    """`gateway run` in `home`, waited for until /healthz answers."""
+    proc = subprocess.Popen(
+        [*GATEWAY, "run"], cwd=home, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 30
+    while not _healthy(ports["http"]):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"gateway run did not come up (exit {proc.returncode}):\n{out}\n{err}")
+        time.sleep(0.1)
+    return proc
+
+
+@pytest.fixture
+def reaper() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test started; killed at the end whatever happened."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+# --- 1. exits and signals -------------------------------------------------------------------------------------
+
+
+def test_run_exits_at_once_when_its_port_is_taken(home: Path) -> None:
+    """A real port conflict: one line naming the address, non-zero exit, no hang (it used to never exit)."""
+    ports = _ports()
+    write_config(home, ports)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", ports["http"]))
+        busy.listen()
+        started = time.monotonic()
+        proc = subprocess.run([*GATEWAY, "run"], cwd=home, env=_env(), capture_output=True, text=True, timeout=20)
+        took = time.monotonic() - started
+    assert proc.returncode != 0
+    assert "cannot start" in proc.stderr and "address already in use" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert took < 5, f"exit took {took:.1f} s"
+    # the listeners that did start before the failure are closed again: the ports are free
+    for name in ("ssh", "postgres"):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", ports[name]))
+
+
+def test_run_exits_at_once_on_a_bad_policy(home: Path) -> None:
+    """A policy naming a target that is not configured: the error, exit non-zero, within seconds."""
+    write_config(home)
+    (home / "policies").mkdir()
+    (home / "policies" / "nope.yaml").write_text("target: nope\nscopes: {}\n")
+    started = time.monotonic()
+    proc = subprocess.run([*GATEWAY, "run"], cwd=home, env=_env(), capture_output=True, text=True, timeout=20)
+    took = time.monotonic() - started
+    assert proc.returncode != 0
+    assert "nope" in proc.stderr and "not a configured target" in proc.stderr, proc.stderr
+    assert took < 5, f"exit took {took:.1f} s"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_run_stops_on_sigterm_and_sigint(home: Path, sig: signal.Signals, reaper: list[subprocess.Popen[str]]) -> None:
+    """A running gateway stops gracefully on SIGTERM (systemd, docker stop) and SIGINT (Ctrl-C), exit 0."""
+    ports = _ports()
+    write_config(home, ports)
+    proc = _start_run(home, ports)
+    reaper.append(proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert not _healthy(ports["http"])
+    events = subprocess.run(
+        [*GATEWAY, "audit", "export"], cwd=home, env=_env(), capture_output=True, text=True, timeout=20
+    )
+    assert [json.loads(line)["type"] for line in events.stdout.splitlines()][-1] == "gateway.stop", events.stderr
+
+
+_WEDGED = textwrap.dedent(
+    """
+    import asyncio, sys
+    from gateway.app import App
+    from gateway.config import load_config
+
+    async def wedged_stop(self):
+        print("stopping", flush=True)
+        await asyncio.sleep(3600)  # a shutdown that never ends (a stuck upstream, a full disk ...)
+
+    App.stop = wedged_stop
+    app = App(load_config(None, need_secrets=False), enable=("http",))
+
+    async def main():
+        task = asyncio.ensure_future(app.serve_forever(grace=float(sys.argv[1])))
+        while not app.listeners:
+            await asyncio.sleep(0.05)
+        print("ready", flush=True)
+        await task
+
+    asyncio.run(main())
+    """
+)
+
+
+def _wedged(home: Path, grace: float, reaper: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:
+    write_config(home)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WEDGED, str(grace)],
+        cwd=home, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    reaper.append(proc)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n", proc.stderr.read() if proc.stderr else ""
+    return proc
+
+
+def test_a_wedged_stop_ends_after_the_grace_period(home: Path, reaper: list[subprocess.Popen[str]]) -> None:
+    """Gracefully, then for sure: a stop that hangs ends the process `grace` seconds after SIGTERM."""
+    proc = _wedged(home, 1.0, reaper)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=15)
+    assert proc.returncode != 0
+    assert time.monotonic() - started < 8
+
+
+def test_a_second_signal_ends_a_wedged_stop_at_once(home: Path, reaper: list[subprocess.Popen[str]]) -> None:
+    """Ctrl-C twice: the second one does not wait for the graceful stop (exit 128 + signal)."""
+    proc = _wedged(home, 600.0, reaper)
+    proc.send_signal(signal.SIGINT)
+    assert proc.stdout is not None and proc.stdout.readline() == "stopping\n"
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=10)
+    assert proc.returncode == 128 + signal.SIGINT
+
+
+# --- 1. output piped into a reader that leaves early --------------------------------------------------------
+
+
+async def _many_events(config: Path) -> str:
+    """A break-glass grant and a session with a long timeline (2000 commands); returns the session id."""
+    from gateway.config import load_config
+    from gateway.services import build_services
+    from gateway.store import GrantRecord, SessionRecord
+
+    svc = await build_services(load_config(config, need_secrets=False))
+    now = time.time()
+    grant = GrantRecord(
+        id="g_pipe", user="alice", target="orders-db", scope="read", reason="INC-1", approvers=(),
+        not_before=now, expires_at=now + 600, issued_at=now, break_glass=True,
+    )  # fmt: skip
+    await svc.store.add_grant(grant)
+    sid = "s_pipe00000001"
+    await svc.store.add_session(SessionRecord(sid, grant.id, "alice", "orders-db", "read", "ssh", "127.0.0.1:1", now))
+    for i in range(2000):
+        await svc.store.append("command", session=sid, grant=grant.id, data={"line": f"echo {i}"})
+    await svc.close()
+    return sid
+
+
+@pytest.mark.timeout(120)
+def test_show_piped_into_head_ends_quietly(home: Path) -> None:
+    """`gateway show SESSION | head -3` (and `audit export | head -1`): three lines, no traceback, no hang."""
+    config = write_config(home)
+    sid = asyncio.run(_many_events(config))
+    for command, lines in ((f"show {sid}", 3), ("audit export", 1)):
+        script = f'{sys.executable} -m gateway {command} | head -{lines}; echo "status ${{PIPESTATUS[0]}}"'
+        proc = subprocess.run(["bash", "-c", script], cwd=home, env=_env(), capture_output=True, text=True, timeout=60)
+        out = proc.stdout.splitlines()
+        assert len(out) == lines + 1, proc.stdout
+        assert proc.stderr == "", proc.stderr  # no BrokenPipeError traceback, no "Exception ignored"
+        assert out[-1] == f"status {128 + signal.SIGPIPE}"  # what a Unix tool killed by SIGPIPE reports
