@@ -1,4 +1,4 @@
-"""`gateway demo`: throwaway PostgreSQL + sshd, the gateway in front, one approved request; Ctrl-C undoes it all.
+"""`gateway demo`: throwaway PostgreSQL + sshd, the gateway in front, one approved request; Ctrl-C undoes it.
 
 The steps read as the issue describes them: make a folder, start the sandbox servers, write a gateway.toml
 for them, start the gateway, let alice ask and bob approve through the HTTP API, print what to paste,
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
 import shutil
 import signal
 import stat
@@ -28,6 +29,7 @@ from gateway.config import Config, ConfigError, load_config
 from gateway.keyfiles import write_private
 from gateway.sandbox import SandboxStartError, SandboxUnavailable, is_root, port_in_use
 from gateway.sandbox.postgres import PG_OS_USER, SAMPLE_COUNTS, PgCluster
+from gateway.sandbox.procs import USER_LOCK
 from gateway.sandbox.sshd import SSH_OS_USER, SSHD_BIN, SshServer
 
 HOST = "127.0.0.1"
@@ -386,6 +388,41 @@ class Demo:
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.say(f"demo stopped; removed {self.dir}")
+        left = what_stays()
+        if left:
+            self.say(left)
+
+
+def what_stays() -> str:
+    """What the demo made outside its folder and leaves, and why (as root: the servers' OS accounts, a lock)."""
+    if not is_root():  # the sandbox makes accounts only as root; as a user it runs the servers as that user
+        return ""
+    accounts = [(name, why) for name, why in _OS_ACCOUNTS if _account_exists(name)]
+    if not accounts and not os.path.exists(USER_LOCK):
+        return ""
+    lines = ["kept on purpose (other demos and test runs on this machine share them; the next demo reuses them):"]
+    lines += [f"  OS account {name}: {why}" for name, why in accounts]
+    if os.path.exists(USER_LOCK):
+        lines.append(f"  {USER_LOCK}: serialises creating those accounts between concurrent runs")
+    users = " ".join(name for name, _ in accounts)
+    undo = [f"for u in {users}; do userdel -r $u; done" if users else "", f"rm -f {USER_LOCK}"]
+    lines.append(f"  to remove them when nothing else uses them: {'; '.join(u for u in undo if u)}")
+    return "\n".join(lines)
+
+
+_OS_ACCOUNTS = (
+    (PG_OS_USER, "PostgreSQL refuses to run as root, so the sandbox cluster runs as this user"),
+    (SSH_OS_USER, "the SSH target's login (the gateway logs in upstream as it)"),
+)
+"""The accounts the sandbox creates when the demo runs as root."""
+
+
+def _account_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def check_ports(ports: dict[str, int]) -> None:

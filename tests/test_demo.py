@@ -171,6 +171,10 @@ def test_demo_lines_work_and_ctrl_c_cleans_up(demo: RunningDemo) -> None:
     assert demo.proc.wait(timeout=60) == 0, demo.stderr()
     demo.read_rest()
     assert f"demo stopped; removed {folder}" in demo.text
+    if os.geteuid() == 0:  # what stays outside the folder is named, with why and how to remove it
+        for account in ("gwsandbox", "gwops"):
+            assert f"OS account {account}: " in demo.text, demo.text
+        assert "userdel -r" in demo.text and "/tmp/gw-sandbox-useradd.lock" in demo.text
     assert not folder.exists()
     assert not [p for p in started if pid_alive(p)], f"processes survived the demo: {started}"
 

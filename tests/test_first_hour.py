@@ -153,6 +153,7 @@ def test_run_stops_on_sigterm_and_sigint(home: Path, sig: signal.Signals, reaper
 _WEDGED = textwrap.dedent(
     """
     import asyncio, sys
+    from pathlib import Path
     from gateway.app import App
     from gateway.config import load_config
 
@@ -161,7 +162,7 @@ _WEDGED = textwrap.dedent(
         await asyncio.sleep(3600)  # a shutdown that never ends (a stuck upstream, a full disk ...)
 
     App.stop = wedged_stop
-    app = App(load_config(None, need_secrets=False), enable=("http",))
+    app = App(load_config(Path("gateway.toml"), need_secrets=False), enable=("http",))
 
     async def main():
         task = asyncio.ensure_future(app.serve_forever(grace=float(sys.argv[1])))
@@ -243,3 +244,90 @@ def test_show_piped_into_head_ends_quietly(home: Path) -> None:
         assert len(out) == lines + 1, proc.stdout
         assert proc.stderr == "", proc.stderr  # no BrokenPipeError traceback, no "Exception ignored"
         assert out[-1] == f"status {128 + signal.SIGPIPE}"  # what a Unix tool killed by SIGPIPE reports
+
+
+# --- 2. no state created behind the user's back -------------------------------------------------------------
+
+NO_CONFIG = "no gateway.toml here: run 'gateway init' or pass --config / GATEWAY_CONFIG"
+A_TOKEN = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJhbGljZSJ9.c2ln"
+LOCAL = [  # commands that act on the gateway's own files: they need its config
+    ["run"],
+    ["sessions"],
+    ["show", "s_0123456789"],
+    ["replay", "s_0123456789"],
+    ["search", "DROP"],
+    ["grant", "--user", "alice", "--target", "orders-db", "--scope", "read", "--reason", "INC-1"],
+    ["token", "verify", A_TOKEN],
+    ["keys", "jwks"],
+    ["keys", "rotate"],
+    ["audit", "verify"],
+    ["audit", "export"],
+    ["policy", "check"],
+    ["revoke", "g_0123456789", "--reason", "done"],  # no --server: it would act on the local store
+    ["kill", "s_0123456789"],
+]
+REMOTE = [  # commands that talk to the API: no server configured is their one-line error
+    ["whoami"],
+    ["request", "orders-db", "--scope", "read", "--for", "15m", "--reason", "INC-1"],
+    ["requests"],
+    ["approve", "r_0123456789"],
+    ["token", "r_0123456789"],
+    ["grants"],
+    ["psql", "orders-db"],
+    ["ssh", "web-1"],
+]
+
+
+def _snapshot(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_no_config_no_state_every_command_says_so(tmp_path: Path) -> None:
+    """A real empty folder, no --config, no GATEWAY_CONFIG: each command says what is missing in one line,
+    exits non-zero, and leaves the folder (and the home folder) as empty as it found them.
+
+    (`token verify` used to create ./var/gateway.db and a fresh signing key, then call the token "signed by an
+    unknown key".)"""
+    empty, fake_home = tmp_path / "empty", tmp_path / "home"
+    empty.mkdir()
+    fake_home.mkdir()
+    env = _env(HOME=str(fake_home))
+    env.pop("XDG_CONFIG_HOME")
+    procs = [
+        (argv, subprocess.Popen([*GATEWAY, *argv], cwd=empty, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        for argv in LOCAL + REMOTE
+    ]  # fmt: skip
+    for argv, proc in procs:
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"gateway {' '.join(argv)} did not exit")
+        assert proc.returncode not in (0, None), (argv, out, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in err, (argv, err)
+        if argv in LOCAL:
+            assert lines == [f"gateway: {NO_CONFIG}"], (argv, err)
+        else:
+            assert lines[0].startswith("gateway: no gateway server: pass --server URL"), (argv, err)
+    assert _snapshot(empty) == [], "files created behind the user's back"
+    assert _snapshot(fake_home) == []
+
+
+def test_init_then_commands_work_there(tmp_path: Path) -> None:
+    """`gateway init` is the one that makes state; the same command then works in that folder."""
+    proc = subprocess.run([*GATEWAY, "init"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run(
+        [*GATEWAY, "token", "verify", A_TOKEN], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 1 and NO_CONFIG not in proc.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run(
+        [*GATEWAY, "audit", "verify"], cwd=elsewhere, env=_env(GATEWAY_CONFIG=str(tmp_path / "gateway.toml")),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert _snapshot(elsewhere) == []

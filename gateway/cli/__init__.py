@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Just-in-time access proxy for SSH and PostgreSQL.")
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     parser.add_argument(
-        "--config", help="config file (default: $GATEWAY_CONFIG, else ./gateway.toml, else built-in defaults)"
+        "--config", help="config file (default: $GATEWAY_CONFIG, else ./gateway.toml; `gateway init` writes one)"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
