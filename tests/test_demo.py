@@ -219,7 +219,9 @@ def test_demo_lines_pasted_in_order_teach_the_flow_and_ctrl_c_cleans_up(demo: Ru
     assert "DENIED [read-only]  delete from orders" in ok("replay $REQ")[0]
     if has_ssh:
         assert "hello from the gateway sandbox" in ok("replay $REQ2")[0]
-    assert "chain intact" in ok("audit verify")[0]
+    verified = ok("audit verify")[0]
+    sessions = 3 if has_ssh else 2  # stock psql, gateway psql, gateway ssh
+    assert "chain intact" in verified and f"; {sessions} recordings match their hashes" in verified, verified
     started += descendants(demo.proc.pid)
 
     demo.proc.send_signal(signal.SIGINT)

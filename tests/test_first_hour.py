@@ -331,3 +331,112 @@ def test_init_then_commands_work_there(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert _snapshot(elsewhere) == []
+
+
+# --- 4. reviewer output: the terminal after a replay -----------------------------------------------------------
+
+# A shell session that sets a scroll region (as `less`, `top` or a status-line prompt do) and moves the cursor.
+_CAST_OUTPUT = ["$ top\r\n", "\x1b[2;20r", "\x1b[5;1Hinside the region\r\n", "\x1b[32mgreen\x1b[0m\r\n", "$ exit\r\n"]
+
+
+async def _ssh_session_with_cast(config: Path, cast: Path) -> str:
+    """An ended SSH session whose recording is `cast`; returns its id."""
+    from gateway.config import load_config
+    from gateway.services import build_services
+    from gateway.store import GrantRecord, SessionRecord
+
+    header = {"version": 2, "width": 80, "height": 24, "timestamp": int(time.time())}
+    events = [[0.01 * (i + 1), "o", text] for i, text in enumerate(_CAST_OUTPUT)]
+    cast.write_text("\n".join(json.dumps(x) for x in [header, *events]) + "\n")
+    svc = await build_services(load_config(config, need_secrets=False))
+    now = time.time()
+    grant = GrantRecord(
+        id="g_replay", user="alice", target="web-1", scope="shell", reason="INC-2", approvers=("bob",),
+        not_before=now, expires_at=now + 600, issued_at=now,
+    )  # fmt: skip
+    await svc.store.add_grant(grant)
+    sid = "s_replay000001"
+    record = SessionRecord(
+        sid, grant.id, "alice", "web-1", "shell", "ssh", "127.0.0.1:1", now, recording_path=str(cast)
+    )
+    await svc.store.add_session(record)
+    await svc.store.end_session(sid, ended_at=now + 1, reason="client disconnected", recording_sha256=None, stats={})
+    await svc.close()
+    return sid
+
+
+class Tmux:
+    """A real terminal emulator (tmux, 80x24) running bash, on its own server socket."""
+
+    def __init__(self, home: Path) -> None:
+        self.socket = str(home / "tmux.sock")
+        env = _env(TERM="xterm", PS1="P$ ")
+        self._run("new-session", "-d", "-x", "80", "-y", "24", "bash --norc --noprofile", env=env, cwd=home)
+
+    def _run(self, *argv: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
+        done = subprocess.run(["tmux", "-S", self.socket, "-f", "/dev/null", *argv], capture_output=True, text=True,
+                              env=env, cwd=cwd, timeout=30, check=True)  # fmt: skip
+        return done.stdout
+
+    def type(self, line: str) -> None:
+        """Type a line and Enter."""
+        self._run("send-keys", "-l", line)
+        self._run("send-keys", "Enter")
+
+    def screen(self) -> list[str]:
+        """The visible screen, one string per row."""
+        return self._run("capture-pane", "-p").split("\n")[:24]
+
+    def state(self, fmt: str) -> list[int]:
+        """tmux format values of the pane, e.g. cursor_y."""
+        return [int(v) for v in self._run("display", "-p", fmt).strip().split(",")]
+
+    def wait_for(self, text: str, timeout: float = 30) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.screen()
+            if any(text in row for row in rows):
+                return rows
+            assert time.monotonic() < deadline, "\n".join(rows)
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True, timeout=30)
+
+
+def test_replay_leaves_the_terminal_as_it_found_it(home: Path) -> None:
+    """An interactive `gateway replay` in a real terminal (tmux): afterwards the scroll region is reset, the cursor
+    is below the replay (it used to jump to the top-left, so the prompt overwrote the replay), what the terminal
+    showed before is still there, and the tty's mode (cbreak while the keys were read) is restored."""
+    config = write_config(home)
+    sid = asyncio.run(_ssh_session_with_cast(config, home / "session.cast"))
+    term = Tmux(home)
+    try:
+        (home / "before.sh").write_text("echo before-replay; stty -a | grep -o -- '-*icanon' > stty.before\n")
+        (home / "replay.sh").write_text(
+            f"{' '.join(GATEWAY)} replay {sid} --speed 8\n"
+            "echo \"replay-exit=$?\"; stty -a | grep -o -- '-*icanon' > stty.after\n"
+        )
+        term.type("bash before.sh")  # short lines typed (no wrapping), markers that only the scripts print
+        term.wait_for("before-replay")
+        term.type("bash replay.sh")
+        rows = term.wait_for("replay-exit=")
+        time.sleep(0.3)  # the prompt after it
+        rows = term.screen()
+        (upper, lower) = term.state("#{scroll_region_upper},#{scroll_region_lower}")
+        text = "\n".join(rows)
+        assert (upper, lower) == (0, 23), text  # the recording's scroll region (rows 2-20) is gone
+        exit_row = next(i for i, r in enumerate(rows) if "replay-exit=" in r)
+        assert rows[exit_row].strip() == "replay-exit=0", text
+        assert exit_row > next(i for i, r in enumerate(rows) if r.startswith("$ exit")), text  # below the replay
+        assert any(r.startswith("before-replay") for r in rows[:exit_row]), text  # not overwritten
+        assert (home / "stty.after").read_text() == (home / "stty.before").read_text() == "icanon\n"
+    finally:
+        term.close()
+
+
+def test_replay_help_lists_the_playback_keys() -> None:
+    proc = subprocess.run([*GATEWAY, "replay", "--help"], env=_env(), capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    assert "space pause/resume" in text and "+ faster" in text and "- slower" in text and "q quit" in text

@@ -395,7 +395,8 @@ async def test_replay_cli_timed_without_tty(recorded: Recorded) -> None:
     assert code == 0 and err == "", err
     assert "hello-review\r\n" in out and "osc-5-done" in out
     assert "\x1b]" not in out and "\x07" not in out
-    assert out.endswith("\x1b[0m\x1b[?25h\x1b[r")  # the terminal state is restored at the end
+    # the terminal state is restored at the end; the scroll region reset sits between a cursor save and restore
+    assert out.endswith("\x1b[0m\x1b[?25h\x1b7\x1b[r\x1b8")
 
 
 # --- 5: search ------------------------------------------------------------------------------------------

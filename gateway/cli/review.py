@@ -38,7 +38,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("replay", help="play a recording (SSH at real speed; Postgres transcript)")
+    p = sub.add_parser(
+        "replay",
+        help="play a recording (SSH at real speed; Postgres transcript)",
+        description="Play an SSH session's recording at real speed, or print a Postgres session's transcript.",
+        epilog=f"keys while an SSH recording plays: {replay_mod.PLAYBACK_KEYS}",
+    )
     p.add_argument("session", help=SESSION_HELP)
     p.add_argument("--speed", type=float, default=1.0, help="playback speed factor (default 1)")
     p.add_argument("--idle-limit", type=float, default=None, help="cap pauses at this many seconds")
