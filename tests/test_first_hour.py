@@ -440,3 +440,36 @@ def test_replay_help_lists_the_playback_keys() -> None:
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())
     assert "space pause/resume" in text and "+ faster" in text and "- slower" in text and "q quit" in text
+
+
+# --- 5. containers ------------------------------------------------------------------------------------------
+
+
+def test_container_config_example_listens_everywhere_and_keeps_data_in_its_folder(tmp_path: Path) -> None:
+    """docker/gateway.toml: every listener on 0.0.0.0, everything the gateway writes under the config's folder
+    (the /data volume the container user owns); the image sends no .venv to the build."""
+    from gateway.config import load_config
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "gateway.toml").write_text((REPO / "docker" / "gateway.toml").read_text())
+    config = load_config(data / "gateway.toml", need_secrets=True)
+    assert {a.host for a in (config.listen_ssh, config.listen_postgres, config.listen_http)} == {"0.0.0.0"}
+    for path in (config.store_path, config.keys_dir, config.recordings_dir, config.alerts_file, config.tls_key,
+                 config.ssh_host_key, config.policies_dir):  # fmt: skip
+        assert path.is_relative_to(data), path
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert ignored[ignored.index("*") :][:4] == ["*", "!pyproject.toml", "!README.md", "!gateway/"]
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert "HEALTHCHECK" in dockerfile and 'CMD ["gateway", "health"]' in dockerfile
+
+
+def test_health_says_healthy_or_not(home: Path, reaper: list[subprocess.Popen[str]]) -> None:
+    """`gateway health` (the image's HEALTHCHECK): exit 1 with one line while nothing serves, 0 once it does."""
+    ports = _ports()
+    write_config(home, ports)
+    down = subprocess.run([*GATEWAY, "health"], cwd=home, env=_env(), capture_output=True, text=True, timeout=30)
+    assert down.returncode == 1 and down.stderr.startswith("gateway: unhealthy: http://127.0.0.1:"), down.stderr
+    reaper.append(_start_run(home, ports))
+    up = subprocess.run([*GATEWAY, "health"], cwd=home, env=_env(), capture_output=True, text=True, timeout=30)
+    assert up.returncode == 0 and up.stdout.startswith(f"healthy: http://127.0.0.1:{ports['http']}/healthz"), up
