@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from gateway.config import Config
 from gateway.keyfiles import ensure_ssh_host_key, ensure_tls_cert
@@ -149,7 +149,7 @@ class App:
             try:
                 await asyncio.wait_for(self.stop(), grace)
             except TimeoutError:
-                log.error("graceful stop took longer than %.0f s; exiting anyway", grace)
+                _exit_now(f"the graceful stop took longer than {grace:.0f} s", 1)
             finally:
                 for sig in (*signals, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
@@ -162,7 +162,7 @@ def _arm_watchdog(grace: float, sig: signal.Signals) -> None:
     timer.start()
 
 
-def _exit_now(why: str, code: int) -> None:
+def _exit_now(why: str, code: int) -> NoReturn:
     """The "for sure" of a stop: no cleanup, no waiting for threads."""
     log.error("exiting now (%s)", why)
     sys.stderr.flush()
