@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from gateway.config import Config
 from gateway.keyfiles import ensure_ssh_host_key, ensure_tls_cert
@@ -17,6 +20,9 @@ from gateway.services import Services, build_services, load_policies
 from gateway.webhooks import WebhookSink, install_webhooks
 
 log = logging.getLogger(__name__)
+
+STOP_GRACE = 10.0
+"""Seconds a graceful stop may take before the process ends regardless."""
 
 
 class Listener(Protocol):
@@ -50,9 +56,9 @@ class App:
         self._webhooks = install_webhooks(svc)
         for name in ("postgres", "ssh", "http"):
             if name in self.enable:
-                listener = self._factory(name)(svc)
+                # Registered before it starts: one that fails half-way (bound, then an error) is still closed.
+                listener = self.listeners[name] = self._factory(name)(svc)
                 await listener.start()
-                self.listeners[name] = listener
         self._tasks.append(asyncio.create_task(svc.registry.watch(), name="revocation-watcher"))
         self._tasks.append(asyncio.create_task(self._expire_grants(), name="grant-expiry"))
         return svc
@@ -102,7 +108,7 @@ class App:
         return True
 
     async def stop(self) -> None:
-        """Stop accepting, end live sessions, sign the final checkpoint."""
+        """Stop accepting, end live sessions, sign the final checkpoint; also after a start that failed half-way."""
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -117,15 +123,47 @@ class App:
                 await self._webhooks.close()  # after the kills, so their alerts still go out
             await self.services.close()
 
-    async def serve_forever(self) -> None:
-        """Run until SIGINT/SIGTERM; SIGHUP reloads policies."""
+    async def serve_forever(self, *, grace: float = STOP_GRACE) -> None:
+        """Run until SIGINT/SIGTERM; SIGHUP reloads policies. A failed start stops what it started and raises.
+
+        The first SIGINT/SIGTERM stops gracefully; a second one, or a graceful stop still running after
+        `grace` seconds, ends the process at once (a wedged shutdown must not make a hung unit).
+        """
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        signals = (signal.SIGINT, signal.SIGTERM)
+
+        def on_signal(sig: signal.Signals) -> None:
+            if stop.is_set():
+                _exit_now(f"second {sig.name}", 128 + sig)
+            stop.set()
+            _arm_watchdog(grace, sig)
+
+        for sig in signals:
+            loop.add_signal_handler(sig, on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload_policies()))
-        await self.start()
         try:
+            await self.start()
             await stop.wait()
         finally:
-            await self.stop()
+            try:
+                await asyncio.wait_for(self.stop(), grace)
+            except TimeoutError:
+                _exit_now(f"the graceful stop took longer than {grace:.0f} s", 1)
+            finally:
+                for sig in (*signals, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
+
+
+def _arm_watchdog(grace: float, sig: signal.Signals) -> None:
+    """End the process `grace` seconds from now even if the event loop is wedged (a thread, not a loop timer)."""
+    timer = threading.Timer(grace + 2.0, _exit_now, (f"{sig.name}: still stopping after {grace:.0f} s", 1))
+    timer.daemon = True
+    timer.start()
+
+
+def _exit_now(why: str, code: int) -> NoReturn:
+    """The "for sure" of a stop: no cleanup, no waiting for threads."""
+    log.error("exiting now (%s)", why)
+    sys.stderr.flush()
+    os._exit(code)

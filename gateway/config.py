@@ -274,6 +274,18 @@ def find_config_path(explicit: str | None) -> Path | None:
     return local if local.exists() else None
 
 
+NO_CONFIG = f"no {DEFAULT_CONFIG_NAME} here: run 'gateway init' or pass --config / {CONFIG_ENV}"
+
+
+def require_config_path(explicit: str | None) -> Path:
+    """Like find_config_path, but no file is an error: commands other than init and demo never make state
+    (a store, a signing key) in whatever folder they happen to be run from."""
+    path = find_config_path(explicit)
+    if path is None:
+        raise ConfigError(NO_CONFIG)
+    return path
+
+
 def load_config(path: Path | None, *, need_secrets: bool = True) -> Config:
     """Read and validate a config file (None: embedded defaults in the current folder)."""
     if path is None:

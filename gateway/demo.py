@@ -1,8 +1,8 @@
-"""`gateway demo`: throwaway PostgreSQL + sshd, the gateway in front, one approved request; Ctrl-C undoes it all.
+"""`gateway demo`: throwaway PostgreSQL + sshd, the gateway in front, two users, the flow to paste; Ctrl-C undoes it.
 
-The steps read as the issue describes them: make a folder, start the sandbox servers, write a gateway.toml
-for them, start the gateway, let alice ask and bob approve through the HTTP API, print what to paste,
-wait for Ctrl-C, stop everything and remove the folder.
+The steps read in order: make a folder, start the sandbox servers, write a gateway.toml for them, start the
+gateway, check alice's and bob's keys through the HTTP API, print the lines that take a user through the
+whole flow (login, request, approve, connect, revoke, review), wait for Ctrl-C, stop everything, remove the folder.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
+import shlex
 import shutil
 import signal
 import stat
@@ -18,7 +20,6 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
@@ -30,13 +31,13 @@ from gateway.pg.targetcheck import check_target, render, scope_modes
 from gateway.review.sanitize import neutralise
 from gateway.sandbox import SandboxStartError, SandboxUnavailable, is_root, port_in_use
 from gateway.sandbox.postgres import PG_OS_USER, SAMPLE_COUNTS, PgCluster
+from gateway.sandbox.procs import USER_LOCK
 from gateway.sandbox.sshd import SSH_OS_USER, SSHD_BIN, SshServer
 from gateway.services import load_policies
 
 HOST = "127.0.0.1"
 ENGINEER, APPROVER = "alice", "bob"
 REASON = "DEMO-1: trying the gateway"
-TTL = "1h"
 READY_LINE = "Ctrl-C stops the demo"
 """Start of the last line of the ready block (tests wait for it)."""
 
@@ -47,8 +48,6 @@ NO_SSHD = (
 
 _PG_LOGINS = {"read": "app_ro", "write": "app_rw", "admin": "app_admin"}
 """orders-db: scope -> the sandbox role the gateway logs in as."""
-_DEMO_SCOPES = {"orders-db": "read", "web-1": "shell"}
-"""What alice asks for on each target."""
 
 _POLICIES = {
     "orders-db": """\
@@ -117,8 +116,6 @@ class Demo:
     pg: PgCluster | None = None
     sshd: SshServer | None = None
     api_keys: dict[str, str] = field(default_factory=dict)
-    tokens: dict[str, str] = field(default_factory=dict)
-    requests: dict[str, str] = field(default_factory=dict)
     _made_dir: bool = False
 
     # ---- the steps, in order ----------------------------------------------------------------------
@@ -142,7 +139,7 @@ class Demo:
             config = self.load(self.write_config())
             app = App(config)
             await self.start_gateway(app)
-            await self.request_and_approve(f"http://{HOST}:{self.opts.http_port}")
+            await self.check_users(f"http://{HOST}:{self.opts.http_port}")
             self.say(await self.target_check(config))
             self.write_known_hosts(config.ssh_host_key.with_name(config.ssh_host_key.name + ".pub"))
             self.say(self.ready_text(config))
@@ -240,9 +237,9 @@ class Demo:
             f"api_key_sha256 = {q(hash_api_key(self.api_keys[ENGINEER]))}",
             'groups = ["engineers"]',
             "",
-            "[users.bob]                     # the approver",
+            "[users.bob]                     # the approver; an admin too, so he may revoke alice's grants",
             f"api_key_sha256 = {q(hash_api_key(self.api_keys[APPROVER]))}",
-            'groups = ["approvers"]',
+            'groups = ["approvers", "admins"]',
             "",
             "[targets.orders-db]             # the sandbox PostgreSQL",
             'kind = "postgres"',
@@ -282,33 +279,18 @@ class Demo:
         except OSError as exc:  # a port taken since check_ports, or a folder we cannot write
             raise DemoError(f"the gateway did not start: {exc}") from None
 
-    async def request_and_approve(self, base_url: str) -> None:
-        """Through the real HTTP API: alice asks for each target, bob approves, alice fetches her tokens."""
-
-        def auth(user: str) -> dict[str, str]:
-            return {"Authorization": f"Bearer {self.api_keys[user]}"}
-
+    async def check_users(self, base_url: str) -> None:
+        """Through the real HTTP API: the keys the demo prints log alice and bob in (a wrong config fails here)."""
         timeout = aiohttp.ClientTimeout(total=30)
         async with aiohttp.ClientSession(base_url, timeout=timeout) as http:
-
-            async def call(method: str, path: str, user: str, body: dict[str, Any] | None = None) -> Any:
+            for user, key in self.api_keys.items():
                 try:
-                    async with http.request(method, path, json=body, headers=auth(user)) as resp:
+                    async with http.get("/v1/whoami", headers={"Authorization": f"Bearer {key}"}) as resp:
                         data = await resp.json()
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    raise DemoError(f"the gateway's HTTP API did not answer {method} {path}: {exc!r}") from None
-                if resp.status >= 400:
-                    raise DemoError(f"the API refused {method} {path} as {user}: {resp.status} {data}")
-                return data
-
-            for target in self.targets():
-                scope = _DEMO_SCOPES[target]
-                ask = {"target": target, "scope": scope, "ttl": TTL, "reason": REASON}
-                req = await call("POST", "/v1/requests", ENGINEER, ask)
-                await call("POST", f"/v1/requests/{req['id']}/approve", APPROVER, {"comment": "ok for the demo"})
-                got = await call("GET", f"/v1/requests/{req['id']}/token", ENGINEER)
-                self.requests[target] = req["id"]
-                self.tokens[target] = got["token"]
+                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    raise DemoError(f"the gateway's HTTP API did not answer GET /v1/whoami: {exc!r}") from None
+                if resp.status != 200 or data.get("user") != user:
+                    raise DemoError(f"the API does not know {user}'s key: {resp.status} {data}")
 
     def targets(self) -> list[str]:
         """The targets this run configured."""
@@ -333,11 +315,9 @@ class Demo:
         ])  # fmt: skip
 
     def ready_text(self, config: Config) -> str:
-        """The block a newcomer reads: what runs, what happened, what to paste."""
+        """The block a newcomer reads: what runs, who the users are, what to paste, in order."""
         assert self.pg is not None
         o, d = self.opts, self.dir
-        gw = f"gateway --config {config.path}"
-        pg_line = f'psql "host={HOST} port={o.pg_port} user={ENGINEER} dbname=orders-db sslmode=require"'
         out = [
             "",
             f"gateway demo is running. Its files are in {d}",
@@ -348,45 +328,72 @@ class Demo:
         ]
         if self.sshd is not None:
             out.append(f"  web-1        OpenSSH on {self.sshd.host}:{self.sshd.port}, login {self.sshd.user}")
-        asked = " and ".join(f"{t}/{_DEMO_SCOPES[t]}" for t in self.targets())
         out += [
             "",
-            "What just happened, through the HTTP API:",
-            f"  alice (engineer) asked for {asked}, reason {REASON!r}",
-            f"  bob (approver) approved {' and '.join(self.requests[t] for t in self.targets())}",
-            f"  the gateway signed alice one token per target, valid {TTL}: her password at the gateway",
+            f"Two users: {ENGINEER} (engineer: asks for access) and {APPROVER} (approver and admin: approves, revokes)",
+            "Be both: paste these into another terminal, in order. Each step says what it shows.",
             "",
-            "Be alice: paste these into another terminal.",
-            "",
-            f"  export PGPASSWORD='{self.tokens['orders-db']}'",
-            f"  {pg_line}",
-            "      try: select count(*) from orders;   then: delete from orders;  (refused: the grant is read-only)",
-        ]
-        if self.sshd is not None:
-            ssh_cmd = f"ssh -p {o.ssh_port} -o UserKnownHostsFile={d / 'known_hosts'} web-1@{HOST}"
-            out += ["", f"  export SSHPASS='{self.tokens['web-1']}'"]
-            if shutil.which("sshpass"):
-                # -P: sshpass answers the gateway's keyboard-interactive prompt (its default waits for "password")
-                out.append(f"  sshpass -e -P 'Approval token' {ssh_cmd}")
-            else:
-                out += [
-                    f"  {ssh_cmd}",
-                    "      paste $SSHPASS at the 'Approval token:' prompt (or apt-get install sshpass)",
-                ]
-        out += [
-            "",
-            "Then see what the gateway recorded:",
-            "",
-            f"  {gw} sessions",
-            f"  {gw} replay SESSION",
-            "",
-            f"API keys for the HTTP API (curl -H 'Authorization: Bearer KEY' http://{HOST}:{o.http_port}/v1/requests):",
-            f"  alice {self.api_keys[ENGINEER]}",
-            f"  bob   {self.api_keys[APPROVER]}",
+            *(f"  {line}" if line else "" for line in self.flow_lines(config)),
             "",
             f"{READY_LINE} and removes {d}." if not o.keep else f"{READY_LINE}; --keep leaves {d} in place.",
         ]
         return "\n".join(out)
+
+    def flow_lines(self, config: Config) -> list[str]:
+        """The whole flow as shell lines: log in, request, approve, connect, revoke, review (tests paste them)."""
+        o, q = self.opts, shlex.quote
+        gw = "gateway"
+        server = f"http://{HOST}:{o.http_port}"
+        alice, bob = (f"GATEWAY_CREDENTIALS=${v} {gw}" for v in ("A", "B"))
+        creds = {u: q(str(self.dir / f"{u}.credentials")) for u in (ENGINEER, APPROVER)}
+        pg_conn = f'"host={HOST} port={o.pg_port} user={ENGINEER} dbname=orders-db sslmode=require"'
+        lines = _on_path()
+        lines += [
+            f"# 1. {ENGINEER} and {APPROVER} log in: one credential file each, so both work from this one shell",
+            f"A={creds[ENGINEER]} B={creds[APPROVER]}",
+            f"{alice} login --server {server} --key {self.api_keys[ENGINEER]}",
+            f"{bob} login --server {server} --key {self.api_keys[APPROVER]}",
+            "",
+            f"# 2. {ENGINEER} asks for read access to orders-db (prints the request id); {APPROVER} approves it",
+            f"REQ=$({alice} request orders-db --scope read --for 15m --reason {q(REASON)})",
+            f"{bob} requests --pending",
+            f"{bob} approve $REQ --comment 'ok for the demo'",
+            "",
+            f"# 3. {ENGINEER} connects. Her token is her password at the gateway; stock psql works with it:",
+            f"PGPASSWORD=$({alice} token $REQ) psql {pg_conn} -c 'select count(*) from orders'",  # noqa: S608
+            "#    gateway psql fetches the token of her newest grant itself, and says which grant it uses.",
+            "#    The delete is refused: the grant is read-only. (Leave out -- -c ... for an interactive psql.)",
+            f"{alice} psql orders-db -- -c 'select count(*) from customers' -c 'delete from orders'",  # noqa: S608
+        ]
+        if self.sshd is not None:
+            known = q(str(self.dir / "known_hosts"))
+            lines += [
+                "",
+                "# 4. the same for a shell on web-1: ask, approve, run a command (leave out -- ... for a shell)",
+                f"REQ2=$({alice} request web-1 --scope shell --for 15m --reason {q(REASON)})",
+                f"{bob} approve $REQ2",
+                f"{alice} ssh web-1 -- 'cat hello.txt; uptime'",
+                f"#    stock ssh: ssh -p {o.ssh_port} -o UserKnownHostsFile={known} web-1@{HOST}"
+                ', then paste the token at "Approval token:"',
+            ]
+        step = 4 if self.sshd is None else 5
+        lines += [
+            "",
+            f"# {step}. {APPROVER} revokes {ENGINEER}'s orders-db grant: her live sessions end within 1 s, new ones",
+            "#    are refused",
+            f"{bob} revoke $REQ --reason 'demo: done'",
+            f"{alice} psql orders-db -- -c 'select 1'",
+            "",
+            f"# {step + 1}. review. These read the gateway's own files, so they need its config, not a server:",
+            f"export GATEWAY_CONFIG={q(str(config.path))}",
+            f"{gw} sessions --user {ENGINEER}",
+            f"{gw} show $REQ",
+            f"{gw} replay $REQ",
+        ]
+        if self.sshd is not None:
+            lines.append(f"{gw} replay $REQ2          # an SSH session at real speed: space pauses, q quits")
+        lines.append(f"{gw} audit verify")
+        return lines
 
     def cleanup(self) -> None:
         """Stop the sandbox servers and remove the folder (unless --keep); safe to call at any point."""
@@ -401,6 +408,41 @@ class Demo:
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.say(f"demo stopped; removed {self.dir}")
+        left = what_stays()
+        if left:
+            self.say(left)
+
+
+def what_stays() -> str:
+    """What the demo made outside its folder and leaves, and why (as root: the servers' OS accounts, a lock)."""
+    if not is_root():  # the sandbox makes accounts only as root; as a user it runs the servers as that user
+        return ""
+    accounts = [(name, why) for name, why in _OS_ACCOUNTS if _account_exists(name)]
+    if not accounts and not os.path.exists(USER_LOCK):
+        return ""
+    lines = ["kept on purpose (other demos and test runs on this machine share them; the next demo reuses them):"]
+    lines += [f"  OS account {name}: {why}" for name, why in accounts]
+    if os.path.exists(USER_LOCK):
+        lines.append(f"  {USER_LOCK}: serialises creating those accounts between concurrent runs")
+    users = " ".join(name for name, _ in accounts)
+    undo = [f"for u in {users}; do userdel -r $u; done" if users else "", f"rm -f {USER_LOCK}"]
+    lines.append(f"  to remove them when nothing else uses them: {'; '.join(u for u in undo if u)}")
+    return "\n".join(lines)
+
+
+_OS_ACCOUNTS = (
+    (PG_OS_USER, "PostgreSQL refuses to run as root, so the sandbox cluster runs as this user"),
+    (SSH_OS_USER, "the SSH target's login (the gateway logs in upstream as it)"),
+)
+"""The accounts the sandbox creates when the demo runs as root."""
+
+
+def _account_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def check_ports(ports: dict[str, int]) -> None:
@@ -419,6 +461,17 @@ def _check_traversable(path: Path) -> None:
                 f"{folder} is closed to other users (mode {stat.S_IMODE(folder.stat().st_mode):o}), but the demo's "
                 f"servers run as {PG_OS_USER} and {SSH_OS_USER}: pick a --dir under /tmp, or leave --dir out"
             )
+
+
+def _on_path() -> list[str]:
+    """Lines that make `gateway` work in the user's shell when it is not on PATH (run as `python -m gateway`)."""
+    if shutil.which("gateway"):
+        return []
+    return [
+        "# 0. `gateway` is not on this shell's PATH (activate its virtualenv, or use this shell function):",
+        f'gateway() {{ {shlex.quote(sys.executable)} -m gateway "$@"; }}',
+        "",
+    ]
 
 
 def _toml_str(value: str) -> str:

@@ -41,9 +41,9 @@ def load_policies(config: Config) -> Policies:
 
 async def build_services(config: Config, *, clock: Callable[[], float] = time.time) -> Services:
     """Open keys (made on first start), the store and policies; wire sessions and alerts."""
+    policies = load_policies(config)  # first: a bad policy file must not leave an open store (its thread) behind
     ring = KeyRing.load_or_create(config.keys_dir)
     store = await Store(config.store_path, ring, checkpoint_every=config.checkpoint_every).open()
-    policies = load_policies(config)
     alerts = Alerts(store, file=config.alerts_file)
 
     async def alert(s: LiveSession | None, type_: str, summary: str, severity: str, data: dict[str, Any]) -> None:

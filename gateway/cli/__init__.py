@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -21,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Just-in-time access proxy for SSH and PostgreSQL.")
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     parser.add_argument(
-        "--config", help="config file (default: $GATEWAY_CONFIG, else ./gateway.toml, else built-in defaults)"
+        "--config", help="config file (default: $GATEWAY_CONFIG, else ./gateway.toml; `gateway init` writes one)"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -41,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.func(args)
         if asyncio.iscoroutine(result):
             result = _run_async(result)
+        sys.stdout.flush()  # here, not at exit: a reader that left early is then caught below
         return int(result or 0)
     except CliError as exc:
         # Errors echo input and server messages (names, ids, reasons): shown inert like every stored value.
@@ -48,6 +52,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_left()
+
+
+def _reader_left() -> int:
+    """`gateway show S | head -3`: the reader closed the pipe; end quietly, as Unix tools do (128 + SIGPIPE)."""
+    # Python flushes stdout once more at exit; point it at /dev/null so that flush cannot fail and print a traceback.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def _shorthands(argv: list[str]) -> list[str]:

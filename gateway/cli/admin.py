@@ -205,22 +205,27 @@ async def cmd_audit_verify(args: argparse.Namespace) -> int:
     # Read-only: verification must not add a checkpoint that would bless a tampered chain.
     async with services_from(args, read_only=True) as svc:
         verdict = await svc.store.verify()
-        problems = [] if args.no_recordings else await _check_recordings(svc.store)
-    say(verdict.describe())
+        checked, problems = (0, []) if args.no_recordings else await _check_recordings(svc.store)
+    matched = f"; {checked - len(problems)}{f' of {checked}' if problems else ''} recordings match their hashes"
+    if args.no_recordings:
+        matched = ""
+    say(verdict.describe() + matched)
     for p in problems:
         say(f"recording problem: {p}")
     return 0 if verdict.ok and not problems else 1
 
 
-async def _check_recordings(store: Store) -> list[str]:
-    problems = []
+async def _check_recordings(store: Store) -> tuple[int, list[str]]:
+    """How many closed recordings were checked, and what is wrong with them."""
+    checked, problems = 0, []
     for ev in await store.events(types=["session.end"]):
         path, digest = ev.data.get("recording"), ev.data.get("recording_sha256")
         if path and digest:
+            checked += 1
             problem = check_recording(Path(path), digest)
             if problem:
                 problems.append(f"session {ev.session} (audit #{ev.seq}): {problem}")
-    return problems
+    return checked, problems
 
 
 async def cmd_audit_export(args: argparse.Namespace) -> int:

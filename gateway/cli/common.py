@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from gateway.config import Config, ConfigError, find_config_path, load_config
+from gateway.config import Config, ConfigError, load_config, require_config_path
 from gateway.durations import parse_duration
 from gateway.policy import PolicyError
 from gateway.review.sanitize import printable
@@ -26,9 +26,9 @@ class CliError(Exception):
 
 
 def config_from(args: argparse.Namespace, *, need_secrets: bool = False) -> Config:
-    """Load the config the user pointed at (or the embedded defaults)."""
+    """Load the config the user pointed at; none at all is an error that says how to make one."""
     try:
-        return load_config(find_config_path(getattr(args, "config", None)), need_secrets=need_secrets)
+        return load_config(require_config_path(getattr(args, "config", None)), need_secrets=need_secrets)
     except ConfigError as exc:
         raise CliError(str(exc), 2) from None
 

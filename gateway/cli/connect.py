@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -19,10 +21,12 @@ from typing import Any
 
 from gateway.cli.client import ApiClient, client_from
 from gateway.cli.common import CliError
+from gateway.durations import format_duration
 
 TOKEN_ENV = "GATEWAY_TOKEN"  # noqa: S105 - the name of the variable, not a secret
 # Answers ssh's token prompt from the environment; the token is never in a file or argv.
 _ASKPASS = "#!/bin/sh\nprintf '%s\\n' \"$GATEWAY_TOKEN\"\n"
+GRANT_HELP = "the grant to use: a grant id, or the request id `gateway request` printed (default: your newest live one)"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], server: argparse.ArgumentParser) -> None:
@@ -32,6 +36,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], server: a
     p.add_argument("--login", help="upstream login (default: the one mapped from the grant's scope)")
     p.add_argument("--host", help="gateway SSH host (default: the --server host)")
     p.add_argument("--port", type=int, help="gateway SSH port (default: from the server)")
+    p.add_argument("--grant", metavar="ID", help=GRANT_HELP)
     p.add_argument("args", nargs=argparse.REMAINDER, help="extra ssh arguments or a command, after --")
     p.set_defaults(func=cmd_ssh)
 
@@ -39,32 +44,102 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], server: a
     p.add_argument("target")
     p.add_argument("--host", help="gateway Postgres host (default: the --server host)")
     p.add_argument("--port", type=int, help="gateway Postgres port (default: from the server)")
+    p.add_argument("--grant", metavar="ID", help=GRANT_HELP)
     p.add_argument("args", nargs=argparse.REMAINDER, help="extra psql arguments, after --")
     p.set_defaults(func=cmd_psql)
 
 
-def live_grant(client: ApiClient, user: str, target: str, now: float) -> dict[str, Any]:
-    """Your newest active grant on `target`, or a CliError saying how to get one."""
+def live_grants(client: ApiClient, user: str, target: str, now: float) -> list[dict[str, Any]]:
+    """Your grants on `target` usable right now, newest first.
+
+    Newest, not longest-lived: the grant just approved is the one the user means (and the one whose revocation
+    must end the session), even when an older one runs longer.
+    """
     rows = client.call("GET", "/v1/grants", query={"state": "active", "target": target, "user": user})["grants"]
-    usable = [g for g in rows if g["user"] == user and g["not_before"] <= now < g["expires_at"]]
+    usable = [
+        g for g in rows if g["user"] == user and g["target"] == target and g["not_before"] <= now < g["expires_at"]
+    ]
+    return sorted(usable, key=lambda g: (g["issued_at"], g["not_before"]), reverse=True)
+
+
+def pick_grant(client: ApiClient, usable: list[dict[str, Any]], target: str, chosen: str | None) -> dict[str, Any]:
+    """`chosen` (a grant id or request id) among the usable grants, else the newest; a CliError saying what to do."""
+    if chosen is not None:
+        wanted = _grant_of(client, chosen)
+        for g in usable:
+            if g["id"] == wanted:
+                return g
+        raise CliError(f"{wanted} is not a live grant of yours on {target} (see: gateway grants --target {target})")
     if not usable:
         raise CliError(
             f"you have no live grant on {target}: gateway request {target} --scope SCOPE --for 15m --reason '...'"
         )
-    return max(usable, key=lambda g: g["expires_at"])
+    return usable[0]
+
+
+def _grant_of(client: ApiClient, ident: str) -> str:
+    """A grant id, or the grant of a request id (r_...: what `gateway request` printed)."""
+    if not ident.startswith("r_"):
+        return ident
+    req = client.call("GET", f"/v1/requests/{_path_id(ident)}")
+    if not req.get("grant"):
+        raise CliError(f"request {ident} has no grant (it is {req.get('state', 'unknown')})")
+    return str(req["grant"])
+
+
+def _path_id(value: str) -> str:
+    # Ids go into URL paths: refuse anything that could walk to another route.
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", value):
+        raise CliError(f"not an id: {value!r}", 2)
+    return value
+
+
+def _say_which(grant: dict[str, Any], live: int, chosen: bool, now: float) -> None:
+    """Before connecting, on stderr: which grant, its scope and time left (so a revocation can name it)."""
+    left = format_duration(grant["expires_at"] - now)
+    others = f"; newest of {live} live grants, --grant ID picks another" if live > 1 and not chosen else ""
+    print(
+        f"gateway: using grant {grant['id']} ({grant['target']}/{grant['scope']}, {left} left{others})",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _prepare(args: argparse.Namespace, kind: str) -> tuple[dict[str, Any], str, str, int, str, dict[str, Any]]:
+    _own_options(args, kind)
     client = client_from(args.server)
     me = client.call("GET", "/v1/whoami")["user"]
     info = client.call("GET", "/v1/info")
     if info["targets"].get(args.target) != kind:
         raise CliError(f"{args.target!r} is not a {kind} target (targets: {', '.join(info['targets']) or 'none'})")
-    grant = live_grant(client, me, args.target, time.time())
+    now = time.time()
+    usable = live_grants(client, me, args.target, now)
+    grant = pick_grant(client, usable, args.target, args.grant)
     token = client.call("GET", f"/v1/grants/{grant['id']}/token")["token"]
+    _say_which(grant, len(usable), args.grant is not None, now)
     listen = info["ssh" if kind == "ssh" else "postgres"]
     host = args.host or urllib.parse.urlsplit(client.server).hostname or listen["host"]
     return grant, me, host, int(args.port or listen["port"]), token, info
+
+
+def _own_options(args: argparse.Namespace, kind: str) -> None:
+    """Take back our options typed after the target (`gateway ssh web-1 --grant ID -- uptime`): argparse's
+    REMAINDER hands everything after the target to the client, which would fail on them."""
+    names = {"--grant", "--host", "--port", "--server", *(["--login"] if kind == "ssh" else [])}
+    rest = list(args.args)
+    while rest and rest[0] != "--":
+        name, eq, value = rest[0].partition("=")
+        if name not in names:
+            break
+        if not eq:
+            if len(rest) < 2:
+                raise CliError(f"{name} needs a value", 2)
+            value = rest[1]
+        rest = rest[1:] if eq else rest[2:]
+        if name == "--port" and not value.isdigit():
+            raise CliError(f"--port: not a port number: {value!r}", 2)
+        setattr(args, name[2:], int(value) if name == "--port" else value)
+    args.args = rest
 
 
 def _extra(args: argparse.Namespace) -> list[str]:

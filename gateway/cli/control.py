@@ -71,7 +71,7 @@ def register(sub: Sub) -> None:
     p.set_defaults(func=cmd_grants)
 
     p = sub.add_parser("revoke", parents=[server], help="revoke a grant: ends its live sessions within 1 s")
-    p.add_argument("grant")
+    p.add_argument("grant", help="grant id (g_...), or the request id (r_...) whose grant to revoke")
     p.add_argument("--reason", required=True)
     p.set_defaults(func=cmd_revoke)
 
@@ -252,15 +252,23 @@ def _local_caller() -> Caller:
 async def cmd_revoke(args: argparse.Namespace) -> int:
     """Revoke a grant."""
     if server_from(args.server):
-        out = client_from(args.server).call("POST", f"/v1/grants/{_id(args.grant)}/revoke", {"reason": args.reason})
+        client = client_from(args.server)
+        gid = _id(args.grant)
+        if gid.startswith("r_"):  # the request id `gateway request` printed: revoke the grant it produced
+            gid = _id(str(client.call("GET", f"/v1/requests/{gid}").get("grant") or gid))
+        out = client.call("POST", f"/v1/grants/{gid}/revoke", {"reason": args.reason})
         say(f"grant {out['id']} revoked; {out['sessions_ended']} live session(s) ended here, the rest within 1 s")
         return 0
     from gateway.api.actions import revoke_grant
 
     async with services_from(args) as svc:
+        gid = args.grant
+        if gid.startswith("r_"):
+            req = await svc.store.get_request(gid)
+            gid = req.grant_id if req is not None and req.grant_id else gid
         try:
             g, _ = await revoke_grant(
-                svc.store, None, svc.alerts, _local_caller(), args.grant, reason=args.reason, now=time.time()
+                svc.store, None, svc.alerts, _local_caller(), gid, reason=args.reason, now=time.time()
             )
         except WorkflowError as exc:
             raise CliError(exc.message) from None

@@ -12,10 +12,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `demo`."""
     p = sub.add_parser(
         "demo",
-        help="try it: throwaway PostgreSQL + sshd + gateway, an approved request, and the lines to paste",
+        help="try it: throwaway PostgreSQL + sshd + gateway, two users, and the lines to paste",
         description="Start a throwaway PostgreSQL (sample 'orders' database) and OpenSSH server, the gateway in "
-        "front of them, let alice request access and bob approve it, and print the psql/ssh lines to paste. "
-        "Ctrl-C stops everything and removes what the demo made.",
+        "front of them and two users, alice (engineer) and bob (approver), and print the lines to paste, in "
+        "order: log in, request, approve, connect with psql and ssh, revoke, review. "
+        "Ctrl-C stops everything and removes the demo's folder. Run as root, the two OS accounts the servers run "
+        "as (and a lock file) stay, because other demos and test runs share them; the demo says so at the end, "
+        "with the command that removes them.",
     )
     p.add_argument("--ports-from", type=_port, metavar="N", help="listen on N (ssh), N+1 (postgres), N+2 (http)")
     p.add_argument("--ssh-port", type=_port, help="the gateway's SSH port (default 2222)")

@@ -16,6 +16,11 @@ from gateway.review import replay as replay_mod
 from gateway.review.search import search as search_recordings
 from gateway.store import AuditEvent, SessionRecord, Store
 
+SESSION_HELP = (
+    "session id (a unique prefix of 6+ characters works), or a grant id (g_...) or request id (r_...): "
+    "its newest session"
+)
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the reviewer commands."""
@@ -28,12 +33,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_sessions)
 
     p = sub.add_parser("show", help="one session's timeline: request, approvals, grant, connect, activity, end")
-    p.add_argument("session", help="session id (a unique prefix of 6+ characters works)")
+    p.add_argument("session", help=SESSION_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("replay", help="play a recording (SSH at real speed; Postgres transcript)")
-    p.add_argument("session")
+    p = sub.add_parser(
+        "replay",
+        help="play a recording (SSH at real speed; Postgres transcript)",
+        description="Play an SSH session's recording at real speed, or print a Postgres session's transcript.",
+        epilog=f"keys while an SSH recording plays: {replay_mod.PLAYBACK_KEYS}",
+    )
+    p.add_argument("session", help=SESSION_HELP)
     p.add_argument("--speed", type=float, default=1.0, help="playback speed factor (default 1)")
     p.add_argument("--idle-limit", type=float, default=None, help="cap pauses at this many seconds")
     p.add_argument("--print", dest="print_only", action="store_true", help="no timing: print the final text")
@@ -120,6 +130,18 @@ async def cmd_sessions(args: argparse.Namespace) -> int:
 
 
 async def _find_session(store: Store, sid: str) -> SessionRecord:
+    """A session id (or unique prefix); a grant id (g_...) or request id (r_...) means that grant's newest session."""
+    gid = sid
+    if sid.startswith("r_"):
+        req = await store.get_request(sid)
+        gid = req.grant_id if req is not None and req.grant_id else ""
+        if not gid:
+            raise CliError(f"request {sid!r} has no grant (not found, or not approved)")
+    if gid.startswith("g_"):
+        found = await store.list_sessions(grant_id=gid)
+        if not found:
+            raise CliError(f"grant {gid} has no session yet (try `gateway sessions`)")
+        return found[0]
     s = await store.get_session(sid)
     if s is None:
         raise CliError(f"no session {sid!r} (try `gateway sessions`)")
@@ -134,9 +156,13 @@ async def cmd_show(args: argparse.Namespace) -> int:
         events = [e for e in await svc.store.events() if e.grant == s.grant_id and (not e.session or e.session == s.id)]
         request = await svc.store.get_request(grant.request_id) if grant and grant.request_id else None
         row = (await _session_rows(svc.store, [s]))[0]
-    timeline = _timeline(request, events)
+    recorded: list[dict[str, Any]] = []
     if s.protocol == "postgres" and s.recording_path:
-        timeline = sorted(timeline + _recorded_statements(s), key=lambda i: i["ts"])
+        recorded, seen = _recorded_statements(s)
+        # A refusal is in both the audit log and the recording: list it once, from the recording (in order,
+        # with its verdict). Audit events whose statement the recording lacks (damaged, missing) stay.
+        events = [e for e in events if not (e.type == "statement.denied" and str(e.data.get("sql")) in seen)]
+    timeline = sorted(_timeline(request, events) + recorded, key=lambda i: i["ts"])
     if args.json:
         print_json({"session": row, "timeline": timeline})
         return 0
@@ -165,14 +191,16 @@ def _timeline(request: Any, events: list[AuditEvent]) -> list[dict[str, Any]]:
 _VERDICT_WORDS = {"allow": "allowed", "alert": "alert", "deny": "denied", "kill": "killed"}
 
 
-def _recorded_statements(s: SessionRecord) -> list[dict[str, Any]]:
-    """Every statement of a SQL session's recording, with its verdict (the audit log holds only refusals).
+def _recorded_statements(s: SessionRecord) -> tuple[list[dict[str, Any]], set[str]]:
+    """Every statement of a SQL session's recording, with its verdict (the audit log holds only refusals), and
+    the refused statements' text as the audit log holds it (its first 2000 characters).
 
     A missing or damaged recording gives what can be read (`gateway audit verify` reports the damage).
     """
     import json
 
     items: list[dict[str, Any]] = []
+    refused: set[str] = set()
     try:
         with open(str(s.recording_path), "rb") as f:
             for line in f:
@@ -188,9 +216,11 @@ def _recorded_statements(s: SessionRecord) -> list[dict[str, Any]]:
                 t = ev.get("t")
                 offset = float(t) if isinstance(t, int | float) and not isinstance(t, bool) else 0.0
                 items.append({"ts": s.started_at + offset, "what": "statement", "detail": f"{word}{rule}: {ev['sql']}"})
+                if verdict != "allow" and verdict != "alert":
+                    refused.add(ev["sql"][:2000])
     except OSError:
         pass
-    return items
+    return items, refused
 
 
 def _describe(e: AuditEvent) -> str:

@@ -15,6 +15,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--only", action="append", choices=["postgres", "ssh", "http"], help="start only these listeners")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("health", help="exit 0 when the gateway of this config answers /healthz (container checks)")
+    p.add_argument("--timeout", type=float, default=4.0, help="seconds to wait for the answer (default 4)")
+    p.set_defaults(func=cmd_health)
+
 
 async def cmd_run(args: argparse.Namespace) -> int:
     """Start everything and serve until interrupted."""
@@ -24,4 +28,21 @@ async def cmd_run(args: argparse.Namespace) -> int:
         await app.serve_forever()
     except (PolicyError, OSError) as exc:
         raise CliError(f"cannot start: {exc}") from None
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """GET /healthz on the config's HTTP listener; one line, exit 0 (healthy) or 1."""
+    import urllib.request
+
+    addr = config_from(args).listen_http
+    # A wildcard listen address is reached on loopback from inside the same host or container.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(addr.host, addr.host)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{addr.port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as resp:
+            body = resp.read(200).decode("utf-8", "replace").strip()
+    except OSError as exc:
+        raise CliError(f"unhealthy: {url}: {getattr(exc, 'reason', exc)}") from None
+    print(f"healthy: {url} {body}")
     return 0

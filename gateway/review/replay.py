@@ -46,10 +46,18 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.recording import RecordingError, read_binary_stream
-from gateway.review.sanitize import RESTORE, LineScreen, Neutraliser, neutralise
+from gateway.review.sanitize import LineScreen, Neutraliser, neutralise
 
 END_MARKER = "session end"
 """Label prefix of the marker a front end writes just before closing a terminal recording."""
+
+LEAVE_TERMINAL = "\x1b[0m\x1b[?25h\x1b7\x1b[r\x1b8"
+"""After a replay: reset colours, show the cursor, reset the scroll region, and leave the cursor where the replay
+left it. Resetting the scroll region (DECSTBM) also homes the cursor, and the shell prompt would then overwrite the
+replay from the top-left: so it runs between a cursor save (DECSC) and restore (DECRC)."""
+
+PLAYBACK_KEYS = "space pause/resume, . one step while paused, + faster, - slower, q quit"
+"""The keys `play` obeys, for help texts."""
 
 Event = tuple[float, str, str]
 _READ_CHUNK = 1 << 20
@@ -314,7 +322,7 @@ async def play(
         await events.aclose()  # closes the file now, not whenever the generator is collected
         if key_task is not None:
             key_task.cancel()
-        out.write(screen.flush() + RESTORE)
+        out.write(screen.flush() + LEAVE_TERMINAL)
         out.flush()
     return result
 

@@ -12,7 +12,8 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 
-_USER_LOCK = "/tmp/gw-sandbox-useradd.lock"
+USER_LOCK = "/tmp/gw-sandbox-useradd.lock"
+"""Serialises useradd between concurrent sandboxes (demos, test runs); it stays: others may hold it."""
 
 
 class SandboxUnavailable(RuntimeError):
@@ -52,7 +53,7 @@ def port_in_use(host: str, port: int) -> str | None:
 @contextlib.contextmanager
 def _user_lock() -> Iterator[None]:
     """Serialize useradd/usermod across concurrent processes on this machine."""
-    with open(_USER_LOCK, "a") as fh:
+    with open(USER_LOCK, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
