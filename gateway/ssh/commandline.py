@@ -20,6 +20,7 @@ flagged ``echoed=False`` (it is probably a password) so the caller can keep it o
 from __future__ import annotations
 
 import codecs
+from collections.abc import Callable
 from dataclasses import dataclass
 
 MAX_LINE = 64 * 1024
@@ -390,3 +391,63 @@ class CommandTracker:
         if self.echo.rows != rows:
             return None
         return self.echo.text[col:].rstrip()
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """A complete line of a shell's stdin (no terminal), to be decided before it is forwarded."""
+
+    text: str
+    raw: bytes  # the line's bytes with its newline (none for a last line cut by EOF or MAX_LINE)
+    truncated: bool = False
+
+
+class StdinLines:
+    """Commands fed to a shell on stdin without a terminal (`ssh -T host`, `ssh host bash`): bytes in, bytes out.
+
+    Nothing echoes and no line editor runs: the shell reads its stdin up to each newline, so each line
+    is held here whole until `decide` has seen it, and only lines it allows are returned for forwarding.
+    A line longer than MAX_LINE is decided on its first MAX_LINE bytes (flagged truncated); the rest
+    of it, up to its newline, follows that verdict.
+    """
+
+    def __init__(self, decide: Callable[[Line], bool]) -> None:
+        self._decide = decide
+        self._buf = bytearray()
+        self._rest: bool | None = None  # inside an over-long line: forward (True) or drop (False) until \n
+
+    def feed(self, data: bytes) -> bytes:
+        """Stdin bytes; returns the bytes of the allowed lines (held partial lines are not in it yet)."""
+        out = bytearray()
+        start, n = 0, len(data)
+        while start < n:
+            nl = data.find(b"\n", start)
+            end = n if nl < 0 else nl + 1
+            if self._rest is not None:
+                if self._rest:
+                    out += data[start:end]
+                if nl >= 0:
+                    self._rest = None
+            else:
+                self._buf += data[start:end]
+                if nl >= 0:
+                    out += self._take()
+                elif len(self._buf) > MAX_LINE:
+                    out += self._take(truncated=True)
+            start = end
+        return bytes(out)
+
+    def finish(self) -> bytes:
+        """EOF: a last line without a newline still runs in the shell, so it is decided too."""
+        self._rest = None
+        return self._take() if self._buf else b""
+
+    def _take(self, *, truncated: bool = False) -> bytes:
+        """Decide the held line; returns its bytes when allowed."""
+        raw = bytes(self._buf)
+        self._buf.clear()
+        text = raw.decode("utf-8", "replace").removesuffix("\n").removesuffix("\r")
+        allowed = self._decide(Line(text, raw, truncated))
+        if truncated:
+            self._rest = allowed
+        return raw if allowed else b""

@@ -42,6 +42,62 @@ def filter_env(env: Mapping[bytes, bytes]) -> tuple[dict[str, str], list[str]]:
     return keep, sorted(refused)
 
 
+SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "yash", "posh", "fish", "csh", "tcsh"})
+# Wrappers that run their first operand as a command (options taking a value are skipped with it).
+_WRAPPERS = {"sudo": "ugCDhpRrtU", "env": "uCS", "nohup": "", "exec": "a", "command": "", "nice": "n",
+             "setsid": "", "time": "", "stdbuf": "ioe", "doas": "uC", "su": "cgs"}  # fmt: skip
+
+
+def reads_stdin_commands(command: str) -> bool:
+    """Whether an exec command is a shell that reads its commands from stdin (`bash`, `sh -s`, `sudo -i`).
+
+    Such a channel is a shell prompt without a terminal: its stdin gets the same line policy as a shell.
+    When in doubt (unparsable command) the answer is yes: a line policy on data is only a false alarm.
+    """
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return True
+    while argv:
+        name = argv[0].rsplit("/", 1)[-1]
+        if name in _WRAPPERS:
+            if name in ("sudo", "su", "doas") and any(a in ("-i", "-s", "--login", "--shell", "-") for a in argv[1:]):
+                return True
+            argv = _skip_wrapper(argv[1:], _WRAPPERS[name])
+            if name in ("su",) and not argv:
+                return True
+            continue
+        if name not in SHELLS:
+            return False
+        ops = argv[1:]
+        if "-s" in ops or any(o.startswith("-") and not o.startswith("--") and "s" in o for o in ops):
+            return True
+        if any(o.startswith("-") and "c" in o[1:] and not o.startswith("--") for o in ops):
+            return False
+        return not [o for o in ops if not o.startswith(("-", "+"))]
+    return False
+
+
+def _skip_wrapper(args: list[str], takes_value: str) -> list[str]:
+    """The wrapped command's argv after a wrapper's options (and env's NAME=value words)."""
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            return args[i + 1 :]
+        if "=" in a and not a.startswith("-"):  # env NAME=value
+            i += 1
+            continue
+        if not a.startswith("-") or a == "-":
+            break
+        if len(a) == 2 and a[1] in takes_value:
+            i += 1
+        elif a[1:2].isdigit():  # nice -5
+            pass
+        i += 1
+    return args[i:]
+
+
 def check_shell(policy: SshPolicy) -> Decision:
     """An interactive shell."""
     if not policy.shell:

@@ -39,6 +39,7 @@ scopes:
         - {name: no-rm-rf, pattern: "rm -rf *", action: deny}
         - {name: passwd-touch, pattern: "*passwd*", action: alert}
         - {name: no-shutdown, pattern: "regex:^(shutdown|reboot|halt)\\\\b", action: kill}
+        - {name: no-canary, pattern: "touch *canary-*", action: deny}
   readonly:
     max_ttl: 1h
     ssh:
