@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -92,15 +93,14 @@ class SqlPolicy:
 
 @dataclass(frozen=True, slots=True)
 class CommandRule:
-    """A rule on command lines (exec commands and lines typed in a shell)."""
+    """A rule on commands (exec commands, lines typed in a shell, a shell's stdin lines).
+
+    Matched against each simple command the line runs, as parsed (gateway.ssh.cmdmatch), not its text.
+    """
 
     name: str
     action: Verdict
     pattern: str
-
-    def matches(self, line: str) -> bool:
-        """Glob match (`regex:` prefix for a regular expression) against the whole stripped line."""
-        return _command_matches(self.pattern, line.strip())
 
 
 # Characters that chain, substitute, redirect or background commands in a POSIX shell.
@@ -125,6 +125,9 @@ class SshPolicy:
     exec: bool = True
     allowed_commands: tuple[str, ...] | None = None  # None: any command; else globs / regex: patterns
     command_rules: tuple[CommandRule, ...] = ()
+    # A line whose commands cannot be known statically (eval "$x", base64 -d | sh, $unknown, !!):
+    # None means alert when the scope has command rules (there is something to evade), else nothing.
+    unresolved: Verdict | None = None
     sftp: str = "read-write"
     scp: bool = True
     local_forwarding: bool = False
@@ -216,6 +219,7 @@ _SSH_KEYS = {
     "exec",
     "allowed_commands",
     "commands",
+    "unresolved",
     "sftp",
     "scp",
     "local_forwarding",
@@ -396,12 +400,16 @@ def _load_ssh(ctx: _Ctx, body: Any, key: str) -> SshPolicy:
     sftp = body.get("sftp", "read-write")
     if sftp not in SFTP_MODES:
         raise ctx.fail(f"{key}.sftp", f"must be one of {', '.join(SFTP_MODES)}")
+    unresolved = None
+    if body.get("unresolved") is not None:
+        unresolved = ctx.action(body["unresolved"], f"{key}.unresolved")
     flag = ctx.boolean
     return SshPolicy(
         shell=flag(body.get("shell"), f"{key}.shell", allowed_t is None),
         exec=flag(body.get("exec"), f"{key}.exec", True),
         allowed_commands=allowed_t,
         command_rules=tuple(rules),
+        unresolved=unresolved,
         sftp=sftp,
         scp=flag(body.get("scp"), f"{key}.scp", True),
         local_forwarding=flag(body.get("local_forwarding"), f"{key}.local_forwarding", False),
@@ -417,6 +425,14 @@ def _check_pattern(ctx: _Ctx, pattern: str, key: str) -> None:
             re.compile(pattern[len("regex:") :])
         except re.error as exc:
             raise ctx.fail(key, f"invalid regular expression: {exc}") from None
+        return
+    # Glob patterns are split into words like a command line: quotes must balance.
+    try:
+        words = shlex.split(pattern)
+    except ValueError as exc:
+        raise ctx.fail(key, f"cannot split {pattern!r} into words: {exc}") from None
+    if not words:
+        raise ctx.fail(key, "must name a command")
 
 
 class Policies:

@@ -20,6 +20,8 @@ from gateway.policy import (
     default_policy,
     load_policy_file,
 )
+from gateway.ssh.cmdmatch import rule_matches
+from gateway.ssh.shellparse import analyse
 
 TARGETS = {"orders-db": ("postgres", ["read", "write", "admin"]), "web-1": ("ssh", ["shell", "deploy"])}
 KINDS = {name: kind for name, (kind, _) in TARGETS.items()}
@@ -72,7 +74,8 @@ def test_example_policies_load(tmp_path: Path) -> None:
         "regex:^(shutdown|reboot|halt)\\b": Verdict.DENY,
     }
     [reboot] = [r for r in shell.ssh.command_rules if r.action is Verdict.DENY]
-    assert reboot.matches("reboot now") and reboot.matches("  shutdown -h now ") and not reboot.matches("rebooting")
+    assert rule_matches_line(reboot, "reboot now") and rule_matches_line(reboot, "  shutdown -h now ")
+    assert not rule_matches_line(reboot, "rebooting")
     assert policies.target("orders-db") is not None
     assert policies.target("orders-db").source.endswith("orders-db.yaml")  # type: ignore[union-attr]
 
@@ -340,13 +343,14 @@ def test_decisions() -> None:
     [
         ("sudo *", "sudo ls", True),
         ("sudo *", "  sudo ls  ", True),  # whole stripped line
-        ("sudo *", "sudo", False),
+        ("sudo *", "sudo", True),  # `*` over the operands matches none too
         ("sudo *", "echo sudo ls", False),
         ("rm -rf /*", "rm -rf /", True),
         ("rm -rf /*", "rm -rf /var/lib", True),
         ("rm -rf /*", "rm -rf ./build", False),
         ("ls", "ls", True),
-        ("ls", "ls -la", False),
+        ("ls", "ls -la", True),  # the pattern's flags are required, extra flags are not refused
+        ("ls", "ls /tmp", False),
         ("cat /etc/?asswd", "cat /etc/passwd", True),
         ("[rR]eboot", "Reboot", True),
         ("Reboot", "reboot", False),  # case-sensitive
@@ -358,7 +362,27 @@ def test_decisions() -> None:
     ],
 )
 def test_command_rule_matches(pattern: str, line: str, expected: bool) -> None:
-    assert CommandRule("r", Verdict.DENY, pattern).matches(line) is expected
+    assert rule_matches_line(CommandRule("r", Verdict.DENY, pattern), line) is expected
+
+
+def rule_matches_line(rule: CommandRule, line: str) -> bool:
+    """Whether a command rule matches a line as the SSH front end parses it."""
+    return rule_matches(rule, analyse(line), line)
+
+
+def test_unresolved_condition_is_loaded(tmp_path: Path) -> None:
+    path = policy_file(tmp_path, "target: web-1\nscopes: {shell: {ssh: {unresolved: deny}}}\n")
+    ssh = load_policy_file(path, KINDS).scopes["shell"].ssh
+    assert ssh is not None and ssh.unresolved is Verdict.DENY
+    path = policy_file(tmp_path, "target: web-1\nscopes: {shell: {ssh: {unresolved: maybe}}}\n")
+    with pytest.raises(PolicyError, match=re.escape("scopes.shell.ssh.unresolved")):
+        load_policy_file(path, KINDS)
+
+
+def test_glob_pattern_with_unbalanced_quotes_is_refused_at_load(tmp_path: Path) -> None:
+    path = policy_file(tmp_path, 'target: web-1\nscopes: {shell: {ssh: {commands: [{pattern: "rm \'-rf"}]}}}\n')
+    with pytest.raises(PolicyError, match="cannot split"):
+        load_policy_file(path, KINDS)
 
 
 def test_command_allowed_without_allowlist() -> None:

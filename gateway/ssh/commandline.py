@@ -407,12 +407,15 @@ class StdinLines:
 
     Nothing echoes and no line editor runs: the shell reads its stdin up to each newline, so each line
     is held here whole until `decide` has seen it, and only lines it allows are returned for forwarding.
-    A line longer than MAX_LINE is decided on its first MAX_LINE bytes (flagged truncated); the rest
-    of it, up to its newline, follows that verdict.
+    `decide` may also answer None: the line opens a construct the next lines complete (a quote, a loop,
+    a backslash continuation), so it is held until the construct is decided as a whole, then forwarded
+    or dropped with it. A line longer than MAX_LINE is decided on its first MAX_LINE bytes (flagged
+    truncated); the rest of it, up to its newline, follows that verdict.
     """
 
-    def __init__(self, decide: Callable[[Line], bool]) -> None:
+    def __init__(self, decide: Callable[[Line], bool | None]) -> None:
         self._decide = decide
+        self._held = bytearray()  # lines of an unfinished construct, waiting for its verdict
         self._buf = bytearray()
         self._rest: bool | None = None  # inside an over-long line: forward (True) or drop (False) until \n
 
@@ -440,14 +443,20 @@ class StdinLines:
     def finish(self) -> bytes:
         """EOF: a last line without a newline still runs in the shell, so it is decided too."""
         self._rest = None
-        return self._take() if self._buf else b""
+        out = self._take(last=True) if self._buf else b""
+        held, self._held = bytes(self._held), bytearray()
+        return held + out  # an unfinished construct at EOF: the shell gets it (and reports the error)
 
-    def _take(self, *, truncated: bool = False) -> bytes:
-        """Decide the held line; returns its bytes when allowed."""
+    def _take(self, *, truncated: bool = False, last: bool = False) -> bytes:
+        """Decide the buffered line; returns the bytes to forward now."""
         raw = bytes(self._buf)
         self._buf.clear()
         text = raw.decode("utf-8", "replace").removesuffix("\n").removesuffix("\r")
-        allowed = self._decide(Line(text, raw, truncated))
+        verdict = self._decide(Line(text, raw, truncated))
         if truncated:
-            self._rest = allowed
-        return raw if allowed else b""
+            self._rest = verdict is not False
+        if verdict is None and not last and not truncated:
+            self._held += raw
+            return b""
+        held, self._held = bytes(self._held), bytearray()
+        return held + raw if verdict is not False else b""

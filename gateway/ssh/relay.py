@@ -14,11 +14,13 @@ from gateway.ssh.commandline import CommandTracker, Enter, Line, StdinLines
 from gateway.ssh.recordings import ChannelRecorder, SessionRecordings
 from gateway.ssh.scope import check_exec, check_line, check_shell, check_subsystem, filter_env, reads_stdin_commands
 from gateway.ssh.sftp import FileOp, SftpFilter, SftpProtocolError
+from gateway.ssh.shellparse import ShellState
 from gateway.ssh.upstream import MAX_PACKET, WINDOW
 
 # Sent upstream instead of a refused line's Enter: ^E (end of line) then ^U (kill to start) empties
 # readline's buffer, and ^U alone empties a canonical-mode tty line. No signal, unlike ^C.
 CLEAR_LINE = b"\x05\x15"
+INTERRUPT = b"\x03"
 REFUSED_STATUS = 126
 """Exit status of a channel whose request the scope refused (as a shell's "cannot execute")."""
 
@@ -61,6 +63,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         self.tracker: CommandTracker | None = None
         self.stdin_lines: StdinLines | None = None  # a shell without a terminal: its stdin lines are commands
         self.killing = False  # a kill verdict was given: nothing more goes upstream
+        self.shell_state = ShellState()  # the channel's shell: variables and aliases it was given so far
         self.sftp: SftpFilter | None = None
         self.exit_status: int | None = None
         self.exit_signal: tuple[str, bool, str, str] | None = None
@@ -238,22 +241,31 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         if d.allowed:
             up.write(ev.key)
             return
-        up.write(CLEAR_LINE)
+        state = self.shell_state
+        if state.pending:
+            # The refused line continues a construct the shell holds (a `\` line, an open loop or
+            # quote): ^C makes the shell drop the whole of it, so nothing glues onto the next line.
+            up.write(INTERRUPT)
+            state.pending, state.pending_lines = "", 0
+        else:
+            up.write(CLEAR_LINE)
         message = notice(f"blocked by policy: {d.rule}")
         self.chan.write(message)
         if self.rec is not None:
             self.rec.output(message)
         self._enforce(d, shown)
 
-    def _on_stdin_line(self, line: Line) -> bool:
-        """A line on a terminal-less shell's stdin: True lets it through to the shell."""
+    def _on_stdin_line(self, line: Line) -> bool | None:
+        """A line on a terminal-less shell's stdin: True lets it through, None holds it for the next line."""
         if self.killing:
             return False
+        state = self.shell_state
         if not line.text.strip():
-            return True
+            return None if state.pending else True
         d = self._judge([line.text], line.text, exact=True, truncated=line.truncated)
         if d.allowed:
-            return True
+            return None if state.pending else True
+        state.pending, state.pending_lines = "", 0  # the held lines are dropped with this one
         if not self.closed and not self.eof_sent:
             message = notice(f"blocked by policy: {d.rule}").lstrip(b"\r\n").replace(b"\r\n", b"\n")
             self.chan.write_stderr(message)
@@ -264,7 +276,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
     def _judge(self, candidates: Iterable[str], shown: str, *, exact: bool, truncated: bool) -> Decision:
         """Decide a command line, and count, audit, mark and alert it (shared by terminal and stdin lines)."""
         s = self.host.session
-        d = check_line(self.policy, candidates, truncated=truncated)
+        d = check_line(self.policy, candidates, truncated=truncated, state=self.shell_state)
         s.stats["commands"] = s.stats.get("commands", 0) + 1
         if not d.allowed:
             s.stats["violations"] = s.stats.get("violations", 0) + 1
@@ -352,7 +364,8 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
             last = self.stdin_lines.finish()
             if last:
                 up.write(last)
-        up.write_eof()
+        if not self.killing:  # the kill closes the channel; an EOF now would let the shell end first
+            up.write_eof()
 
     def pause_writing(self) -> None:
         """The engineer is not reading: stop reading the upstream (its window closes, sshd waits)."""

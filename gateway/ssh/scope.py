@@ -7,6 +7,8 @@ import shlex
 from collections.abc import Iterable, Mapping
 
 from gateway.policy import Decision, SshPolicy, Verdict
+from gateway.ssh.cmdmatch import rule_matches
+from gateway.ssh.shellparse import SHELLS, Analysis, ShellState, analyse, reads_stdin, unwrap
 
 ENV_ALLOWED = ("TERM", "LANG")
 ENV_ALLOWED_PREFIXES = ("LC_",)
@@ -17,6 +19,8 @@ MAX_ENV_VALUE = 256
 _SHELL_META = re.compile(r"[;&|`$<>()\n\r\\{}]")
 # Flags an scp server-side process (`scp -f` / `scp -t`) is started with by a client.
 _SCP_FLAGS = frozenset("frtpdvq")
+UNRESOLVED = "unresolved"
+"""The rule name of the `unresolved` condition (a line whose commands only run time can tell)."""
 _RANK = {Verdict.ALLOW: 0, Verdict.ALERT: 1, Verdict.DENY: 2, Verdict.KILL: 3}
 
 
@@ -42,60 +46,24 @@ def filter_env(env: Mapping[bytes, bytes]) -> tuple[dict[str, str], list[str]]:
     return keep, sorted(refused)
 
 
-SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "yash", "posh", "fish", "csh", "tcsh"})
-# Wrappers that run their first operand as a command (options taking a value are skipped with it).
-_WRAPPERS = {"sudo": "ugCDhpRrtU", "env": "uCS", "nohup": "", "exec": "a", "command": "", "nice": "n",
-             "setsid": "", "time": "", "stdbuf": "ioe", "doas": "uC", "su": "cgs"}  # fmt: skip
-
-
 def reads_stdin_commands(command: str) -> bool:
     """Whether an exec command is a shell that reads its commands from stdin (`bash`, `sh -s`, `sudo -i`).
 
     Such a channel is a shell prompt without a terminal: its stdin gets the same line policy as a shell.
-    When in doubt (unparsable command) the answer is yes: a line policy on data is only a false alarm.
+    Every command the line runs counts (`sh -c bash`, `env bash`); an unparsable line counts as one.
     """
-    try:
-        argv = shlex.split(command)
-    except ValueError:
+    analysis = analyse(command)
+    if analysis.incomplete:
         return True
-    while argv:
-        name = argv[0].rsplit("/", 1)[-1]
-        if name in _WRAPPERS:
-            if name in ("sudo", "su", "doas") and any(a in ("-i", "-s", "--login", "--shell", "-") for a in argv[1:]):
-                return True
-            argv = _skip_wrapper(argv[1:], _WRAPPERS[name])
-            if name in ("su",) and not argv:
-                return True
-            continue
-        if name not in SHELLS:
-            return False
-        ops = argv[1:]
-        if "-s" in ops or any(o.startswith("-") and not o.startswith("--") and "s" in o for o in ops):
+    for c in analysis.commands:
+        args = list(c.args)
+        if c.name in SHELLS and reads_stdin(c.name, args):
             return True
-        if any(o.startswith("-") and "c" in o[1:] and not o.startswith("--") for o in ops):
-            return False
-        return not [o for o in ops if not o.startswith(("-", "+"))]
+        if c.name in ("sudo", "doas", "su", "runuser") and not unwrap(c.name, args):
+            login = any(a in ("-i", "-s", "--login", "--shell", "-", "-l") for a in args)
+            if login or (c.name in ("su", "runuser") and not any(a.startswith("-c") for a in args)):
+                return True
     return False
-
-
-def _skip_wrapper(args: list[str], takes_value: str) -> list[str]:
-    """The wrapped command's argv after a wrapper's options (and env's NAME=value words)."""
-    i = 0
-    while i < len(args):
-        a = args[i]
-        if a == "--":
-            return args[i + 1 :]
-        if "=" in a and not a.startswith("-"):  # env NAME=value
-            i += 1
-            continue
-        if not a.startswith("-") or a == "-":
-            break
-        if len(a) == 2 and a[1] in takes_value:
-            i += 1
-        elif a[1:2].isdigit():  # nice -5
-            pass
-        i += 1
-    return args[i:]
 
 
 def check_shell(policy: SshPolicy) -> Decision:
@@ -163,23 +131,42 @@ def check_subsystem(policy: SshPolicy, name: str) -> Decision:
     return Decision.allow()
 
 
-def check_line(policy: SshPolicy, candidates: Iterable[str], *, truncated: bool = False) -> Decision:
-    """Command rules on a line; the strongest verdict over every candidate and every pasted line wins."""
-    if truncated and any(r.action in (Verdict.DENY, Verdict.KILL) for r in policy.command_rules):
+def check_line(policy: SshPolicy, candidates: Iterable[str], *, truncated: bool = False,
+               state: ShellState | None = None) -> Decision:  # fmt: skip
+    """Command rules on a line's parsed commands; the strongest verdict over every candidate wins.
+
+    `state` is the shell's memory (variables, aliases, an unfinished construct): it is read to resolve
+    the line, and updated only when the line is allowed to run.
+    """
+    rules = policy.command_rules
+    if truncated and any(r.action in (Verdict.DENY, Verdict.KILL) for r in rules):
         return Decision.deny("line-too-long", "command line too long to check against this scope's rules")
+    unresolved = policy.unresolved or (Verdict.ALERT if rules else None)
+    shell = state if state is not None else ShellState()
     best = Decision.allow()
     alerts: list[str] = []
+    first: Analysis | None = None
     for text in candidates:
-        for line in {text, *text.splitlines()}:
-            if not line.strip():
+        if not text.strip():
+            continue
+        analysis = shell.analyse(text)
+        first = first or analysis
+        shown = text.strip()
+        for rule in rules:
+            if not rule_matches(rule, analysis, text):
                 continue
-            for rule in policy.command_rules:
-                if not rule.matches(line):
-                    continue
-                if rule.action is Verdict.ALERT:
-                    alerts.append(rule.name)
-                elif _RANK[rule.action] > _RANK[best.verdict]:
-                    best = Decision(rule.action, rule.name, f"{line.strip()!r} matches rule {rule.name!r}")
+            if rule.action is Verdict.ALERT:
+                alerts.append(rule.name)
+            elif _RANK[rule.action] > _RANK[best.verdict]:
+                best = Decision(rule.action, rule.name, f"{shown!r} matches rule {rule.name!r}")
+        if analysis.unresolved and unresolved is not None:
+            if unresolved is Verdict.ALERT:
+                alerts.append(UNRESOLVED)
+            elif _RANK[unresolved] > _RANK[best.verdict]:
+                why = analysis.unresolved[0]
+                best = Decision(unresolved, UNRESOLVED, f"cannot tell what {shown!r} runs ({why})")
+    if best.allowed and first is not None and state is not None:
+        state.commit(first)
     if best.allowed and alerts:
         return Decision.allow(*dict.fromkeys(alerts))
     return best if not alerts else Decision(best.verdict, best.rule, best.reason, tuple(dict.fromkeys(alerts)))

@@ -207,10 +207,10 @@ def test_echo_model_never_fails(data: bytes) -> None:
 # --- stdin lines of a shell without a terminal ------------------------------------------------------
 
 
-def stdin_lines(allow: Callable[[str], bool] = lambda _t: True) -> tuple[StdinLines, list[Line]]:
+def stdin_lines(allow: Callable[[str], bool | None] = lambda _t: True) -> tuple[StdinLines, list[Line]]:
     seen: list[Line] = []
 
-    def decide(line: Line) -> bool:
+    def decide(line: Line) -> bool | None:
         seen.append(line)
         return allow(line.text)
 
@@ -245,6 +245,16 @@ def test_stdin_overlong_line_follows_its_first_part() -> None:
     assert lines.feed(b"x" * (MAX_LINE + 10) + b"tail\nnext\n") == b"x" * (MAX_LINE + 10) + b"tail\nnext\n"
 
 
+def test_stdin_unfinished_construct_is_held_and_decided_whole() -> None:
+    lines, _ = stdin_lines(lambda t: None if t.endswith("\\") else "bad" not in t)
+    assert lines.feed(b"echo a\\\n") == b""
+    assert lines.feed(b"b\n") == b"echo a\\\nb\n"
+    assert lines.feed(b"x\\\n") == b""
+    assert lines.feed(b"bad\nok\n") == b"ok\n"  # the held line goes with the refused one
+    assert lines.feed(b"open\\\n") == b""
+    assert lines.finish() == b"open\\\n"
+
+
 @given(st.lists(st.binary(max_size=200), max_size=20))
 def test_stdin_lines_forward_exactly_what_is_allowed(chunks: list[bytes]) -> None:
     lines, seen = stdin_lines()
@@ -257,7 +267,8 @@ def test_stdin_lines_forward_exactly_what_is_allowed(chunks: list[bytes]) -> Non
     ("command", "expected"),
     [("bash", True), ("sh -s", True), ("/bin/sh", True), ("sudo -i", True), ("env X=1 bash", True),
      ("exec bash -l", True), ("nice -n 5 sh", True), ("sh -s -- a b", True), ("bash -c ls", False),
-     ("bash script.sh", False), ("ls", False), ("cat", False), ("bash -lc x", False)],
+     ("bash script.sh", False), ("ls", False), ("cat", False), ("bash -lc x", False), ("sh -c bash", True),
+     ("su", True), ("su -c id", False), ("sudo ls", False)],
 )  # fmt: skip
 def test_reads_stdin_commands(command: str, expected: bool) -> None:
     assert reads_stdin_commands(command) is expected

@@ -74,3 +74,39 @@ async def test_exec_of_a_non_shell_passes_stdin_untouched(gateway: Gateway) -> N
     data = "touch /tmp/canary-data-line\nno newline at the end"
     r = await asyncio.to_thread(gateway.ssh, await gateway.token(), "cat", input=data)
     assert r.stdout == data
+
+
+EVASIONS = [
+    "t''ouch {}",
+    "\\touch {}",
+    "/usr/bin/touch {}",
+    "x=touch; $x {}",
+    "$(echo touch) {}",
+    'bash -c "touch {}"',
+    "eval touch {}",
+    "true; touch {}",
+    "tou\\\nch {}",
+    "env nohup touch {}",
+]
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["stdin", "pty"])
+async def test_evasions_are_refused_through_real_ssh(gateway: Gateway, tty: bool) -> None:
+    paths = [canary(gateway) for _ in EVASIONS]
+    lines = [e.format(p) for e, p in zip(EVASIONS, paths, strict=True)]
+    script = "".join(line + "\n" for line in lines) + "echo done-$((3*3))\n" + ("exit\n" if tty else "")
+    r = await asyncio.to_thread(gateway.ssh, await gateway.token(), "-tt" if tty else "-T", input=script)
+    rec = await gateway.settle()
+    assert "done-9" in r.stdout, (r.stdout, r.stderr)
+    assert [p for p in paths if (gateway.sshd.scratch_dir / p).exists()] == []
+    events = await gateway.events(rec.id, types=("command",))
+    denied = [e.data["line"] for e in events if e.data["verdict"] == "deny"]
+    assert len(denied) == len(lines), "\n".join(f"{e.data['verdict']} {e.data['line'][:25]!r}" for e in events)
+
+
+async def test_unresolved_line_raises_an_alert(gateway: Gateway) -> None:
+    r = await asyncio.to_thread(gateway.ssh, await gateway.token(), "-T", input="echo ZWNobyBoaQo= | base64 -d | sh\n")
+    rec = await gateway.settle()
+    assert r.stdout.strip() == "hi"
+    alerts = await gateway.events(rec.id, types=("alert.ssh.command",))
+    assert [a.data["rule"] for a in alerts] == ["unresolved"]
