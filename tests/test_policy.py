@@ -10,6 +10,7 @@ import pytest
 from gateway.cli.templates import EXAMPLE_POLICIES
 from gateway.policy import (
     DEFAULT_MAX_TTL,
+    AllowedCommand,
     CommandRule,
     Decision,
     Policies,
@@ -305,7 +306,7 @@ scopes:
     )
     deploy = tp.scopes["deploy"].ssh
     assert deploy is not None and deploy.shell is False and deploy.exec is True
-    assert deploy.allowed_commands == ("deploy.sh", "systemctl status *")
+    assert deploy.allowed_commands == (AllowedCommand("deploy.sh"), AllowedCommand("systemctl status *"))
     both = tp.scopes["both"].ssh
     assert both is not None and both.shell is True
 
@@ -434,6 +435,73 @@ def test_allowlisted_regex_must_match_the_whole_line() -> None:
     assert policy.command_allowed("systemctl status nginx")
     lines = ["sudo systemctl status nginx", "x systemctl status nginx", "systemctl status nginx --now", *CHAINED[:4]]
     assert [line for line in lines if policy.command_allowed(line)] == []
+
+
+SYSTEMCTL = AllowedCommand("systemctl status *", ("--no-pager", "-n *", "--lines=*"))
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("systemctl status nginx", True),
+        ("systemctl status nginx api", True),
+        ("systemctl status", True),  # a trailing `*` matches zero or more operands
+        ("systemctl status -H user@host nginx", False),  # the reported bypass: options are not operands
+        ("systemctl status --host=user@host", False),
+        ("systemctl status nginx -H user@host", False),  # options anywhere before `--`
+        ("systemctl status -M container", False),
+        ("systemctl -H user@host status nginx", False),
+        ("systemctl status --no-pager nginx", True),  # listed in options
+        ("systemctl status -n 50 nginx", True),  # an option with its value
+        ("systemctl status -n -H nginx", False),  # the value of -n is not an option
+        ("systemctl status --lines=5 nginx", True),
+        ("systemctl status -- -H", True),  # after `--` every word is an operand (a unit called -H)
+        ("systemctl status '-H' x", False),  # quoting does not turn an option into an operand
+        ("systemctl restart nginx", False),
+    ],
+)
+def test_allowlist_globs_do_not_match_options(line: str, expected: bool) -> None:
+    assert SshPolicy(allowed_commands=(SYSTEMCTL,)).command_allowed(line) is expected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "line", "expected"),
+    [
+        ("ls -l *", "ls -l /tmp", True),  # an option written in the pattern is allowed where written
+        ("ls -l *", "ls -la /tmp", False),
+        ("ls -l *", "ls /tmp", False),
+        ("ls *", "ls -l", False),
+        ("cat *", "cat /etc/hostname", True),
+        ("cat *", "cat - ", True),  # `-` alone (stdin) is an operand
+        ("journalctl -u *", "journalctl -u nginx", True),
+        ("journalctl -u *", "journalctl -u nginx --since=-1d", False),
+        ("tail -n * *", "tail -n 10 /var/log/x", True),
+        ("deploy.sh", "deploy.sh", True),
+        ("deploy.sh", "deploy.sh now", False),
+        ("git log -- *", "git log -- -p", True),
+    ],
+)
+def test_allowlist_word_matching(pattern: str, line: str, expected: bool) -> None:
+    assert AllowedCommand(pattern).matches(line) is expected
+
+
+def test_allowlist_entries_with_options_are_loaded(tmp_path: Path) -> None:
+    path = policy_file(
+        tmp_path,
+        "target: web-1\nscopes: {shell: {ssh: {allowed_commands: ['uptime', "
+        "{pattern: 'systemctl status *', options: ['--no-pager', '-n *']}]}}}\n",
+    )
+    ssh = load_policy_file(path, KINDS).scopes["shell"].ssh
+    assert ssh is not None
+    assert ssh.allowed_commands == (
+        AllowedCommand("uptime"),
+        AllowedCommand("systemctl status *", ("--no-pager", "-n *")),
+    )
+    bad = policy_file(
+        tmp_path, "target: web-1\nscopes: {shell: {ssh: {allowed_commands: [{pattern: x, options: [y]}]}}}\n"
+    )
+    with pytest.raises(PolicyError, match="is not an option"):
+        load_policy_file(bad, KINDS)
 
 
 def test_command_rule_regex_is_compiled_at_load(tmp_path: Path) -> None:

@@ -44,7 +44,8 @@ scopes:
     max_ttl: 1h
     ssh:
       shell: false
-      allowed_commands: ["cat *", "ls*", "sleep *", "echo *", "env", "true", "false", "id", "md5sum *", "head *"]
+      allowed_commands: ["cat *", "ls*", "sleep *", "echo *", "env", "true", "false", "id", "md5sum *",
+                         {pattern: "head *", options: ["-c *"]}]
       sftp: read-only
       scp: true
   noscp:
