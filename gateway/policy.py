@@ -179,6 +179,7 @@ def _option_words(options: tuple[str, ...], word: str, nxt: str | None) -> int:
 
 
 SFTP_MODES = ("off", "read-only", "read-write")
+DETACHED_MODES = ("kill", "alert", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +193,9 @@ class SshPolicy:
     # A line whose commands cannot be known statically (eval "$x", base64 -d | sh, $unknown, !!):
     # None means alert when the scope has command rules (there is something to evade), else nothing.
     unresolved: Verdict | None = None
+    # Processes of the login left running by an ended session and in no live one: end them (kill),
+    # only report them (alert: a login shared with other users or services), or do not look (off).
+    detached: str = "kill"
     sftp: str = "read-write"
     scp: bool = True
     local_forwarding: bool = False
@@ -286,6 +290,7 @@ _SSH_KEYS = {
     "allowed_commands",
     "commands",
     "unresolved",
+    "detached",
     "sftp",
     "scp",
     "local_forwarding",
@@ -463,6 +468,11 @@ def _load_ssh(ctx: _Ctx, body: Any, key: str) -> SshPolicy:
     sftp = body.get("sftp", "read-write")
     if sftp not in SFTP_MODES:
         raise ctx.fail(f"{key}.sftp", f"must be one of {', '.join(SFTP_MODES)}")
+    detached = body.get("detached", "kill")
+    if detached is False:  # YAML 1.1 reads a bare `off` as false
+        detached = "off"
+    if detached not in DETACHED_MODES:
+        raise ctx.fail(f"{key}.detached", f"must be one of {', '.join(DETACHED_MODES)}")
     unresolved = None
     if body.get("unresolved") is not None:
         unresolved = ctx.action(body["unresolved"], f"{key}.unresolved")
@@ -473,6 +483,7 @@ def _load_ssh(ctx: _Ctx, body: Any, key: str) -> SshPolicy:
         allowed_commands=allowed_t,
         command_rules=tuple(rules),
         unresolved=unresolved,
+        detached=detached,
         sftp=sftp,
         scp=flag(body.get("scp"), f"{key}.scp", True),
         local_forwarding=flag(body.get("local_forwarding"), f"{key}.local_forwarding", False),

@@ -519,3 +519,17 @@ def test_unsupported_forwarding_cannot_be_turned_on(tmp_path: Path, flag: str) -
         policy_file(tmp_path, f"target: web-1\nscopes:\n  shell:\n    ssh: {{{flag}: false}}\n"), KINDS
     )
     assert tp.scopes["shell"].ssh is not None
+
+
+@pytest.mark.parametrize(("text", "expected"), [("kill", "kill"), ("alert", "alert"), ("off", "off"), ('"off"', "off")])
+def test_detached_mode_is_loaded(tmp_path: Path, text: str, expected: str) -> None:
+    path = policy_file(tmp_path, f"target: web-1\nscopes: {{shell: {{ssh: {{detached: {text}}}}}}}\n")
+    ssh = load_policy_file(path, KINDS).scopes["shell"].ssh
+    assert ssh is not None and ssh.detached == expected
+    assert SshPolicy().detached == "kill"
+
+
+def test_detached_mode_must_be_known(tmp_path: Path) -> None:
+    path = policy_file(tmp_path, "target: web-1\nscopes: {shell: {ssh: {detached: maybe}}}\n")
+    with pytest.raises(PolicyError, match=re.escape("scopes.shell.ssh.detached")):
+        load_policy_file(path, KINDS)

@@ -11,6 +11,7 @@ from typing import Any
 import asyncssh
 
 from gateway.sessions import LiveSession
+from gateway.ssh.reaper import reap_after
 from gateway.ssh.recordings import SessionRecordings
 from gateway.ssh.relay import ChannelRelay
 
@@ -129,3 +130,7 @@ class SshConnection:
         sha = await self.recordings.close(reason)
         self.session.stats.update(channels=len(self.channels))
         await self.session.close(reason, recording_sha256=sha)
+        policy = self.session.policy.ssh
+        if policy is not None and policy.detached != "off":
+            # Whatever the session detached (setsid nohup ... &) would keep its access: end it now.
+            self.spawn(reap_after(self.session, mode=policy.detached))

@@ -11,6 +11,7 @@ from gateway.policy import Decision, SshPolicy, Verdict
 from gateway.recording import BinaryStreamRecorder, RecordingError
 from gateway.sessions import LiveSession
 from gateway.ssh.commandline import CommandTracker, Enter, Line, StdinLines
+from gateway.ssh.reaper import MARKER
 from gateway.ssh.recordings import ChannelRecorder, SessionRecordings
 from gateway.ssh.scope import check_exec, check_line, check_shell, check_subsystem, filter_env, reads_stdin_commands
 from gateway.ssh.sftp import FileOp, SftpFilter, SftpProtocolError
@@ -149,6 +150,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         s, chan = self.host.session, self.chan
         allowed, refused = filter_env(chan.get_environment_bytes())
         env: dict[str | bytes, str | bytes] = {k: v for k, v in allowed.items()}
+        env[MARKER] = s.id  # lets the end-of-session sweep tell this session's processes apart (reaper.py)
         if refused:
             s.audit_soon("ssh.env.refused", severity="warning", channel=self.n, names=refused)
         what = self.command if self.kind == "exec" else (self.subsystem or self.kind)

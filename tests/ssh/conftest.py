@@ -34,6 +34,7 @@ scopes:
   ops:
     max_ttl: 1h
     ssh:
+      detached: "off"   # the rig's login is shared by every test run on this machine (test_detached has its own)
       sftp: read-write
       commands:
         - {name: no-rm-rf, pattern: "rm -rf *", action: deny}
@@ -43,6 +44,7 @@ scopes:
   readonly:
     max_ttl: 1h
     ssh:
+      detached: "off"
       shell: false
       allowed_commands: ["cat *", "ls*", "sleep *", "echo *", "env", "true", "false", "id", "md5sum *",
                          {pattern: "head *", options: ["-c *"]}]
@@ -51,11 +53,13 @@ scopes:
   noscp:
     max_ttl: 1h
     ssh:
+      detached: "off"
       scp: false
       sftp: "off"
   tunnel:
     max_ttl: 1h
     ssh:
+      detached: "off"
       local_forwarding: true
 """
 SCOPES = ("ops", "readonly", "noscp", "tunnel")
