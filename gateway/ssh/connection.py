@@ -128,9 +128,10 @@ class SshConnection:
         with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
             await asyncio.wait_for(self._upstream.wait_closed(), CLOSE_GRACE)
         sha = await self.recordings.close(reason)
-        self.session.stats.update(channels=len(self.channels))
-        await self.session.close(reason, recording_sha256=sha)
         policy = self.session.policy.ssh
         if policy is not None and policy.detached != "off":
-            # Whatever the session detached (setsid nohup ... &) would keep its access: end it now.
-            self.spawn(reap_after(self.session, mode=policy.detached))
+            # Whatever the session detached (setsid nohup ... &) would keep its access: the session is
+            # not over until that is ended too, so the sweep runs before the end is recorded.
+            await reap_after(self.session, mode=policy.detached)
+        self.session.stats.update(channels=len(self.channels))
+        await self.session.close(reason, recording_sha256=sha)

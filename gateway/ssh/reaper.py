@@ -27,7 +27,8 @@ from gateway.ssh.upstream import UpstreamError, connect_upstream
 
 MARKER = "LC_GATEWAY_SESSION"
 """Environment variable the gateway sets on every upstream channel: the session id (LC_* passes AcceptEnv)."""
-SWEEP_TIMEOUT = 30.0
+SWEEP_TIMEOUT = 15.0
+"""Bound on one sweep (login + script): a target that hangs cannot hold a session's end for long."""
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 # Output lines: "found PID MARKER ARGS..." (MARKER "-" when absent), "killed PID", "survived PID".
@@ -113,7 +114,7 @@ def parse_output(text: str) -> SweepResult:
 async def sweep(session: LiveSession, live_ids: Iterable[str], *, kill: bool) -> SweepResult:
     """Log in again as the session's login and run the script; raises UpstreamError or asyncssh.Error."""
     ids = sorted({i for i in live_ids if _ID.match(i)})
-    conn = await connect_upstream(session)
+    conn = await connect_upstream(session, limit=SWEEP_TIMEOUT / 2)
     async with conn:
         command = " ".join(["sh", "-s", "--", "kill" if kill else "report", *ids])
         r = await asyncio.wait_for(conn.run(command, input=SCRIPT, encoding="utf-8", errors="replace"),
@@ -135,15 +136,15 @@ async def reap_after(session: LiveSession, *, mode: str) -> None:
     except (UpstreamError, asyncssh.Error, OSError, TimeoutError) as exc:
         why = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
         await session.audit("ssh.detached.unchecked", severity="warning", reason=why)
-        session.alert("ssh.detached.unchecked", f"could not check {login}@{target} for processes left by session "
-                      f"{session.id}: {why}", reason=why)  # fmt: skip
+        summary = f"could not check {login}@{target} for processes left by session {session.id}: {why}"
+        await session.registry.alert(session, "ssh.detached.unchecked", summary, "warning", {"reason": why})
         return
+    session.stats["detached"] = len(result.found)  # recorded with session.end: the check ran, found this many
     if not result.found:
-        await session.audit("ssh.detached.checked", login=login, found=0)
         return
     procs = [{"pid": d.pid, "args": d.args[:300], "session": d.marker or None} for d in result.found]
     ended = "ended" if mode == "kill" else "NOT ended (detached: alert)"
     await session.audit("ssh.detached", severity="critical", login=login, processes=procs, mode=mode,
                         killed=list(result.killed), forced=list(result.forced))  # fmt: skip
-    session.alert("ssh.detached", f"{len(procs)} process(es) of {login}@{target} outlived session {session.id} of "
-                  f"{session.user}: {ended}", severity="critical", login=login, processes=procs)  # fmt: skip
+    summary = f"{len(procs)} process(es) of {login}@{target} outlived session {session.id} of {session.user}: {ended}"
+    await session.registry.alert(session, "ssh.detached", summary, "critical", {"login": login, "processes": procs})

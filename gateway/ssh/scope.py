@@ -8,7 +8,8 @@ from collections.abc import Iterable, Mapping
 
 from gateway.policy import Decision, SshPolicy, Verdict
 from gateway.ssh.cmdmatch import rule_matches
-from gateway.ssh.shellparse import SHELLS, Analysis, ShellState, analyse, reads_stdin, unwrap
+from gateway.ssh.shellparse import Analysis, ShellState, analyse
+from gateway.ssh.shellwords import SHELLS, option_script, reads_stdin, unwrap
 
 ENV_ALLOWED = ("TERM", "LANG")
 ENV_ALLOWED_PREFIXES = ("LC_",)
@@ -59,9 +60,10 @@ def reads_stdin_commands(command: str) -> bool:
         args = list(c.args)
         if c.name in SHELLS and reads_stdin(c.name, args):
             return True
-        if c.name in ("sudo", "doas", "su", "runuser") and not unwrap(c.name, args):
-            login = any(a in ("-i", "-s", "--login", "--shell", "-", "-l") for a in args)
-            if login or (c.name in ("su", "runuser") and not any(a.startswith("-c") for a in args)):
+        if c.name == "su" and option_script("su", args) is None:
+            return True  # su [-] [user]: the user's login shell, reading the channel
+        if c.name in ("sudo", "doas") and not unwrap(c.name, args):
+            if any(a in ("-i", "-s", "--login", "--shell") for a in args):
                 return True
     return False
 

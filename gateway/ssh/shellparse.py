@@ -18,21 +18,22 @@ from dataclasses import dataclass, field
 import tree_sitter_bash
 from tree_sitter import Language, Node, Parser
 
+from gateway.ssh.shellwords import (
+    SCRIPT_OPTION,
+    SHELLS,
+    WRAPPERS,
+    find_execs,
+    option_script,
+    reads_stdin,
+    shell_script,
+    unwrap,
+)
+
 MAX_TEXT = 64 * 1024
 MAX_DEPTH = 64  # syntax-tree nesting followed, and bash -c / eval / alias re-parses (each counts 8)
 MAX_COMMANDS = 512
 MAX_PENDING_LINES = 64
 
-SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "yash", "posh", "fish", "csh", "tcsh",
-                    "busybox"})  # fmt: skip
-# Wrappers that run their first operand as a command: option letters that take a value (skipped with it).
-WRAPPERS: dict[str, str] = {"sudo": "ugCDhpRrtU", "doas": "uC", "env": "uCS", "nohup": "", "exec": "a",
-                            "command": "", "builtin": "", "time": "fo", "nice": "n", "ionice": "cnp", "setsid": "",
-                            "timeout": "sk", "stdbuf": "ioe", "xargs": "aEeIiLlnPsd", "chroot": "",
-                            "chrt": "", "taskset": "", "unbuffer": "", "watch": "nd", "strace": "eoOpsSuE",
-                            "flock": "wEc", "su": "cgGs", "runuser": "ugGcs", "script": "cEeTtIOB",
-                            "busybox": "", "caffeinate": "", "systemd-run": "puEM"}  # fmt: skip
-_TAKES_OPERAND_FIRST = {"timeout": 1, "chroot": 1, "flock": 1, "taskset": 1, "chrt": 1}  # DURATION, dir, lock...
 _ECHO = frozenset({"echo", "printf"})
 _GLOB = re.compile(r"(?<!\\)[*?\[]")
 _HISTORY = re.compile(r"(?:^|[^\\])!(?=[!$^*\-0-9A-Za-z?#%:])|^\^[^^]*\^")
@@ -311,9 +312,14 @@ class _Walker:
             for a in args:  # `read x`: x is now whatever arrived on stdin
                 if a.isidentifier():
                     out.variables[a] = None
-        if base in SHELLS:
+        elif base == "trap" and len(args) > 1 and not args[0].startswith("-"):
+            self.program(args[0], depth + 8)  # trap 'ACTION' SIGNAL...: the action runs later
+        script = option_script(base, args) if base in SCRIPT_OPTION else None
+        if script is not None:
+            self.program(script, depth + 8)
+        elif base in SHELLS and not (base == "busybox" and args and args[0] not in SHELLS):
             self.shell(base, args, depth, piped=piped)
-        elif base in WRAPPERS:
+        elif base in WRAPPERS and base not in ("su", "script"):
             inner = unwrap(base, args)
             if inner:
                 self.simple(inner[0], inner[1:], depth + 1, piped=piped)
@@ -451,82 +457,6 @@ class _Walker:
         base = got[0].rsplit("/", 1)[-1]
         args = [self.word(c) or _text(c) for c in n.named_children if c.id != name.id]
         return base in SHELLS and reads_stdin(base, args)
-
-
-# -- helpers usable without a tree ----------------------------------------------------------------
-
-
-def find_execs(args: list[str]) -> list[list[str]]:
-    """The commands of find's -exec/-execdir/-ok/-okdir actions."""
-    out: list[list[str]] = []
-    i = 0
-    while i < len(args):
-        if args[i] in ("-exec", "-execdir", "-ok", "-okdir"):
-            j = i + 1
-            while j < len(args) and args[j] not in (";", "+"):
-                j += 1
-            if j > i + 1:
-                out.append(args[i + 1 : j])
-            i = j
-        i += 1
-    return out
-
-
-def unwrap(name: str, args: list[str]) -> list[str]:
-    """The command a wrapper runs (`sudo -u x cmd a` -> [cmd, a]); [] when it runs none."""
-    takes = WRAPPERS.get(name, "")
-    if name == "command" and any(a in ("-v", "-V") for a in args[:2]):
-        return []  # command -v: a lookup, nothing runs
-    i, n = 0, len(args)
-    while i < n:
-        a = args[i]
-        if a == "--":
-            i += 1
-            break
-        if name == "env" and "=" in a and not a.startswith("-"):
-            i += 1
-            continue
-        if not a.startswith("-") or a == "-":
-            break
-        if a.startswith("--"):
-            if "=" not in a and a[2:] in ("user", "group", "signal", "kill-after", "chdir", "unset", "split-string"):
-                i += 1
-        elif name in ("su", "runuser") and a[1:2] == "c":
-            return []  # su -c STRING: the string is a script for the login shell
-        elif len(a) == 2 and a[1] in takes:
-            i += 1
-        i += 1
-    i += _TAKES_OPERAND_FIRST.get(name, 0)
-    return args[i:] if i < n else []
-
-
-def shell_script(base: str, args: list[str]) -> str | None:
-    """The script of `sh -c SCRIPT ...` (None when the shell reads a file or stdin)."""
-    if base == "busybox":
-        return shell_script(args[0], args[1:]) if args and args[0] in SHELLS else None
-    for i, a in enumerate(args):
-        if a == "--" or not a.startswith(("-", "+")):
-            return None
-        if not a.startswith("--") and "c" in a[1:]:
-            rest = [x for x in args[i + 1 :]]
-            return rest[0] if rest else ""
-    return None
-
-
-def reads_stdin(base: str, args: list[str]) -> bool:
-    """Whether a shell started with `args` reads its commands from stdin (no -c, no script file, or -s)."""
-    if base == "busybox":
-        return bool(args) and args[0] in SHELLS and reads_stdin(args[0], args[1:])
-    for a in args:
-        if a == "--":
-            return False if args[-1] != "--" else True
-        if not a.startswith(("-", "+")):
-            return False
-        if not a.startswith("--") and "s" in a[1:]:
-            return True
-        if not a.startswith("--") and "c" in a[1:]:
-            return False
-    return True
 
 
 def _has_history(root: Node) -> bool:

@@ -268,7 +268,7 @@ def test_stdin_lines_forward_exactly_what_is_allowed(chunks: list[bytes]) -> Non
     [("bash", True), ("sh -s", True), ("/bin/sh", True), ("sudo -i", True), ("env X=1 bash", True),
      ("exec bash -l", True), ("nice -n 5 sh", True), ("sh -s -- a b", True), ("bash -c ls", False),
      ("bash script.sh", False), ("ls", False), ("cat", False), ("bash -lc x", False), ("sh -c bash", True),
-     ("su", True), ("su -c id", False), ("sudo ls", False)],
+     ("su", True), ("su -c id", False), ("sudo ls", False), ("su - root", True), ("bash -o pipefail", True)],
 )  # fmt: skip
 def test_reads_stdin_commands(command: str, expected: bool) -> None:
     assert reads_stdin_commands(command) is expected

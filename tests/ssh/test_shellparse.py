@@ -74,6 +74,17 @@ def verdict(line: str, policy: SshPolicy = POLICY, state: ShellState | None = No
         "bash <<< 'shutdown'",
         "bash <<EOF\nshutdown\nEOF",
         "find / -maxdepth 0 -exec shutdown \\;",
+        "coproc shutdown",
+        "bash -o pipefail -c shutdown",
+        "busybox sh -c shutdown",
+        "env -S 'shutdown -h now'",
+        "su -c shutdown",
+        "su root -c 'shutdown'",
+        "runuser -u root -- shutdown",
+        "script -qc shutdown /dev/null",
+        "flock /tmp/l -c shutdown",
+        "trap 'shutdown' EXIT",
+        "watch -n 1 shutdown",
     ],
 )
 def test_evasions_of_a_shutdown_rule_are_caught(line: str) -> None:
@@ -83,7 +94,7 @@ def test_evasions_of_a_shutdown_rule_are_caught(line: str) -> None:
 @pytest.mark.parametrize(
     "line",
     ["rm -rf /", "rm -fr /", "rm -r -f /*", "rm -f -r /", "rm -Rf /", "rm --recursive --force /", "rm -rfv /etc",
-     "rm -rf -- /", "sudo rm -fr /var", "rm -rf /tmp/x /", "'rm' '-rf' '/'", "r\\m -r\\f /"],
+     "rm -rf -- /", "sudo rm -fr /var", "rm -rf /tmp/x /", "'rm' '-rf' '/'", "r\\m -r\\f /", "busybox rm -rf /"],
 )  # fmt: skip
 def test_flag_spellings_of_rm_rf_are_caught(line: str) -> None:
     assert verdict(line) == ("kill", "no-rm-rf")
