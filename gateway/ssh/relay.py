@@ -21,7 +21,6 @@ from gateway.ssh.upstream import MAX_PACKET, WINDOW
 # Sent upstream instead of a refused line's Enter: ^E (end of line) then ^U (kill to start) empties
 # readline's buffer, and ^U alone empties a canonical-mode tty line. No signal, unlike ^C.
 CLEAR_LINE = b"\x05\x15"
-INTERRUPT = b"\x03"
 REFUSED_STATUS = 126
 """Exit status of a channel whose request the scope refused (as a shell's "cannot execute")."""
 
@@ -234,6 +233,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
     def _on_enter(self, ev: Enter, up: asyncssh.SSHClientChannel[bytes]) -> None:
         """A line is about to run: its Enter key is forwarded only if the scope's rules allow it."""
         if not ev.line.strip() and not ev.typed.strip():
+            self._blank_line()
             up.write(ev.key)
             return
         # A line typed with echo off is most likely a password: kept out of the audit log (the
@@ -243,14 +243,9 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         if d.allowed:
             up.write(ev.key)
             return
-        state = self.shell_state
-        if state.pending:
-            # The refused line continues a construct the shell holds (a `\` line, an open loop or
-            # quote): ^C makes the shell drop the whole of it, so nothing glues onto the next line.
-            up.write(INTERRUPT)
-            state.pending, state.pending_lines = "", 0
-        else:
-            up.write(CLEAR_LINE)
+        # Only this line is cleared: an unfinished construct before it (a `\` line, an open loop) stays
+        # in the shell, and in the shell state too, so the next line is read joined to it, as bash will.
+        up.write(CLEAR_LINE)
         message = notice(f"blocked by policy: {d.rule}")
         self.chan.write(message)
         if self.rec is not None:
@@ -263,6 +258,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
             return False
         state = self.shell_state
         if not line.text.strip():
+            self._blank_line()
             return None if state.pending else True
         d = self._judge([line.text], line.text, exact=True, truncated=line.truncated)
         if d.allowed:
@@ -274,6 +270,12 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
             self._rec_err(message)
         self._enforce(d, line.text)
         return False
+
+    def _blank_line(self) -> None:
+        """An empty line still ends a backslash continuation (and adds a line to an open quote)."""
+        state = self.shell_state
+        if state.pending:
+            state.commit(state.analyse(""))
 
     def _judge(self, candidates: Iterable[str], shown: str, *, exact: bool, truncated: bool) -> Decision:
         """Decide a command line, and count, audit, mark and alert it (shared by terminal and stdin lines)."""

@@ -94,7 +94,9 @@ EVASIONS = [
 async def test_evasions_are_refused_through_real_ssh(gateway: Gateway, tty: bool) -> None:
     paths = [canary(gateway) for _ in EVASIONS]
     lines = [e.format(p) for e, p in zip(EVASIONS, paths, strict=True)]
-    script = "".join(line + "\n" for line in lines) + "echo done-$((3*3))\n" + ("exit\n" if tty else "")
+    # The blank line ends the refused continuation (`tou\` + `ch X`) in both the shell and the gateway.
+    script = "".join(line + "\n" + ("\n" if "\\\n" in line else "") for line in lines)
+    script += "echo done-$((3*3))\n" + ("exit\n" if tty else "")
     r = await asyncio.to_thread(gateway.ssh, await gateway.token(), "-tt" if tty else "-T", input=script)
     rec = await gateway.settle()
     assert "done-9" in r.stdout, (r.stdout, r.stderr)
