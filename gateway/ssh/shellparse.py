@@ -30,8 +30,14 @@ from gateway.ssh.shellwords import (
 )
 
 MAX_TEXT = 64 * 1024
+# tree-sitter's error recovery is superlinear on some inputs (40 ms for 2 KiB of `x )x )...`, 90 ms for
+# 4 KiB, 0.5 s for 16 KiB) and holds the GIL, so the event loop of every session would wait: longer lines
+# get only the rough split below (every rule still sees every piece) and are unresolved.
+MAX_PARSE = 2048
 MAX_DEPTH = 64  # syntax-tree nesting followed, and bash -c / eval / alias re-parses (each counts 8)
 MAX_COMMANDS = 512
+MAX_VISITS = 4000  # syntax nodes and words looked at per line: the analysis runs on the event loop
+MAX_VALUE = 4096  # a variable or alias value longer than this is "unknown" (x=$x$x doubling stays small)
 MAX_PENDING_LINES = 64
 
 _ECHO = frozenset({"echo", "printf"})
@@ -103,11 +109,42 @@ def analyse(text: str, variables: dict[str, str | None] | None = None,
     stripped = text.rstrip("\n")
     # An odd number of trailing backslashes: the shell reads the next line as part of this one.
     out.incomplete = (len(stripped) - len(stripped.rstrip("\\"))) % 2 == 1
+    walker = _Walker(out)
     try:
-        _Walker(out).program(join_continuations(text), 0)
+        if len(text) > MAX_PARSE:
+            raise _Budget
+        walker.program(join_continuations(text), 0)
     except RecursionError:
         out.unresolved.append("too deeply nested to analyse")
+    except _Budget:
+        # Too much to walk on the event loop: say so, and still give the rules every piece of the line
+        # (split roughly at the control operators), so padding a line does not hide a command in it.
+        out.unresolved.append("line too complex to analyse fully")
+        out.commands.extend(rough_commands(text))
     return out
+
+
+class _Budget(Exception):
+    """The line needs more work than MAX_VISITS."""
+
+
+_ROUGH_SPLIT = re.compile(r"[;&|\n(){}`]|\$\(|<\(|>\(")
+_ROUGH_QUOTES = re.compile(r"[\\'\"]")
+
+
+def rough_commands(text: str) -> list[SimpleCommand]:
+    """Distinct simple commands of a line without a parse: split at operators, quotes dropped."""
+    seen: dict[str, SimpleCommand] = {}
+    for piece in _ROUGH_SPLIT.split(text):
+        words = _ROUGH_QUOTES.sub("", piece).split()
+        while words and "=" in words[0] and words[0].split("=", 1)[0].isidentifier():
+            words.pop(0)
+        if words:
+            key = " ".join(words)
+            if key not in seen:
+                name = words[0].rstrip("/").rsplit("/", 1)[-1] or words[0]
+                seen[key] = SimpleCommand(name, tuple(words[1:]), words[0])
+    return list(seen.values())
 
 
 def join_continuations(text: str) -> str:
@@ -140,6 +177,13 @@ class _Walker:
 
     def __init__(self, out: Analysis) -> None:
         self.out = out
+        self.visits = 0
+
+    def spend(self, n: int = 1) -> None:
+        """Count work; past the budget the walk stops (see analyse)."""
+        self.visits += n
+        if self.visits > MAX_VISITS:
+            raise _Budget
 
     # -- statements ---------------------------------------------------------------------------------
 
@@ -148,6 +192,9 @@ class _Walker:
         if depth > MAX_DEPTH:
             self.out.unresolved.append("commands nested too deeply to follow")
             return
+        self.spend(len(text) // 16)  # re-parses (eval, bash -c, aliases) cost their length too
+        if len(text) > MAX_PARSE:
+            raise _Budget
         tree = _PARSER.parse(text.encode("utf-8", "surrogatepass"))
         root = tree.root_node
         if root.has_error:
@@ -158,6 +205,7 @@ class _Walker:
 
     def node(self, n: Node, depth: int, *, piped: bool) -> None:
         """Any node: commands are analysed, everything else is searched for commands."""
+        self.spend()
         if depth > MAX_DEPTH * 4:
             self.out.unresolved.append("syntax nested too deeply to follow")
             return
@@ -237,9 +285,9 @@ class _Walker:
         if n.children and len(n.children) > 1 and n.children[1].type == "+=":
             old = self.out.variables.get(key, "")
             new = self.word(value) if value is not None else ""
-            self.out.variables[key] = None if old is None or new is None else old + new
+            self.out.variables[key] = None if old is None or new is None else _bounded(old + new)
         else:
-            self.out.variables[key] = self.word(value) if value is not None else ""
+            self.out.variables[key] = _bounded(self.word(value)) if value is not None else ""
 
     # -- simple commands ----------------------------------------------------------------------------
 
@@ -293,9 +341,7 @@ class _Walker:
         """Record a command and follow the commands it runs (wrappers, shells, eval, alias definitions)."""
         out = self.out
         if len(out.commands) >= MAX_COMMANDS:
-            if "too many commands to analyse" not in out.unresolved:
-                out.unresolved.append("too many commands to analyse")
-            return
+            raise _Budget
         base = word.rsplit("/", 1)[-1] if word.rstrip("/") else word
         out.commands.append(SimpleCommand(base, tuple(args), word))
         if base == "eval":
@@ -365,6 +411,7 @@ class _Walker:
 
     def word(self, n: Node) -> str | None:
         """A word's value with quotes and escapes removed; None when it depends on run time."""
+        self.spend()
         t = n.type
         if t == "word":
             text = _text(n)
@@ -470,6 +517,11 @@ def _has_history(root: Node) -> bool:
             return True
         stack.extend(n.children)
     return False
+
+
+def _bounded(value: str | None) -> str | None:
+    """A variable's value, or None (unknown) when it is too long to carry around."""
+    return None if value is None or len(value) > MAX_VALUE else value
 
 
 def _text(n: Node) -> str:

@@ -224,6 +224,15 @@ def test_analysis_of_any_text(text: str) -> None:
     analyse(text)
 
 
+@pytest.mark.parametrize("unit", ["x )", "a|", "a=(a;", "&[[ a ", "$(", "eval ", "true;", "'"])
+def test_long_crafted_lines_stay_fast_and_rules_still_see_their_commands(unit: str) -> None:
+    line = unit * (60000 // len(unit)) + "; shutdown -h now"
+    start = time.perf_counter()
+    d = check_line(POLICY, [line])
+    assert time.perf_counter() - start < 0.5
+    assert d.verdict is Verdict.DENY and UNRESOLVED in d.alerts
+
+
 def test_pathological_nesting_is_bounded() -> None:
     deep = "$(" * 3000 + "shutdown" + ")" * 3000
     start = time.perf_counter()
