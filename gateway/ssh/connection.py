@@ -129,9 +129,11 @@ class SshConnection:
             await asyncio.wait_for(self._upstream.wait_closed(), CLOSE_GRACE)
         sha = await self.recordings.close(reason)
         policy = self.session.policy.ssh
-        if policy is not None and policy.detached != "off":
-            # Whatever the session detached (setsid nohup ... &) would keep its access: the session is
-            # not over until that is ended too, so the sweep runs before the end is recorded.
-            await reap_after(self.session, mode=policy.detached)
-        self.session.stats.update(channels=len(self.channels))
-        await self.session.close(reason, recording_sha256=sha)
+        try:
+            if policy is not None and policy.detached != "off":
+                # Whatever the session detached (setsid nohup ... &) would keep its access: the session
+                # is not over until that is ended too, so the sweep runs before the end is recorded.
+                await reap_after(self.session, mode=policy.detached)
+        finally:
+            self.session.stats.update(channels=len(self.channels))
+            await self.session.close(reason, recording_sha256=sha)

@@ -16,6 +16,7 @@ anything scheduled rather than running (crontab, at, systemd user timers, author
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ import asyncssh
 
 from gateway.sessions import LiveSession
 from gateway.ssh.upstream import UpstreamError, connect_upstream
+
+log = logging.getLogger(__name__)
 
 MARKER = "LC_GATEWAY_SESSION"
 """Environment variable the gateway sets on every upstream channel: the session id (LC_* passes AcceptEnv)."""
@@ -133,7 +136,9 @@ async def reap_after(session: LiveSession, *, mode: str) -> None:
     try:
         live.update(r.id for r in await session.store.list_sessions(target=target, live=True))
         result = await sweep(session, live - {session.id}, kill=mode == "kill")
-    except (UpstreamError, asyncssh.Error, OSError, TimeoutError) as exc:
+    except Exception as exc:  # never lets a failed check keep the session's end from being recorded
+        if not isinstance(exc, (UpstreamError, asyncssh.Error, OSError, TimeoutError)):
+            log.exception("session %s: detached-process sweep failed", session.id)
         why = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
         await session.audit("ssh.detached.unchecked", severity="warning", reason=why)
         summary = f"could not check {login}@{target} for processes left by session {session.id}: {why}"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import os
 import random
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +36,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     ensure_user(user, ["--create-home", "--user-group", "--shell", "/bin/bash"], ["--password", "*"])
     with SshServer(user) as sshd:
         config = make_config(tmp_path_factory.mktemp("gw-reap"), sshd)
-        (config.policies_dir / "rig.yaml").write_text(POLICY.replace('detached: "off"', "detached: kill"))
+        policy = POLICY.replace(
+            '    ssh:\n      detached: "off"\n      local_forwarding',
+            "    ssh:\n      detached: alert\n      local_forwarding",
+        )
+        (config.policies_dir / "rig.yaml").write_text(policy.replace('detached: "off"', "detached: kill"))
         with serve_in_thread(config, SshListener, "gateway-reap") as (services, listener, loop):
             yield Gateway(config, services, listener, sshd, loop)
 
@@ -143,6 +150,24 @@ async def test_a_process_hiding_its_marker_is_ended_by_the_next_sweep(gateway: G
         await wait_for(lambda: not remote_pids(sleep), 8, f"{sleep} survived")
         event = await detached_event(gateway, sleep)
         assert [p["session"] for p in event.data["processes"] if p["args"] == sleep] == [None]
+
+
+async def test_alert_mode_reports_without_ending(gateway: Gateway) -> None:
+    """`detached: alert` (a login shared with others): the process is reported, critically, and left alone."""
+    sleep = unique_sleep()
+    try:
+        async with await gateway.connect(await gateway.token("tunnel")) as conn:
+            await detach(gateway, conn, sleep)
+            sid = str((await gateway.last_session()).id)
+        await gateway.wait_closed(sid, timeout=15)
+        event = await detached_event(gateway, sleep)
+        assert event.session == sid and event.severity == "critical" and event.data["mode"] == "alert"
+        assert event.data["killed"] == [] and remote_pids(sleep)
+        [alert] = await sweep_events(gateway, sid, "alert.ssh.detached")
+        assert alert.severity == "critical" and "NOT ended" in json.dumps(alert.data)
+    finally:
+        for pid in remote_pids(sleep):  # the process this test started, by its pid
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_sweep_output_parsing() -> None:
