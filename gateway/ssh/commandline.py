@@ -334,6 +334,7 @@ class CommandTracker:
         self._start: tuple[int, int] | None = None  # (echo row count, column) where the line began
         self._chunks = 0  # input chunks that carried part of this line
         self._echo_seen = False  # output arrived since the line began
+        self.cancels = 0  # lines abandoned with ^C (the shell drops an unfinished construct with them)
 
     def feed_output(self, data: bytes) -> None:
         """Server output (echo, prompts, program output)."""
@@ -363,6 +364,7 @@ class CommandTracker:
                 began_chunk = True
             if line.feed(b):  # ^C abandoned the line
                 self._start = None
+                self.cancels += 1
         if start < len(data):
             out.append(data[start:])
         return out

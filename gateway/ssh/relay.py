@@ -214,7 +214,11 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
             self.rec.input(data)
             self._check_backlog("client")
         if self.tracker is not None:
-            for item in self.tracker.feed_input(data):
+            cancels = self.tracker.cancels
+            items = self.tracker.feed_input(data)
+            if self.tracker.cancels != cancels:  # ^C: bash drops the unfinished construct too
+                self.shell_state.pending, self.shell_state.pending_lines = "", 0
+            for item in items:
                 if self.killing:  # nothing typed after a killing line reaches the shell
                     break
                 if isinstance(item, bytes):

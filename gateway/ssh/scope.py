@@ -151,11 +151,12 @@ def check_line(policy: SshPolicy, candidates: Iterable[str], *, truncated: bool 
     for text in candidates:
         if not text.strip():
             continue
-        analysis = shell.analyse(text)
+        readings = shell.readings(text)
+        analysis = readings[0]
         first = first or analysis
         shown = text.strip()
         for rule in rules:
-            if not rule_matches(rule, analysis, text):
+            if not any(rule_matches(rule, a, text) for a in readings):
                 continue
             if rule.action is Verdict.ALERT:
                 alerts.append(rule.name)

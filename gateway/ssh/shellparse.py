@@ -89,6 +89,21 @@ class ShellState:
         """Analyse `line` in this state (nothing changes until `commit`)."""
         return analyse(self.pending + line, self.variables, self.aliases)
 
+    def readings(self, line: str) -> list[Analysis]:
+        """Every plausible reading of `line`: joined to the unfinished construct (the first, the one to
+        commit), and, when a construct is open or the line does not parse alone, also the line alone and
+        the line continuing a quote. The gateway cannot always know whether the shell still holds the
+        construct (a ^C, a program that read the line instead of the shell, a construct past the limits),
+        so the rules see all of them: a command in any reading counts.
+        """
+        first = self.analyse(line)
+        if not self.pending and not first.incomplete:
+            return [first]
+        out = [first]
+        for text in (line, "'" + line, '"' + line) if self.pending else ("'" + line, '"' + line):
+            out.append(analyse(text, self.variables, self.aliases))
+        return out
+
     def commit(self, analysis: Analysis) -> None:
         """The line was allowed to run: remember its assignments, aliases and unfinished part."""
         self.variables, self.aliases = analysis.variables, analysis.aliases

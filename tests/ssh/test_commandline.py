@@ -272,3 +272,19 @@ def test_stdin_lines_forward_exactly_what_is_allowed(chunks: list[bytes]) -> Non
 )  # fmt: skip
 def test_reads_stdin_commands(command: str, expected: bool) -> None:
     assert reads_stdin_commands(command) is expected
+
+
+def test_ctrl_c_is_counted() -> None:
+    t = CommandTracker()
+    t.feed_input(b"echo 'open\x03")
+    assert t.cancels == 1
+    t.feed_input(b"\x16\x03")  # ^V^C inserts a literal ^C: nothing is cancelled
+    assert t.cancels == 1
+
+
+@given(st.lists(st.binary(max_size=60).map(lambda b: b.replace(b"\\", b"") + b"\\\n" if b[:1] == b"c" else b),
+                max_size=20))  # fmt: skip
+def test_stdin_held_constructs_are_forwarded_whole_when_allowed(chunks: list[bytes]) -> None:
+    lines, _ = stdin_lines(lambda t: None if t.endswith("\\") else True)
+    out = b"".join(lines.feed(c) for c in chunks) + lines.finish()
+    assert out == b"".join(chunks)

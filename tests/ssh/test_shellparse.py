@@ -168,6 +168,16 @@ def test_continuation_and_open_constructs_span_lines() -> None:
     assert state.pending == ""
 
 
+def test_every_reading_of_a_line_is_checked() -> None:
+    """The shell may no longer hold the construct (^C, a program read the line): the line alone counts too."""
+    state = ShellState()
+    assert verdict("echo '", state=state)[0] == "allow"
+    assert verdict("shutdown", state=state)[0] == "deny"
+    # ... and the line may continue a quote the gateway lost track of (past MAX_PENDING_LINES).
+    assert verdict("'; shutdown", state=ShellState())[0] == "deny"
+    assert verdict('"; shutdown', state=ShellState())[0] == "deny"
+
+
 @pytest.mark.parametrize(
     ("pattern", "cmd", "expected"),
     [
