@@ -103,8 +103,8 @@ class CommandRule:
     pattern: str
 
 
-# Characters that chain, substitute, redirect or background commands in a POSIX shell.
-_SHELL_CONTROL = re.compile(r"[;&|`$<>\n\r()\\]")
+# Characters that chain, substitute, redirect, background or glob-expand commands in a POSIX shell.
+_SHELL_CONTROL = re.compile(r"[;&|`$<>\n\r()\\{}*?\[\]]")
 
 
 @dataclass(frozen=True, slots=True)

@@ -533,3 +533,10 @@ def test_detached_mode_must_be_known(tmp_path: Path) -> None:
     path = policy_file(tmp_path, "target: web-1\nscopes: {shell: {ssh: {detached: maybe}}}\n")
     with pytest.raises(PolicyError, match=re.escape("scopes.shell.ssh.detached")):
         load_policy_file(path, KINDS)
+
+
+@pytest.mark.parametrize("line", ["systemctl status *", "systemctl status ngin?", "systemctl status [n]ginx",
+                                  "systemctl status {a,b}"])  # fmt: skip
+def test_allowlisted_command_cannot_glob(line: str) -> None:
+    """The target's shell expands globs: a file named `-H` would become an option nobody checked."""
+    assert not SshPolicy(allowed_commands=("systemctl status *",)).command_allowed(line)

@@ -17,7 +17,9 @@ MAX_ENV_VALUE = 256
 
 # In an exec-only scope the allowlist is matched against the command text, but the upstream runs it
 # with `$SHELL -c`: `allowed-cmd; rm -rf /` would match a glob `allowed-cmd*`. So no shell syntax at all.
-_SHELL_META = re.compile(r"[;&|`$<>()\n\r\\{}]")
+# Glob characters too: the shell would expand `systemctl status *` into file names, and a file named
+# `-H` would become an option the allowlist never saw.
+_SHELL_META = re.compile(r"[;&|`$<>()\n\r\\{}*?\[\]]")
 # Flags an scp server-side process (`scp -f` / `scp -t`) is started with by a client.
 _SCP_FLAGS = frozenset("frtpdvq")
 UNRESOLVED = "unresolved"
@@ -107,7 +109,8 @@ def check_exec(policy: SshPolicy, command: str) -> Decision:
         return Decision.deny("no-exec", "this scope does not allow running commands")
     if policy.allowed_commands is not None:
         if _SHELL_META.search(command):
-            return Decision.deny("allowed-commands", "shell syntax (; & | $ ` < > ( ) \\) is not allowed in this scope")
+            why = "shell syntax (; & | $ ` < > ( ) { } \\ * ? [ ]) is not allowed in this scope"
+            return Decision.deny("allowed-commands", why)
         if not policy.command_allowed(command):
             return Decision.deny("allowed-commands", f"command not in this scope's allowed list: {command.strip()}")
     return check_line(policy, [command])

@@ -185,3 +185,10 @@ async def test_exec_allowlist_globs_do_not_match_options(gateway: Gateway) -> No
         r = await asyncio.to_thread(gateway.ssh, token, sneaky)
         assert r.returncode == 126 and r.stdout == "", (sneaky, r.stdout)
         assert "not in this scope's allowed list" in r.stderr
+    # A glob the target's shell would expand: a file named `-n` in the directory becomes an option.
+    d = gateway.sshd.scratch_dir / "glob-into-option"
+    d.mkdir(exist_ok=True)
+    (d / "-n").write_text("")
+    (d / "x").write_text("x\n")
+    r = await asyncio.to_thread(gateway.ssh, token, f"head {d}/*")
+    assert r.returncode == 126 and r.stdout == "" and "shell syntax" in r.stderr
