@@ -175,3 +175,23 @@ def test_sweep_output_parsing() -> None:
     r = parse_output(out)
     assert [(d.pid, d.marker, d.args) for d in r.found] == [(12, "", "sleep 100"), (13, "abc", "sh -c x y")]
     assert r.killed == (12,) and r.forced == (13,)
+
+
+async def test_a_sweep_that_cannot_log_in_is_an_alert(gateway: Gateway) -> None:
+    """The target refuses the gateway's second login at the end: the session still ends, with a warning alert."""
+    keys = gateway.sshd.authorized_keys_path
+    saved = keys.read_text()
+    conn = await gateway.connect(await gateway.token())
+    try:
+        await conn.run("true")
+        sid = str((await gateway.last_session()).id)
+        keys.write_text("")  # from now on sshd refuses the gateway's key
+        await gateway.run(gateway.services.registry.kill(sid, "enough", by="carol"))
+        rec = await gateway.wait_closed(sid, timeout=20)
+        assert rec.end_reason == "enough"
+    finally:
+        keys.write_text(saved)
+        conn.close()
+    [event] = await sweep_events(gateway, sid, "ssh.detached.unchecked")
+    assert "refused" in event.data["reason"]
+    assert await sweep_events(gateway, sid, "alert.ssh.detached.unchecked")
