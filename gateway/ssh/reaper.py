@@ -16,6 +16,8 @@ anything scheduled rather than running (crontab, at, systemd user timers, author
 from __future__ import annotations
 
 import asyncio
+import getpass
+import ipaddress
 import logging
 import re
 from collections.abc import Iterable
@@ -127,11 +129,28 @@ async def sweep(session: LiveSession, live_ids: Iterable[str], *, kill: bool) ->
     return parse_output(str(r.stdout or ""))
 
 
+def _is_loopback(host: str) -> bool:
+    """Whether a target address is this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 async def reap_after(session: LiveSession, *, mode: str) -> None:
     """Run at the end of a session: sweep the login, alert (critical) and audit what was found."""
     if mode == "off":
         return
     target, login = session.target.name, session.login.user
+    if login == getpass.getuser() and _is_loopback(session.target.address.host):
+        # The gateway's own account (a demo or a test as a normal user): its detached processes are the
+        # developer's tmux, agents and jobs, not a session's leftovers. Never sweep those.
+        await session.audit(
+            "ssh.detached.unchecked", severity="warning", reason="the login is the gateway's own account"
+        )
+        return
     live = {s.id for s in session.registry.live() if s.target.name == target and s.login.user == login}
     try:
         live.update(r.id for r in await session.store.list_sessions(target=target, live=True))

@@ -17,7 +17,7 @@ import pytest
 
 from gateway.sandbox.procs import ensure_user, is_root
 from gateway.ssh import SshListener
-from gateway.ssh.reaper import parse_output
+from gateway.ssh.reaper import _is_loopback, parse_output
 from tests.rig.sshd import SshServer
 from tests.ssh.conftest import POLICY, Gateway, make_config, remote_pids
 from tests.threaded import serve_in_thread
@@ -195,3 +195,9 @@ async def test_a_sweep_that_cannot_log_in_is_an_alert(gateway: Gateway) -> None:
     [event] = await sweep_events(gateway, sid, "ssh.detached.unchecked")
     assert "refused" in event.data["reason"]
     assert await sweep_events(gateway, sid, "alert.ssh.detached.unchecked")
+
+
+def test_loopback_detection() -> None:
+    """The guard for the gateway's own account applies to targets on this machine only."""
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
+    assert not _is_loopback("10.0.0.5") and not _is_loopback("web-1.example.com")
