@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -92,29 +93,93 @@ class SqlPolicy:
 
 @dataclass(frozen=True, slots=True)
 class CommandRule:
-    """A rule on command lines (exec commands and lines typed in a shell)."""
+    """A rule on commands (exec commands, lines typed in a shell, a shell's stdin lines).
+
+    Matched against each simple command the line runs, as parsed (gateway.ssh.cmdmatch), not its text.
+    """
 
     name: str
     action: Verdict
     pattern: str
 
+
+# Characters that chain, substitute, redirect, background or glob-expand commands in a POSIX shell.
+_SHELL_CONTROL = re.compile(r"[;&|`$<>\n\r()\\{}*?\[\]]")
+
+
+@dataclass(frozen=True, slots=True)
+class AllowedCommand:
+    """One exec allowlist entry: a word pattern (or `regex:`), and the options it lets through.
+
+    Glob entries are matched word by word (README, "Exec allowlists"): an argument glob never matches
+    an option (a word starting with `-` before any `--`); options are allowed only when written in the
+    pattern itself or listed in `options` (`"--no-pager"`, `"-n *"` for an option with a value).
+    """
+
+    pattern: str
+    options: tuple[str, ...] = ()
+
     def matches(self, line: str) -> bool:
-        """Glob match (`regex:` prefix for a regular expression) against the whole stripped line."""
-        return _command_matches(self.pattern, line.strip())
+        """Whether the whole exec command line is this entry."""
+        if self.pattern.startswith("regex:"):
+            return re.fullmatch(self.pattern[len("regex:") :], line) is not None
+        try:
+            words, pwords = shlex.split(line), shlex.split(self.pattern)
+        except ValueError:
+            return False
+        return bool(words and pwords) and _words_allowed(pwords, self.options, words)
 
 
-# Characters that chain, substitute, redirect or background commands in a POSIX shell.
-_SHELL_CONTROL = re.compile(r"[;&|`$<>\n\r()\\]")
+def _is_option(word: str) -> bool:
+    return word.startswith("-") and word != "-"
 
 
-def _command_matches(pattern: str, line: str, *, whole: bool = False) -> bool:
-    if pattern.startswith("regex:"):
-        rx = pattern[len("regex:") :]
-        return (re.fullmatch(rx, line) if whole else re.search(rx, line)) is not None
-    return fnmatch.fnmatchcase(line, pattern)
+def _words_allowed(pattern: list[str], options: tuple[str, ...], words: list[str]) -> bool:
+    """Word-by-word allowlist match; see AllowedCommand."""
+    if not fnmatch.fnmatchcase(words[0], pattern[0]):
+        return False
+    rest: list[tuple[str, bool]] = []  # (word, may a glob match it: an operand, not an option)
+    i, ended = 1, False
+    while i < len(words):
+        w = words[i]
+        if ended or not _is_option(w):
+            rest.append((w, True))
+        elif w == "--":
+            ended = True  # the program reads every later word as an operand, even `-H`
+        else:
+            used = _option_words(options, w, words[i + 1] if i + 1 < len(words) else None)
+            if not used:
+                rest.append((w, False))
+            i += max(used, 1)
+            continue
+        i += 1
+    pat = [p for p in pattern[1:] if p != "--"]
+    star = bool(pat) and pat[-1] == "*"
+    fixed = pat[:-1] if star else pat
+    if len(rest) < len(fixed) or (not star and len(rest) != len(fixed)):
+        return False
+    for p, (w, operand) in zip(fixed, rest, strict=False):
+        # An option in the command only matches the same option written in the pattern.
+        if not fnmatch.fnmatchcase(w, p) or (not operand and not _is_option(p)):
+            return False
+    return all(operand for _, operand in rest[len(fixed) :])
+
+
+def _option_words(options: tuple[str, ...], word: str, nxt: str | None) -> int:
+    """How many words an allowed option uses at `word` (1, or 2 with its value); 0 when not allowed."""
+    for entry in options:
+        name, _, value = entry.partition(" ")
+        if not fnmatch.fnmatchcase(word, name):
+            continue
+        if not value:
+            return 1
+        if nxt is not None and not _is_option(nxt) and fnmatch.fnmatchcase(nxt, value):
+            return 2
+    return 0
 
 
 SFTP_MODES = ("off", "read-only", "read-write")
+DETACHED_MODES = ("kill", "alert", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +188,14 @@ class SshPolicy:
 
     shell: bool = True
     exec: bool = True
-    allowed_commands: tuple[str, ...] | None = None  # None: any command; else globs / regex: patterns
+    allowed_commands: tuple[AllowedCommand | str, ...] | None = None  # None: any command (str: a bare pattern)
     command_rules: tuple[CommandRule, ...] = ()
+    # A line whose commands cannot be known statically (eval "$x", base64 -d | sh, $unknown, !!):
+    # None means alert when the scope has command rules (there is something to evade), else nothing.
+    unresolved: Verdict | None = None
+    # Processes of the login left running by an ended session and in no live one: end them (kill),
+    # only report them (alert: a login shared with other users or services), or do not look (off).
+    detached: str = "kill"
     sftp: str = "read-write"
     scp: bool = True
     local_forwarding: bool = False
@@ -137,14 +208,16 @@ class SshPolicy:
 
         The upstream runs the command through a shell, so a glob like `systemctl status *` would also
         match `systemctl status x; rm -rf /`: a line with shell control characters never matches an
-        allowlist, and `regex:` entries must match the whole line.
+        allowlist, and `regex:` entries must match the whole line. Globs never match options
+        (`systemctl status -H user@host` would run it on another host): see AllowedCommand.
         """
         if self.allowed_commands is None:
             return True
         stripped = line.strip()
         if _SHELL_CONTROL.search(stripped):
             return False
-        return any(_command_matches(p, stripped, whole=True) for p in self.allowed_commands)
+        entries = (AllowedCommand(e) if isinstance(e, str) else e for e in self.allowed_commands)
+        return any(e.matches(stripped) for e in entries)
 
 
 # --- Scopes and targets ----------------------------------------------------------------------------
@@ -216,6 +289,8 @@ _SSH_KEYS = {
     "exec",
     "allowed_commands",
     "commands",
+    "unresolved",
+    "detached",
     "sftp",
     "scp",
     "local_forwarding",
@@ -372,10 +447,7 @@ def _load_sql(ctx: _Ctx, body: Any, key: str, base: SqlPolicy) -> SqlPolicy:
 
 def _load_ssh(ctx: _Ctx, body: Any, key: str) -> SshPolicy:
     body = ctx.mapping(body, key, _SSH_KEYS)
-    allowed = body.get("allowed_commands")
-    allowed_t = None if allowed is None else tuple(sorted(ctx.strings(allowed, f"{key}.allowed_commands")))
-    for p in allowed_t or ():
-        _check_pattern(ctx, p, f"{key}.allowed_commands")
+    allowed_t = _load_allowed(ctx, body.get("allowed_commands"), f"{key}.allowed_commands")
     rules = []
     for i, rule in enumerate(body.get("commands") or []):
         rkey = f"{key}.commands[{i}]"
@@ -396,12 +468,22 @@ def _load_ssh(ctx: _Ctx, body: Any, key: str) -> SshPolicy:
     sftp = body.get("sftp", "read-write")
     if sftp not in SFTP_MODES:
         raise ctx.fail(f"{key}.sftp", f"must be one of {', '.join(SFTP_MODES)}")
+    detached = body.get("detached", "kill")
+    if detached is False:  # YAML 1.1 reads a bare `off` as false
+        detached = "off"
+    if detached not in DETACHED_MODES:
+        raise ctx.fail(f"{key}.detached", f"must be one of {', '.join(DETACHED_MODES)}")
+    unresolved = None
+    if body.get("unresolved") is not None:
+        unresolved = ctx.action(body["unresolved"], f"{key}.unresolved")
     flag = ctx.boolean
     return SshPolicy(
         shell=flag(body.get("shell"), f"{key}.shell", allowed_t is None),
         exec=flag(body.get("exec"), f"{key}.exec", True),
         allowed_commands=allowed_t,
         command_rules=tuple(rules),
+        unresolved=unresolved,
+        detached=detached,
         sftp=sftp,
         scp=flag(body.get("scp"), f"{key}.scp", True),
         local_forwarding=flag(body.get("local_forwarding"), f"{key}.local_forwarding", False),
@@ -411,12 +493,46 @@ def _load_ssh(ctx: _Ctx, body: Any, key: str) -> SshPolicy:
     )
 
 
+def _load_allowed(ctx: _Ctx, value: Any, key: str) -> tuple[AllowedCommand, ...] | None:
+    """`allowed_commands`: patterns, or `{pattern, options}` mappings."""
+    if value is None:
+        return None
+    if isinstance(value, str | dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise ctx.fail(key, "must be a list of patterns or {pattern, options} mappings")
+    out = []
+    for i, entry in enumerate(value):
+        ekey = f"{key}[{i}]"
+        if isinstance(entry, str):
+            entry = {"pattern": entry}
+        entry = ctx.mapping(entry, ekey, {"pattern", "options"})
+        pattern = entry.get("pattern")
+        if not isinstance(pattern, str) or not pattern:
+            raise ctx.fail(f"{ekey}.pattern", "must be a glob, or regex:<expression>")
+        _check_pattern(ctx, pattern, key)
+        options = tuple(sorted(ctx.strings(entry.get("options"), f"{ekey}.options")))
+        for o in options:
+            if not o.startswith("-"):
+                raise ctx.fail(f"{ekey}.options", f"{o!r} is not an option (options start with '-')")
+        out.append(AllowedCommand(pattern, options))
+    return tuple(out)
+
+
 def _check_pattern(ctx: _Ctx, pattern: str, key: str) -> None:
     if pattern.startswith("regex:"):
         try:
             re.compile(pattern[len("regex:") :])
         except re.error as exc:
             raise ctx.fail(key, f"invalid regular expression: {exc}") from None
+        return
+    # Glob patterns are split into words like a command line: quotes must balance.
+    try:
+        words = shlex.split(pattern)
+    except ValueError as exc:
+        raise ctx.fail(key, f"cannot split {pattern!r} into words: {exc}") from None
+    if not words:
+        raise ctx.fail(key, "must name a command")
 
 
 class Policies:

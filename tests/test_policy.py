@@ -10,6 +10,7 @@ import pytest
 from gateway.cli.templates import EXAMPLE_POLICIES
 from gateway.policy import (
     DEFAULT_MAX_TTL,
+    AllowedCommand,
     CommandRule,
     Decision,
     Policies,
@@ -20,6 +21,8 @@ from gateway.policy import (
     default_policy,
     load_policy_file,
 )
+from gateway.ssh.cmdmatch import rule_matches
+from gateway.ssh.shellparse import analyse
 
 TARGETS = {"orders-db": ("postgres", ["read", "write", "admin"]), "web-1": ("ssh", ["shell", "deploy"])}
 KINDS = {name: kind for name, (kind, _) in TARGETS.items()}
@@ -72,7 +75,8 @@ def test_example_policies_load(tmp_path: Path) -> None:
         "regex:^(shutdown|reboot|halt)\\b": Verdict.DENY,
     }
     [reboot] = [r for r in shell.ssh.command_rules if r.action is Verdict.DENY]
-    assert reboot.matches("reboot now") and reboot.matches("  shutdown -h now ") and not reboot.matches("rebooting")
+    assert rule_matches_line(reboot, "reboot now") and rule_matches_line(reboot, "  shutdown -h now ")
+    assert not rule_matches_line(reboot, "rebooting")
     assert policies.target("orders-db") is not None
     assert policies.target("orders-db").source.endswith("orders-db.yaml")  # type: ignore[union-attr]
 
@@ -302,7 +306,7 @@ scopes:
     )
     deploy = tp.scopes["deploy"].ssh
     assert deploy is not None and deploy.shell is False and deploy.exec is True
-    assert deploy.allowed_commands == ("deploy.sh", "systemctl status *")
+    assert deploy.allowed_commands == (AllowedCommand("deploy.sh"), AllowedCommand("systemctl status *"))
     both = tp.scopes["both"].ssh
     assert both is not None and both.shell is True
 
@@ -340,13 +344,14 @@ def test_decisions() -> None:
     [
         ("sudo *", "sudo ls", True),
         ("sudo *", "  sudo ls  ", True),  # whole stripped line
-        ("sudo *", "sudo", False),
+        ("sudo *", "sudo", True),  # `*` over the operands matches none too
         ("sudo *", "echo sudo ls", False),
         ("rm -rf /*", "rm -rf /", True),
         ("rm -rf /*", "rm -rf /var/lib", True),
         ("rm -rf /*", "rm -rf ./build", False),
         ("ls", "ls", True),
-        ("ls", "ls -la", False),
+        ("ls", "ls -la", True),  # the pattern's flags are required, extra flags are not refused
+        ("ls", "ls /tmp", False),
         ("cat /etc/?asswd", "cat /etc/passwd", True),
         ("[rR]eboot", "Reboot", True),
         ("Reboot", "reboot", False),  # case-sensitive
@@ -358,7 +363,27 @@ def test_decisions() -> None:
     ],
 )
 def test_command_rule_matches(pattern: str, line: str, expected: bool) -> None:
-    assert CommandRule("r", Verdict.DENY, pattern).matches(line) is expected
+    assert rule_matches_line(CommandRule("r", Verdict.DENY, pattern), line) is expected
+
+
+def rule_matches_line(rule: CommandRule, line: str) -> bool:
+    """Whether a command rule matches a line as the SSH front end parses it."""
+    return rule_matches(rule, analyse(line), line)
+
+
+def test_unresolved_condition_is_loaded(tmp_path: Path) -> None:
+    path = policy_file(tmp_path, "target: web-1\nscopes: {shell: {ssh: {unresolved: deny}}}\n")
+    ssh = load_policy_file(path, KINDS).scopes["shell"].ssh
+    assert ssh is not None and ssh.unresolved is Verdict.DENY
+    path = policy_file(tmp_path, "target: web-1\nscopes: {shell: {ssh: {unresolved: maybe}}}\n")
+    with pytest.raises(PolicyError, match=re.escape("scopes.shell.ssh.unresolved")):
+        load_policy_file(path, KINDS)
+
+
+def test_glob_pattern_with_unbalanced_quotes_is_refused_at_load(tmp_path: Path) -> None:
+    path = policy_file(tmp_path, 'target: web-1\nscopes: {shell: {ssh: {commands: [{pattern: "rm \'-rf"}]}}}\n')
+    with pytest.raises(PolicyError, match="cannot split"):
+        load_policy_file(path, KINDS)
 
 
 def test_command_allowed_without_allowlist() -> None:
@@ -412,6 +437,73 @@ def test_allowlisted_regex_must_match_the_whole_line() -> None:
     assert [line for line in lines if policy.command_allowed(line)] == []
 
 
+SYSTEMCTL = AllowedCommand("systemctl status *", ("--no-pager", "-n *", "--lines=*"))
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("systemctl status nginx", True),
+        ("systemctl status nginx api", True),
+        ("systemctl status", True),  # a trailing `*` matches zero or more operands
+        ("systemctl status -H user@host nginx", False),  # the reported bypass: options are not operands
+        ("systemctl status --host=user@host", False),
+        ("systemctl status nginx -H user@host", False),  # options anywhere before `--`
+        ("systemctl status -M container", False),
+        ("systemctl -H user@host status nginx", False),
+        ("systemctl status --no-pager nginx", True),  # listed in options
+        ("systemctl status -n 50 nginx", True),  # an option with its value
+        ("systemctl status -n -H nginx", False),  # the value of -n is not an option
+        ("systemctl status --lines=5 nginx", True),
+        ("systemctl status -- -H", True),  # after `--` every word is an operand (a unit called -H)
+        ("systemctl status '-H' x", False),  # quoting does not turn an option into an operand
+        ("systemctl restart nginx", False),
+    ],
+)
+def test_allowlist_globs_do_not_match_options(line: str, expected: bool) -> None:
+    assert SshPolicy(allowed_commands=(SYSTEMCTL,)).command_allowed(line) is expected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "line", "expected"),
+    [
+        ("ls -l *", "ls -l /tmp", True),  # an option written in the pattern is allowed where written
+        ("ls -l *", "ls -la /tmp", False),
+        ("ls -l *", "ls /tmp", False),
+        ("ls *", "ls -l", False),
+        ("cat *", "cat /etc/hostname", True),
+        ("cat *", "cat - ", True),  # `-` alone (stdin) is an operand
+        ("journalctl -u *", "journalctl -u nginx", True),
+        ("journalctl -u *", "journalctl -u nginx --since=-1d", False),
+        ("tail -n * *", "tail -n 10 /var/log/x", True),
+        ("deploy.sh", "deploy.sh", True),
+        ("deploy.sh", "deploy.sh now", False),
+        ("git log -- *", "git log -- -p", True),
+    ],
+)
+def test_allowlist_word_matching(pattern: str, line: str, expected: bool) -> None:
+    assert AllowedCommand(pattern).matches(line) is expected
+
+
+def test_allowlist_entries_with_options_are_loaded(tmp_path: Path) -> None:
+    path = policy_file(
+        tmp_path,
+        "target: web-1\nscopes: {shell: {ssh: {allowed_commands: ['uptime', "
+        "{pattern: 'systemctl status *', options: ['--no-pager', '-n *']}]}}}\n",
+    )
+    ssh = load_policy_file(path, KINDS).scopes["shell"].ssh
+    assert ssh is not None
+    assert ssh.allowed_commands == (
+        AllowedCommand("uptime"),
+        AllowedCommand("systemctl status *", ("--no-pager", "-n *")),
+    )
+    bad = policy_file(
+        tmp_path, "target: web-1\nscopes: {shell: {ssh: {allowed_commands: [{pattern: x, options: [y]}]}}}\n"
+    )
+    with pytest.raises(PolicyError, match="is not an option"):
+        load_policy_file(bad, KINDS)
+
+
 def test_command_rule_regex_is_compiled_at_load(tmp_path: Path) -> None:
     # a regex that only fails at match time would be a crash in a live session: load refuses it instead
     path = policy_file(tmp_path, "target: web-1\nscopes: {shell: {ssh: {commands: [{pattern: 'regex:a{2,1}'}]}}}\n")
@@ -427,3 +519,24 @@ def test_unsupported_forwarding_cannot_be_turned_on(tmp_path: Path, flag: str) -
         policy_file(tmp_path, f"target: web-1\nscopes:\n  shell:\n    ssh: {{{flag}: false}}\n"), KINDS
     )
     assert tp.scopes["shell"].ssh is not None
+
+
+@pytest.mark.parametrize(("text", "expected"), [("kill", "kill"), ("alert", "alert"), ("off", "off"), ('"off"', "off")])
+def test_detached_mode_is_loaded(tmp_path: Path, text: str, expected: str) -> None:
+    path = policy_file(tmp_path, f"target: web-1\nscopes: {{shell: {{ssh: {{detached: {text}}}}}}}\n")
+    ssh = load_policy_file(path, KINDS).scopes["shell"].ssh
+    assert ssh is not None and ssh.detached == expected
+    assert SshPolicy().detached == "kill"
+
+
+def test_detached_mode_must_be_known(tmp_path: Path) -> None:
+    path = policy_file(tmp_path, "target: web-1\nscopes: {shell: {ssh: {detached: maybe}}}\n")
+    with pytest.raises(PolicyError, match=re.escape("scopes.shell.ssh.detached")):
+        load_policy_file(path, KINDS)
+
+
+@pytest.mark.parametrize("line", ["systemctl status *", "systemctl status ngin?", "systemctl status [n]ginx",
+                                  "systemctl status {a,b}"])  # fmt: skip
+def test_allowlisted_command_cannot_glob(line: str) -> None:
+    """The target's shell expands globs: a file named `-H` would become an option nobody checked."""
+    assert not SshPolicy(allowed_commands=("systemctl status *",)).command_allowed(line)

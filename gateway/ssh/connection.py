@@ -11,6 +11,7 @@ from typing import Any
 import asyncssh
 
 from gateway.sessions import LiveSession
+from gateway.ssh.reaper import reap_after
 from gateway.ssh.recordings import SessionRecordings
 from gateway.ssh.relay import ChannelRelay
 
@@ -127,5 +128,12 @@ class SshConnection:
         with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
             await asyncio.wait_for(self._upstream.wait_closed(), CLOSE_GRACE)
         sha = await self.recordings.close(reason)
-        self.session.stats.update(channels=len(self.channels))
-        await self.session.close(reason, recording_sha256=sha)
+        policy = self.session.policy.ssh
+        try:
+            if policy is not None and policy.detached != "off":
+                # Whatever the session detached (setsid nohup ... &) would keep its access: the session
+                # is not over until that is ended too, so the sweep runs before the end is recorded.
+                await reap_after(self.session, mode=policy.detached)
+        finally:
+            self.session.stats.update(channels=len(self.channels))
+            await self.session.close(reason, recording_sha256=sha)

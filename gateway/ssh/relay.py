@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Protocol
 
 import asyncssh
@@ -10,10 +10,12 @@ import asyncssh
 from gateway.policy import Decision, SshPolicy, Verdict
 from gateway.recording import BinaryStreamRecorder, RecordingError
 from gateway.sessions import LiveSession
-from gateway.ssh.commandline import CommandTracker, Enter
+from gateway.ssh.commandline import CommandTracker, Enter, Line, StdinLines
+from gateway.ssh.reaper import MARKER
 from gateway.ssh.recordings import ChannelRecorder, SessionRecordings
-from gateway.ssh.scope import check_exec, check_line, check_shell, check_subsystem, filter_env
+from gateway.ssh.scope import check_exec, check_line, check_shell, check_subsystem, filter_env, reads_stdin_commands
 from gateway.ssh.sftp import FileOp, SftpFilter, SftpProtocolError
+from gateway.ssh.shellparse import ShellState
 from gateway.ssh.upstream import MAX_PACKET, WINDOW
 
 # Sent upstream instead of a refused line's Enter: ^E (end of line) then ^U (kill to start) empties
@@ -59,6 +61,9 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         self.size: tuple[int, int, int, int] = (80, 24, 0, 0)
         self.modes: dict[int, int] = {}
         self.tracker: CommandTracker | None = None
+        self.stdin_lines: StdinLines | None = None  # a shell without a terminal: its stdin lines are commands
+        self.killing = False  # a kill verdict was given: nothing more goes upstream
+        self.shell_state = ShellState()  # the channel's shell: variables and aliases it was given so far
         self.sftp: SftpFilter | None = None
         self.exit_status: int | None = None
         self.exit_signal: tuple[str, bool, str, str] | None = None
@@ -144,6 +149,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         s, chan = self.host.session, self.chan
         allowed, refused = filter_env(chan.get_environment_bytes())
         env: dict[str | bytes, str | bytes] = {k: v for k, v in allowed.items()}
+        env[MARKER] = s.id  # lets the end-of-session sweep tell this session's processes apart (reaper.py)
         if refused:
             s.audit_soon("ssh.env.refused", severity="warning", channel=self.n, names=refused)
         what = self.command if self.kind == "exec" else (self.subsystem or self.kind)
@@ -175,13 +181,16 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
             self.sftp = SftpFilter(read_only=self.policy.sftp == "read-only")
         if self.pty:
             self.tracker = CommandTracker()
+        elif self.kind == "shell" or (self.kind == "exec" and reads_stdin_commands(self.command or "")):
+            # No terminal, no echo: what the shell runs is what arrives on stdin, line by line.
+            self.stdin_lines = StdinLines(self._on_stdin_line)
         if self.size != size:  # the window changed while the upstream channel was opening
             up.change_terminal_size(*self.size)
         early, self._early = self._early, []
         for data in early:
             self.data_received(data, None)
         if self._early_eof:
-            up.write_eof()
+            self._write_eof(up)
         self.release("client", "opening")
 
     def _fail(self, why: str) -> None:
@@ -205,45 +214,94 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
             self.rec.input(data)
             self._check_backlog("client")
         if self.tracker is not None:
-            for item in self.tracker.feed_input(data):
+            cancels = self.tracker.cancels
+            items = self.tracker.feed_input(data)
+            if self.tracker.cancels != cancels:  # ^C: bash drops the unfinished construct too
+                self.shell_state.pending, self.shell_state.pending_lines = "", 0
+            for item in items:
+                if self.killing:  # nothing typed after a killing line reaches the shell
+                    break
                 if isinstance(item, bytes):
                     up.write(item)
                 else:
                     self._on_enter(item, up)
+        elif self.stdin_lines is not None:
+            allowed = self.stdin_lines.feed(data)
+            if allowed:
+                up.write(allowed)
         elif self.sftp is not None:
             self._sftp_request(data, up)
-        else:
+        elif not self.killing:
             up.write(data)
 
     def _on_enter(self, ev: Enter, up: asyncssh.SSHClientChannel[bytes]) -> None:
         """A line is about to run: its Enter key is forwarded only if the scope's rules allow it."""
         if not ev.line.strip() and not ev.typed.strip():
+            self._blank_line()
             up.write(ev.key)
             return
-        s = self.host.session
-        d = check_line(self.policy, dict.fromkeys([ev.line, ev.typed]), truncated=ev.truncated)
-        s.stats["commands"] = s.stats.get("commands", 0) + 1
-        if not d.allowed:
-            s.stats["violations"] = s.stats.get("violations", 0) + 1
         # A line typed with echo off is most likely a password: kept out of the audit log (the
         # recording's input events still have it, for a reviewer with access to recordings).
         shown = ev.line if ev.echoed else f"<not echoed: {len(ev.typed)} characters>"
-        s.audit_soon("command", severity="info" if d.allowed else "warning", line=shown, channel=self.n,
-                     exact=ev.exact, verdict=d.verdict.value, rule=d.rule)  # fmt: skip
-        if self.rec is not None:
-            self.rec.marker(f"command: {shown}")
-        for rule in d.alerts:
-            s.alert("ssh.command", f"{s.user} ran {shown!r} on {s.target.name} (rule {rule})", rule=rule, line=shown)
+        d = self._judge(dict.fromkeys([ev.line, ev.typed]), shown, exact=ev.exact, truncated=ev.truncated)
         if d.allowed:
             up.write(ev.key)
             return
+        # Only this line is cleared: an unfinished construct before it (a `\` line, an open loop) stays
+        # in the shell, and in the shell state too, so the next line is read joined to it, as bash will.
         up.write(CLEAR_LINE)
         message = notice(f"blocked by policy: {d.rule}")
         self.chan.write(message)
         if self.rec is not None:
             self.rec.output(message)
+        self._enforce(d, shown)
+
+    def _on_stdin_line(self, line: Line) -> bool | None:
+        """A line on a terminal-less shell's stdin: True lets it through, None holds it for the next line."""
+        if self.killing:
+            return False
+        state = self.shell_state
+        if not line.text.strip():
+            self._blank_line()
+            return None if state.pending else True
+        d = self._judge([line.text], line.text, exact=True, truncated=line.truncated)
+        if d.allowed:
+            return None if state.pending else True
+        state.pending, state.pending_lines = "", 0  # the held lines are dropped with this one
+        if not self.closed and not self.eof_sent:
+            message = notice(f"blocked by policy: {d.rule}").lstrip(b"\r\n").replace(b"\r\n", b"\n")
+            self.chan.write_stderr(message)
+            self._rec_err(message)
+        self._enforce(d, line.text)
+        return False
+
+    def _blank_line(self) -> None:
+        """An empty line still ends a backslash continuation (and adds a line to an open quote)."""
+        state = self.shell_state
+        if state.pending:
+            state.commit(state.analyse(""))
+
+    def _judge(self, candidates: Iterable[str], shown: str, *, exact: bool, truncated: bool) -> Decision:
+        """Decide a command line, and count, audit, mark and alert it (shared by terminal and stdin lines)."""
+        s = self.host.session
+        d = check_line(self.policy, candidates, truncated=truncated, state=self.shell_state)
+        s.stats["commands"] = s.stats.get("commands", 0) + 1
+        if not d.allowed:
+            s.stats["violations"] = s.stats.get("violations", 0) + 1
+        s.audit_soon("command", severity="info" if d.allowed else "warning", line=shown, channel=self.n,
+                     exact=exact, verdict=d.verdict.value, rule=d.rule, pty=self.pty)  # fmt: skip
+        if self.rec is not None:
+            self.rec.marker(f"command: {shown}")
+        for rule in d.alerts:
+            s.alert("ssh.command", f"{s.user} ran {shown!r} on {s.target.name} (rule {rule})", rule=rule, line=shown)
+        return d
+
+    def _enforce(self, d: Decision, shown: str) -> None:
+        """A refused line: mark it; a kill verdict also stops all forwarding and ends the session."""
+        if self.rec is not None:
             self.rec.marker(f"blocked: {shown} (rule {d.rule})")
         if d.verdict is Verdict.KILL:
+            self.killing = True
             self.host.kill_soon(f"command {shown!r} matched kill rule {d.rule}")
 
     def _sftp_request(self, data: bytes, up: asyncssh.SSHClientChannel[bytes]) -> None:
@@ -303,10 +361,19 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
     def eof_received(self) -> bool:
         """The engineer closed stdin; keep the channel open for the rest of the output."""
         if self.up is not None:
-            self.up.write_eof()
+            self._write_eof(self.up)
         else:
             self._early_eof = True
         return True
+
+    def _write_eof(self, up: asyncssh.SSHClientChannel[bytes]) -> None:
+        """EOF upstream, after a held last line of a shell's stdin has been decided."""
+        if self.stdin_lines is not None:
+            last = self.stdin_lines.finish()
+            if last:
+                up.write(last)
+        if not self.killing:  # the kill closes the channel; an EOF now would let the shell end first
+            up.write_eof()
 
     def pause_writing(self) -> None:
         """The engineer is not reading: stop reading the upstream (its window closes, sshd waits)."""

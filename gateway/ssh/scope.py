@@ -7,6 +7,9 @@ import shlex
 from collections.abc import Iterable, Mapping
 
 from gateway.policy import Decision, SshPolicy, Verdict
+from gateway.ssh.cmdmatch import rule_matches
+from gateway.ssh.shellparse import Analysis, ShellState, analyse
+from gateway.ssh.shellwords import SHELLS, option_script, reads_stdin, unwrap
 
 ENV_ALLOWED = ("TERM", "LANG")
 ENV_ALLOWED_PREFIXES = ("LC_",)
@@ -14,9 +17,13 @@ MAX_ENV_VALUE = 256
 
 # In an exec-only scope the allowlist is matched against the command text, but the upstream runs it
 # with `$SHELL -c`: `allowed-cmd; rm -rf /` would match a glob `allowed-cmd*`. So no shell syntax at all.
-_SHELL_META = re.compile(r"[;&|`$<>()\n\r\\{}]")
+# Glob characters too: the shell would expand `systemctl status *` into file names, and a file named
+# `-H` would become an option the allowlist never saw.
+_SHELL_META = re.compile(r"[;&|`$<>()\n\r\\{}*?\[\]]")
 # Flags an scp server-side process (`scp -f` / `scp -t`) is started with by a client.
 _SCP_FLAGS = frozenset("frtpdvq")
+UNRESOLVED = "unresolved"
+"""The rule name of the `unresolved` condition (a line whose commands only run time can tell)."""
 _RANK = {Verdict.ALLOW: 0, Verdict.ALERT: 1, Verdict.DENY: 2, Verdict.KILL: 3}
 
 
@@ -40,6 +47,27 @@ def filter_env(env: Mapping[bytes, bytes]) -> tuple[dict[str, str], list[str]]:
         else:
             refused.append(key)
     return keep, sorted(refused)
+
+
+def reads_stdin_commands(command: str) -> bool:
+    """Whether an exec command is a shell that reads its commands from stdin (`bash`, `sh -s`, `sudo -i`).
+
+    Such a channel is a shell prompt without a terminal: its stdin gets the same line policy as a shell.
+    Every command the line runs counts (`sh -c bash`, `env bash`); an unparsable line counts as one.
+    """
+    analysis = analyse(command)
+    if analysis.incomplete:
+        return True
+    for c in analysis.commands:
+        args = list(c.args)
+        if c.name in SHELLS and reads_stdin(c.name, args):
+            return True
+        if c.name == "su" and option_script("su", args) is None:
+            return True  # su [-] [user]: the user's login shell, reading the channel
+        if c.name in ("sudo", "doas") and not unwrap(c.name, args):
+            if any(a in ("-i", "-s", "--login", "--shell") for a in args):
+                return True
+    return False
 
 
 def check_shell(policy: SshPolicy) -> Decision:
@@ -81,7 +109,8 @@ def check_exec(policy: SshPolicy, command: str) -> Decision:
         return Decision.deny("no-exec", "this scope does not allow running commands")
     if policy.allowed_commands is not None:
         if _SHELL_META.search(command):
-            return Decision.deny("allowed-commands", "shell syntax (; & | $ ` < > ( ) \\) is not allowed in this scope")
+            why = "shell syntax (; & | $ ` < > ( ) { } \\ * ? [ ]) is not allowed in this scope"
+            return Decision.deny("allowed-commands", why)
         if not policy.command_allowed(command):
             return Decision.deny("allowed-commands", f"command not in this scope's allowed list: {command.strip()}")
     return check_line(policy, [command])
@@ -107,23 +136,43 @@ def check_subsystem(policy: SshPolicy, name: str) -> Decision:
     return Decision.allow()
 
 
-def check_line(policy: SshPolicy, candidates: Iterable[str], *, truncated: bool = False) -> Decision:
-    """Command rules on a line; the strongest verdict over every candidate and every pasted line wins."""
-    if truncated and any(r.action in (Verdict.DENY, Verdict.KILL) for r in policy.command_rules):
+def check_line(policy: SshPolicy, candidates: Iterable[str], *, truncated: bool = False,
+               state: ShellState | None = None) -> Decision:  # fmt: skip
+    """Command rules on a line's parsed commands; the strongest verdict over every candidate wins.
+
+    `state` is the shell's memory (variables, aliases, an unfinished construct): it is read to resolve
+    the line, and updated only when the line is allowed to run.
+    """
+    rules = policy.command_rules
+    if truncated and any(r.action in (Verdict.DENY, Verdict.KILL) for r in rules):
         return Decision.deny("line-too-long", "command line too long to check against this scope's rules")
+    unresolved = policy.unresolved or (Verdict.ALERT if rules else None)
+    shell = state if state is not None else ShellState()
     best = Decision.allow()
     alerts: list[str] = []
+    first: Analysis | None = None
     for text in candidates:
-        for line in {text, *text.splitlines()}:
-            if not line.strip():
+        if not text.strip():
+            continue
+        readings = shell.readings(text)
+        analysis = readings[0]
+        first = first or analysis
+        shown = text.strip()
+        for rule in rules:
+            if not any(rule_matches(rule, a, text) for a in readings):
                 continue
-            for rule in policy.command_rules:
-                if not rule.matches(line):
-                    continue
-                if rule.action is Verdict.ALERT:
-                    alerts.append(rule.name)
-                elif _RANK[rule.action] > _RANK[best.verdict]:
-                    best = Decision(rule.action, rule.name, f"{line.strip()!r} matches rule {rule.name!r}")
+            if rule.action is Verdict.ALERT:
+                alerts.append(rule.name)
+            elif _RANK[rule.action] > _RANK[best.verdict]:
+                best = Decision(rule.action, rule.name, f"{shown!r} matches rule {rule.name!r}")
+        if analysis.unresolved and unresolved is not None:
+            if unresolved is Verdict.ALERT:
+                alerts.append(UNRESOLVED)
+            elif _RANK[unresolved] > _RANK[best.verdict]:
+                why = analysis.unresolved[0]
+                best = Decision(unresolved, UNRESOLVED, f"cannot tell what {shown!r} runs ({why})")
+    if best.allowed and first is not None and state is not None:
+        state.commit(first)
     if best.allowed and alerts:
         return Decision.allow(*dict.fromkeys(alerts))
     return best if not alerts else Decision(best.verdict, best.rule, best.reason, tuple(dict.fromkeys(alerts)))

@@ -34,26 +34,32 @@ scopes:
   ops:
     max_ttl: 1h
     ssh:
+      detached: "off"   # the rig's login is shared by every test run on this machine (test_detached has its own)
       sftp: read-write
       commands:
         - {name: no-rm-rf, pattern: "rm -rf *", action: deny}
         - {name: passwd-touch, pattern: "*passwd*", action: alert}
         - {name: no-shutdown, pattern: "regex:^(shutdown|reboot|halt)\\\\b", action: kill}
+        - {name: no-canary, pattern: "touch *canary-*", action: deny}
   readonly:
     max_ttl: 1h
     ssh:
+      detached: "off"
       shell: false
-      allowed_commands: ["cat *", "ls*", "sleep *", "echo *", "env", "true", "false", "id", "md5sum *", "head *"]
+      allowed_commands: ["cat *", "ls*", "sleep *", "echo *", "env", "true", "false", "id", "md5sum *",
+                         {pattern: "head *", options: ["-c *"]}]
       sftp: read-only
       scp: true
   noscp:
     max_ttl: 1h
     ssh:
+      detached: "off"
       scp: false
       sftp: "off"
   tunnel:
     max_ttl: 1h
     ssh:
+      detached: "off"
       local_forwarding: true
 """
 SCOPES = ("ops", "readonly", "noscp", "tunnel")

@@ -171,3 +171,24 @@ async def test_stock_client_negotiates_aes_gcm(gateway: Gateway) -> None:
     r = await asyncio.to_thread(gateway.ssh, await gateway.token(), "-v", "true")
     kex = [line for line in r.stderr.splitlines() if "cipher:" in line]
     assert kex and all("cipher: aes128-gcm@openssh.com" in line for line in kex), kex
+
+
+async def test_exec_allowlist_globs_do_not_match_options(gateway: Gateway) -> None:
+    """`head *` with only `-c N` allowed: an option the rule does not name is refused, through real ssh."""
+    token = await gateway.token("readonly")
+    hello = str(gateway.sshd.hello_path)
+    ok = await asyncio.to_thread(gateway.ssh, token, f"head -c 5 {hello}")
+    assert ok.returncode == 0 and ok.stdout == "hello", ok.stderr
+    plain = await asyncio.to_thread(gateway.ssh, token, f"head {hello}")
+    assert plain.returncode == 0 and plain.stdout.startswith("hello")
+    for sneaky in (f"head -n 1 {hello}", f"head --lines=1 {hello}", f"cat -A {hello}", "echo -e hi"):
+        r = await asyncio.to_thread(gateway.ssh, token, sneaky)
+        assert r.returncode == 126 and r.stdout == "", (sneaky, r.stdout)
+        assert "not in this scope's allowed list" in r.stderr
+    # A glob the target's shell would expand: a file named `-n` in the directory becomes an option.
+    d = gateway.sshd.scratch_dir / "glob-into-option"
+    d.mkdir(exist_ok=True)
+    (d / "-n").write_text("")
+    (d / "x").write_text("x\n")
+    r = await asyncio.to_thread(gateway.ssh, token, f"head {d}/*")
+    assert r.returncode == 126 and r.stdout == "" and "shell syntax" in r.stderr

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.ssh.commandline import CommandTracker, EchoLine, Enter
+from gateway.ssh.commandline import MAX_LINE, CommandTracker, EchoLine, Enter, Line, StdinLines
+from gateway.ssh.scope import reads_stdin_commands
 
 
 def lines_of(tracker: CommandTracker, data: bytes) -> list[Enter]:
@@ -198,3 +202,89 @@ def test_echo_model_never_fails(data: bytes) -> None:
     t = CommandTracker()
     t.feed_output(data)
     t.feed_input(data)
+
+
+# --- stdin lines of a shell without a terminal ------------------------------------------------------
+
+
+def stdin_lines(allow: Callable[[str], bool | None] = lambda _t: True) -> tuple[StdinLines, list[Line]]:
+    seen: list[Line] = []
+
+    def decide(line: Line) -> bool | None:
+        seen.append(line)
+        return allow(line.text)
+
+    return StdinLines(decide), seen
+
+
+def test_stdin_lines_are_held_until_complete_then_decided() -> None:
+    lines, seen = stdin_lines(lambda t: "bad" not in t)
+    assert lines.feed(b"echo a\necho b") == b"echo a\n"
+    assert [s.text for s in seen] == ["echo a"]
+    assert lines.feed(b"c\nbad\r\necho d\n") == b"echo bc\necho d\n"
+    assert [s.text for s in seen] == ["echo a", "echo bc", "bad", "echo d"]
+
+
+def test_stdin_last_line_without_newline_is_decided_at_eof() -> None:
+    lines, seen = stdin_lines(lambda t: t != "bad")
+    assert lines.feed(b"ok\nbad") == b"ok\n"
+    assert lines.finish() == b""
+    assert seen[-1].text == "bad" and seen[-1].raw == b"bad"
+    lines, _ = stdin_lines()
+    lines.feed(b"fine")
+    assert lines.finish() == b"fine"
+
+
+def test_stdin_overlong_line_follows_its_first_part() -> None:
+    lines, seen = stdin_lines(lambda _t: False)
+    assert lines.feed(b"x" * (MAX_LINE + 10)) == b""
+    assert seen[0].truncated
+    assert lines.feed(b"yyy\nok\n") == b""  # the rest of the refused line, then a new line (refused too here)
+    assert [s.text for s in seen[1:]] == ["ok"]
+    lines, seen = stdin_lines()
+    assert lines.feed(b"x" * (MAX_LINE + 10) + b"tail\nnext\n") == b"x" * (MAX_LINE + 10) + b"tail\nnext\n"
+
+
+def test_stdin_unfinished_construct_is_held_and_decided_whole() -> None:
+    lines, _ = stdin_lines(lambda t: None if t.endswith("\\") else "bad" not in t)
+    assert lines.feed(b"echo a\\\n") == b""
+    assert lines.feed(b"b\n") == b"echo a\\\nb\n"
+    assert lines.feed(b"x\\\n") == b""
+    assert lines.feed(b"bad\nok\n") == b"ok\n"  # the held line goes with the refused one
+    assert lines.feed(b"open\\\n") == b""
+    assert lines.finish() == b"open\\\n"
+
+
+@given(st.lists(st.binary(max_size=200), max_size=20))
+def test_stdin_lines_forward_exactly_what_is_allowed(chunks: list[bytes]) -> None:
+    lines, seen = stdin_lines()
+    out = b"".join(lines.feed(c) for c in chunks) + lines.finish()
+    assert out == b"".join(chunks)
+    assert b"".join(s.raw for s in seen) == out
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [("bash", True), ("sh -s", True), ("/bin/sh", True), ("sudo -i", True), ("env X=1 bash", True),
+     ("exec bash -l", True), ("nice -n 5 sh", True), ("sh -s -- a b", True), ("bash -c ls", False),
+     ("bash script.sh", False), ("ls", False), ("cat", False), ("bash -lc x", False), ("sh -c bash", True),
+     ("su", True), ("su -c id", False), ("sudo ls", False), ("su - root", True), ("bash -o pipefail", True)],
+)  # fmt: skip
+def test_reads_stdin_commands(command: str, expected: bool) -> None:
+    assert reads_stdin_commands(command) is expected
+
+
+def test_ctrl_c_is_counted() -> None:
+    t = CommandTracker()
+    t.feed_input(b"echo 'open\x03")
+    assert t.cancels == 1
+    t.feed_input(b"\x16\x03")  # ^V^C inserts a literal ^C: nothing is cancelled
+    assert t.cancels == 1
+
+
+@given(st.lists(st.binary(max_size=60).map(lambda b: b.replace(b"\\", b"") + b"\\\n" if b[:1] == b"c" else b),
+                max_size=20))  # fmt: skip
+def test_stdin_held_constructs_are_forwarded_whole_when_allowed(chunks: list[bytes]) -> None:
+    lines, _ = stdin_lines(lambda t: None if t.endswith("\\") else True)
+    out = b"".join(lines.feed(c) for c in chunks) + lines.finish()
+    assert out == b"".join(chunks)

@@ -1,0 +1,203 @@
+"""Processes a session detaches (`setsid nohup ... &`) do not outlive it: the end-of-session sweep, on real sshd."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.sandbox.procs import ensure_user, is_root
+from gateway.ssh import SshListener
+from gateway.ssh.reaper import _is_loopback, parse_output
+from tests.rig.sshd import SshServer
+from tests.ssh.conftest import POLICY, Gateway, make_config, remote_pids
+from tests.threaded import serve_in_thread
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway whose target login is dedicated to it (the sweep ends that login's detached processes).
+
+    Not the shared rig's `gwops`: every test run on this machine logs in as that one, and a sweep there
+    would end other runs' processes. The user name is fixed per worktree, so reruns reuse it.
+    """
+    if not is_root():
+        pytest.skip("a dedicated login user can only be created as root")
+    user = "gwr" + hashlib.sha256(str(Path(__file__).resolve()).encode()).hexdigest()[:8]
+    ensure_user(user, ["--create-home", "--user-group", "--shell", "/bin/bash"], ["--password", "*"])
+    with SshServer(user) as sshd:
+        config = make_config(tmp_path_factory.mktemp("gw-reap"), sshd)
+        policy = POLICY.replace(
+            '    ssh:\n      detached: "off"\n      local_forwarding',
+            "    ssh:\n      detached: alert\n      local_forwarding",
+        )
+        (config.policies_dir / "rig.yaml").write_text(policy.replace('detached: "off"', "detached: kill"))
+        with serve_in_thread(config, SshListener, "gateway-reap") as (services, listener, loop):
+            yield Gateway(config, services, listener, sshd, loop)
+
+
+def unique_sleep() -> str:
+    return f"sleep {random.randrange(10**7, 10**8)}"
+
+
+async def wait_for(pred: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(what)
+
+
+async def sweeps_done(gateway: Gateway, own: str, timeout: float = 15) -> None:
+    """Wait until every other session has ended: a session's sweep runs before its end is recorded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if set(gateway.live()) <= {own}:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("a session did not end")
+
+
+async def detach(gateway: Gateway, conn: Any, sleep: str, *, strip_marker: bool = False) -> None:
+    await sweeps_done(gateway, str((await gateway.last_session()).id))
+    prefix = "env -u LC_GATEWAY_SESSION " if strip_marker else ""
+    await conn.run(f"{prefix}setsid nohup {sleep} >/dev/null 2>&1 < /dev/null &")
+    await wait_for(lambda: remote_pids(sleep), 5, f"{sleep} did not start")
+
+
+async def end_one_session(gateway: Gateway) -> str:
+    """Open and close another session (its end runs a sweep); returns its id."""
+    async with await gateway.connect(await gateway.token()) as conn:
+        await conn.run("true")
+        sid = str((await gateway.last_session()).id)
+    rec = await gateway.wait_closed(sid)
+    assert rec.stats["detached"] >= 0  # the sweep ran before the end was recorded
+    return sid
+
+
+async def sweep_events(gateway: Gateway, sid: str, type_: str) -> list[Any]:
+    return await gateway.events(sid, types=(type_,))
+
+
+async def detached_event(gateway: Gateway, sleep: str, timeout: float = 8) -> Any:
+    """The `ssh.detached` event that reports `sleep` (written once its sweep is done), whichever session's."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in await gateway.events(types=("ssh.detached",)):
+            if any(p["args"] == sleep for p in event.data["processes"]):
+                return event
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no ssh.detached event reports {sleep}")
+
+
+@pytest.mark.parametrize("how", ["kill", "revoke", "expiry"])
+async def test_detached_process_ends_with_its_session(gateway: Gateway, how: str) -> None:
+    sleep = unique_sleep()
+    issued = await gateway.grant(ttl=5 if how == "expiry" else 600)
+    conn = await gateway.connect(issued.token)
+    sid = str((await gateway.last_session()).id)
+    try:
+        await detach(gateway, conn, sleep)
+        # Another session ending while this one is live leaves this one's process alone (its marker).
+        other = await end_one_session(gateway)
+        assert remote_pids(sleep), "the sweep of another session ended a live session's process"
+        assert [e.data["processes"] for e in await sweep_events(gateway, other, "ssh.detached")] == []
+        if how == "kill":
+            await gateway.run(gateway.services.registry.kill(sid, "enough", by="carol"))
+        elif how == "revoke":
+            await gateway.run(gateway.services.store.revoke_grant(issued.grant.id, by="carol", reason="over",
+                                                                  now=time.time()))  # fmt: skip
+            await gateway.run(gateway.services.registry.sweep())
+        await gateway.wait_closed(sid, timeout=15)
+        await wait_for(lambda: not remote_pids(sleep), 8, f"{sleep} outlived its session ({how})")
+        event = await detached_event(gateway, sleep)
+        assert event.session == sid
+        assert event.severity == "critical"
+        assert [p["session"] for p in event.data["processes"] if p["args"] == sleep] == [sid]
+        assert event.data["killed"] or event.data["forced"]
+        alerts = await sweep_events(gateway, sid, "alert.ssh.detached")
+        assert alerts and alerts[0].severity == "critical"
+    finally:
+        conn.close()
+
+
+async def test_attached_processes_of_live_sessions_survive_a_sweep(gateway: Gateway) -> None:
+    sleep = unique_sleep()
+    async with await gateway.connect(await gateway.token()) as conn:
+        proc = await conn.create_process(sleep)  # attached: a child of the live connection's sshd
+        await wait_for(lambda: remote_pids(sleep), 5, f"{sleep} did not start")
+        await end_one_session(gateway)
+        assert remote_pids(sleep)
+        proc.close()
+
+
+async def test_a_process_hiding_its_marker_is_ended_by_the_next_sweep(gateway: Gateway) -> None:
+    """Stripping the marker and detaching gets no protection: any session's end ends it (documented)."""
+    sleep = unique_sleep()
+    async with await gateway.connect(await gateway.token()) as conn:
+        await detach(gateway, conn, sleep, strip_marker=True)
+        await end_one_session(gateway)
+        await wait_for(lambda: not remote_pids(sleep), 8, f"{sleep} survived")
+        event = await detached_event(gateway, sleep)
+        assert [p["session"] for p in event.data["processes"] if p["args"] == sleep] == [None]
+
+
+async def test_alert_mode_reports_without_ending(gateway: Gateway) -> None:
+    """`detached: alert` (a login shared with others): the process is reported, critically, and left alone."""
+    sleep = unique_sleep()
+    try:
+        async with await gateway.connect(await gateway.token("tunnel")) as conn:
+            await detach(gateway, conn, sleep)
+            sid = str((await gateway.last_session()).id)
+        await gateway.wait_closed(sid, timeout=15)
+        event = await detached_event(gateway, sleep)
+        assert event.session == sid and event.severity == "critical" and event.data["mode"] == "alert"
+        assert event.data["killed"] == [] and remote_pids(sleep)
+        [alert] = await sweep_events(gateway, sid, "alert.ssh.detached")
+        assert alert.severity == "critical" and "NOT ended" in json.dumps(alert.data)
+    finally:
+        for pid in remote_pids(sleep):  # the process this test started, by its pid
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_sweep_output_parsing() -> None:
+    out = "banner line\nfound 12 - sleep 100\nfound 13 abc sh -c x y\nkilled 12\nsurvived 13\nfound x - y\n"
+    r = parse_output(out)
+    assert [(d.pid, d.marker, d.args) for d in r.found] == [(12, "", "sleep 100"), (13, "abc", "sh -c x y")]
+    assert r.killed == (12,) and r.forced == (13,)
+
+
+async def test_a_sweep_that_cannot_log_in_is_an_alert(gateway: Gateway) -> None:
+    """The target refuses the gateway's second login at the end: the session still ends, with a warning alert."""
+    keys = gateway.sshd.authorized_keys_path
+    saved = keys.read_text()
+    conn = await gateway.connect(await gateway.token())
+    try:
+        await conn.run("true")
+        sid = str((await gateway.last_session()).id)
+        keys.write_text("")  # from now on sshd refuses the gateway's key
+        await gateway.run(gateway.services.registry.kill(sid, "enough", by="carol"))
+        rec = await gateway.wait_closed(sid, timeout=20)
+        assert rec.end_reason == "enough"
+    finally:
+        keys.write_text(saved)
+        conn.close()
+    [event] = await sweep_events(gateway, sid, "ssh.detached.unchecked")
+    assert "refused" in event.data["reason"]
+    assert await sweep_events(gateway, sid, "alert.ssh.detached.unchecked")
+
+
+def test_loopback_detection() -> None:
+    """The guard for the gateway's own account applies to targets on this machine only."""
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
+    assert not _is_loopback("10.0.0.5") and not _is_loopback("web-1.example.com")
