@@ -14,6 +14,7 @@ from gateway.cli.templates import EXAMPLE_POLICIES, config_template
 from gateway.durations import parse_duration
 from gateway.grants import GrantRefused, issue_grant
 from gateway.keyfiles import ensure_ssh_host_key, ensure_tls_cert
+from gateway.policy import PolicyError
 from gateway.recording.check import check_recording
 from gateway.review.sanitize import MAX_FREE_TEXT, free_text_problem
 from gateway.store import Store
@@ -250,6 +251,10 @@ async def cmd_target_check(args: argparse.Namespace) -> int:
     target = config.targets.get(args.target)
     if target is None or target.kind != "postgres":
         raise CliError(f"{args.target!r} is not a configured postgres target", 2)
-    reports = await check_target(target, scope_modes(target, load_policies(config)))
+    try:
+        policies = load_policies(config)
+    except PolicyError as exc:
+        raise CliError(str(exc), 2) from None
+    reports = await check_target(target, scope_modes(target, policies))
     print(neutralise(render(target.name, reports)))  # names come from the database: never raw to a terminal
     return 1 if count_findings(reports) else 0

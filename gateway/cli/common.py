@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -43,6 +44,8 @@ async def services_from(
         services = await build_services(config)
     except (PolicyError, ValueError) as exc:
         raise CliError(str(exc), 2) from None
+    except (sqlite3.Error, OSError) as exc:
+        raise CliError(f"cannot open the store {config.store_path}: {exc}", 2) from None
     try:
         yield services
     finally:
