@@ -108,25 +108,26 @@ def _assert_one_line_error(done: subprocess.CompletedProcess[str], *, mentions: 
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
-@pytest.mark.parametrize("where", ["before"])
+@pytest.mark.parametrize("where", ["before", "after"])
 def test_policy_for_unconfigured_target(
     orphan_policy: Path, env: dict[str, str], command: list[str], where: str
 ) -> None:
     """The orphaned policy file is named, once, and the process is gone within 5 s (--config on either side)."""
     cfg = ["--config", str(orphan_policy)]
     args = [*cfg, *command] if where == "before" else [*command, *cfg]
-    done = _gateway(orphan_policy.parent, *args, env=env)
+    # Run from the folder above: no ./gateway.toml there, so the error proves --config was read.
+    done = _gateway(orphan_policy.parent.parent, *args, env=env)
     _assert_one_line_error(done, mentions="web-1")
 
 
 @pytest.mark.parametrize("command", STORE_COMMANDS, ids=" ".join)
 def test_store_that_is_not_a_database(broken_store: Path, env: dict[str, str], command: list[str]) -> None:
     """A store that fails to open is closed again: the error is printed and the process exits."""
-    done = _gateway(broken_store.parent, "--config", str(broken_store), *command, env=env)
+    done = _gateway(broken_store.parent.parent, "--config", str(broken_store), *command, env=env)
     _assert_one_line_error(done, mentions="not a database")
 
 
 def test_config_from_environment(orphan_policy: Path, env: dict[str, str]) -> None:
     """GATEWAY_CONFIG reaches the same error path."""
-    done = _gateway(orphan_policy.parent, "sessions", env={**env, "GATEWAY_CONFIG": str(orphan_policy)})
+    done = _gateway(orphan_policy.parent.parent, "sessions", env={**env, "GATEWAY_CONFIG": str(orphan_policy)})
     _assert_one_line_error(done, mentions="web-1")

@@ -17,6 +17,9 @@ from gateway.policy import PolicyError
 from gateway.review.sanitize import printable
 from gateway.services import Services, build_services
 
+CONFIG_HELP = "config file (default: $GATEWAY_CONFIG, else ./gateway.toml; `gateway init` writes one)"
+SERVER_HELP = "gateway API URL (default: $GATEWAY_URL, else the one from `gateway login`)"
+
 
 class CliError(Exception):
     """A user-facing failure: printed as one line, exit code non-zero."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.approvals import Caller, WorkflowError
 from gateway.cli import connect
 from gateway.cli.client import ApiClient, check_server_url, client_from, save_credentials, server_from
-from gateway.cli.common import CliError, config_from, iso, print_json, print_table, say, services_from
+from gateway.cli.common import SERVER_HELP, CliError, config_from, iso, print_json, print_table, say, services_from
 from gateway.durations import format_duration, parse_duration
 from gateway.policy import Policies, PolicyError, ScopePolicy
 
@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 def register(sub: Sub) -> None:
     """Add the control-plane commands."""
     server = argparse.ArgumentParser(add_help=False)
-    server.add_argument("--server", help="gateway API URL (default: $GATEWAY_URL, else the one from `gateway login`)")
+    # SUPPRESS: `gateway --server URL request ...` keeps the URL given before the command.
+    server.add_argument("--server", default=argparse.SUPPRESS, help=SERVER_HELP)
 
     p = sub.add_parser("login", help="save the server URL and your API key (0600) for the other commands")
     p.add_argument("--server", required=True, help="gateway API URL, e.g. http://gateway:8080")
