@@ -15,8 +15,8 @@ from gateway.api.auth import Authenticator, AuthError
 from gateway.api.body import MAX_BODY
 from gateway.api.context import CALLER_KEY, CONTEXT, ApiContext, ctx
 from gateway.api.errors import error_response, from_exception
-from gateway.approvals import Workflow
 from gateway.config import ApiSettings
+from gateway.control.workflow import Workflow
 from gateway.services import Services
 
 log = logging.getLogger(__name__)

@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import CliError, config_from, print_json, say, services_from, since_arg
+from gateway.cli.common import CliError, config_from, local_caller, print_json, say, services_from, since_arg
 from gateway.cli.templates import EXAMPLE_POLICIES, config_template
+from gateway.control.actions import break_glass
+from gateway.control.errors import WorkflowError
 from gateway.durations import parse_duration
-from gateway.grants import GrantRefused, issue_grant
 from gateway.keyfiles import ensure_ssh_host_key, ensure_tls_cert
 from gateway.policy import PolicyError
 from gateway.recording.check import check_recording
@@ -104,34 +105,24 @@ async def cmd_grant(args: argparse.Namespace) -> int:
             raise CliError(f"{flag} {problem}", 2)
     async with services_from(args) as svc:
         try:
-            issued = await issue_grant(
+            issued = await break_glass(
                 svc.config,
                 svc.ring,
                 svc.store,
                 svc.policies,
+                svc.alerts,
+                local_caller(),
                 user=args.user,
                 target=args.target,
                 scope=args.scope,
                 ttl=ttl,
                 reason=args.reason,
-                approvers=(),
                 now=time.time(),
-                break_glass=True,
-                actor=_operator(),
                 max_sessions=args.max_sessions,
             )
-        except GrantRefused as exc:
-            raise CliError(str(exc), 2) from None
-        g = issued.grant
-        await svc.alerts.emit(
-            "break_glass",
-            f"break-glass grant {g.id}: {g.user} on {g.target}/{g.scope} for {args.ttl}: {g.reason}",
-            severity="critical",
-            actor=_operator(),
-            grant=g.id,
-            target=g.target,
-            data={"user": g.user, "scope": g.scope, "expires_at": g.expires_at, "reason": g.reason},
-        )
+        except WorkflowError as exc:
+            raise CliError(exc.message, 2) from None
+    g = issued.grant
     if args.json:
         print_json(
             {
@@ -146,15 +137,6 @@ async def cmd_grant(args: argparse.Namespace) -> int:
     else:
         say(issued.token)
     return 0
-
-
-def _operator() -> str:
-    import getpass
-
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
 
 
 async def cmd_token_verify(args: argparse.Namespace) -> int:

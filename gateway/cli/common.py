@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sqlite3
 import sys
@@ -12,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from gateway.config import Config, ConfigError, load_config, require_config_path
+from gateway.control.caller import Caller
 from gateway.durations import parse_duration
 from gateway.policy import PolicyError
 from gateway.review.sanitize import printable
@@ -87,3 +89,13 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for r in cells:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def local_caller() -> Caller:
+    """The operator running a command on the embedded store (break-glass grant, revoke, kill)."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = "unknown"
+    # Whoever can open the store file already controls the gateway: treat them as an admin, audited as cli:NAME.
+    return Caller(f"cli:{name}", admin=True, via="local")
