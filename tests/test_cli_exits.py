@@ -9,6 +9,7 @@ alive, and the process then hangs after printing its error: the timeout catches 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,57 @@ def test_config_from_environment(orphan_policy: Path, env: dict[str, str]) -> No
     """GATEWAY_CONFIG reaches the same error path."""
     done = _gateway(orphan_policy.parent.parent, "sessions", env={**env, "GATEWAY_CONFIG": str(orphan_policy)})
     _assert_one_line_error(done, mentions="web-1")
+
+
+API_COMMANDS = [
+    ["whoami"],
+    ["request", "orders-db", "--scope", "read", "--for", "5m", "--reason", "INC-1"],
+    ["requests", "--pending"],
+    ["approve", "r_000000"],
+    ["deny", "r_000000"],
+    ["cancel", "r_000000"],
+    ["token", "r_000000"],
+    ["token", "get", "r_000000"],
+    ["grants"],
+    ["revoke", "g_000000", "--reason", "INC-1"],
+    ["kill", "s_000000"],
+    ["ssh", "web-1"],
+    ["psql", "orders-db"],
+]
+
+
+@pytest.fixture(scope="module")
+def closed_port() -> int:
+    """A port nothing listens on (bound, read back, closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("command", API_COMMANDS, ids=" ".join)
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_api_commands_with_no_server(
+    tmp_path: Path, env: dict[str, str], closed_port: int, command: list[str], where: str
+) -> None:
+    """Commands that call the API say the server cannot be reached, and exit (--server on either side)."""
+    server = ["--server", f"http://127.0.0.1:{closed_port}"]
+    args = [*server, *command] if where == "before" else [*command, *server]
+    done = _gateway(tmp_path, *args, env={**env, "GATEWAY_API_KEY": "gw_test"})
+    _assert_one_line_error(done, mentions=f"cannot reach the gateway at http://127.0.0.1:{closed_port}")
+
+
+def test_other_error_paths(orphan_policy: Path, env: dict[str, str], closed_port: int, tmp_path: Path) -> None:
+    """init over an existing config, a bad user name, health with nothing listening, demo into a full folder."""
+    home = orphan_policy.parent
+    _assert_one_line_error(_gateway(home, "init", "--dir", str(home), env=env), mentions="exists")
+    _assert_one_line_error(_gateway(home, "users", "add", "bad name!", env=env), mentions="user names")
+    cfg = home / "health.toml"
+    cfg.write_text(f'[listen]\nhttp = "127.0.0.1:{closed_port}"\n')
+    _assert_one_line_error(
+        _gateway(home, "health", "--config", str(cfg), "--timeout", "1", env=env), mentions="unhealthy"
+    )
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    done = _gateway(tmp_path, "demo", "--dir", str(full), env=env)
+    assert done.returncode != 0 and "not an empty folder" in done.stderr and "Traceback" not in done.stderr
