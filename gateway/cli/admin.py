@@ -98,7 +98,7 @@ async def cmd_grant(args: argparse.Namespace) -> int:
         ttl = parse_duration(args.ttl)
     except ValueError as exc:
         raise CliError(str(exc), 2) from None
-    # The same check the API applies: this text is shown to every reviewer and in the critical alert.
+    # break_glass checks these too; here first, so that the error names the flag before the store is opened.
     for flag, value, limit in (("--reason", args.reason, MAX_FREE_TEXT), ("--user", args.user, 100)):
         problem = free_text_problem(value, limit=limit)
         if problem is not None:
