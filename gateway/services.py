@@ -43,7 +43,14 @@ async def build_services(config: Config, *, clock: Callable[[], float] = time.ti
     """Open keys (made on first start), the store and policies; wire sessions and alerts."""
     policies = load_policies(config)  # first: a bad policy file must not leave an open store (its thread) behind
     ring = KeyRing.load_or_create(config.keys_dir)
-    store = await Store(config.store_path, ring, checkpoint_every=config.checkpoint_every).open()
+    store = Store(config.store_path, ring, checkpoint_every=config.checkpoint_every)
+    try:
+        await store.open()
+    except BaseException:
+        # A store that fails half-way (not a database, a failed migration) still holds aiosqlite's
+        # connection thread, which is not a daemon: left open, the process never exits.
+        await store.close(checkpoint=False)
+        raise
     alerts = Alerts(store, file=config.alerts_file)
 
     async def alert(s: LiveSession | None, type_: str, summary: str, severity: str, data: dict[str, Any]) -> None:

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from gateway.api.auth import Authenticator
-from gateway.approvals import Caller, Workflow
 from gateway.config import ApiSettings
+from gateway.control.caller import Caller
+from gateway.control.workflow import Workflow
 from gateway.metrics import Counters
 from gateway.services import Services
 

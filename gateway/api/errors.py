@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from gateway.approvals import WorkflowError
+from gateway.control.errors import WorkflowError
 
 log = logging.getLogger(__name__)
 

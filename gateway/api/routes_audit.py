@@ -6,7 +6,7 @@ from aiohttp import web
 
 from gateway.api.body import q_limit, q_number, q_types, query
 from gateway.api.context import caller, ctx
-from gateway.approvals import forbidden
+from gateway.control.errors import forbidden
 
 routes = web.RouteTableDef()
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.api.actions import revoke_grant
 from gateway.api.body import free_text, q_choice, query, read_json
 from gateway.api.context import caller, ctx, no_store
-from gateway.approvals import grant_json, may_manage_grant, not_found
+from gateway.api.views import grant_json
+from gateway.control.actions import revoke_grant
+from gateway.control.errors import not_found
+from gateway.control.rules import may_manage_grant
 
 routes = web.RouteTableDef()
 

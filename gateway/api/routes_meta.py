@@ -8,7 +8,7 @@ from aiohttp import web
 
 from gateway.api.body import query
 from gateway.api.context import caller, ctx
-from gateway.approvals import approvals_needed
+from gateway.control.rules import approvals_needed
 from gateway.metrics import CONTENT_TYPE, collect, render
 from gateway.webhooks import WebhookSink
 

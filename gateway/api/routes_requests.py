@@ -6,7 +6,9 @@ from aiohttp import web
 
 from gateway.api.body import duration, free_text, q_bool, q_choice, query, read_json, text
 from gateway.api.context import caller, ctx, no_store
-from gateway.approvals import REQUEST_STATES, approvals_needed, conflict, request_json
+from gateway.api.views import request_json
+from gateway.control.errors import conflict
+from gateway.control.rules import REQUEST_STATES, approvals_needed
 from gateway.store import RequestRecord
 
 routes = web.RouteTableDef()

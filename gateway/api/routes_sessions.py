@@ -6,10 +6,10 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api.actions import default_kill_reason, kill_session
 from gateway.api.body import free_text, q_bool, q_number, query, read_json
 from gateway.api.context import caller, ctx
-from gateway.approvals import not_found
+from gateway.control.actions import default_kill_reason, kill_session
+from gateway.control.errors import not_found
 from gateway.store import SessionRecord
 
 routes = web.RouteTableDef()

@@ -15,8 +15,8 @@ from gateway.api.auth import Authenticator, AuthError
 from gateway.api.body import MAX_BODY
 from gateway.api.context import CALLER_KEY, CONTEXT, ApiContext, ctx
 from gateway.api.errors import error_response, from_exception
-from gateway.approvals import Workflow
 from gateway.config import ApiSettings
+from gateway.control.workflow import Workflow
 from gateway.services import Services
 
 log = logging.getLogger(__name__)
@@ -110,9 +110,8 @@ class ApiServer:
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, addr.host, addr.port, reuse_address=True)
         await self._site.start()
-        server = self._site._server
-        sockets = getattr(server, "sockets", None) or []
-        self._port = int(sockets[0].getsockname()[1]) if sockets else addr.port
+        bound = self._runner.addresses  # public: the sockets' names, (host, port, ...) for TCP
+        self._port = int(bound[0][1]) if bound else addr.port
         self._expiry = asyncio.create_task(self._expire_loop(), name="request-expiry")
         log.info("control plane API on http://%s:%d", addr.host, self._port)
 

@@ -10,33 +10,58 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from gateway import __version__
 from gateway.cli import admin, control, demo, review, run
-from gateway.cli.common import CliError
+from gateway.cli.common import CONFIG_HELP, SERVER_HELP, CliError
 from gateway.review.sanitize import printable
 
 GROUPS = (admin, run, review, control, demo)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser whose every command and sub-command also takes the global options.
+
+    Users type `gateway run --config X` as often as `gateway --config X run`. Sub-command values default to
+    SUPPRESS so that a sub-command that was not given the option does not overwrite the value given before it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+        self.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log more")
+
+
+# Global options and their values when given nowhere; those taking a value are skipped by _shorthands.
+GLOBAL_DEFAULTS: dict[str, Any] = {"config": None, "verbose": False, "server": None}
+_VALUED = ("--config", "--server")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `gateway` argument parser with every command group registered."""
-    parser = argparse.ArgumentParser(prog="gateway", description="Just-in-time access proxy for SSH and PostgreSQL.")
+    parser = _Parser(prog="gateway", description="Just-in-time access proxy for SSH and PostgreSQL.")
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
-    parser.add_argument(
-        "--config", help="config file (default: $GATEWAY_CONFIG, else ./gateway.toml; `gateway init` writes one)"
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    # --server is global too, but only the commands that call the API take it after their name.
+    parser.add_argument("--server", default=argparse.SUPPRESS, help=SERVER_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in GROUPS:
         group.register(sub)
     return parser
 
 
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse a command line; global options given nowhere get their defaults."""
+    args = build_parser().parse_args(_shorthands(list(argv)))
+    for name, default in GLOBAL_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `gateway` console script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(_shorthands(list(sys.argv[1:] if argv is None else argv)))
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -70,7 +95,7 @@ def _shorthands(argv: list[str]) -> list[str]:
     """`gateway token REQ` means `gateway token get REQ` (the issue's spelling)."""
     i = 0
     while i < len(argv) and argv[i].startswith("-"):  # global options before the command
-        i += 2 if argv[i] == "--config" else 1
+        i += 2 if argv[i] in _VALUED else 1
     if argv[i : i + 1] == ["token"] and i + 1 < len(argv) and argv[i + 1] not in ("verify", "get"):
         if not argv[i + 1].startswith("-"):
             argv.insert(i + 1, "get")

@@ -9,11 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import CliError, config_from, print_json, say, services_from, since_arg
+from gateway.cli.common import CliError, config_from, local_caller, print_json, say, services_from, since_arg
 from gateway.cli.templates import EXAMPLE_POLICIES, config_template
+from gateway.control.actions import break_glass
+from gateway.control.errors import WorkflowError
 from gateway.durations import parse_duration
-from gateway.grants import GrantRefused, issue_grant
 from gateway.keyfiles import ensure_ssh_host_key, ensure_tls_cert
+from gateway.policy import PolicyError
 from gateway.recording.check import check_recording
 from gateway.review.sanitize import MAX_FREE_TEXT, free_text_problem
 from gateway.store import Store
@@ -96,41 +98,31 @@ async def cmd_grant(args: argparse.Namespace) -> int:
         ttl = parse_duration(args.ttl)
     except ValueError as exc:
         raise CliError(str(exc), 2) from None
-    # The same check the API applies: this text is shown to every reviewer and in the critical alert.
+    # break_glass checks these too; here first, so that the error names the flag before the store is opened.
     for flag, value, limit in (("--reason", args.reason, MAX_FREE_TEXT), ("--user", args.user, 100)):
         problem = free_text_problem(value, limit=limit)
         if problem is not None:
             raise CliError(f"{flag} {problem}", 2)
     async with services_from(args) as svc:
         try:
-            issued = await issue_grant(
+            issued = await break_glass(
                 svc.config,
                 svc.ring,
                 svc.store,
                 svc.policies,
+                svc.alerts,
+                local_caller(),
                 user=args.user,
                 target=args.target,
                 scope=args.scope,
                 ttl=ttl,
                 reason=args.reason,
-                approvers=(),
                 now=time.time(),
-                break_glass=True,
-                actor=_operator(),
                 max_sessions=args.max_sessions,
             )
-        except GrantRefused as exc:
-            raise CliError(str(exc), 2) from None
-        g = issued.grant
-        await svc.alerts.emit(
-            "break_glass",
-            f"break-glass grant {g.id}: {g.user} on {g.target}/{g.scope} for {args.ttl}: {g.reason}",
-            severity="critical",
-            actor=_operator(),
-            grant=g.id,
-            target=g.target,
-            data={"user": g.user, "scope": g.scope, "expires_at": g.expires_at, "reason": g.reason},
-        )
+        except WorkflowError as exc:
+            raise CliError(exc.message, 2) from None
+    g = issued.grant
     if args.json:
         print_json(
             {
@@ -145,15 +137,6 @@ async def cmd_grant(args: argparse.Namespace) -> int:
     else:
         say(issued.token)
     return 0
-
-
-def _operator() -> str:
-    import getpass
-
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
 
 
 async def cmd_token_verify(args: argparse.Namespace) -> int:
@@ -250,6 +233,10 @@ async def cmd_target_check(args: argparse.Namespace) -> int:
     target = config.targets.get(args.target)
     if target is None or target.kind != "postgres":
         raise CliError(f"{args.target!r} is not a configured postgres target", 2)
-    reports = await check_target(target, scope_modes(target, load_policies(config)))
+    try:
+        policies = load_policies(config)
+    except PolicyError as exc:
+        raise CliError(str(exc), 2) from None
+    reports = await check_target(target, scope_modes(target, policies))
     print(neutralise(render(target.name, reports)))  # names come from the database: never raw to a terminal
     return 1 if count_findings(reports) else 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -11,10 +13,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from gateway.config import Config, ConfigError, load_config, require_config_path
+from gateway.control.caller import Caller
 from gateway.durations import parse_duration
 from gateway.policy import PolicyError
 from gateway.review.sanitize import printable
 from gateway.services import Services, build_services
+
+CONFIG_HELP = "config file (default: $GATEWAY_CONFIG, else ./gateway.toml; `gateway init` writes one)"
+SERVER_HELP = "gateway API URL (default: $GATEWAY_URL, else the one from `gateway login`)"
 
 
 class CliError(Exception):
@@ -43,6 +49,8 @@ async def services_from(
         services = await build_services(config)
     except (PolicyError, ValueError) as exc:
         raise CliError(str(exc), 2) from None
+    except (sqlite3.Error, OSError) as exc:
+        raise CliError(f"cannot open the store {config.store_path}: {exc}", 2) from None
     try:
         yield services
     finally:
@@ -81,3 +89,13 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for r in cells:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def local_caller() -> Caller:
+    """The operator running a command on the embedded store (break-glass grant, revoke, kill)."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = "unknown"
+    # Whoever can open the store file already controls the gateway: treat them as an admin, audited as cli:NAME.
+    return Caller(f"cli:{name}", admin=True, via="local")

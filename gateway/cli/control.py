@@ -11,10 +11,22 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.approvals import Caller, WorkflowError
 from gateway.cli import connect
 from gateway.cli.client import ApiClient, check_server_url, client_from, save_credentials, server_from
-from gateway.cli.common import CliError, config_from, iso, print_json, print_table, say, services_from
+from gateway.cli.common import (
+    SERVER_HELP,
+    CliError,
+    config_from,
+    iso,
+    local_caller,
+    print_json,
+    print_table,
+    say,
+    services_from,
+)
+from gateway.control.actions import default_kill_reason, kill_session, revoke_grant
+from gateway.control.apikeys import hash_api_key, new_api_key
+from gateway.control.errors import WorkflowError
 from gateway.durations import format_duration, parse_duration
 from gateway.policy import Policies, PolicyError, ScopePolicy
 
@@ -25,7 +37,8 @@ if TYPE_CHECKING:
 def register(sub: Sub) -> None:
     """Add the control-plane commands."""
     server = argparse.ArgumentParser(add_help=False)
-    server.add_argument("--server", help="gateway API URL (default: $GATEWAY_URL, else the one from `gateway login`)")
+    # SUPPRESS: `gateway --server URL request ...` keeps the URL given before the command.
+    server.add_argument("--server", default=argparse.SUPPRESS, help=SERVER_HELP)
 
     p = sub.add_parser("login", help="save the server URL and your API key (0600) for the other commands")
     p.add_argument("--server", required=True, help="gateway API URL, e.g. http://gateway:8080")
@@ -240,15 +253,6 @@ def _id(value: str) -> str:
 # --- revoke and kill: through the API, or on the embedded store when no server is configured ---------
 
 
-def _local_caller() -> Caller:
-    try:
-        name = getpass.getuser()
-    except (KeyError, OSError):
-        name = "unknown"
-    # Whoever can open the store file already controls the gateway: treat them as an admin, audited as cli:NAME.
-    return Caller(f"cli:{name}", admin=True, via="local")
-
-
 async def cmd_revoke(args: argparse.Namespace) -> int:
     """Revoke a grant."""
     if server_from(args.server):
@@ -259,8 +263,6 @@ async def cmd_revoke(args: argparse.Namespace) -> int:
         out = client.call("POST", f"/v1/grants/{gid}/revoke", {"reason": args.reason})
         say(f"grant {out['id']} revoked; {out['sessions_ended']} live session(s) ended here, the rest within 1 s")
         return 0
-    from gateway.api.actions import revoke_grant
-
     async with services_from(args) as svc:
         gid = args.grant
         if gid.startswith("r_"):
@@ -268,7 +270,7 @@ async def cmd_revoke(args: argparse.Namespace) -> int:
             gid = req.grant_id if req is not None and req.grant_id else gid
         try:
             g, _ = await revoke_grant(
-                svc.store, None, svc.alerts, _local_caller(), gid, reason=args.reason, now=time.time()
+                svc.store, None, svc.alerts, local_caller(), gid, reason=args.reason, now=time.time()
             )
         except WorkflowError as exc:
             raise CliError(exc.message) from None
@@ -283,9 +285,7 @@ async def cmd_kill(args: argparse.Namespace) -> int:
         out = client_from(args.server).call("POST", f"/v1/sessions/{_id(args.session)}/kill", body)
         say(f"session {out['id']}: kill {'done' if out['killed_here'] else 'requested; it ends within 1 s'}")
         return 0
-    from gateway.api.actions import default_kill_reason, kill_session
-
-    who = _local_caller()
+    who = local_caller()
     async with services_from(args) as svc:
         try:
             reason = args.reason or default_kill_reason(who)
@@ -307,8 +307,6 @@ def _toml_str(value: str) -> str:
 
 def cmd_users_add(args: argparse.Namespace) -> int:
     """Print a new API key and the config lines holding its hash."""
-    from gateway.api.auth import hash_api_key, new_api_key
-
     name = args.name
     if not re.fullmatch(r"[A-Za-z0-9_.@+-]{1,100}", name):
         raise CliError("user names are letters, digits and _ . @ + - (at most 100)", 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -234,10 +235,14 @@ def _describe(e: AuditEvent) -> str:
 
 async def cmd_replay(args: argparse.Namespace) -> int:
     """Replay a session's recording."""
+    # The store stays open while a live session is followed: whether it still runs is read through it.
     async with services_from(args, read_only=True) as svc:
         s = await _find_session(svc.store, args.session)
-        ended = s.ended_at is not None
-        store_path = svc.config.store_path
+        return await _replay(args, s, svc.store)
+
+
+async def _replay(args: argparse.Namespace, s: SessionRecord, store: Store) -> int:
+    ended = s.ended_at is not None
     if not s.recording_path:
         raise CliError(f"session {s.id} has no recording")
     path = Path(s.recording_path)
@@ -252,30 +257,55 @@ async def cmd_replay(args: argparse.Namespace) -> int:
     elif args.print_only:
         result = replay_mod.print_cast(path, sys.stdout)
     else:
-        is_live = _live_checker(store_path, s.id) if not ended else (lambda: False)
-        result = await replay_mod.play(
-            path,
-            sys.stdout,
-            speed=args.speed,
-            idle_limit=args.idle_limit,
-            keys=_keys(),
-            follow=not ended,
-            is_live=is_live,
-        )
+        async with _LiveWatch(store, s.id, live=not ended) as watch:
+            result = await replay_mod.play(
+                path,
+                sys.stdout,
+                speed=args.speed,
+                idle_limit=args.idle_limit,
+                keys=_keys(),
+                follow=not ended,
+                is_live=watch.is_live,
+            )
     for w in result.warnings:
         say(f"gateway: warning: {w}", err=True)
     return 0
 
 
-def _live_checker(store_path: Path, sid: str) -> Any:
-    import sqlite3
+class _LiveWatch:
+    """Whether a followed session still runs, read through the Store every `every` seconds while a replay plays."""
 
-    def is_live() -> bool:
-        with sqlite3.connect(f"file:{store_path}?mode=ro", uri=True) as db:
-            row = db.execute("SELECT ended_at FROM sessions WHERE id = ?", (sid,)).fetchone()
-        return bool(row) and row[0] is None
+    def __init__(self, store: Store, session_id: str, *, live: bool, every: float = 0.5) -> None:
+        self.store = store
+        self.session_id = session_id
+        self.live = live
+        self.every = every
+        self._task: asyncio.Task[None] | None = None
 
-    return is_live
+    def is_live(self) -> bool:
+        """The last answer (replay calls this from its loop, without awaiting)."""
+        return self.live
+
+    async def _poll(self) -> None:
+        while self.live:
+            await asyncio.sleep(self.every)
+            try:
+                s = await self.store.get_session(self.session_id)
+            except Exception:  # a store that cannot be read says nothing more: stop following at the file's end
+                self.live = False
+                raise
+            self.live = s is not None and s.ended_at is None
+
+    async def __aenter__(self) -> _LiveWatch:
+        if self.live:
+            self._task = asyncio.create_task(self._poll())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 def _keys() -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 
 from gateway.app import App
 from gateway.cli.common import CliError, config_from
@@ -26,7 +27,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     app = App(config, enable=tuple(args.only or ("postgres", "ssh", "http")))
     try:
         await app.serve_forever()
-    except (PolicyError, OSError) as exc:
+    except (PolicyError, OSError, sqlite3.Error) as exc:
         raise CliError(f"cannot start: {exc}") from None
     return 0
 

@@ -39,7 +39,7 @@ async def _snapshot(gw: Running) -> tuple[Any, ...]:
         (b'{"target": "orders-db", "scope": "read", "ttl": "15m", "reason": "   "}', 422, "reason is required"),
         (b'{"target": "nope", "scope": "read", "ttl": "15m", "reason": "x"}', 422, "unknown target"),
         (b'{"target": "orders-db", "scope": "root", "ttl": "15m", "reason": "x"}', 422, "no scope 'root'"),
-        (b'{"target": "orders-db", "scope": "read", "ttl": "2h", "reason": "x"}', 422, "exceeds max_ttl"),
+        (b'{"target": "orders-db", "scope": "read", "ttl": "2h", "reason": "x"}', 422, "exceeds the policy's max_ttl"),
         (b'{"target": "orders-db", "scope": "read", "ttl": "15m", "reason": null}', 400, "must be a string"),
     ],
 )

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.api.actions import default_kill_reason
-from gateway.approvals import Caller, WorkflowError, check_create, check_text
 from gateway.cli import main
 from gateway.config import Config
+from gateway.control.actions import default_kill_reason
+from gateway.control.caller import Caller
+from gateway.control.errors import WorkflowError
+from gateway.control.rules import check_create, check_text
 from gateway.review.sanitize import free_text_problem
 from gateway.services import load_policies
 from tests.control.conftest import Running

@@ -5,15 +5,11 @@ from __future__ import annotations
 import pytest
 
 from gateway.alerts import Alerts
-from gateway.approvals import (
-    Caller,
-    Workflow,
-    WorkflowError,
-    approver_refusal,
-    check_create,
-    may_view_request,
-)
 from gateway.config import Config
+from gateway.control.caller import Caller
+from gateway.control.errors import WorkflowError
+from gateway.control.rules import approver_refusal, check_create, may_view_request
+from gateway.control.workflow import Workflow
 from gateway.policy import ApprovalRule, ScopePolicy
 from gateway.services import build_services
 from gateway.store import RequestRecord

@@ -1,179 +1,40 @@
-"""The request workflow: who may request, approve, deny, cancel; the rules are pure, `Workflow` applies them."""
+"""The request workflow over the store: create, approve, deny, cancel, expire, fetch a token; audited, CAS."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from gateway.alerts import Alerts
 from gateway.config import Config
+from gateway.control.caller import Caller
+from gateway.control.errors import GrantRefused, conflict, forbidden, not_found
+from gateway.control.grants import claims_of, issue_grant
+from gateway.control.rules import (
+    APPROVED,
+    AUTO_APPROVER,
+    CANCELLED,
+    DEFAULT_REQUEST_TIMEOUT,
+    DENIED,
+    EXPIRED,
+    MAX_COMMENT,
+    PENDING,
+    approvals_needed,
+    approver_refusal,
+    check_create,
+    check_text,
+    check_transition,
+    is_stale,
+    may_manage_grant,
+    may_view_request,
+    with_approval,
+)
 from gateway.durations import format_duration
-from gateway.grants import GrantRefused, issue_grant
 from gateway.policy import Policies, ScopePolicy
-from gateway.review.sanitize import free_text_problem
 from gateway.store import GrantRecord, RequestRecord, Store
-from gateway.tokens import Claims, KeyRing
-
-PENDING, APPROVED, DENIED, CANCELLED, EXPIRED = "pending", "approved", "denied", "cancelled", "expired"
-REQUEST_STATES = (PENDING, APPROVED, DENIED, CANCELLED, EXPIRED)
-DEFAULT_REQUEST_TIMEOUT = 4 * 3600.0  # a request nobody looked at for 4 h is stale: ask again
-MAX_REASON = 500
-MAX_COMMENT = 500
-AUTO_APPROVER = "policy:auto-approve"
-
-
-class WorkflowError(Exception):
-    """A refused action; `code` maps to an HTTP status, str() is safe to show the caller."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code  # invalid | forbidden | not-found | conflict
-        self.message = message
-
-
-def invalid(message: str) -> WorkflowError:
-    """Bad input (422)."""
-    return WorkflowError("invalid", message)
-
-
-def forbidden(message: str) -> WorkflowError:
-    """Authenticated but not allowed (403)."""
-    return WorkflowError("forbidden", message)
-
-
-def not_found(message: str) -> WorkflowError:
-    """Unknown id, or one the caller may not see (404: existence is not leaked)."""
-    return WorkflowError("not-found", message)
-
-
-def conflict(message: str) -> WorkflowError:
-    """Illegal state transition (409)."""
-    return WorkflowError("conflict", message)
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """An authenticated API caller."""
-
-    name: str
-    groups: frozenset[str] = frozenset()
-    admin: bool = False
-    via: str = "api-key"  # api-key | oidc | local (CLI acting on the embedded store)
-
-
-# --- pure decisions (plain values in, plain values or WorkflowError out) ----------------------------
-
-
-def approvals_needed(policy: ScopePolicy) -> int:
-    """How many approvals a request for this scope needs (0: granted on request)."""
-    return 0 if policy.auto_approve else policy.approvals.count
-
-
-def check_create(
-    config: Config, policies: Policies, caller: Caller, target: str, scope: str, ttl: float, reason: str
-) -> ScopePolicy:
-    """Whether `caller` may ask for this; returns the scope's policy or raises WorkflowError."""
-    if target not in config.targets or policies.target(target) is None:
-        raise invalid(f"unknown target {target!r} (known: {', '.join(sorted(config.targets)) or 'none'})")
-    policy = policies.scope(target, scope)
-    if policy is None or scope not in config.targets[target].logins:
-        tp = policies.target(target)
-        known = ", ".join(sorted(tp.scopes)) if tp else "none"
-        raise invalid(f"target {target} has no scope {scope!r} (scopes: {known})")
-    if not policy.may_request(caller.name, caller.groups):
-        raise forbidden(f"policy for {target}/{scope} does not let {caller.name} request it ({_requesters(policy)})")
-    if not reason.strip():
-        raise invalid("a reason is required (a ticket or incident id and why)")
-    check_text(reason, "reason", MAX_REASON)
-    if not ttl > 0:
-        raise invalid("ttl must be more than zero seconds")
-    if ttl > policy.max_ttl:
-        raise invalid(
-            f"ttl {format_duration(ttl)} exceeds max_ttl {format_duration(policy.max_ttl)} for {target}/{scope}"
-        )
-    return policy
-
-
-def _requesters(policy: ScopePolicy) -> str:
-    who = [*(f"user {u}" for u in sorted(policy.requesters_users))]
-    who += [f"group {g}" for g in sorted(policy.requesters_groups)]
-    return "requesters: " + ", ".join(who)
-
-
-def approver_refusal(req: RequestRecord, policy: ScopePolicy, caller: Caller) -> str | None:
-    """Why `caller` may not approve or deny `req` under `policy`, or None when they may."""
-    if caller.name == req.requester:
-        return "nobody approves their own request"
-    rule = policy.approvals
-    if not rule.from_users and not rule.from_groups:
-        return None  # empty list: anyone but the requester
-    if caller.name in rule.from_users or rule.from_groups & caller.groups:
-        return None
-    who = [*(f"user {u}" for u in sorted(rule.from_users)), *(f"group {g}" for g in sorted(rule.from_groups))]
-    return f"approvals for {req.target}/{req.scope} must come from {', '.join(who)}"
-
-
-def may_view_request(req: RequestRecord, policy: ScopePolicy | None, caller: Caller) -> bool:
-    """Requesters see their own; approvers see what they could act on; admins see all."""
-    if caller.admin or caller.name == req.requester:
-        return True
-    return policy is not None and approver_refusal(req, policy, caller) is None
-
-
-def is_stale(req: RequestRecord, now: float) -> bool:
-    """A pending request past its expiry."""
-    return req.state == PENDING and req.expires_at is not None and now >= req.expires_at
-
-
-def check_transition(req: RequestRecord, to: str) -> None:
-    """Only pending requests move; every other transition is refused with the current state named."""
-    if req.state != PENDING:
-        raise conflict(f"request {req.id} is already {req.state}; it cannot be {to}")
-
-
-def with_approval(req: RequestRecord, caller: Caller, comment: str, now: float) -> RequestRecord:
-    """`req` with one more approval; raises when this caller already approved it."""
-    if any(a.get("by") == caller.name for a in req.approvals):
-        raise conflict(f"{caller.name} already approved request {req.id}; another approver is needed")
-    entry: dict[str, Any] = {"by": caller.name, "at": now, "comment": comment}
-    return replace(req, approvals=(*req.approvals, entry))
-
-
-def may_manage_grant(grant: GrantRecord, caller: Caller) -> bool:
-    """Owners give grants back; admins revoke any."""
-    return caller.admin or caller.name == grant.user
-
-
-def check_text(value: str, what: str, limit: int) -> str:
-    """A free-text field: within its length limit, printable, one line (the check the API and CLI share)."""
-    problem = free_text_problem(value, limit=limit)
-    if problem is not None:
-        raise invalid(f"{what} {problem}")
-    return value
-
-
-def claims_of(grant: GrantRecord, config: Config) -> Claims:
-    """The claims of a grant's token, rebuilt from the stored grant (never from today's policy)."""
-    return Claims(
-        sub=grant.user,
-        jti=grant.id,
-        target=grant.target,
-        scope=grant.scope,
-        iat=int(grant.issued_at),
-        nbf=int(grant.not_before),
-        exp=int(grant.expires_at),
-        reason=grant.reason,
-        approvers=grant.approvers,
-        iss=config.issuer,
-        aud=config.audience,
-        max_sessions=grant.max_sessions,
-    )
-
-
-# --- the workflow over the store -------------------------------------------------------------------
+from gateway.tokens import KeyRing
 
 
 class Workflow:
@@ -406,47 +267,3 @@ class Workflow:
     async def _cas(self, new: RequestRecord, old: RequestRecord) -> bool:
         """Write `new` only if the row still has `old`'s state and approval count (approvals only grow)."""
         return await self.store.update_request(new, expect_state=old.state, expect_approvals=len(old.approvals))
-
-
-def request_json(req: RequestRecord, *, needs: int | None = None, now: float | None = None) -> dict[str, Any]:
-    """The API view of a request."""
-    now = time.time() if now is None else now
-    return {
-        "id": req.id,
-        "requester": req.requester,
-        "target": req.target,
-        "scope": req.scope,
-        "reason": req.reason,
-        "ttl": req.ttl,
-        "state": EXPIRED if is_stale(req, now) else req.state,
-        "created_at": req.created_at,
-        "expires_at": req.expires_at,
-        "approvals": [dict(a) for a in req.approvals],
-        "approvals_needed": needs,
-        "decided_at": req.decided_at,
-        "decided_by": req.decided_by,
-        "comment": req.comment,
-        "grant": req.grant_id,
-    }
-
-
-def grant_json(g: GrantRecord) -> dict[str, Any]:
-    """The API view of a grant (never its token)."""
-    return {
-        "id": g.id,
-        "user": g.user,
-        "target": g.target,
-        "scope": g.scope,
-        "reason": g.reason,
-        "approvers": list(g.approvers),
-        "issued_at": g.issued_at,
-        "not_before": g.not_before,
-        "expires_at": g.expires_at,
-        "state": g.state,
-        "break_glass": g.break_glass,
-        "request": g.request_id,
-        "max_sessions": g.max_sessions,
-        "revoked_at": g.revoked_at,
-        "revoked_by": g.revoked_by,
-        "revoke_reason": g.revoke_reason,
-    }

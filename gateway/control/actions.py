@@ -1,12 +1,19 @@
-"""Revoke a grant and kill a session: shared by the API and by the CLI acting on the embedded store."""
+"""Break-glass grant, revoke a grant, kill a session: shared by the API and by the CLI on the embedded store."""
 
 from __future__ import annotations
 
 from gateway.alerts import Alerts
-from gateway.approvals import Caller, conflict, invalid, may_manage_grant, not_found
+from gateway.config import Config
+from gateway.control.caller import Caller
+from gateway.control.errors import conflict, invalid, not_found
+from gateway.control.grants import Issued, issue_grant
+from gateway.control.rules import may_manage_grant
+from gateway.durations import format_duration
+from gateway.policy import Policies
 from gateway.review.sanitize import MAX_FREE_TEXT, free_text_problem, printable
 from gateway.sessions import SessionRegistry
 from gateway.store import GrantRecord, SessionRecord, Store, StoreError
+from gateway.tokens import KeyRing
 
 MAX_REASON = MAX_FREE_TEXT
 
@@ -24,6 +31,57 @@ def _reason(reason: str) -> str:
     if problem is not None:
         raise invalid(f"reason {problem}")
     return reason
+
+
+async def break_glass(
+    config: Config,
+    ring: KeyRing,
+    store: Store,
+    policies: Policies,
+    alerts: Alerts,
+    caller: Caller,
+    *,
+    user: str,
+    target: str,
+    scope: str,
+    ttl: float,
+    reason: str,
+    now: float,
+    max_sessions: int | None = None,
+) -> Issued:
+    """Issue a grant now, without approval: audited as a warning and alerted as critical."""
+    # The same check the API applies: this text is shown to every reviewer and in the critical alert.
+    for what, value, limit in (("reason", reason, MAX_REASON), ("user", user, 100)):
+        problem = free_text_problem(value, limit=limit)
+        if problem is not None:
+            raise invalid(f"{what} {problem}")
+    issued = await issue_grant(
+        config,
+        ring,
+        store,
+        policies,
+        user=user,
+        target=target,
+        scope=scope,
+        ttl=ttl,
+        reason=reason,
+        approvers=(),
+        now=now,
+        break_glass=True,
+        actor=caller.name,
+        max_sessions=max_sessions,
+    )
+    g = issued.grant
+    await alerts.emit(
+        "break_glass",
+        f"break-glass grant {g.id}: {g.user} on {g.target}/{g.scope} for {format_duration(ttl)}: {g.reason}",
+        severity="critical",
+        actor=caller.name,
+        grant=g.id,
+        target=g.target,
+        data={"user": g.user, "scope": g.scope, "expires_at": g.expires_at, "reason": g.reason},
+    )
+    return issued
 
 
 async def revoke_grant(
