@@ -147,7 +147,8 @@ class _Scan:
             self.fingerprint = f"<{exc}>"
             return
         self.bounds = split(self.toks)
-        maybe = "set_config" in sql or "set_config" in sql.lower()  # a quoted "set_config" contains it too
+        # A quoted "set_config" contains it too; U&"set_confi\0067" does not, hence "&".
+        maybe = "set_config" in sql or "set_config" in sql.lower() or "&" in sql
         toks = self.toks
         keeps = [keeps_literals(toks, a, b, maybe) for a, b in self.bounds]
         self.kept = any(keeps)
