@@ -8,8 +8,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from gateway.pg import encodings
 from gateway.pg.codec import DEFAULT_FRONTEND_CAP, FRONTEND_CAPS, Framer, ProtocolError
-from gateway.pg.fastdecode import decode_bind, decode_execute, decode_query
+from gateway.pg.fastdecode import decode_bind, decode_execute
 from gateway.pg.journal import SUSPENDED, Journal, describe_params
 from gateway.pg.messages import (
     SYNC,
@@ -17,7 +18,6 @@ from gateway.pg.messages import (
     Close,
     ErrorResponse,
     ParameterStatus,
-    Parse,
     error_response,
     notice_response,
     ready_for_query,
@@ -38,14 +38,6 @@ SYNTHETIC_RFQ = 3  # the same, followed by a ReadyForQuery carrying the upstream
 
 _Q, _P, _B, _E, _C, _S, _X, _F = (ord(c) for c in "QPBECSXF")
 _PASSTHROUGH = frozenset(ord(c) for c in "DHdcf")  # Describe, Flush, CopyData, CopyDone, CopyFail
-_UTF8_NAMES = {"UTF8", "UNICODE"}
-
-
-def _norm_encoding(name: str) -> str:
-    # Postgres accepts quoted and differently spelled names: asyncpg sends 'utf-8' with the quotes.
-    return name.strip().strip("'\"").upper().replace("-", "").replace("_", "")
-
-
 _EMPTY_DECISION = Decision(Verdict.ALLOW)
 _ALLOW = Verdict.ALLOW
 
@@ -134,6 +126,10 @@ class Relay:
         self._denied: dict[str, Decision] = {}
         self._portals: dict[str, tuple[str, list[str] | None, list[dict[str, Any]] | None]] = {}
         self._tripwires = Tripwires(upstream.parameters, read_only=self.read_only, admin=self.admin)
+        # Statement text is decoded in the session's client encoding (pg/encodings), as the server reports it.
+        encoding = next((p.value for p in upstream.parameters if p.name == "client_encoding"), "UTF8")
+        self._decode_query = encodings.query_decoder(encoding)
+        self._decode_parse = encodings.parse_decoder(encoding)
         self._handlers: dict[int, Callable[[bytes, int, int], bool]] = {
             _Q: self._on_query, _P: self._on_parse, _B: self._on_bind, _E: self._on_execute, _C: self._on_close,
             _S: self._on_sync, _X: self._on_terminate, _F: self._on_function_call,
@@ -215,7 +211,7 @@ class Relay:
         return insp, decision
 
     def _on_query(self, chunk: bytes, start: int, end: int) -> bool:
-        sql = decode_query(chunk, start, end)
+        sql = self._decode_query(chunk, start, end)
         insp, decision = self._check(sql)
         if not decision.allowed:
             self._refuse(sql, None, insp, decision)
@@ -240,7 +236,7 @@ class Relay:
         return True
 
     def _on_parse(self, chunk: bytes, start: int, end: int) -> bool:
-        msg = Parse.decode(chunk[start + 5 : end])
+        msg = self._decode_parse(chunk[start + 5 : end])
         insp, decision = self._check(msg.sql)
         if not decision.allowed:
             self._refuse(msg.sql, None, insp, decision)
@@ -460,9 +456,17 @@ class Relay:
         if breach is not None:
             self._trip(ps, breach)
             return True
-        if ps.name == "client_encoding" and _norm_encoding(ps.value) not in _UTF8_NAMES:
-            # Multi-byte encodings (SJIS, GBK, BIG5) can hide a quote inside a character: the parser would be fooled.
-            self._kill_soon(f"client_encoding changed to {ps.value}: only UTF8 is allowed through the gateway")
+        if ps.name == "client_encoding":
+            why = encodings.refusal(ps.value)
+            if why is not None:
+                # SJIS, GBK, BIG5... can hide a quote inside a character: the parser would be fooled.
+                self._kill_soon(f"client_encoding changed to {ps.value}: {why}")
+            else:
+                # Until this report, later messages of the same batch were read in the old encoding: both are
+                # ASCII-safe, so the statements and ASCII names were the same (pg/encodings); only a non-ASCII
+                # name could read differently, or fail to decode (a protocol error: the session ends).
+                self._decode_query = encodings.query_decoder(ps.value)
+                self._decode_parse = encodings.parse_decoder(ps.value)
         elif ps.name == "standard_conforming_strings" and ps.value != "on":
             # With it off, a backslash escapes a quote in '...': the server and the parser would split strings apart.
             self._kill_soon("standard_conforming_strings turned off: not allowed through the gateway")

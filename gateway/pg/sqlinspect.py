@@ -36,9 +36,10 @@ calls  (read and write; sqlcalls) "Every function called" means every call the s
        built-in is denied (rule "ambiguous-call"): it may be a user function nobody can see.
 admin  everything, unparseable included (a lexer error means the server runs nothing either);
        unparseable statements still carry a keyword kind and every name they mention, for rules.
-every  client_encoding other than UTF8 and standard_conforming_strings other than on are refused
-       (rule "encoding"): both change where the server thinks a string ends. The front end must pin
-       both in the startup packet (so RESET/DEFAULT are safe) and should watch ParameterStatus.
+every  client encodings in which a quote can hide inside a character (SJIS, GBK, BIG5...; pg/encodings)
+       and standard_conforming_strings other than on are refused (rule "encoding"): both change where
+       the server thinks a string ends. The front end must pin both in the startup packet (so
+       RESET/DEFAULT are safe), watch ParameterStatus, and decode text in the session's encoding.
 
 Policy rules then apply to every statement (kill > floor deny > rule deny), and detections add
 alerts: UPDATE/DELETE without WHERE, statements touching sensitive tables.

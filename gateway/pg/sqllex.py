@@ -8,8 +8,8 @@ $tag$ dollar quotes, "" identifiers, U&"" identifiers and U&'' strings with thei
 (decoded here as the server's parser.c does, so every later check sees the real name), and
 identifiers that may contain `$` and any non-ASCII character (so U+00A0 is part of a word, not a
 space). Only ASCII letters are case-folded, as the
-server does for UTF8. It assumes standard_conforming_strings=on and client_encoding=UTF8, which
-sqlinspect refuses to let a session change.
+server does. It assumes standard_conforming_strings=on and an ASCII-safe client encoding (text
+already decoded from it: pg/encodings), which sqlinspect refuses to let a session change.
 
 Tokens are plain tuples (kind, value, start, end) for speed: the fingerprint is computed on every
 statement of every query.

@@ -3,7 +3,12 @@ and what a denial mid-pipeline leaves in the database (each compared with the se
 
 from __future__ import annotations
 
-from tests.pg.conftest import Gateway
+import os
+import subprocess
+
+import pytest
+
+from tests.pg.conftest import TARGET, USER, Gateway
 
 # --- 1. Unicode-escaped names and every string form ------------------------------------------------
 
@@ -24,3 +29,70 @@ async def test_unicode_escaped_names_through_psql(gateway: Gateway) -> None:
     assert "pg_terminate_backend" in out.stderr
     out = gateway.psql(await gateway.token("write"), sql='SELECT U&"\\0070g_terminate_backend"(pg_backend_pid())')
     assert out.returncode != 0 and "blocked by gateway policy" in out.stderr
+
+
+# --- 2. client encodings ------------------------------------------------------------------------------
+
+
+def _psql_bytes(gateway: Gateway, token: str, script: bytes, **env: str) -> subprocess.CompletedProcess[bytes]:
+    """psql through the gateway reading `script` (raw bytes, in whatever encoding the test speaks)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    environ.update(PGPASSWORD=token, **env)
+    conninfo = f"host={gateway.host} port={gateway.port} user={USER} dbname={TARGET} sslmode=require"
+    cmd = [gateway.cluster.psql_bin, "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-", conninfo]
+    return subprocess.run(cmd, input=script, capture_output=True, env=environ, timeout=60)
+
+
+NAME = "Zoë Ångström"  # in LATIN1
+
+
+@pytest.mark.parametrize("how", ["PGCLIENTENCODING", "SET", "SET NAMES", "set_config"])
+async def test_latin1_session_writes_and_reads_non_ascii(gateway: Gateway, how: str) -> None:
+    """A LATIN1 client's text reaches the table as the characters it meant, and reads back in LATIN1."""
+    email = f"latin1-{how.replace(' ', '')}@example.com"
+    env: dict[str, str] = {}
+    head = b""
+    if how == "PGCLIENTENCODING":
+        env["PGCLIENTENCODING"] = "LATIN1"
+    elif how == "SET":
+        head = b"SET client_encoding TO 'LATIN1';\n"
+    elif how == "SET NAMES":
+        head = b"SET NAMES 'latin1';\n"
+    else:  # set_config is an admin-scope function; the encoding check holds there too
+        head = b"SELECT set_config('client_encoding', 'ISO-8859-1', false) \\g /dev/null\n"
+    body = (
+        f"INSERT INTO customers (name, email) VALUES ('{NAME}', '{email}');\n"
+        f"SELECT name FROM customers WHERE email = '{email}' AND name LIKE 'Zo_ Å%';\n"
+    ).encode("latin-1")
+    try:
+        scope = "admin" if how == "set_config" else "write"
+        out = _psql_bytes(gateway, await gateway.token(scope), head + body, **env)
+        assert out.returncode == 0, out.stderr.decode("latin-1")
+        assert out.stdout.decode("latin-1").strip() == NAME
+        assert gateway.superuser(f"SELECT name FROM customers WHERE email = '{email}'") == NAME
+    finally:
+        gateway.superuser(f"DELETE FROM customers WHERE email = '{email}'")
+
+
+async def test_win1252_and_euc_jp_sessions_read_non_ascii(gateway: Gateway) -> None:
+    token = await gateway.token("read")
+    for encoding, python in (("WIN1252", "cp1252"), ("EUC_JP", "euc_jp"), ("SQL_ASCII", "latin-1")):
+        text = "€uro" if encoding == "WIN1252" else ("日本" if encoding == "EUC_JP" else "plain")
+        out = _psql_bytes(gateway, token, f"SELECT '{text}' AS \"{text}\", count(*) FROM orders;\n".encode(python),
+                          PGCLIENTENCODING=encoding)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.decode(python).strip() == f"{text}|150"
+
+
+@pytest.mark.parametrize("encoding", ["SJIS", "GBK", "BIG5", "GB18030", "UHC", "JOHAB", "SHIFT_JIS_2004", "EUC_TW"])
+async def test_unsafe_encodings_still_refused(gateway: Gateway, encoding: str) -> None:
+    token = await gateway.token("write")
+    out = _psql_bytes(gateway, token, b"SELECT 1;\n", PGCLIENTENCODING=encoding)
+    assert out.returncode != 0 and b"client_encoding" in out.stderr, out.stderr
+    for sql in (f"SET client_encoding TO '{encoding}';", f"SET NAMES '{encoding}';",
+                f"SELECT set_config('client_encoding', '{encoding}', false);"):  # fmt: skip
+        out = _psql_bytes(gateway, token, sql.encode())
+        assert out.returncode != 0 and b"blocked by gateway policy" in out.stderr, (sql, out.stderr)
+    # After a safe change, an unsafe one is still refused.
+    out = _psql_bytes(gateway, token, f"SET client_encoding TO latin1; SET client_encoding TO {encoding};".encode())
+    assert out.returncode != 0 and b"blocked by gateway policy" in out.stderr
