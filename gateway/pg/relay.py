@@ -22,7 +22,7 @@ from gateway.pg.messages import (
     notice_response,
     ready_for_query,
 )
-from gateway.pg.sqlinspect import Inspection, Inspector, Statement, statement_name
+from gateway.pg.sqlinspect import Inspection, Inspector, Statement, decide_function_call, statement_name
 from gateway.pg.tripwire import Tripwires
 from gateway.pg.upstream import Upstream, send_cancel
 from gateway.policy import Decision, Verdict
@@ -93,7 +93,9 @@ class Relay:
         self.inspector = inspector
         self.journal = journal
         sql = session.policy.sql
-        self.admin = session.scope == "admin" or (sql is not None and sql.mode == "admin")
+        # What the policy says, never the scope's name: a scope called "admin" may well be mode write.
+        self.admin = sql is not None and sql.mode == "admin"
+        self._function_call = decide_function_call(sql)
         # As the listener decides (no sql policy: read mode), which pins default_transaction_read_only upstream.
         self.read_only = sql is None or sql.mode == "read"
         self.status = upstream.status
@@ -301,9 +303,8 @@ class Relay:
         return True
 
     def _on_function_call(self, chunk: bytes, start: int, end: int) -> bool:
-        if not self.admin:
-            # FunctionCall names a function by OID and carries no SQL: nothing for the parser to check.
-            d = Decision.deny("function-call", "the FunctionCall protocol message is allowed only in admin scope")
+        d = self._function_call
+        if not d.allowed:
             self._refuse("<FunctionCall>", None, None, d)
             self._synthetic(error_response("ERROR", "42501", denial_message(d)), rfq=True)
             return False

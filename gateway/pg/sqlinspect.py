@@ -78,7 +78,10 @@ from gateway.pg.sqlclassify import (
 from gateway.pg.sqllex import IDENT, QIDENT, LexError, Token, keeps_literals, render, split, tokenize
 from gateway.policy import Decision, SqlPolicy, SqlRule, Verdict
 
-__all__ = ["Inspection", "Inspector", "Statement", "decide", "fingerprint", "inspect", "statement_name"]
+__all__ = [
+    "Inspection", "Inspector", "Statement", "decide", "decide_function_call", "fingerprint", "inspect",
+    "statement_name",
+]  # fmt: skip
 
 _RANK = {"read": 0, "write": 1, "admin": 2, "never": 3}
 _MAX_CACHED_KEY = 8192  # longer texts are inspected every time rather than pinned in memory
@@ -286,6 +289,22 @@ def decide(
         return verdict
     alerts.extend(_detections(stmts, policy))
     return Decision.allow(*dict.fromkeys(alerts))
+
+
+def decide_function_call(policy: SqlPolicy | None) -> Decision:
+    """The FunctionCall protocol message: allowed only when the policy's mode is admin (no policy: read).
+
+    It names a function by OID and carries no SQL, so there is nothing for the allowlists to check.
+    """
+    if policy is not None and policy.mode == "admin":
+        return _ALLOW_DECISION
+    mode = policy.mode if policy is not None else "read"
+    return Decision.deny(
+        "function-call", f"the FunctionCall protocol message is allowed only in admin mode, not {mode}"
+    )
+
+
+_ALLOW_DECISION = Decision(Verdict.ALLOW)
 
 
 def _floor(

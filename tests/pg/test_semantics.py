@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 
-from tests.pg.conftest import TARGET, USER, Gateway
+from gateway.pg.listener import PostgresListener
+from tests.pg import rawclient as raw
+from tests.pg.conftest import TARGET, USER, Gateway, make_config
+from tests.rig.postgres import PgCluster
+from tests.threaded import serve_in_thread
 
 # --- 1. Unicode-escaped names and every string form ------------------------------------------------
 
@@ -96,3 +101,58 @@ async def test_unsafe_encodings_still_refused(gateway: Gateway, encoding: str) -
     # After a safe change, an unsafe one is still refused.
     out = _psql_bytes(gateway, token, f"SET client_encoding TO latin1; SET client_encoding TO {encoding};".encode())
     assert out.returncode != 0 and b"blocked by gateway policy" in out.stderr
+
+
+# --- 3. FunctionCall follows the policy's mode, not the scope's name ---------------------------------
+
+# Scope names that say the opposite of their modes.
+MISNAMED = """
+target: orders
+scopes:
+  read:
+    max_ttl: 1h
+    sql:
+      mode: read
+  write:
+    max_ttl: 1h
+    sql:
+      mode: admin
+  admin:
+    max_ttl: 1h
+    sql:
+      mode: write
+"""
+
+
+@pytest.fixture(scope="module")
+def misnamed(pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    config = make_config(tmp_path_factory.mktemp("gw-misnamed"), pg_cluster)
+    (config.policies_dir / "orders.yaml").write_text(MISNAMED)
+    with serve_in_thread(config, PostgresListener, "gateway-misnamed") as (services, listener, loop):
+        yield Gateway(config, services, listener, pg_cluster, loop)
+
+
+def _function_call(oid: int, *args: int) -> bytes:
+    """A FunctionCall message: int4 arguments in binary, a binary result."""
+    body = oid.to_bytes(4, "big") + b"\x00\x01\x00\x01" + len(args).to_bytes(2, "big")
+    for a in args:
+        body += b"\x00\x00\x00\x04" + a.to_bytes(4, "big", signed=True)
+    return raw.msg("F", body + b"\x00\x01")
+
+
+@pytest.mark.parametrize(("scope", "allowed"), [("admin", False), ("write", True), ("read", False)])
+async def test_function_call_follows_the_mode(misnamed: Gateway, scope: str, allowed: bool) -> None:
+    c = await raw.RawClient.login(misnamed.port, await misnamed.token(scope))
+    try:
+        c.send(_function_call(2026))  # pg_backend_pid(): harmless, so the answer shows whether it ran
+        msgs = await c.until_ready()
+        if allowed:
+            assert raw.tags(msgs) == "VZ", msgs
+        else:
+            assert raw.tags(msgs) == "EZ"
+            err = raw.errors(msgs)[0]
+            assert err.sqlstate == "42501" and "function-call" in err.message, err.message
+        c.send(raw.query("SELECT 1"))
+        assert raw.tags(await c.until_ready()) == "TDCZ"
+    finally:
+        await c.close()
