@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import psycopg
 import pytest
 
 from gateway.pg.listener import PostgresListener
@@ -156,3 +157,90 @@ async def test_function_call_follows_the_mode(misnamed: Gateway, scope: str, all
         assert raw.tags(await c.until_ready()) == "TDCZ"
     finally:
         await c.close()
+
+
+# --- 4. a denial mid-pipeline leaves the database as a failing statement there would -----------------
+
+DENIED = "SELECT pg_terminate_backend(%s)"  # denied in write scope
+FAILING = "SELECT 1 / (%s - 1)"  # fails on the server itself with 1 (division by zero)
+
+
+def _emails(gateway: Gateway, tag: str) -> list[str]:
+    out = gateway.superuser(f"SELECT string_agg(email, ',' ORDER BY email) FROM customers WHERE email LIKE '{tag}-%'")
+    return out.split(",") if out else []
+
+
+def _insert(conn: psycopg.Connection, tag: str, n: str) -> None:
+    conn.execute("INSERT INTO customers (name, email) VALUES (%s, %s)", ("pipeline", f"{tag}-{n}@example.com"))
+
+
+def _implicit_pipeline(conn: psycopg.Connection, tag: str, bad: str) -> None:
+    """Autocommit: a, b, <bad>, c before one Sync (one implicit transaction), then d in a batch of its own."""
+    with pytest.raises(psycopg.Error), conn.pipeline() as p:
+        _insert(conn, tag, "a")
+        _insert(conn, tag, "b")
+        conn.execute(bad, (1,))
+        _insert(conn, tag, "c")
+        p.sync()
+    with conn.pipeline():
+        _insert(conn, tag, "d")
+
+
+def _block_pipeline(conn: psycopg.Connection, tag: str, bad: str) -> None:
+    """BEGIN, a, <bad>, b in one batch, then the client says COMMIT (which the server turns into ROLLBACK)."""
+    with pytest.raises(psycopg.Error), conn.pipeline() as p:
+        conn.execute("BEGIN")
+        _insert(conn, tag, "a")
+        conn.execute(bad, (1,))
+        _insert(conn, tag, "b")
+        p.sync()
+    assert conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.INERROR
+    conn.execute("COMMIT")
+
+
+def _allowed_then_later_batch(conn: psycopg.Connection, tag: str, bad: str) -> None:
+    """a; Sync; then b, <bad> in the next batch: the first batch stands, the second rolls back."""
+    with pytest.raises(psycopg.Error), conn.pipeline() as p:
+        _insert(conn, tag, "a")
+        p.sync()
+        _insert(conn, tag, "b")
+        conn.execute(bad, (1,))
+        p.sync()
+
+
+@pytest.mark.parametrize("sequence", [_implicit_pipeline, _block_pipeline, _allowed_then_later_batch])
+async def test_pipeline_denial_leaves_what_postgres_would(gateway: Gateway, sequence: Callable[..., None]) -> None:
+    token = await gateway.token("write")
+    name = sequence.__name__.strip("_").replace("_", "")
+    direct, through = f"direct{name}", f"gw{name}"
+    try:
+        with psycopg.connect(gateway.cluster.dsn("app_rw"), autocommit=True) as conn:
+            sequence(conn, direct, FAILING)
+        with psycopg.connect(gateway.conninfo(token), autocommit=True) as conn:
+            sequence(conn, through, DENIED)
+            assert conn.execute("SELECT count(*) FROM orders").fetchone() == (150,), "the session goes on"
+        expected = [e.replace(direct, through) for e in _emails(gateway, direct)]
+        assert _emails(gateway, through) == expected
+    finally:
+        gateway.superuser(f"DELETE FROM customers WHERE email LIKE '{direct}-%' OR email LIKE '{through}-%'")
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+async def test_multi_statement_query_denial_runs_none_of_it(gateway: Gateway, explicit: bool) -> None:
+    """A multi-statement Query is one implicit transaction: refused as a whole, as PostgreSQL rolls it back."""
+    token = await gateway.token("write")
+    tag = f"multi{int(explicit)}"
+
+    def text(who: str, bad: str) -> str:
+        ins = "INSERT INTO customers (name, email) VALUES ('multi', '{}-{}-{}@example.com')"
+        parts = [ins.format(who, tag, n) for n in "ab"] + [bad] + [ins.format(who, tag, "c")]
+        return ("BEGIN; " if explicit else "") + "; ".join(parts)
+
+    try:
+        with pytest.raises(Exception, match="division by zero"):
+            gateway.superuser(text("direct", "SELECT 1 / 0"))
+        out = gateway.psql(token, sql=text("gw", "SELECT pg_terminate_backend(1)"))
+        assert out.returncode != 0 and "blocked by gateway policy" in out.stderr
+        assert _emails(gateway, f"direct-{tag}") == _emails(gateway, f"gw-{tag}") == []
+    finally:
+        gateway.superuser(f"DELETE FROM customers WHERE email LIKE '%-{tag}-%'")
