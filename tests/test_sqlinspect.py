@@ -22,7 +22,19 @@ from gateway.pg.sqlinspect import (
     skeleton_texts,
     statement_name,
 )
-from gateway.pg.sqllex import IDENT, NUMBER, OP, PUNCT, LexError, _long_operator_run, _operator_length, split, tokenize
+from gateway.pg.sqllex import (
+    IDENT,
+    NUMBER,
+    OP,
+    PUNCT,
+    QIDENT,
+    LexError,
+    _long_operator_run,
+    _operator_length,
+    split,
+    string_value,
+    tokenize,
+)
 from gateway.policy import Decision, SqlPolicy, SqlRule, Verdict
 from tests.rig.postgres import PgCluster
 
@@ -223,7 +235,10 @@ BYPASSES = [
     ("SET NAMES 'GBK'", ENC, ENC, ENC),
     ("SET client_encoding TO big5", ENC, ENC, ENC),
     ("SET LOCAL client_encoding = sjis", ENC, ENC, ENC),
-    ("SET client_encoding = E'UTF8'", ENC, ENC, ENC),  # not a form we decode: refused
+    ("SET client_encoding = E'UTF8'", A, A, A),  # E'' is decoded: it is UTF8
+    ("SET client_encoding = E'\\123JIS'", ENC, ENC, ENC),  # E'\123JIS' is SJIS
+    ("SET client_encoding = U&'\\0053JIS'", ENC, ENC, ENC),
+    ("SET client_encoding = U&'!0053JIS' UESCAPE '!'", ENC, ENC, ENC),
     ("SET standard_conforming_strings = off", ENC, ENC, ENC),
     ("SET standard_conforming_strings TO 'false'", ENC, ENC, ENC),
     ("SELECT set_config('client_encoding', 'SJIS', false)", ENC, ENC, ENC),
@@ -237,7 +252,14 @@ BYPASSES = [
     ("FROBNICATE orders", UNP, UNP, A),
     ("SELECT 'unterminated", UNP, UNP, A),
     ("SELECT 1 +", UNP, UNP, A),
-    ('SELECT U&"d\\0061t\\+000061" FROM orders', UNP, UNP, A),
+    ('SELECT U&"d\\0061t\\+000061" FROM orders', A, A, A),  # decoded: the column "data"
+    ('SELECT U&"\\0070g_terminate_backend"(1)', FN, FN, A),
+    ('SELECT u&"pg_terminate_backend"(1)', FN, FN, A),
+    ("SELECT U&\"!0070g_terminate_backend\" UESCAPE '!' (1)", FN, FN, A),
+    ("SELECT U&\"pg_terminate_backend\" /* c */ uescape /* c */ '!'(1)", FN, FN, A),
+    ("SELECT U&\"set_confi\\0067\"('role', 'x', false)", FN, FN, A),
+    ('SELECT "pg_terminate_""backend"(1)', FN, A, A),  # the name is pg_terminate_"backend
+    ('SELECT * FROM "my""table", U&"x\\0022y", E\'\\x41\', $t$a$$b$t$', A, A, A),
     ("SET x FROM CURRENT", UNP, UNP, A),
     ("SELECT 1 \\; DELETE FROM orders", UNP, D, A),  # psql's \; is not SQL: a stray backslash
     ("SELECT evil.exists(1), evil.text('x')", FN, A, A),  # after a dot, keywords name functions
@@ -1019,3 +1041,75 @@ def test_set_config_of_a_read_setting_is_a_read(sql: str, allowed: bool) -> None
     inspector = Inspector(SqlPolicy(mode="read"))
     assert inspector.check(sql)[1].allowed is allowed
     assert inspector.check(sql)[1].allowed is allowed  # and the same from the cache
+
+
+# --- every identifier and string form, decoded as the server decodes it -----------------------------
+
+NAME_FORMS = [
+    'U&"\\0074able"', 'u&"\\0074able"', 'U&"d\\0061t\\+000061"', 'U&"d!0061t!+000061" UESCAPE \'!\'',
+    'U&"a\\\\b"', 'U&"a!!b" uescape \'!\'', 'U&"x\\0022y"', 'U&"q""q"', 'U&"\\D83D\\DE00"', 'U&"\\00e9T"',
+    'U&"caf\\00e9" /* c */ UESCAPE -- c\n \'\\\'', '"my""table"', '"MiXeD"', "plain_Name",
+    'U&"' + "\\0061" * 70 + '"',  # cut to 63 bytes, as the server does
+]  # fmt: skip
+STRING_FORMS = [
+    "'it''s'", "E'a\\nb\\tc'", "E'\\x41\\101\\u00e9\\U0001F600'", "E'it\\'s'", "e'a''b'", "N'nat'",
+    "$$a'b$$", "$tag$ $$ $tag$", "U&'\\0041\\+000042'", "U&'!0041' UESCAPE '!'", "U&'a''b'", "'a'\n'b'",
+    "E'a'\n'\\x42'", "U&'\\0041'\n'\\0042'", "U&'x!0041' UESCAPE E'!'",
+]  # fmt: skip
+BAD_FORMS = [
+    'U&"\\00zz"', 'U&"\\D83D"', 'U&"\\DE00"', 'U&"\\D83Dx"', 'U&""', 'U&"x" UESCAPE \'ab\'', 'U&"x" UESCAPE \'a\'',
+    'U&"x" UESCAPE \'+\'', 'U&"x" UESCAPE 1', 'U&"x" UESCAPE', "U&'\\0000'", "U&'\\+110000'", 'U&"x" UESCAPE U&\'!\'',
+]  # fmt: skip
+
+
+def _server_value(cluster: PgCluster, sql: str) -> tuple[str | None, str | None, str | None]:
+    """(first column name, first value, error) as the server gives them for `sql`."""
+    from psycopg import pq
+
+    conn = pq.PGconn.connect(cluster.dsn("app_ro").encode())
+    try:
+        res = conn.exec_(sql.encode())
+        if res.status != pq.ExecStatus.TUPLES_OK:
+            return None, None, (res.error_message or b"").decode()
+        value = res.get_value(0, 0)
+        return (res.fname(0) or b"").decode(), None if value is None else value.decode(), None
+    finally:
+        conn.finish()
+
+
+@pytest.mark.parametrize("form", NAME_FORMS)
+def test_names_decode_like_the_server(pg_cluster: PgCluster, form: str) -> None:
+    name, _, error = _server_value(pg_cluster, f"SELECT 1 AS {form}")
+    assert error is None, error
+    toks = tokenize(f"SELECT 1 AS {form}")
+    assert len(toks) == 4 and toks[3][0] in (IDENT, QIDENT), toks
+    assert toks[3][1] == name
+
+
+@pytest.mark.parametrize("form", STRING_FORMS)
+def test_strings_decode_like_the_server(pg_cluster: PgCluster, form: str) -> None:
+    _, value, error = _server_value(pg_cluster, f"SELECT {form}::text")
+    assert error is None, error
+    toks = tokenize(f"SELECT {form}::text")
+    assert [t[0] for t in toks] == ["i", "s", "c", "i"], toks
+    assert string_value(toks[1][1]) == value
+
+
+@pytest.mark.parametrize("form", BAD_FORMS)
+def test_bad_unicode_forms_are_refused_like_the_server(pg_cluster: PgCluster, form: str) -> None:
+    _, _, error = _server_value(pg_cluster, f"SELECT 1 AS x, {form}")
+    assert error is not None
+    with pytest.raises(LexError):
+        tokenize(f"SELECT 1 AS x, {form}")
+    assert not outcome(f"SELECT 1 AS x, {form}", READ).allowed
+
+
+def test_unicode_names_are_judged_by_their_real_names() -> None:
+    """A U&-escaped table is a read; a U&-escaped denied function is the denied function."""
+    ins = inspect('SELECT * FROM U&"\\006Frders" WHERE U&"\\0069d" = 1')
+    assert ins.statements[0].tables == {"orders"} and outcome(ins.statements[0].text, READ).allowed
+    d = outcome('SELECT U&"\\0070g_terminate_backend"(1)', READ)
+    assert not d.allowed and d.rule == FN
+    d = outcome('SELECT U&"\\0070g_terminate_backend"(1)', WRITE)
+    assert not d.allowed and d.rule == FN
+    assert fingerprint('SELECT * FROM U&"\\0074able"') == fingerprint('SELECT * FROM "table"')

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.access import AccessDenied
+from gateway.pg import encodings
 from gateway.pg.catalog import Catalog
 from gateway.pg.catalogload import Catalogs
 from gateway.pg.codec import ProtocolError
@@ -38,12 +39,6 @@ from gateway.sessions import LiveSession
 log = logging.getLogger(__name__)
 
 UPSTREAM_TIMEOUT = 10.0
-_UTF8_NAMES = {"UTF8", "UNICODE"}
-
-
-def _norm_encoding(name: str) -> str:
-    # Postgres accepts quoted and differently spelled names: asyncpg sends 'utf-8' with the quotes.
-    return name.strip().strip("'\"").upper().replace("-", "").replace("_", "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,9 +290,9 @@ class PostgresListener:
 
 def _check_client_encoding(params: dict[str, str]) -> None:
     for k, v in params.items():
-        if k.lower() == "client_encoding" and _norm_encoding(v) not in _UTF8_NAMES:
-            # Multi-byte encodings like SJIS or GBK let a quote hide inside a character and fool any parser.
-            raise ProtocolError(f"client_encoding {v!r} is not allowed: the gateway speaks UTF8 only", "22023")
+        if k.lower() == "client_encoding" and (why := encodings.refusal(v)) is not None:
+            # SJIS, GBK and the like let a quote hide inside a character and fool any parser (pg/encodings).
+            raise ProtocolError(why, "22023")
 
 
 def _peer(pipe: Pipe) -> str:

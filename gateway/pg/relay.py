@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from gateway.pg import encodings
 from gateway.pg.codec import DEFAULT_FRONTEND_CAP, FRONTEND_CAPS, Framer, ProtocolError
-from gateway.pg.fastdecode import decode_bind, decode_execute, decode_query
+from gateway.pg.fastdecode import decode_bind, decode_execute
 from gateway.pg.journal import SUSPENDED, Journal, describe_params
 from gateway.pg.messages import (
-    SYNC,
     TERMINATE,
     Close,
     ErrorResponse,
     ParameterStatus,
-    Parse,
+    Query,
     error_response,
     notice_response,
-    ready_for_query,
 )
-from gateway.pg.sqlinspect import Inspection, Inspector, Statement, statement_name
+from gateway.pg.sqlinspect import Inspection, Inspector, Statement, decide_function_call, statement_name
 from gateway.pg.tripwire import Tripwires
 from gateway.pg.upstream import Upstream, send_cancel
 from gateway.policy import Decision, Verdict
@@ -30,22 +30,21 @@ from gateway.sessions import LiveSession
 
 log = logging.getLogger(__name__)
 
-# What waits for a ReadyForQuery from the upstream, in order (see _on_ready_for_query).
-UPSTREAM = 0  # an upstream Z: forward it
-SWALLOW = 1  # a Z answering a Sync the gateway injected after a denial mid-batch: replace it with the error
-SYNTHETIC = 2  # bytes the gateway answers itself, sent once everything before them has been answered
-SYNTHETIC_RFQ = 3  # the same, followed by a ReadyForQuery carrying the upstream's current status
+# A denied statement is not dropped: in its place the relay sends the upstream a message that fails at
+# once (a syntax error naming a per-session secret marker, so nothing is parsed, planned or run), and puts
+# its denial where the server's error comes back. The server thus fails at exactly the point of the denial
+# and does what PostgreSQL does after any error there: it skips the rest of an extended batch up to the
+# client's Sync, rolls back the implicit transaction of that batch (what was allowed before the denial
+# included), and marks an explicit transaction block failed. A multi-statement Query is one implicit
+# transaction: a denial anywhere in it refuses all of it, so none of it runs, as if its first
+# statement had failed (decide() judges the whole text before anything is sent). One case is stricter
+# than PostgreSQL: a Query holding its own COMMIT before the denial would have kept what that COMMIT
+# committed; here none of it runs.
+_MARKED_PARSE = b"P"  # Parse of a named statement, so the unnamed one survives, as it would the denied Parse
+_FLUSH = b"H\x00\x00\x00\x04"
 
 _Q, _P, _B, _E, _C, _S, _X, _F = (ord(c) for c in "QPBECSXF")
 _PASSTHROUGH = frozenset(ord(c) for c in "DHdcf")  # Describe, Flush, CopyData, CopyDone, CopyFail
-_UTF8_NAMES = {"UTF8", "UNICODE"}
-
-
-def _norm_encoding(name: str) -> str:
-    # Postgres accepts quoted and differently spelled names: asyncpg sends 'utf-8' with the quotes.
-    return name.strip().strip("'\"").upper().replace("-", "").replace("_", "")
-
-
 _EMPTY_DECISION = Decision(Verdict.ALLOW)
 _ALLOW = Verdict.ALLOW
 
@@ -101,7 +100,9 @@ class Relay:
         self.inspector = inspector
         self.journal = journal
         sql = session.policy.sql
-        self.admin = session.scope == "admin" or (sql is not None and sql.mode == "admin")
+        # What the policy says, never the scope's name: a scope called "admin" may well be mode write.
+        self.admin = sql is not None and sql.mode == "admin"
+        self._function_call = decide_function_call(sql)
         # As the listener decides (no sql policy: read mode), which pins default_transaction_read_only upstream.
         self.read_only = sql is None or sql.mode == "read"
         self.status = upstream.status
@@ -112,13 +113,17 @@ class Relay:
         self.bytes_out = 0
         self._cf = Framer(FRONTEND_CAPS, DEFAULT_FRONTEND_CAP, "message")
         self._sf = Framer(name="upstream message")
-        self._tickets: deque[tuple[int, bytes]] = deque()
-        self._special = 0  # tickets that are not plain UPSTREAM (the server side's fast path checks this)
+        # Denials standing in for a server error still to come: (the batch's number, the 42501 to send).
+        self._denials: deque[tuple[int, bytes]] = deque()
+        self._marker = f"gateway_denied_{secrets.token_hex(8)}"  # never shown: its error is replaced
+        marker = self._marker.encode() + b"\0"
+        body = marker + marker + b"\0\0"
+        self._marked_parse = _MARKED_PARSE + (len(body) + 4).to_bytes(4, "big") + body + _FLUSH
+        self._marked_query = Query(self._marker).encode()
         self._z_sent = 0  # ReadyForQuery-producing messages sent upstream
         self._z_seen = 0
         self._discarding = False  # after a denial in an extended batch, until the client's Sync
         self._batch_forwarded = False  # extended messages of the current batch reached the upstream
-        self._server_erred = False
         self._inject: list[bytes] = []
         self._closing = False
         # Set by a kill verdict (client side) or a tripwire (both sides): from then on nothing more is
@@ -134,6 +139,10 @@ class Relay:
         self._denied: dict[str, Decision] = {}
         self._portals: dict[str, tuple[str, list[str] | None, list[dict[str, Any]] | None]] = {}
         self._tripwires = Tripwires(upstream.parameters, read_only=self.read_only, admin=self.admin)
+        # Statement text is decoded in the session's client encoding (pg/encodings), as the server reports it.
+        encoding = next((p.value for p in upstream.parameters if p.name == "client_encoding"), "UTF8")
+        self._decode_query = encodings.query_decoder(encoding)
+        self._decode_parse = encodings.parse_decoder(encoding)
         self._handlers: dict[int, Callable[[bytes, int, int], bool]] = {
             _Q: self._on_query, _P: self._on_parse, _B: self._on_bind, _E: self._on_execute, _C: self._on_close,
             _S: self._on_sync, _X: self._on_terminate, _F: self._on_function_call,
@@ -215,11 +224,11 @@ class Relay:
         return insp, decision
 
     def _on_query(self, chunk: bytes, start: int, end: int) -> bool:
-        sql = decode_query(chunk, start, end)
+        sql = self._decode_query(chunk, start, end)
         insp, decision = self._check(sql)
         if not decision.allowed:
             self._refuse(sql, None, insp, decision)
-            self._synthetic(error_response("ERROR", "42501", denial_message(decision)), rfq=True)
+            self._deny_query(decision)
             return False
         stmts = insp.statements
         if len(stmts) == 1:
@@ -240,7 +249,7 @@ class Relay:
         return True
 
     def _on_parse(self, chunk: bytes, start: int, end: int) -> bool:
-        msg = Parse.decode(chunk[start + 5 : end])
+        msg = self._decode_parse(chunk[start + 5 : end])
         insp, decision = self._check(msg.sql)
         if not decision.allowed:
             self._refuse(msg.sql, None, insp, decision)
@@ -305,11 +314,10 @@ class Relay:
         return True
 
     def _on_function_call(self, chunk: bytes, start: int, end: int) -> bool:
-        if not self.admin:
-            # FunctionCall names a function by OID and carries no SQL: nothing for the parser to check.
-            d = Decision.deny("function-call", "the FunctionCall protocol message is allowed only in admin scope")
+        d = self._function_call
+        if not d.allowed:
             self._refuse("<FunctionCall>", None, None, d)
-            self._synthetic(error_response("ERROR", "42501", denial_message(d)), rfq=True)
+            self._deny_query(d)
             return False
         self.journal.started("<FunctionCall>", None, "", "function_call", (), _EMPTY_DECISION, self._z_sent + 1,
                              self.status)  # fmt: skip
@@ -317,28 +325,30 @@ class Relay:
         return True
 
     def _discard(self, tag: int) -> bool:
-        """After an error in an extended batch the server ignores everything until Sync; so do we."""
+        """After an error in an extended batch the server ignores everything until Sync; so do we.
+
+        The server is failing too (see _deny_in_batch), so the client's Sync goes up and its Z comes back.
+        """
         if tag == _S:
             self._discarding = False
-            self._synthetic(b"", rfq=True)
-        elif tag == _X:
+            return self._on_sync(b"", 0, 0)
+        if tag == _X:
             self._client_gone = True
             return True
         return False
 
     def _deny_in_batch(self, decision: Decision) -> None:
-        err = error_response("ERROR", "42501", denial_message(decision))
-        if self._batch_forwarded:
-            # Earlier messages of this batch are upstream: close their batch with a Sync of our own so their
-            # replies come back now, and put our error where that Sync's ReadyForQuery would have been.
-            self._inject.append(SYNC)
-            self._z_sent += 1
-            self._tickets.append((SWALLOW, err))
-            self._special += 1
-            self._batch_forwarded = False
-        else:
-            self._synthetic(err, rfq=False)
+        """A denied Parse, or a Bind to a denied statement: the server fails in its place (see the top)."""
+        self._inject.append(self._marked_parse)
+        self._denials.append((self._z_sent + 1, error_response("ERROR", "42501", denial_message(decision))))
+        self._batch_forwarded = True
         self._discarding = True
+
+    def _deny_query(self, decision: Decision) -> None:
+        """A denied Query or FunctionCall: a failing Query in its place, answered with E and Z by the server."""
+        self._inject.append(self._marked_query)
+        self._denials.append((self._z_sent + 1, error_response("ERROR", "42501", denial_message(decision))))
+        self._z_sent += 1
 
     def _refuse(self, sql: str, params: list[str] | None, insp: Inspection | None, d: Decision) -> None:
         st = insp.statements[0] if insp is not None and insp.statements else None
@@ -357,15 +367,6 @@ class Relay:
 
     def _expect_ready(self) -> None:
         self._z_sent += 1
-        self._tickets.append((UPSTREAM, b""))
-
-    def _synthetic(self, payload: bytes, *, rfq: bool) -> None:
-        """Answer the client ourselves, after every reply still owed by the upstream."""
-        if not self._tickets:
-            self._write_client(payload + ready_for_query(self.status) if rfq else payload)
-        else:
-            self._tickets.append((SYNTHETIC_RFQ if rfq else SYNTHETIC, payload))
-            self._special += 1
 
     def _raise_alerts(self, insp: Inspection, d: Decision) -> None:
         for a in d.alerts:
@@ -395,22 +396,22 @@ class Relay:
             if tag not in _WATCHED:  # DataRow, RowDescription, BindComplete...: forwarded as they are
                 continue
             if tag == 90:  # Z ReadyForQuery
-                cut = self._on_ready_for_query(chr(chunk[start + 5]))
-                if cut is not None:
-                    if pieces is None:
-                        pieces = []
-                    swallow, extra = cut
-                    pieces.append(chunk[fwd_from : start if swallow else end])
-                    pieces.extend(extra)
-                    fwd_from = end
+                self._on_ready_for_query(chr(chunk[start + 5]))
             elif tag == 67:  # C CommandComplete: 'SELECT 1', 'INSERT 0 5'; the last word is the row count
                 cc = chunk[start + 5 : end - 1]
                 last = cc[cc.rfind(b" ") + 1 :]
                 journal.completed(int(last) if last.isdigit() else None, cc.decode("utf-8", "replace"))
             elif tag == 69:  # E ErrorResponse
                 err = ErrorResponse.decode(chunk[start + 5 : end])
-                self._server_erred = True
-                journal.failed(err.sqlstate, err.message, self._z_seen + 1)
+                if self._denials and self._marker in err.message:
+                    # The failure standing in for a denial (recorded as refused already): the client gets ours.
+                    if pieces is None:
+                        pieces = []
+                    pieces.append(chunk[fwd_from:start])
+                    pieces.append(self._denials.popleft()[1])
+                    fwd_from = end
+                else:
+                    journal.failed(err.sqlstate, err.message, self._z_seen + 1)
             elif tag == 73:  # I EmptyQueryResponse
                 journal.completed(None, "")
             elif tag == 115:  # s PortalSuspended
@@ -431,28 +432,14 @@ class Relay:
                 pieces.append(chunk[fwd_from:])
             self.client.write(b"".join(pieces))
 
-    def _on_ready_for_query(self, status: str) -> tuple[bool, list[bytes]] | None:
-        """Pair the Z with its ticket; returns (swallow this Z, bytes to send after) when not a plain forward."""
+    def _on_ready_for_query(self, status: str) -> None:
+        """A batch ended upstream: its status, and its denial if an earlier error in it made the server skip ours."""
         before, self.status = self.status, status
         self._z_seen += 1
         self.journal.batch_end(self._z_seen, before, status)
-        erred, self._server_erred = self._server_erred, False
-        if not self._special:
-            if self._tickets:
-                self._tickets.popleft()
-            return None
-        kind, payload = self._tickets.popleft() if self._tickets else (UPSTREAM, b"")
-        extra: list[bytes] = []
-        swallow = kind == SWALLOW
-        if swallow:
-            self._special -= 1
-            if not erred:  # the upstream already reported an error for this batch: one is enough
-                extra.append(payload)
-        while self._tickets and self._tickets[0][0] >= SYNTHETIC:
-            k, p = self._tickets.popleft()
-            self._special -= 1
-            extra.append(p + ready_for_query(status) if k == SYNTHETIC_RFQ else p)
-        return swallow, extra
+        denials = self._denials
+        while denials and denials[0][0] <= self._z_seen:
+            denials.popleft()  # the client saw the server's earlier error for that batch: one is enough
 
     def _on_parameter_status(self, ps: ParameterStatus) -> bool:
         """Watch what the server reports; True when a tripwire fired and the session is being killed."""
@@ -460,9 +447,17 @@ class Relay:
         if breach is not None:
             self._trip(ps, breach)
             return True
-        if ps.name == "client_encoding" and _norm_encoding(ps.value) not in _UTF8_NAMES:
-            # Multi-byte encodings (SJIS, GBK, BIG5) can hide a quote inside a character: the parser would be fooled.
-            self._kill_soon(f"client_encoding changed to {ps.value}: only UTF8 is allowed through the gateway")
+        if ps.name == "client_encoding":
+            why = encodings.refusal(ps.value)
+            if why is not None:
+                # SJIS, GBK, BIG5... can hide a quote inside a character: the parser would be fooled.
+                self._kill_soon(f"client_encoding changed to {ps.value}: {why}")
+            else:
+                # Until this report, later messages of the same batch were read in the old encoding: both are
+                # ASCII-safe, so the statements and ASCII names were the same (pg/encodings); only a non-ASCII
+                # name could read differently, or fail to decode (a protocol error: the session ends).
+                self._decode_query = encodings.query_decoder(ps.value)
+                self._decode_parse = encodings.parse_decoder(ps.value)
         elif ps.name == "standard_conforming_strings" and ps.value != "on":
             # With it off, a backslash escapes a quote in '...': the server and the parser would split strings apart.
             self._kill_soon("standard_conforming_strings turned off: not allowed through the gateway")

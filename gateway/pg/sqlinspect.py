@@ -36,9 +36,10 @@ calls  (read and write; sqlcalls) "Every function called" means every call the s
        built-in is denied (rule "ambiguous-call"): it may be a user function nobody can see.
 admin  everything, unparseable included (a lexer error means the server runs nothing either);
        unparseable statements still carry a keyword kind and every name they mention, for rules.
-every  client_encoding other than UTF8 and standard_conforming_strings other than on are refused
-       (rule "encoding"): both change where the server thinks a string ends. The front end must pin
-       both in the startup packet (so RESET/DEFAULT are safe) and should watch ParameterStatus.
+every  client encodings in which a quote can hide inside a character (SJIS, GBK, BIG5...; pg/encodings)
+       and standard_conforming_strings other than on are refused (rule "encoding"): both change where
+       the server thinks a string ends. The front end must pin both in the startup packet (so
+       RESET/DEFAULT are safe), watch ParameterStatus, and decode text in the session's encoding.
 
 Policy rules then apply to every statement (kill > floor deny > rule deny), and detections add
 alerts: UPDATE/DELETE without WHERE, statements touching sensitive tables.
@@ -77,7 +78,10 @@ from gateway.pg.sqlclassify import (
 from gateway.pg.sqllex import IDENT, QIDENT, LexError, Token, keeps_literals, render, split, tokenize
 from gateway.policy import Decision, SqlPolicy, SqlRule, Verdict
 
-__all__ = ["Inspection", "Inspector", "Statement", "decide", "fingerprint", "inspect", "statement_name"]
+__all__ = [
+    "Inspection", "Inspector", "Statement", "decide", "decide_function_call", "fingerprint", "inspect",
+    "statement_name",
+]  # fmt: skip
 
 _RANK = {"read": 0, "write": 1, "admin": 2, "never": 3}
 _MAX_CACHED_KEY = 8192  # longer texts are inspected every time rather than pinned in memory
@@ -147,7 +151,8 @@ class _Scan:
             self.fingerprint = f"<{exc}>"
             return
         self.bounds = split(self.toks)
-        maybe = "set_config" in sql or "set_config" in sql.lower()  # a quoted "set_config" contains it too
+        # A quoted "set_config" contains it too; U&"set_confi\0067" does not, hence "&".
+        maybe = "set_config" in sql or "set_config" in sql.lower() or "&" in sql
         toks = self.toks
         keeps = [keeps_literals(toks, a, b, maybe) for a, b in self.bounds]
         self.kept = any(keeps)
@@ -284,6 +289,22 @@ def decide(
         return verdict
     alerts.extend(_detections(stmts, policy))
     return Decision.allow(*dict.fromkeys(alerts))
+
+
+def decide_function_call(policy: SqlPolicy | None) -> Decision:
+    """The FunctionCall protocol message: allowed only when the policy's mode is admin (no policy: read).
+
+    It names a function by OID and carries no SQL, so there is nothing for the allowlists to check.
+    """
+    if policy is not None and policy.mode == "admin":
+        return _ALLOW_DECISION
+    mode = policy.mode if policy is not None else "read"
+    return Decision.deny(
+        "function-call", f"the FunctionCall protocol message is allowed only in admin mode, not {mode}"
+    )
+
+
+_ALLOW_DECISION = Decision(Verdict.ALLOW)
 
 
 def _floor(

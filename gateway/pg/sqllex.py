@@ -4,10 +4,12 @@ Why not sqlglot's tokenizer: sqlinspect's security rests on finding the same sta
 will run. Every construct that can hide a `;` or a keyword follows scan.l (PostgreSQL 16) here:
 nested /* */ comments, -- comments (also when they cut an operator short), '' and E'' strings
 (backslash escapes only in E''), quote continuation across newlines, B''/X''/N''/U&'' strings,
-$tag$ dollar quotes, "" identifiers, and identifiers that may contain `$` and any non-ASCII
-character (so U+00A0 is part of a word, not a space). Only ASCII letters are case-folded, as the
-server does for UTF8. It assumes standard_conforming_strings=on and client_encoding=UTF8, which
-sqlinspect refuses to let a session change.
+$tag$ dollar quotes, "" identifiers, U&"" identifiers and U&'' strings with their UESCAPE clause
+(decoded here as the server's parser.c does, so every later check sees the real name), and
+identifiers that may contain `$` and any non-ASCII character (so U+00A0 is part of a word, not a
+space). Only ASCII letters are case-folded, as the
+server does. It assumes standard_conforming_strings=on and an ASCII-safe client encoding (text
+already decoded from it: pg/encodings), which sqlinspect refuses to let a session change.
 
 Tokens are plain tuples (kind, value, start, end) for speed: the fingerprint is computed on every
 statement of every query.
@@ -20,7 +22,7 @@ from collections.abc import Callable
 
 IDENT = "i"  # value: ASCII-lowercased
 QIDENT = "q"  # value: the name, quotes removed and "" undone
-UIDENT = "u"  # U&"..." (value as written; never decoded, so never trusted)
+UIDENT = "u"  # no longer produced: U&"..." is decoded into a QIDENT (kept for the classifier's stray check)
 STRING = "s"  # value as written, prefix and quotes included
 NUMBER = "n"
 PARAM = "p"  # $1
@@ -93,6 +95,7 @@ def tokenize(sql: str) -> list[Token]:
     append = toks.append
     match = _TOKEN.match
     pos, n = 0, len(sql)
+    unicode = False  # some U&"" or U&'' needs decoding: a pass of its own, off the hot path
     while pos < n:
         m = match(sql, pos)
         if m is None:  # only whitespace left: every other character matches some alternative
@@ -118,14 +121,16 @@ def tokenize(sql: str) -> list[Token]:
         elif kind == "xq" or kind == "xe" or kind == "xb":
             end = _string_end(sql, end, kind)
             append((STRING, sql[pos:end], pos, end))
+            unicode = unicode or sql[pos] in "uU"
         elif kind == "bc":
             end = _comment_end(sql, end)
         else:
             tok = _rare(sql, pos, end, kind)
             end = tok[3]
             append(tok)
+            unicode = unicode or kind == "xui"
         pos = end
-    return toks
+    return _decode_unicode(toks) if unicode else toks
 
 
 def _rare(sql: str, pos: int, end: int, kind: str | None) -> Token:
@@ -143,7 +148,9 @@ def _rare(sql: str, pos: int, end: int, kind: str | None) -> Token:
     if kind == "param":
         return (PARAM, sql[pos:end], pos, end)
     if kind == "xui":
-        return (UIDENT, sql[pos:end], pos, end)
+        if end - pos == 4:
+            raise LexError("zero-length delimited identifier")
+        return (UIDENT, sql[pos:end], pos, end)  # decoded by _decode_unicode, with its UESCAPE
     if sql[pos] == '"':
         raise LexError("unterminated quoted identifier")
     return (OTHER, sql[pos:end], pos, end)
@@ -301,13 +308,165 @@ def _array_type_at(toks: list[Token], i: int, lo: int, hi: int) -> bool:
 
 
 def string_value(raw: str) -> str | None:
-    """The value of a plain '...' or $$...$$ literal; None for forms we do not decode (E'', U&'')."""
-    if raw.startswith("'") and "\n" not in raw and "\r" not in raw:
-        return raw[1:-1].replace("''", "'")
-    if raw.startswith("$"):
+    """The value of a string literal token: '', N'', E'' (escapes decoded), $tag$; None for B''/X''.
+
+    U&'' tokens reach here already decoded (tokenize rewrites them as plain ''). None too where the
+    server would reject the value (an E'' whose bytes are not UTF-8): the caller then fails closed.
+    """
+    first = raw[:1]
+    if first == "$":
         tag = raw.index("$", 1) + 1
         return raw[tag:-tag]
+    if first == "'" or first in "nN":
+        return "".join(_segments(raw[raw.index("'") :], "xq")).replace("''", "'")
+    if first in "eE":
+        return unescape_e("".join(_segments(raw[1:], "xe")))
     return None
+
+
+def _segments(quoted: str, kind: str) -> list[str]:
+    """The bodies of a string and its quote continuations ('a'<newline>'b'), quotes removed."""
+    body = _BODY[kind]
+    out: list[str] = []
+    pos = 1
+    while True:
+        m = body.match(quoted, pos)
+        if m is None:  # tokenize made the token, so it is whole
+            raise LexError("unterminated quoted string")
+        out.append(quoted[pos : m.end() - 1])
+        cont = _QUOTE_CONTINUE.match(quoted, m.end())
+        if cont is None:
+            return out
+        pos = cont.end()
+
+
+_E_ESCAPE = re.compile(r"\\(?:([0-7]{1,3})|x([0-9A-Fa-f]{1,2})|u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})|(.))|''", re.DOTALL)
+_E_SIMPLE = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def unescape_e(body: str) -> str | None:
+    """An E'' string's body decoded as scan.l does (octal/hex bytes, \\u/\\U code points); None if invalid."""
+    out = bytearray()
+    pos = 0
+    high = 0  # a pending UTF-16 high surrogate
+    for m in _E_ESCAPE.finditer(body):
+        if high and (m.start() != pos or m.group(3) is None):
+            return None  # a high surrogate must be followed at once by a low one
+        out += body[pos : m.start()].encode()
+        pos = m.end()
+        octal, hexa, u4, u8, other = m.groups()
+        if m.group() == "''":
+            out += b"'"
+        elif octal is not None:
+            out.append(int(octal, 8) & 0xFF)
+        elif hexa is not None:
+            out.append(int(hexa, 16))
+        elif u4 is not None or u8 is not None:
+            cp = int(u4 or u8, 16)
+            if high:
+                if not 0xDC00 <= cp <= 0xDFFF:
+                    return None
+                cp, high = 0x10000 + ((high - 0xD800) << 10) + (cp - 0xDC00), 0
+            elif 0xD800 <= cp <= 0xDBFF:
+                high = cp
+                continue
+            if not 0 < cp <= 0x10FFFF or 0xDC00 <= cp <= 0xDFFF:
+                return None
+            out += chr(cp).encode()
+        elif other in "uU":
+            return None  # scan.l's xeunicodefail: \u without four hex digits is an error
+        else:
+            out += _E_SIMPLE.get(other, other).encode()
+    if high:
+        return None
+    out += body[pos:].encode()
+    try:
+        text = out.decode()
+    except UnicodeDecodeError:  # the server refuses invalid bytes in the server encoding
+        return None
+    return None if "\x00" in text else text
+
+
+# --- U&"..." and U&'...' (PostgreSQL 16 parser.c: base_yylex and str_udeescape) -------------------
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _decode_unicode(toks: list[Token]) -> list[Token]:
+    """Decode every U&"" / U&'' token, folding a following `UESCAPE 'c'` into it.
+
+    U&"" becomes a QIDENT holding the name (not case-folded, cut to 63 bytes: the server's rules),
+    U&'' a plain '' STRING of its value; so names and values are judged as the server reads them.
+    """
+    out: list[Token] = []
+    i, n = 0, len(toks)
+    while i < n:
+        kind, raw, start, end = toks[i]
+        if not (kind == UIDENT or (kind == STRING and raw[:1] in "uU")):
+            out.append(toks[i])
+            i += 1
+            continue
+        escape = "\\"
+        if i + 1 < n and toks[i + 1][0] == IDENT and toks[i + 1][1] == "uescape":
+            given = string_value(toks[i + 2][1]) if i + 2 < n and toks[i + 2][0] == STRING else None
+            if given is None or toks[i + 2][1][:1] in "uUbBxXnN":
+                raise LexError("UESCAPE must be followed by a simple string literal")
+            if len(given) != 1 or given in _HEX or given in "+'\" \t\n\r\f\v":
+                raise LexError("invalid Unicode escape character")
+            escape, end = given, toks[i + 2][3]
+            i += 2
+        i += 1
+        if kind == UIDENT:
+            name = _udeescape(raw[3:-1].replace('""', '"'), escape)
+            out.append((QIDENT, _name(name), start, end))
+        else:
+            value = _udeescape("".join(_segments(raw[2:], "xq")).replace("''", "'"), escape)
+            out.append((STRING, "'" + value.replace("'", "''") + "'", start, end))
+    return out
+
+
+def _udeescape(body: str, escape: str) -> str:
+    """`\\XXXX`, `\\+XXXXXX` and `\\\\` (with `escape` for the backslash) decoded; LexError as the server."""
+    if escape not in body:
+        return body
+    out: list[str] = []
+    pos, n = 0, len(body)
+    high = 0
+    while pos < n:
+        c = body[pos]
+        if c != escape:
+            if high:
+                raise LexError("invalid Unicode surrogate pair")
+            out.append(c)
+            pos += 1
+            continue
+        if body.startswith(escape, pos + 1):
+            if high:
+                raise LexError("invalid Unicode surrogate pair")
+            out.append(escape)
+            pos += 2
+            continue
+        if all(ch in _HEX for ch in body[pos + 1 : pos + 5]) and pos + 5 <= n:
+            cp, pos = int(body[pos + 1 : pos + 5], 16), pos + 5
+        elif body[pos + 1 : pos + 2] == "+" and pos + 8 <= n and all(ch in _HEX for ch in body[pos + 2 : pos + 8]):
+            cp, pos = int(body[pos + 2 : pos + 8], 16), pos + 8
+        else:
+            raise LexError("invalid Unicode escape")
+        if high:
+            if not 0xDC00 <= cp <= 0xDFFF:
+                raise LexError("invalid Unicode surrogate pair")
+            cp, high = 0x10000 + ((high - 0xD800) << 10) + (cp - 0xDC00), 0
+        elif 0xD800 <= cp <= 0xDBFF:
+            high = cp
+            continue
+        elif 0xDC00 <= cp <= 0xDFFF:
+            raise LexError("invalid Unicode surrogate pair")
+        if not 0 < cp <= 0x10FFFF:
+            raise LexError("invalid Unicode escape value")
+        out.append(chr(cp))
+    if high:
+        raise LexError("invalid Unicode surrogate pair")
+    return "".join(out)
 
 
 # --- helpers over a statement's tokens ----------------------------------------------------------

@@ -1,12 +1,14 @@
 """SET, RESET and set_config(): which settings a scope may change, and the two that decide where strings end.
 
 client_encoding and standard_conforming_strings are checked in every scope (admin too): with SJIS or
-GBK a quote can hide inside a multibyte character; with standard_conforming_strings off, 'a\\' stops
-being a whole string. Either makes sqllex and the server disagree about the statement.
+GBK a quote can hide inside a multibyte character (pg/encodings says which encodings are safe); with
+standard_conforming_strings off, 'a\\' stops being a whole string. Either makes sqllex and the server
+disagree about the statement.
 """
 
 from __future__ import annotations
 
+from gateway.pg import encodings
 from gateway.pg import sqlfunctions as fn
 from gateway.pg.sqlfacts import Context, Facts, has_pair, unparseable
 from gateway.pg.sqllex import IDENT, NUMBER, PUNCT, QIDENT, STRING, Token, fold, kw, name_at, punct, string_value
@@ -104,7 +106,7 @@ def _demotes_pg_catalog(values: list[Token]) -> bool:
 
 
 def _lexing_setting(command: str, var: str, values: list[Token], default: bool) -> Facts:
-    """client_encoding and standard_conforming_strings decide where strings end: UTF8/on or nothing.
+    """client_encoding and standard_conforming_strings decide where strings end: a safe encoding / on.
 
     With SJIS or GBK a quote can hide inside a multibyte character; with standard_conforming_strings
     off, 'a\\' stops being a whole string. Either makes this lexer and the server disagree.
@@ -114,15 +116,13 @@ def _lexing_setting(command: str, var: str, values: list[Token], default: bool) 
         return Facts("session", command, "write", f"resets {var} to the session-start value")
     value = _single_value(values)
     if var == "client_encoding":
-        ok = value is not None and "".join(c for c in value if c.isalnum() and c.isascii()) in ("utf8", "unicode")
-        wanted = "UTF8"
-    else:
-        ok, wanted = value in _ON, "on"
-    if ok:
+        why = encodings.refusal(value) if value is not None else "client_encoding must be a plain literal"
+        if why is None:
+            return Facts("session", command, "read")
+        return Facts("session", command, "never", why)
+    if value in _ON:
         return Facts("session", command, "read")
-    return Facts(
-        "session", command, "never", f"{var} must stay {wanted}: other values let a quote hide from the parser"
-    )
+    return Facts("session", command, "never", f"{var} must stay on: other values let a quote hide from the parser")
 
 
 def _single_value(values: list[Token]) -> str | None:

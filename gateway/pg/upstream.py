@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.config import Login, Target
+from gateway.pg import encodings
 from gateway.pg.codec import Framer, ProtocolError
 from gateway.pg.messages import (
     PROTOCOL_3_0,
@@ -57,9 +58,13 @@ def startup_parameters(target: Target, login: Login, *, application_name: str, r
                        client: Mapping[str, str]) -> dict[str, str]:  # fmt: skip
     """The upstream startup packet, rebuilt from scratch: nothing from the client but sane formatting GUCs."""
     # client_encoding and standard_conforming_strings decide where a string literal ends; pinned here (so a
-    # RESET returns to them), they keep the server's idea of the statement the same as the inspector's.
+    # RESET returns to them), they keep the server's idea of the statement the same as the inspector's. The
+    # client's encoding is kept when the gateway allows it (the listener refused the others), spelled as
+    # PostgreSQL names it; UTF8 when it names none.
+    wanted = _get_ci(client, "client_encoding")
+    encoding = (encodings.canonical(wanted) if wanted is not None and encodings.codec(wanted) else None) or "UTF8"
     params = {"user": login.user, "database": target.database, "application_name": application_name,
-              "client_encoding": "UTF8", "standard_conforming_strings": "on"}  # fmt: skip
+              "client_encoding": encoding, "standard_conforming_strings": "on"}  # fmt: skip
     for name, shape in _PASSTHROUGH.items():
         value = _get_ci(client, name)
         if value is not None and shape.fullmatch(value):

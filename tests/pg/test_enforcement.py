@@ -107,14 +107,16 @@ async def test_denial_mid_pipeline(gateway: Gateway, snapshot: str) -> None:
         assert tag == "E" and ErrorResponse.decode(body).sqlstate == "42501"
         c.send(raw.bind() + raw.execute() + raw.SYNC)
         assert raw.tags(await c.until_ready()) == "Z"
-        # Inside a transaction block the status stays the upstream's real one.
+        # Inside a transaction block a denial fails the block, as any error there does in PostgreSQL:
+        # the status is the upstream's real one, and COMMIT rolls back.
         c.send(raw.query("BEGIN"))
         assert (await c.until_ready())[-1] == ("Z", b"T")
         c.send(raw.parse("DELETE FROM orders") + raw.bind() + raw.execute() + raw.SYNC)
         msgs = await c.until_ready()
-        assert raw.tags(msgs) == "EZ" and msgs[-1] == ("Z", b"T")
+        assert raw.tags(msgs) == "EZ" and msgs[-1] == ("Z", b"E")
         c.send(raw.query("COMMIT"))
-        assert (await c.until_ready())[-1] == ("Z", b"I")
+        msgs = await c.until_ready()
+        assert msgs[0] == ("C", b"ROLLBACK\0") and msgs[-1] == ("Z", b"I")
     finally:
         await c.close()
     assert gateway.superuser(SNAPSHOT) == snapshot

@@ -349,7 +349,7 @@ def test_relay_execute_decoder_matches_messages(portal: bytes, rows: int, junk: 
 @FUZZ
 @given(st.binary(max_size=3), st.text(max_size=8).map(str.encode) | st.binary(max_size=8), st.binary(max_size=3))
 def test_relay_query_decoder_matches_messages(before: bytes, body: bytes, after: bytes) -> None:
-    from gateway.pg.relay import decode_query
+    from gateway.pg.fastdecode import decode_query
 
     def relay_decode(b: bytes) -> str:
         return decode_query(before + msg(b"Q", b) + after, len(before), len(before) + 5 + len(b))
