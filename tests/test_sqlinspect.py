@@ -363,7 +363,7 @@ def test_deny_names_the_offending_statement() -> None:
     d = outcome("SELECT 1; SELECT 2; DELETE FROM orders WHERE id = 1", READ)
     assert d == Decision.deny("read-only", "DELETE is not allowed in read scope")
     d = outcome("SELECT 1; WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d", READ)
-    assert d.rule == "read-only" and "data-modifying WITH (DELETE)" in d.reason
+    assert d.rule == "read-only" and d.reason == "DELETE in a WITH clause is not allowed in read scope"
     assert outcome("SELECT upper(x), pg_terminate_backend(1) FROM t", READ).reason == (
         "pg_terminate_backend() is not allowed in read scope"
     )

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from sqlglot import exp
 
 from gateway.pg.sqlanalyze import WRITE_NODES, Analysis, Budget, analyze, dangerous_calls, guess_names
-from gateway.pg.sqlfacts import UNPARSEABLE, Context, Facts, failed, has_pair, unparseable
+from gateway.pg.sqlfacts import IN_WITH, UNPARSEABLE, Context, Facts, failed, has_pair, unparseable
 from gateway.pg.sqllex import (
     IDENT,
     OTHER,
@@ -33,7 +33,7 @@ from gateway.pg.sqllex import (
 )
 from gateway.pg.sqlsettings import lexing_calls, reset, set_
 
-__all__ = ["UNPARSEABLE", "Budget", "Facts", "classify", "dangerous_calls", "failed", "lexing_calls", "unparseable"]
+__all__ = ["IN_WITH", "UNPARSEABLE", "Budget", "Facts", "classify", "dangerous_calls", "failed", "lexing_calls", "unparseable"]
 
 
 def _calls(f: Facts, a: Analysis) -> Facts:
@@ -107,7 +107,7 @@ def _query(t: list[Token], cx: Context) -> Facts:
     if command not in ("SELECT", "VALUES"):
         return base._replace(kind="write", needs="write")
     if a.writes:
-        return base._replace(kind="write", needs="write", reason=f"data-modifying WITH ({', '.join(sorted(a.writes))})")
+        return base._replace(kind="write", needs="write", reason=f"{'/'.join(sorted(a.writes))} {IN_WITH}")
     words = {tok[1] for tok in t if tok[0] == IDENT}
     if a.locks or ("for" in words and any(kw(t, i) == "for" and kw(t, i + 1) in _LOCK_WORDS for i in range(len(t)))):
         return base._replace(kind="write", needs="write", reason="FOR UPDATE/SHARE takes row locks")

@@ -26,6 +26,7 @@ class Facts(NamedTuple):
 
 
 UNPARSEABLE = "could not be parsed safely"
+IN_WITH = "in a WITH clause"  # ends the reason of a data-modifying CTE; the refusal headline leads with it
 
 
 def unparseable(why: str, command: str = "?") -> Facts:

@@ -67,6 +67,7 @@ from dataclasses import dataclass
 from gateway.pg.catalog import Catalog
 from gateway.pg.sqlcalls import function_floor, split_name
 from gateway.pg.sqlclassify import (
+    IN_WITH,
     UNPARSEABLE,
     Budget,
     Facts,
@@ -332,10 +333,13 @@ def _refusal(s: Statement, mode: str) -> Decision:
         return Decision.deny("encoding", s.reason)
     if s.kind == "unknown" or s.reason.startswith(UNPARSEABLE):
         return Decision.deny("unparseable", s.reason)
+    rule = "read-only" if mode == "read" else "write-scope"
+    if s.reason.endswith(IN_WITH):
+        # The statement's own verb (SELECT) would mislead: name what the WITH clause does.
+        return Decision.deny(rule, f"{s.reason} is not allowed in {mode} scope")
     why = f" ({s.reason})" if s.reason else ""
     return Decision.deny(
-        "read-only" if mode == "read" else "write-scope", f"{s.command} is not allowed in {mode} scope{why}"
-    )
+rule, f"{s.command} is not allowed in {mode} scope{why}")
 
 
 def _execute_floor(
