@@ -1,4 +1,4 @@
-"""Micro-benchmark of gateway.pg.sqlinspect: us per check, cached and uncached, next to sqlglot alone.
+"""Micro-benchmark of gateway.pg.sql.inspector: us per check, cached and uncached, next to sqlglot alone.
 
     .venv/bin/python bench/sqlinspect_bench.py [--rounds 7] [--n 20000]
 
@@ -16,10 +16,10 @@ from collections.abc import Callable
 import sqlglot
 from sqlglot.dialects.postgres import Postgres
 
-from gateway.pg import sqlinspect
-from gateway.pg.catalog import build
-from gateway.pg.pgcatalog15 import UNARY_BUILTINS
-from gateway.pg.sqlinspect import Inspector, fingerprint
+from gateway.pg.sql import inspector as inspector_mod
+from gateway.pg.sql.catalog import build
+from gateway.pg.sql.inspector import Inspector, fingerprint
+from gateway.pg.sql.pgcatalog15 import UNARY_BUILTINS
 from gateway.policy import SqlPolicy
 
 SHORT = "SELECT abalance FROM pgbench_accounts WHERE aid = {}"
@@ -52,11 +52,11 @@ def _cases(template: str, n: int) -> dict[str, Callable[[int], object]]:
     with_catalog.check(texts[0])
 
     def uncached(i: int) -> object:
-        sqlinspect._INSPECTIONS.clear()  # also the module-wide inspection cache
+        inspector_mod._INSPECTIONS.clear()  # also the module-wide inspection cache
         return Inspector(SqlPolicy("read")).check(texts[i])
 
     def uncached_catalog(i: int) -> object:
-        sqlinspect._INSPECTIONS.clear()
+        inspector_mod._INSPECTIONS.clear()
         return Inspector(SqlPolicy("read"), catalog=catalog).check(texts[i])
 
     return {

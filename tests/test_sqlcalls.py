@@ -1,6 +1,6 @@
 """Calls that are not `name (`: attribute notation, user overloads, operators and conversions (issue 9).
 
-Pure tests of the inspector with and without a target catalogue (gateway.pg.catalog), and hypothesis
+Pure tests of the inspector with and without a target catalogue (gateway.pg.sql.catalog), and hypothesis
 fuzzing of every call form of denied functions in every clause. tests/pg/test_bypass_functions.py does
 the same through the real gateway against PostgreSQL.
 """
@@ -11,10 +11,10 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from gateway.pg import sqlfunctions as fn
-from gateway.pg.catalog import Catalog, build
-from gateway.pg.pgcatalog15 import UNARY_BUILTINS
-from gateway.pg.sqlinspect import Inspector, decide, inspect
+from gateway.pg.sql import functions as fn
+from gateway.pg.sql.catalog import Catalog, build
+from gateway.pg.sql.inspector import Inspector, decide, inspect
+from gateway.pg.sql.pgcatalog15 import UNARY_BUILTINS
 from gateway.policy import SqlPolicy
 from tests.test_sqlinspect import FUZZ
 

@@ -1,4 +1,4 @@
-"""sqlinspect: statement splitting, classification, mode floors, rules, fingerprints and the decision cache."""
+"""sql.inspector: statement splitting, classification, mode floors, rules, fingerprints and the decision cache."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlglot.dialects.postgres import Postgres
 
-from gateway.pg import sqlfunctions as fn
-from gateway.pg import sqlinspect
-from gateway.pg.sqlinspect import (
+from gateway.pg.sql import functions as fn
+from gateway.pg.sql import inspector as inspector_mod
+from gateway.pg.sql.inspector import (
     Inspection,
     Inspector,
     decide,
@@ -22,7 +22,7 @@ from gateway.pg.sqlinspect import (
     skeleton_texts,
     statement_name,
 )
-from gateway.pg.sqllex import (
+from gateway.pg.sql.lex import (
     IDENT,
     NUMBER,
     OP,
@@ -660,13 +660,13 @@ def test_fingerprint_keeps_what_decides() -> None:
 
 def test_inspector_parses_a_hot_statement_once(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    real = sqlinspect._classify
+    real = inspector_mod._classify
 
     def counting(toks: list[tuple[str, str, int, int]], budget: object) -> object:
         calls.append(1)
         return real(toks, budget)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(sqlinspect, "_classify", counting)
+    monkeypatch.setattr(inspector_mod, "_classify", counting)
     inspector = Inspector(READ)
     for aid in range(200):
         sql = f"SELECT abalance FROM pgbench_accounts_hot WHERE aid = {aid}"
@@ -864,14 +864,14 @@ def test_skeleton_fast_path_matches_the_lexer(parts: list[str], sep: str, greedy
     # Exactly the lexer's integers are replaced, and nothing else the lexer sees is a literal or a quote.
     toks = tokenize(text)
     assert {t[0] for t in toks} <= {IDENT, NUMBER, PUNCT, OP}, text
-    ints = [(m.start(), m.end()) for m in sqlinspect._SKELETON_INT.finditer(text)]
+    ints = [(m.start(), m.end()) for m in inspector_mod._SKELETON_INT.finditer(text)]
     assert ints == [(a, b) for kind, _, a, b in toks if kind == NUMBER], text
     assert skeleton_texts(text) == [s.text for s in inspect(text).statements], text
     # Another text with the same skeleton: other integers, same inspection and decision as the full path.
-    other = sqlinspect._SKELETON_INT.sub(lambda m: str(rnd.randrange(10 ** rnd.randrange(1, 12))), text)
+    other = inspector_mod._SKELETON_INT.sub(lambda m: str(rnd.randrange(10 ** rnd.randrange(1, 12))), text)
     assert skeleton(other) == skel
-    kept = sqlinspect._Scan(text).kept
-    assert kept == sqlinspect._Scan(other).kept
+    kept = inspector_mod._Scan(text).kept
+    assert kept == inspector_mod._Scan(other).kept
     if not kept:
         assert fingerprint(other) == fingerprint(text), (text, other)
     for policy in (READ, WRITE, ADMIN):
@@ -888,7 +888,7 @@ def test_skeleton_fast_path_is_used_and_keeps_literals_that_matter(monkeypatch: 
     inspector = Inspector(READ)
     assert inspector.check("SELECT abalance FROM pgbench_accounts WHERE aid = 1")[1].allowed
     want = inspect("SELECT abalance FROM pgbench_accounts WHERE aid = 22")
-    monkeypatch.setattr(sqlinspect, "_Scan", None)  # the second text must not reach the lexer
+    monkeypatch.setattr(inspector_mod, "_Scan", None)  # the second text must not reach the lexer
     ins, d = inspector.check("SELECT abalance FROM pgbench_accounts WHERE aid = 22")
     monkeypatch.undo()
     assert d.allowed and ins == want

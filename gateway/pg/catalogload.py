@@ -1,4 +1,4 @@
-"""Read each target's catalogue (gateway.pg.catalog) over the gateway's own upstream connection, and keep it.
+"""Read each target's catalogue (gateway.pg.sql.catalog) over the gateway's own upstream connection, and keep it.
 
 Loaded at a target's first session, with that session's login (the scope's): pg_proc, pg_operator,
 pg_cast, pg_type, pg_attribute and pg_depend are readable by PUBLIC, so the least-privileged login
@@ -22,10 +22,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gateway.config import Login, Target
-from gateway.pg.catalog import CATALOG_SQL, Catalog, build
 from gateway.pg.codec import Framer
 from gateway.pg.messages import ErrorResponse, Query
 from gateway.pg.pipe import Pipe
+from gateway.pg.sql.catalog import CATALOG_SQL, Catalog, build
 from gateway.pg.upstream import UpstreamError, connect, startup_parameters
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,6 @@ from typing import Any
 
 from gateway.access import AccessDenied
 from gateway.pg import encodings
-from gateway.pg.catalog import Catalog
 from gateway.pg.catalogload import Catalogs
 from gateway.pg.codec import ProtocolError
 from gateway.pg.journal import Journal
@@ -27,7 +26,8 @@ from gateway.pg.messages import (
 )
 from gateway.pg.pipe import Pipe
 from gateway.pg.relay import Relay
-from gateway.pg.sqlinspect import Inspector
+from gateway.pg.sql.catalog import Catalog
+from gateway.pg.sql.inspector import Inspector
 from gateway.pg.startup import Cancel, ClientStartup, NeedTLS, Password, RefuseGSSENC, Startup
 from gateway.pg.tls import server_context
 from gateway.pg.upstream import Upstream, UpstreamError, connect, send_cancel, startup_parameters

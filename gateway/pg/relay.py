@@ -22,7 +22,7 @@ from gateway.pg.messages import (
     error_response,
     notice_response,
 )
-from gateway.pg.sqlinspect import Inspection, Inspector, Statement, decide_function_call, statement_name
+from gateway.pg.sql.inspector import Inspection, Inspector, Statement, decide_function_call, statement_name
 from gateway.pg.tripwire import Tripwires
 from gateway.pg.upstream import Upstream, send_cancel
 from gateway.policy import Decision, Verdict

@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import psycopg
 import pytest
 
-from gateway.pg.catalog import Catalog
-from gateway.pg.pgcatalog15 import UNARY_BUILTINS
-from gateway.pg.sqlinspect import Inspector
+from gateway.pg.sql.catalog import Catalog
+from gateway.pg.sql.inspector import Inspector
+from gateway.pg.sql.pgcatalog15 import UNARY_BUILTINS
 from gateway.policy import SqlPolicy
 from tests.pg.conftest import TARGET, Gateway
 

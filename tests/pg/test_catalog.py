@@ -9,9 +9,9 @@ import psycopg
 import pytest
 
 from gateway.config import Address, Login, Target
-from gateway.pg.catalog import Catalog, build
 from gateway.pg.catalogload import CatalogError, Catalogs, _Entry, load_catalog
-from gateway.pg.sqlinspect import Inspector
+from gateway.pg.sql.catalog import Catalog, build
+from gateway.pg.sql.inspector import Inspector
 from gateway.policy import SqlPolicy
 from gateway.secret import Secret
 from tests.pg.conftest import OTHER_TARGET, TARGET, Gateway

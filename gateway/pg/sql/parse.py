@@ -1,11 +1,11 @@
 """What sqlglot can tell about a query or DML statement: tables, calls, hidden writes, locks.
 
-sqlglot parses a literal-free rendering of our tokens (sqllex.parse_text), never the user's text, and
+sqlglot parses a literal-free rendering of our tokens (sql.lex.parse_text), never the user's text, and
 its findings are mapped back to our tokens by position: a call's name is read from the token sqlglot
 says it started at, so `pg_catalog.set_config`, `"Upper"` and `myschema.upper` keep what makes them
 different from the built-ins. Whatever `name (` sqlglot did not explain is counted as a call.
 
-Calls without `name (` are collected from the tokens, for sqlinspect to resolve against the target's
+Calls without `name (` are collected from the tokens, for sql.inspector to resolve against the target's
 catalogue: attribute notation (`(x).f` and `t.f` mean f(x) and f(t) when there is no such column),
 conversions to a named type (`x::t`, `CAST(x AS t)`, `t 'literal'`) and every operator used.
 """
@@ -19,8 +19,8 @@ from typing import NamedTuple
 from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
 
-from gateway.pg import sqlfunctions as fn
-from gateway.pg.sqllex import (
+from gateway.pg.sql import functions as fn
+from gateway.pg.sql.lex import (
     IDENT,
     OP,
     PARAM,
@@ -252,7 +252,7 @@ def attribute_refs(t: list[Token], relations: dict[str, str]) -> tuple[set[tuple
 
     relation is the catalogue relation x names (`orders` for `o` in `FROM orders o`), "" when x is a
     CTE, subquery or function alias, or EXPRESSION when x is an expression or unknown. The server reads
-    `x.name` as the column `name` when x has one, else as name(x): sqlinspect decides which with the
+    `x.name` as the column `name` when x has one, else as name(x): sql.inspector decides which with the
     target's catalogue. A dotted name followed by `(` is an ordinary qualified call (sqlglot's), one
     after `::` or CAST's AS, or before a string literal, is a type.
     """

@@ -1,7 +1,7 @@
 """What one statement is: kind, command, the least scope that may run it, tables and functions.
 
-The statement's leading keywords pick a handler (ours, on sqllex tokens: never a raw-text prefix).
-Queries and DML go through sqlanalyze (sqlglot, on a literal-free rendering) for tables, calls,
+The statement's leading keywords pick a handler (ours, on sql.lex tokens: never a raw-text prefix).
+Queries and DML go through sql.parse (sqlglot, on a literal-free rendering) for tables, calls,
 data-modifying CTEs, SELECT INTO and row locks. Utility statements, which sqlglot would read as an
 opaque Command, are handled here keyword by keyword; whatever is neither is "unknown" and needs
 admin (fail closed).
@@ -16,9 +16,8 @@ from collections.abc import Callable
 
 from sqlglot import exp
 
-from gateway.pg.sqlanalyze import WRITE_NODES, Analysis, Budget, analyze, dangerous_calls, guess_names
-from gateway.pg.sqlfacts import IN_WITH, UNPARSEABLE, Context, Facts, failed, has_pair, unparseable
-from gateway.pg.sqllex import (
+from gateway.pg.sql.facts import IN_WITH, UNPARSEABLE, Context, Facts, failed, has_pair, unparseable
+from gateway.pg.sql.lex import (
     IDENT,
     OTHER,
     QIDENT,
@@ -31,9 +30,20 @@ from gateway.pg.sqllex import (
     name_at,
     punct,
 )
-from gateway.pg.sqlsettings import lexing_calls, reset, set_
+from gateway.pg.sql.parse import WRITE_NODES, Analysis, Budget, analyze, dangerous_calls, guess_names
+from gateway.pg.sql.settings import lexing_calls, reset, set_
 
-__all__ = ["IN_WITH", "UNPARSEABLE", "Budget", "Facts", "classify", "dangerous_calls", "failed", "lexing_calls", "unparseable"]
+__all__ = [
+    "IN_WITH",
+    "UNPARSEABLE",
+    "Budget",
+    "Facts",
+    "classify",
+    "dangerous_calls",
+    "failed",
+    "lexing_calls",
+    "unparseable",
+]
 
 
 def _calls(f: Facts, a: Analysis) -> Facts:

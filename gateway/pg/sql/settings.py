@@ -2,16 +2,16 @@
 
 client_encoding and standard_conforming_strings are checked in every scope (admin too): with SJIS or
 GBK a quote can hide inside a multibyte character (pg/encodings says which encodings are safe); with
-standard_conforming_strings off, 'a\\' stops being a whole string. Either makes sqllex and the server
+standard_conforming_strings off, 'a\\' stops being a whole string. Either makes sql.lex and the server
 disagree about the statement.
 """
 
 from __future__ import annotations
 
 from gateway.pg import encodings
-from gateway.pg import sqlfunctions as fn
-from gateway.pg.sqlfacts import Context, Facts, has_pair, unparseable
-from gateway.pg.sqllex import IDENT, NUMBER, PUNCT, QIDENT, STRING, Token, fold, kw, name_at, punct, string_value
+from gateway.pg.sql import functions as fn
+from gateway.pg.sql.facts import Context, Facts, has_pair, unparseable
+from gateway.pg.sql.lex import IDENT, NUMBER, PUNCT, QIDENT, STRING, Token, fold, kw, name_at, punct, string_value
 
 __all__ = ["harmless_set_config", "lexing_calls", "reset", "set_"]
 

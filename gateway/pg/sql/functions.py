@@ -1,4 +1,4 @@
-"""Data for sqlinspect: read-only built-in functions, functions denied even in write scope, settings.
+"""Data for sql.inspector: read-only built-in functions, functions denied even in write scope, settings.
 
 Everything here is plain data so that a reviewer can audit it without reading code. Names are the
 Postgres names, lowercase. Schema-qualified calls match only when the schema is pg_catalog (a function

@@ -1,8 +1,8 @@
 """Which functions a statement calls, as PostgreSQL will resolve them, and whether a scope may call them.
 
-sqlinspect.decide asks `function_floor` about every statement below admin. Calls come from sqlanalyze
+sql.inspector.decide asks `function_floor` about every statement below admin. Calls come from sql.parse
 (`name (` calls, and the `x.name`, conversions and operators that may be calls); the target's
-catalogue (gateway.pg.catalog) says which of those the server will read as calls, and which names have
+catalogue (gateway.pg.sql.catalog) says which of those the server will read as calls, and which names have
 a user overload. Without a catalogue, PostgreSQL 15's built-in names stand in (pgcatalog15), and a
 `(expr).name` that may call an unknown function is refused: nobody can tell.
 """
@@ -11,19 +11,19 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from gateway.pg import sqlfunctions as fn
-from gateway.pg.catalog import Catalog
-from gateway.pg.pgcatalog15 import UNARY_BUILTINS
-from gateway.pg.sqlanalyze import EXPRESSION
-from gateway.pg.sqllex import LexError, tokenize
-from gateway.pg.sqlsettings import harmless_set_config
+from gateway.pg.sql import functions as fn
+from gateway.pg.sql.catalog import Catalog
+from gateway.pg.sql.lex import LexError, tokenize
+from gateway.pg.sql.parse import EXPRESSION
+from gateway.pg.sql.pgcatalog15 import UNARY_BUILTINS
+from gateway.pg.sql.settings import harmless_set_config
 from gateway.policy import Decision
 
 __all__ = ["CallFacts", "calls", "function_floor", "split_name"]
 
 
 class CallFacts(Protocol):
-    """What a statement (sqlinspect.Statement) says about its calls."""
+    """What a statement (sql.inspector.Statement) says about its calls."""
 
     @property
     def text(self) -> str: ...
@@ -86,7 +86,7 @@ _CALL, _COLUMN, _UNKNOWN = "call", "column", "unknown"
 
 
 def _attribute(rel: str, name: str, catalog: Catalog | None) -> str:
-    """How the server reads `x.name` (rel: see sqlanalyze.attribute_refs): a column, a call, or who knows.
+    """How the server reads `x.name` (rel: see sql.parse.attribute_refs): a column, a call, or who knows.
 
     PostgreSQL: if x is a relation or row with a column `name`, the column; else name(x) if a function
     (or type) `name` takes one argument; else an error. Without a catalogue, a name that is no built-in

@@ -1,8 +1,8 @@
 """Inspect SQL text and decide whether a scope may run it. Pure code: no I/O, no clock.
 
 The Postgres front end calls `Inspector.check` for every Query and Parse message. How it works:
-`sqllex` splits the text into statements exactly as the server does (comments, dollar quotes,
-E'' strings...), `sqlclassify` says what each statement is, and `decide` applies the scope.
+`sql.lex` splits the text into statements exactly as the server does (comments, dollar quotes,
+E'' strings...), `sql.classify` says what each statement is, and `decide` applies the scope.
 The upstream login's own privileges are the real wall (a read scope logs in as a SELECT-only
 role); this is the second wall, and the record of intent.
 
@@ -12,26 +12,26 @@ read   SELECT/VALUES/TABLE (no SELECT INTO, no FOR UPDATE/SHARE, no data-modifyi
        EXPLAIN (with ANALYZE only of a read), DECLARE ... CURSOR FOR <read>, FETCH/MOVE/CLOSE,
        COPY (<read>)|table TO STDOUT, PREPARE x AS <read>, EXECUTE x when `prepared` says x is a read,
        BEGIN/START TRANSACTION (not READ WRITE), COMMIT/ROLLBACK/SAVEPOINT/RELEASE, SET/RESET of
-       harmless settings (sqlfunctions.READ_SETTINGS; search_path only if pg_catalog is first or
+       harmless settings (sql.functions.READ_SETTINGS; search_path only if pg_catalog is first or
        not listed), DEALLOCATE, DISCARD PLANS/TEMP/SEQUENCES, LISTEN/UNLISTEN (only subscribes this
-       session). Every function called must be in the read allowlist (sqlfunctions.READ_FUNCTIONS,
+       session). Every function called must be in the read allowlist (sql.functions.READ_FUNCTIONS,
        unqualified or pg_catalog.) or policy.extra_functions; with the target's catalogue, an
        unqualified name that has an overload outside pg_catalog must be in extra_functions (the
        server, not the name, decides which one runs). pg_sleep is allowed: it only holds this
        session's connection (statement_timeout bounds it). txid_current() is not a read.
 write  read, plus INSERT/UPDATE/DELETE/MERGE (also in WITH), FOR UPDATE/SHARE, COPY FROM STDIN,
        LOCK, NOTIFY, CALL, READ WRITE transactions, RESET ALL, other non-custom settings,
-       PREPARE TRANSACTION. Any function except sqlfunctions.WRITE_DENIED_FUNCTIONS (set_config,
+       PREPARE TRANSACTION. Any function except sql.functions.WRITE_DENIED_FUNCTIONS (set_config,
        backend signals, server files, dblink, functions that run SQL text...) unless extra_functions
        lists it. Denied: DDL (incl. CREATE TEMP TABLE, SELECT INTO, TRUNCATE), DCL, SET ROLE /
        SESSION AUTHORIZATION and their RESET, DISCARD ALL, custom (dotted) settings, ALTER SYSTEM,
        COPY to/from a file or PROGRAM, DO, VACUUM/ANALYZE/CLUSTER/REINDEX/CHECKPOINT/REFRESH/LOAD,
        COMMIT/ROLLBACK PREPARED, unknown or unparseable statements.
-calls  (read and write; sqlcalls) "Every function called" means every call the server may make: `f(...)`
+calls  (read and write; sql.calls) "Every function called" means every call the server may make: `f(...)`
        in any clause, quoted or schema-qualified; attribute notation, which PostgreSQL reads as a call
        when x has no such column (`(x).f`, `t.f`, `(t.c).f` mean f(x), f(t), f(t.c)); conversions to
        a type whose cast, input or domain CHECK runs a user function; operators backed by user
-       functions. gateway.pg.catalog (the target's, passed in: no I/O here) tells a column from a
+       functions. gateway.pg.sql.catalog (the target's, passed in: no I/O here) tells a column from a
        call; without one, PostgreSQL 15's built-in names stand in and `(expr).name` naming no
        built-in is denied (rule "ambiguous-call"): it may be a user function nobody can see.
 admin  everything, unparseable included (a lexer error means the server runs nothing either);
@@ -64,9 +64,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from gateway.pg.catalog import Catalog
-from gateway.pg.sqlcalls import function_floor, split_name
-from gateway.pg.sqlclassify import (
+from gateway.pg.sql.calls import function_floor, split_name
+from gateway.pg.sql.catalog import Catalog
+from gateway.pg.sql.classify import (
     IN_WITH,
     UNPARSEABLE,
     Budget,
@@ -76,7 +76,7 @@ from gateway.pg.sqlclassify import (
     lexing_calls,
     unparseable,
 )
-from gateway.pg.sqllex import IDENT, QIDENT, LexError, Token, keeps_literals, render, split, tokenize
+from gateway.pg.sql.lex import IDENT, QIDENT, LexError, Token, keeps_literals, render, split, tokenize
 from gateway.policy import Decision, SqlPolicy, SqlRule, Verdict
 
 __all__ = [
@@ -105,7 +105,7 @@ class Statement:
     reason: str  # why kind/needs are what they are; "could not be parsed safely: ..." when unknown
     needs: str  # the least mode that may run it: read, write, admin, or never
     # Calls the server may make that are not `name (`, resolved by decide() against the catalogue:
-    attributes: frozenset[tuple[str, str]] = frozenset()  # (relation, name) of `x.name`: sqlanalyze
+    attributes: frozenset[tuple[str, str]] = frozenset()  # (relation, name) of `x.name`: sql.parse
     types: frozenset[str] = frozenset()  # types converted to (x::t, CAST(x AS t), t 'literal')
     operators: frozenset[str] = frozenset()
 
@@ -275,7 +275,7 @@ def decide(
 
     `prepared` maps prepared-statement names to the Inspection that created them (the Parse
     message's query, or the PREPARE statement); EXECUTE of a name not in it is denied below admin.
-    `catalog` is the target's (gateway.pg.catalog); without it, names are judged by PostgreSQL 15's
+    `catalog` is the target's (gateway.pg.sql.catalog); without it, names are judged by PostgreSQL 15's
     built-ins and `(expr).name` that may be a call of an unknown function is denied below admin.
     """
     mode = policy.mode if policy.mode in ("read", "write", "admin") else "read"
@@ -338,8 +338,7 @@ def _refusal(s: Statement, mode: str) -> Decision:
         # The statement's own verb (SELECT) would mislead: name what the WITH clause does.
         return Decision.deny(rule, f"{s.reason} is not allowed in {mode} scope")
     why = f" ({s.reason})" if s.reason else ""
-    return Decision.deny(
-rule, f"{s.command} is not allowed in {mode} scope{why}")
+    return Decision.deny(rule, f"{s.command} is not allowed in {mode} scope{why}")
 
 
 def _execute_floor(

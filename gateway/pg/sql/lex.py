@@ -1,6 +1,6 @@
 """A Postgres lexer: statement boundaries, comments and literals exactly as the server sees them.
 
-Why not sqlglot's tokenizer: sqlinspect's security rests on finding the same statements the server
+Why not sqlglot's tokenizer: sql.inspector's security rests on finding the same statements the server
 will run. Every construct that can hide a `;` or a keyword follows scan.l (PostgreSQL 16) here:
 nested /* */ comments, -- comments (also when they cut an operator short), '' and E'' strings
 (backslash escapes only in E''), quote continuation across newlines, B''/X''/N''/U&'' strings,
@@ -9,7 +9,7 @@ $tag$ dollar quotes, "" identifiers, U&"" identifiers and U&'' strings with thei
 identifiers that may contain `$` and any non-ASCII character (so U+00A0 is part of a word, not a
 space). Only ASCII letters are case-folded, as the
 server does. It assumes standard_conforming_strings=on and an ASCII-safe client encoding (text
-already decoded from it: pg/encodings), which sqlinspect refuses to let a session change.
+already decoded from it: pg/encodings), which sql.inspector refuses to let a session change.
 
 Tokens are plain tuples (kind, value, start, end) for speed: the fingerprint is computed on every
 statement of every query.

@@ -1,11 +1,11 @@
-"""A statement's classification as plain data (Facts), shared by sqlclassify and sqlsettings."""
+"""A statement's classification as plain data (Facts), shared by sql.classify and sql.settings."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from gateway.pg.sqlanalyze import Budget
-from gateway.pg.sqllex import Token, kw
+from gateway.pg.sql.lex import Token, kw
+from gateway.pg.sql.parse import Budget
 
 __all__ = ["UNPARSEABLE", "Context", "Facts", "failed", "has_pair", "unparseable"]
 
@@ -20,7 +20,7 @@ class Facts(NamedTuple):
     tables: frozenset[str] = frozenset()
     functions: frozenset[str] = frozenset()
     has_where: bool = True
-    attributes: frozenset[tuple[str, str]] = frozenset()  # `x.name` that may call name(x): sqlanalyze
+    attributes: frozenset[tuple[str, str]] = frozenset()  # `x.name` that may call name(x): sql.parse
     types: frozenset[str] = frozenset()  # types converted to
     operators: frozenset[str] = frozenset()
 

@@ -1,7 +1,7 @@
 """Names PostgreSQL 15 can call with one argument, from pg_catalog and information_schema (generated data).
 
 Attribute notation `(x).name` calls `name(x)` when x has no field `name` (and `name` may also be a type:
-`(x).text` is a cast). When a target's catalogue could not be read, sqlinspect uses this list to tell a
+`(x).text` is a cast). When a target's catalogue could not be read, sql.inspector uses this list to tell a
 plain column from a call. Produced on the rig's PostgreSQL 15 with (tests/pg/test_catalog.py checks it
 still covers the running server):
 

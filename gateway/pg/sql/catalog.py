@@ -1,6 +1,6 @@
 """A snapshot of what one target's PostgreSQL resolves names to: plain data the inspector reads.
 
-sqlinspect decides on text; PostgreSQL decides on its catalogue. Where the two can disagree, this
+sql.inspector decides on text; PostgreSQL decides on its catalogue. Where the two can disagree, this
 snapshot says how the server will read a name:
 - `x.name` calls name(x) when x has no column `name` and some one-argument function (or type) is
   called `name` (attribute notation): `unary` and `columns` tell a column from a call;
