@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import os
 import platform
@@ -150,10 +151,9 @@ def versions() -> dict[str, str]:
         except (OSError, IndexError):
             return "?"
 
-    import uvloop
-
-    return {"python": platform.python_version(), "uvloop": uvloop.__version__, "pgbench": out("pgbench", "--version"),
-            "pgbouncer": out("pgbouncer", "--version"), "kernel": platform.release(),
+    return {"python": platform.python_version(), "uvloop": importlib.metadata.version("uvloop"),
+            "pgbench": out("pgbench", "--version"), "pgbouncer": out("pgbouncer", "--version"),
+            "kernel": platform.release(),
             "cpu": out("sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
             "cores": str(os.cpu_count())}  # fmt: skip
 

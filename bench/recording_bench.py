@@ -42,8 +42,9 @@ def failed(reason: str) -> None:
 
 def open_cast(path: Path) -> AsciicastRecorder:
     """An asciicast recorder as the SSH front end opens one."""
-    return AsciicastRecorder.open(path, width=120, height=40, title="bench", env={"TERM": "xterm"},
-                                  started_at=time.time(), on_failure=failed)
+    return AsciicastRecorder.open(
+        path, width=120, height=40, title="bench", env={"TERM": "xterm"}, started_at=time.time(), on_failure=failed
+    )
 
 
 def open_binary(path: Path) -> BinaryStreamRecorder:
@@ -107,15 +108,22 @@ async def interactive_sessions(root: Path, sessions: int, seconds: float) -> Non
     await asyncio.gather(*(rec.close() for rec in recs))
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     mb = sessions * ticks * len(chunk) / 1e6
-    print(f"  {sessions} interactive sessions, {mb:.1f} MB in {wall:.1f}s: process CPU {cpu / wall * 100:.0f}%"
-          f" of one core (includes this driver loop), threads alive: {threading.active_count()}")
+    print(
+        f"  {sessions} interactive sessions, {mb:.1f} MB in {wall:.1f}s: process CPU {cpu / wall * 100:.0f}%"
+        f" of one core (includes this driver loop), threads alive: {threading.active_count()}"
+    )
 
 
 async def statements_per_second(path: Path, n: int) -> float:
     """Statement events a second through a StatementRecorder until close()."""
     rec = StatementRecorder.open(path, header={"session": "bench"}, on_failure=failed)
-    event = {"type": "statement", "sql": "SELECT id, total FROM orders WHERE customer_id = $1 LIMIT 50",
-             "verdict": "allowed", "rows": 50, "duration_ms": 0.8}
+    event = {
+        "type": "statement",
+        "sql": "SELECT id, total FROM orders WHERE customer_id = $1 LIMIT 50",
+        "verdict": "allowed",
+        "rows": 50,
+        "duration_ms": 0.8,
+    }
     start = time.perf_counter()
     for _ in range(n):
         rec.record(event)
@@ -159,8 +167,10 @@ async def main() -> None:
             base_mbs = statistics.median(size / b / 1e6 for b, _ in runs)
             rec_mbs = statistics.median(size / r / 1e6 for _, r in runs)
             ratio = statistics.median(b / r for b, r in runs)
-            print(f"  {fmt:9s} {kind:6s}: {rec_mbs:7.1f} MB/s recorded   (os.write baseline {base_mbs:7.1f} MB/s,"
-                  f" recorder/baseline speed {ratio:.2f})")
+            print(
+                f"  {fmt:9s} {kind:6s}: {rec_mbs:7.1f} MB/s recorded   (os.write baseline {base_mbs:7.1f} MB/s,"
+                f" recorder/baseline speed {ratio:.2f})"
+            )
         for fmt, opener in (("asciicast", open_cast), ("binary", open_binary)):
             for chunk in (b"x", b"y" * 64, b"z" * CHUNK):
                 ns = await per_call_ns(opener, root / f"call-{fmt}-{len(chunk)}", chunk)

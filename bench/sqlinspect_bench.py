@@ -9,11 +9,11 @@ median of the rounds is printed, with sqlglot's own parse of the same text as th
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import statistics
 import time
 from collections.abc import Callable
 
-import sqlglot
 from sqlglot.dialects.postgres import Postgres
 
 from gateway.pg.sql import inspector as inspector_mod
@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--n", type=int, default=20000, help="calls per case per round (uncached: n/10)")
     args = ap.parse_args()
-    print(f"sqlglot {sqlglot.__version__}, {args.rounds} rounds, median us/op")
+    print(f"sqlglot {importlib.metadata.version('sqlglot')}, {args.rounds} rounds, median us/op")
     for label, template in (("short (pgbench -S)", SHORT), ("5-line join", LONG)):
         cases = _cases(template, args.n)
         results: dict[str, list[float]] = {name: [] for name in cases}

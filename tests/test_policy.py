@@ -108,14 +108,15 @@ scopes:
     sp = tp.scopes["write"]
     assert sp.max_ttl == 2700
     assert sp.requesters_users == {"alice"} and sp.requesters_groups == {"eng"}
-    assert (sp.approvals.count, sp.approvals.from_users, sp.approvals.from_groups) == (2, {"bob"}, {"dba"})
+    approvals = sp.approvals
+    assert (approvals.count, approvals.from_users, approvals.from_groups) == (2, frozenset({"bob"}), frozenset({"dba"}))
     assert sp.sql is not None
     assert sp.sql.extra_functions == {"pg_sleep"} and sp.sql.sensitive_tables == {"customers"}
     assert sp.sql.max_rows == 50 and sp.sql.alert_write_without_where is False
     r0, r1, r2 = sp.sql.rules
-    assert (r0.name, r0.kinds, r0.action) == ("no-truncate", {"truncate"}, Verdict.DENY)
+    assert (r0.name, r0.kinds, r0.action) == ("no-truncate", frozenset({"truncate"}), Verdict.DENY)
     assert r1.name == "rule-1" and r1.pattern is not None and r1.pattern.search("DROP   TABLE x")
-    assert (r2.tables, r2.functions, r2.action) == ({"payments"}, {"lo_export"}, Verdict.ALERT)
+    assert (r2.tables, r2.functions, r2.action) == (frozenset({"payments"}), frozenset({"lo_export"}), Verdict.ALERT)
 
 
 @pytest.mark.parametrize(
@@ -263,9 +264,7 @@ def test_targets_without_a_file_get_the_default(tmp_path: Path) -> None:
         assert sp.max_ttl == DEFAULT_MAX_TTL == 3600
         assert sp.ssh == SshPolicy() and sp.sql is None
         assert sp.approvals.count == 1 and not sp.auto_approve
-        assert not (
-            sp.ssh.agent_forwarding or sp.ssh.local_forwarding or sp.ssh.remote_forwarding or sp.ssh.x11_forwarding
-        )
+        assert not sp.ssh.local_forwarding  # remote, agent and X11 forwarding have no switch: always refused
     assert [t.target for t in policies.targets()] == ["orders-db", "web-1"]
     assert policies.scope("nope", "read") is None and policies.target("nope") is None
 

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,7 +73,7 @@ def cast(path: Path, failures: Callable[[str], None], **kw: object) -> Asciicast
     return AsciicastRecorder.open(path, **args)  # type: ignore[arg-type]
 
 
-def lines(path: Path) -> list[object]:
+def lines(path: Path) -> list[dict[str, Any]]:
     """Every line of a file as JSON; each must be newline-terminated."""
     raw = path.read_bytes()
     assert raw.endswith(b"\n")
@@ -109,14 +110,14 @@ def asciinema_cat(path: Path) -> subprocess.CompletedProcess[bytes]:
         os.close(master)
 
 
-def only_fd(fd_getter: Callable[[], int | None], fake: Callable[[int, object], int]) -> Callable[..., int]:
+def only_fd(fd_getter: Callable[[], int | None], fake: Callable[[int, bytes], int]) -> Callable[..., int]:
     """An os.write replacement that misbehaves only for one recorder's file."""
     real = os.write
 
-    def write(fd: int, data: object) -> int:
+    def write(fd: int, data: bytes) -> int:
         if fd == fd_getter():
             return fake(fd, data)
-        return real(fd, data)  # type: ignore[arg-type]
+        return real(fd, data)
 
     return write
 
@@ -343,7 +344,7 @@ async def test_short_writes_are_completed(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(
         os,
         "write",
-        only_fd(lambda: rec._fd, lambda fd, data: real(fd, bytes(data)[:7])),  # type: ignore[arg-type]
+        only_fd(lambda: rec._fd, lambda fd, data: real(fd, bytes(data)[:7])),
     )
     rec.output(b"a fairly long line of output\r\n" * 20)
     digest = await rec.close()
@@ -414,8 +415,8 @@ async def test_statement_recorder_lines(tmp_path: Path) -> None:
     header, first, second, third = lines(path)
     assert header == {"type": "header", "session": "s1", "user": "alice", "target": "orders-db"}
     assert first == {"t": 1.5, "type": "statement", "sql": "SELECT 'é', 1", "verdict": "allowed", "rows": 1}
-    assert second["t"] == 9.0 and second["rule"] == "read-only"  # type: ignore[index]
-    assert third["type"] == "end" and third["odd"] == "b'bytes'"  # type: ignore[index]
+    assert second["t"] == 9.0 and second["rule"] == "read-only"
+    assert third["type"] == "end" and third["odd"] == "b'bytes'"
     assert path.read_bytes().isascii()
     assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -461,7 +462,7 @@ async def test_binary_to_asciicast(tmp_path: Path) -> None:
     assert BinaryStreamRecorder.to_asciicast(path, buf) is True
     cast_path = tmp_path / "exec.cast"
     cast_path.write_text(buf.getvalue())
-    assert lines(cast_path)[0]["version"] == 2  # type: ignore[index]
+    assert lines(cast_path)[0]["version"] == 2
     assert output_text(cast_path) == "Linux host \u20ac\nwarning: \ufffd\n"
     assert output_text(cast_path, "i") == "uname -a\n"
     if shutil.which("asciinema"):
@@ -510,11 +511,11 @@ async def test_sidecar_is_covered_by_the_recording_hash(tmp_path: Path) -> None:
     digest = await rec.close()
     assert not failures.reasons
     events = lines(path)
-    stmt = next(e for e in events if e.get("type") == "statement")  # type: ignore[union-attr]
-    assert stmt["long_params"] == long  # type: ignore[index]
+    stmt = next(e for e in events if e.get("type") == "statement")
+    assert stmt["long_params"] == long
     last = events[-1]
     blobs = sidecar_path(path)
-    assert last == {"t": last["t"], "type": "sidecar", "file": blobs.name, "bytes": 6019,  # type: ignore[index]
+    assert last == {"t": last["t"], "type": "sidecar", "file": blobs.name, "bytes": 6019,
                     "sha256": hashlib.sha256(blobs.read_bytes()).hexdigest()}  # fmt: skip
     assert read_value(path, long[0]["offset"], long[0]["bytes"]) == value
     assert read_value(path, long[1]["offset"], long[1]["bytes"]) == b"\x00" * 3000

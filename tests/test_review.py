@@ -7,8 +7,9 @@ import io
 import itertools
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -51,7 +52,7 @@ def ignore(reason: str) -> None:
     raise AssertionError(reason)
 
 
-async def make_cast(path: Path, script: list[tuple[float, str, object]]) -> Path:
+async def make_cast(path: Path, script: Sequence[tuple[float, str, object]]) -> Path:
     """Record `script` ([(t, call, arg)]) with the real AsciicastRecorder and a fake clock."""
     clock = [100.0]
     rec = AsciicastRecorder.open(
@@ -341,7 +342,7 @@ async def _statements(path: Path) -> Path:
     header = {"session": "pg-1", "user": "alice", "target": "orders-db", "started_at": 1764209936.0}
     rec = StatementRecorder.open(path, header=header, on_failure=ignore, clock=lambda: clock[0])
     none = {"params": None, "rule": None, "reason": None, "rows": None, "sqlstate": None, "error": None}
-    events = [  # as gateway/pg/journal.py writes them
+    events: list[dict[str, Any]] = [  # as gateway/pg/journal.py writes them
         {
             "type": "statement",
             "sql": "SELECT id FROM orders",

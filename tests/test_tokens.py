@@ -625,5 +625,8 @@ def test_any_single_character_change_is_rejected(ring: KeyRing, token: str, data
     h, p, s = mutated.split(".")
     oh, op, os_ = token.split(".")
     assert (h, p) == (oh, op)
-    pad = lambda x: base64.urlsafe_b64decode(x + "=" * (-len(x) % 4))  # noqa: E731
+
+    def pad(x: str) -> bytes:
+        return base64.urlsafe_b64decode(x + "=" * (-len(x) % 4))
+
     assert pad(s) == pad(os_)

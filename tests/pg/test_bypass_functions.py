@@ -35,7 +35,9 @@ def _refused(conn: psycopg.Connection, sql: str) -> None:
 def victim(gateway: Gateway) -> Iterator[tuple[psycopg.Connection, int]]:
     """Another backend (the superuser's, straight to the cluster): nothing through the gateway may end it."""
     conn = psycopg.connect(gateway.cluster.superuser_dsn(), autocommit=True)
-    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    pid = row[0]
     yield conn, pid
     conn.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import psycopg
 import pytest
@@ -108,17 +109,24 @@ async def test_listen_notify(gateway: Gateway, read_token: str) -> None:
         await conn.close()
 
 
+async def value(cur: psycopg.AsyncCursor[tuple[Any, ...]]) -> Any:
+    """The first column of the cursor's next row (there must be one)."""
+    row = await cur.fetchone()
+    assert row is not None
+    return row[0]
+
+
 async def test_psycopg_async_and_pipeline(gateway: Gateway, read_token: str) -> None:
 
     async with await psycopg.AsyncConnection.connect(gateway.conninfo(read_token)) as conn:
         async with conn.pipeline():
             curs = [await conn.execute("SELECT %s::int * 2", (i,)) for i in range(20)]
-        assert [(await c.fetchone())[0] for c in curs] == [i * 2 for i in range(20)]
+        assert [await value(c) for c in curs] == [i * 2 for i in range(20)]
         cur = await conn.execute("SELECT name FROM customers WHERE id = %s", (7,), prepare=True)
-        assert (await cur.fetchone())[0] == "Customer 7"
+        assert await value(cur) == "Customer 7"
         for i in range(6):  # psycopg prepares server-side after a few executions
             cur = await conn.execute("SELECT id FROM orders WHERE id = %s", (i + 1,))
-            assert (await cur.fetchone())[0] == i + 1
+            assert await value(cur) == i + 1
 
 
 async def test_many_concurrent_sessions(gateway: Gateway) -> None:

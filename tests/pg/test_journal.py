@@ -64,7 +64,8 @@ def reference(
         ev["alerts"] = list(d.alerts)
     if tag:
         ev["tag"] = tag
-    return json.loads(json.dumps(ev))
+    out: dict[str, Any] = json.loads(json.dumps(ev))
+    return out
 
 
 def parsed(line: str) -> dict[str, Any]:

@@ -321,7 +321,7 @@ NAMES = st.sampled_from([b"", b"P0_1", b"p\xc3\xa9", b"\xff", b"a"])
 def test_relay_bind_decoder_matches_messages(portal: bytes, stmt: bytes, formats: list[int],
                                              params: list[bytes | None], results: list[int], cut: int,
                                              junk: bytes, mangle: bool) -> None:  # fmt: skip
-    from gateway.pg.relay import decode_bind
+    from gateway.pg.fastdecode import decode_bind
 
     body = _bind_body(portal, stmt, formats, params, results)
     if mangle:  # truncated, extended, or a count/length overwritten
@@ -332,8 +332,8 @@ def test_relay_bind_decoder_matches_messages(portal: bytes, stmt: bytes, formats
 @FUZZ
 @given(NAMES, st.integers(-(2**31), 2**31 - 1), st.binary(max_size=6), st.booleans())
 def test_relay_execute_decoder_matches_messages(portal: bytes, rows: int, junk: bytes, mangle: bool) -> None:
+    from gateway.pg.fastdecode import decode_execute
     from gateway.pg.messages import Execute
-    from gateway.pg.relay import decode_execute
 
     body = portal + b"\0" + struct.pack("!i", rows)
     if mangle:

@@ -129,7 +129,7 @@ async def test_no_channel_before_auth(gateway: Gateway) -> None:
     """A CHANNEL_OPEN sent before authentication ends the connection, even with a valid token after it."""
     issued = await gateway.grant()
 
-    class Sneaky(asyncssh.SSHClient):  # type: ignore[misc]
+    class Sneaky(asyncssh.SSHClient):
         def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
             self.conn = conn
 

@@ -34,7 +34,7 @@ async def test_bulk_stream_is_written_in_slices_byte_exact(tmp_path: Path) -> No
                 assert rec._backlog <= rec.drain_low_water
         sha = await rec.close()
     finally:
-        os.write = real_write  # type: ignore[assignment]
+        os.write = real_write
     assert reasons == []
     assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
     _, frames = read_binary_stream(path)

@@ -38,6 +38,7 @@ async def test_stdin_bulk_round_trip(gateway: Gateway) -> None:
     data = os.urandom(3 * 1024 * 1024)
     async with await gateway.connect(await gateway.token()) as conn:
         r = await conn.run("md5sum", input=data, encoding=None)
+    assert isinstance(r.stdout, bytes)
     assert r.stdout.split()[0].decode() == hashlib.md5(data).hexdigest()
 
 
@@ -137,8 +138,8 @@ async def test_exec_command_rules(gateway: Gateway, tmp_path: os.PathLike[str]) 
     assert r.returncode != 0 and "matches rule 'no-rm-rf'" in r.stderr
     assert victim.exists()
     conn = await gateway.connect(await gateway.token())
-    r = await conn.run("reboot now")
-    assert r.exit_status == 126
+    done = await conn.run("reboot now")
+    assert done.exit_status == 126
     await asyncio.wait_for(conn.wait_closed(), 10)
     s = await gateway.last_session()
     rec = await gateway.wait_closed(s.id)
@@ -161,7 +162,7 @@ async def test_multiple_channels_share_one_session(gateway: Gateway) -> None:
 async def test_bulk_output_slows_down_for_the_recorder_instead_of_failing(gateway: Gateway) -> None:
     async with await gateway.connect(await gateway.token()) as conn:
         r = await conn.run("head -c 150000000 /dev/urandom | md5sum >&2; head -c 150000000 /dev/zero", encoding=None)
-    assert len(r.stdout) == 150_000_000
+    assert isinstance(r.stdout, bytes) and len(r.stdout) == 150_000_000
     rec = await gateway.settle()
     assert rec.end_reason == "client disconnected"
     assert os.path.getsize(rec.recording_path) > 150_000_000

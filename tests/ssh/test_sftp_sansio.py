@@ -149,7 +149,8 @@ def test_chunking_never_changes_the_outcome(reqs: list[bytes], cuts: list[int], 
     stream = INIT + b"".join(reqs)
     whole = s.SftpFilter(read_only=read_only).client_data(stream)
     f = s.SftpFilter(read_only=read_only)
-    fwd, rep, ops = b"", b"", []
+    fwd, rep = b"", b""
+    ops: list[s.FileOp] = []
     last = 0
     for c in [*sorted(min(c, len(stream)) for c in cuts), len(stream)]:
         res = f.client_data(stream[last:c])

@@ -36,7 +36,8 @@ async def test_sftp_read_only_refuses_changes_and_keeps_the_file(gateway: Gatewa
     before = hello.read_bytes()
     async with await gateway.connect(await gateway.token("readonly")) as conn, conn.start_sftp_client() as sftp:
         async with sftp.open(str(hello), "rb") as f:
-            assert await f.read() == HELLO_TEXT.encode()
+            content = await f.read()
+        assert isinstance(content, bytes) and content == HELLO_TEXT.encode()
         assert str(hello.name) in await sftp.listdir(str(hello.parent))
         with pytest.raises(asyncssh.SFTPPermissionDenied):
             await sftp.open(str(hello), "wb")

@@ -25,7 +25,7 @@ SLEEP = {i: f"sleep {random.randrange(10**6, 10**7)}" for i in range(1, 5)}
 class Shell:
     """An interactive shell through the gateway (asyncssh with a PTY), read as one growing text."""
 
-    def __init__(self, conn: asyncssh.SSHClientConnection, proc: asyncssh.SSHClientProcess) -> None:
+    def __init__(self, conn: asyncssh.SSHClientConnection, proc: asyncssh.SSHClientProcess[str]) -> None:
         self.conn = conn
         self.proc = proc
         self.text = ""
