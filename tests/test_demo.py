@@ -19,7 +19,7 @@ import pytest
 from gateway.api.auth import hash_api_key
 from gateway.config import load_config
 from gateway.demo import NO_SSHD, READY_LINE, Demo, DemoOptions
-from gateway.sandbox import descendants, free_port, pid_alive
+from gateway.sandbox import descendants, free_ports, pid_alive
 from gateway.sandbox.postgres import SAMPLE_COUNTS, PgCluster
 from gateway.sandbox.sshd import SshServer
 from gateway.services import load_policies
@@ -83,14 +83,6 @@ class RunningDemo:
         return self.proc.stderr.read() if self.proc.poll() is not None else ""
 
 
-def _free_ports(n: int) -> list[int]:
-    """`n` distinct free loopback ports."""
-    ports: set[int] = set()
-    while len(ports) < n:
-        ports.add(free_port())
-    return sorted(ports)
-
-
 def _client_env() -> dict[str, str]:
     """The environment a newcomer's shell has, minus libpq/ssh settings that would change what the lines do."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "SSH"))}
@@ -113,7 +105,7 @@ def _paste(*lines: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def demo() -> Iterator[RunningDemo]:
     """`gateway demo` on free ports, killed (with everything it started) if the test did not stop it."""
-    ssh_port, pg_port, http_port = _free_ports(3)
+    ssh_port, pg_port, http_port = free_ports(3)
     cmd = [sys.executable, "-m", "gateway", "demo"]
     cmd += ["--ssh-port", str(ssh_port), "--pg-port", str(pg_port), "--http-port", str(http_port)]
     proc = subprocess.Popen(
@@ -244,7 +236,7 @@ def test_demo_refuses_a_busy_port_before_starting_anything() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        ssh_port, http_port = _free_ports(2)
+        ssh_port, http_port = free_ports(2)
         proc = subprocess.run(
             [
                 sys.executable,
@@ -272,7 +264,7 @@ def test_demo_refuses_a_busy_port_before_starting_anything() -> None:
 def test_demo_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
     """--dir on a folder with files in it: refused before anything starts (the demo removes its folder)."""
     (tmp_path / "precious.txt").write_text("keep me\n")
-    ssh_port, pg_port, http_port = _free_ports(3)
+    ssh_port, pg_port, http_port = free_ports(3)
     proc = subprocess.run(
         [sys.executable, "-m", "gateway", "demo", "--dir", str(tmp_path), "--ssh-port", str(ssh_port),
          "--pg-port", str(pg_port), "--http-port", str(http_port)],

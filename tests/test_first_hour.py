@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.sandbox import free_port
+from gateway.sandbox import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 GATEWAY = [sys.executable, "-m", "gateway"]
@@ -40,10 +40,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 def _ports() -> dict[str, int]:
     """Three distinct free loopback ports."""
-    ports: dict[str, int] = {}
-    while len(set(ports.values())) < 3:
-        ports = {name: free_port() for name in ("ssh", "postgres", "http")}
-    return ports
+    return dict(zip(("ssh", "postgres", "http"), free_ports(3), strict=True))
 
 
 def write_config(home: Path, ports: dict[str, int] | None = None) -> Path:

@@ -37,6 +37,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports free on ``host``: all held open until all are picked, so none repeats."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def port_in_use(host: str, port: int) -> str | None:
     """Why ``host:port`` cannot be listened on (e.g. 'Address already in use'), or None when it can."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

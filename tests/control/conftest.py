@@ -15,7 +15,7 @@ from gateway.api.auth import hash_api_key, new_api_key
 from gateway.app import App
 from gateway.config import Config, load_config
 from gateway.services import Services
-from tests.rig.ports import free_port
+from tests.rig.ports import free_ports
 
 # name -> groups; every user gets a fresh API key per test
 USERS: dict[str, list[str]] = {
@@ -74,11 +74,12 @@ def write_config(
         f'[users.{name}]\napi_key_sha256 = "{hash_api_key(keys[name])}"\ngroups = {groups!r}\n'.replace("'", '"')
         for name, groups in USERS.items()
     )
+    ssh_port, pg_port, http_port = free_ports(3)
     text = textwrap.dedent(f"""\
         [listen]
-        ssh = "127.0.0.1:{free_port()}"
-        postgres = "127.0.0.1:{free_port()}"
-        http = "127.0.0.1:{free_port()}"
+        ssh = "127.0.0.1:{ssh_port}"
+        postgres = "127.0.0.1:{pg_port}"
+        http = "127.0.0.1:{http_port}"
 
         [store]
         url = "sqlite:///var/gateway.db"

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from gateway.sandbox.procs import free_port
+from gateway.sandbox.procs import free_port, free_ports
 
-__all__ = ["free_port"]
+__all__ = ["free_port", "free_ports"]
