@@ -14,19 +14,16 @@ Hit texts are neutralised: they are printed to a reviewer's terminal.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from gateway.recording import RecordingError
+from gateway.recording import RecordingError, schema
+from gateway.recording.reader import statements, terminal_events
+from gateway.recording.schema import Statement
 from gateway.recording.sidecar import read_value
-from gateway.review.replay import iter_events
 from gateway.review.sanitize import neutralise
-
-COMMAND_PREFIX = "command: "
 
 _KINDS = {
     "statements": "statements", "sql": "statements", "pg": "statements", "postgres": "statements",
@@ -152,29 +149,25 @@ def _window(text: str, span: Span) -> str:
     return ("\u2026" if start else "") + text[start:end] + ("\u2026" if end < len(text) else "")
 
 
-def _param_values(path: Path, ev: dict[str, Any]) -> Iterator[tuple[int, str]]:
+def _param_values(path: Path, st: Statement) -> Iterator[tuple[int, str]]:
     """(index, whole value) of a statement's bind parameters; long ones from the sidecar."""
-    params = ev.get("params")
-    if not isinstance(params, list):
-        return
-    long = {e.get("index"): e for e in ev.get("long_params") or () if isinstance(e, dict)}
-    for i, shown in enumerate(params):
+    long = {e.index: e for e in st.long_params}
+    for i, shown in enumerate(st.params or ()):
         entry = long.get(i)
         raw: bytes | None = None
-        if entry is not None and isinstance(entry.get("offset"), int) and isinstance(entry.get("bytes"), int):
-            raw = read_value(path, entry["offset"], entry["bytes"])
-        if raw is not None and entry is not None and entry.get("format") != "binary":
+        if entry is not None and entry.offset is not None:
+            raw = read_value(path, entry.offset, entry.size)
+        if raw is not None and entry is not None and not entry.binary:
             yield i, raw.decode("utf-8", "replace")
             continue
         if raw is None:
-            text = str(shown)
-            if not text.startswith("\\x") or "\u2026" in text:
-                yield i, text
+            if not shown.startswith("\\x") or "\u2026" in shown:
+                yield i, shown
                 continue
             try:
-                raw = bytes.fromhex(text[2:])
+                raw = bytes.fromhex(shown[2:])
             except ValueError:
-                yield i, text
+                yield i, shown
                 continue
         # Binary format (asyncpg sends even text binary): searched as hex and as the text it may be.
         yield i, "\\x" + raw.hex()
@@ -183,34 +176,24 @@ def _param_values(path: Path, ev: dict[str, Any]) -> Iterator[tuple[int, str]]:
 
 def _statement_hits(session_id: str, path: Path, find: Callable[[str], Span | None]) -> Iterator[Hit]:
     """Matching statement texts and bind parameters of a SQL recording (lines that do not parse are skipped)."""
-    with open(path, "rb") as f:
-        for line in f:
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if not (isinstance(ev, dict) and ev.get("type", "statement") == "statement"):
-                continue
-            sql = ev.get("sql")
-            if not isinstance(sql, str):
-                continue
-            t = ev.get("t")
-            when = float(t) if isinstance(t, int | float) else 0.0
-            span = find(sql)
+    for st in statements(path):
+        sql = st.sql
+        span = find(sql)
+        if span is not None:
+            yield Hit(session_id, st.t, sql if len(sql) <= 4 * _CONTEXT else _window(sql, span), "statement")
+        for i, value in _param_values(path, st):
+            span = find(value)
             if span is not None:
-                yield Hit(session_id, when, sql if len(sql) <= 4 * _CONTEXT else _window(sql, span), "statement")
-            for i, value in _param_values(path, ev):
-                span = find(value)
-                if span is not None:
-                    yield Hit(session_id, when, f"${i + 1} = {_window(value, span)}  -- in: {sql[:200]}", "parameter")
+                yield Hit(session_id, st.t, f"${i + 1} = {_window(value, span)}  -- in: {sql[:200]}", "parameter")
 
 
 def _commands(session_id: str, path: Path) -> Iterator[Hit]:
     """Command markers and input lines of a terminal or exec recording."""
     keys = InputLines()
-    for t, code, data in iter_events(path, []):
-        if code == "m" and data.startswith(COMMAND_PREFIX):
-            yield Hit(session_id, t, data[len(COMMAND_PREFIX) :], "command")
+    for t, code, data in terminal_events(path, []):
+        marker = schema.parse_marker(data) if code == "m" else None
+        if marker is not None and marker.kind == schema.COMMAND:
+            yield Hit(session_id, t, marker.text, "command")
         elif code == "i":
             for line in keys.feed(data):
                 yield Hit(session_id, t, line, "input")
