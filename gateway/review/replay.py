@@ -17,7 +17,8 @@ from typing import TextIO
 from gateway.recording import schema
 from gateway.recording.reader import TerminalReader, sql_lines, terminal_events
 from gateway.recording.schema import SqlEvent, SqlHeader, Statement, TermEvent
-from gateway.review.sanitize import LineScreen, Neutraliser, neutralise
+from gateway.review.sanitize import Neutraliser, neutralise
+from gateway.terminal.screen import LineScreen
 
 END_MARKER = schema.END
 """Label prefix of the marker a front end writes just before closing a terminal recording."""

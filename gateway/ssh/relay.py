@@ -10,13 +10,14 @@ import asyncssh
 from gateway.policy import Decision, SshPolicy, Verdict
 from gateway.recording import BinaryStreamRecorder, RecordingError, schema
 from gateway.sessions import LiveSession
-from gateway.ssh.commandline import CommandTracker, Enter, Line, StdinLines
+from gateway.ssh.commandline import Line, StdinLines
 from gateway.ssh.reaper import MARKER
 from gateway.ssh.recordings import ChannelRecorder, SessionRecordings
 from gateway.ssh.scope import check_exec, check_line, check_shell, check_subsystem, filter_env, reads_stdin_commands
 from gateway.ssh.sftp import FileOp, SftpFilter, SftpProtocolError
 from gateway.ssh.shellparse import ShellState
 from gateway.ssh.upstream import MAX_PACKET, WINDOW
+from gateway.terminal import CommandTracker, Enter
 
 # Sent upstream instead of a refused line's Enter: ^E (end of line) then ^U (kill to start) empties
 # readline's buffer, and ^U alone empties a canonical-mode tty line. No signal, unlike ^C.
