@@ -1,4 +1,4 @@
-"""Build the shared services (keys, store, policies, sessions, alerts, access) from a Config."""
+"""Build the shared services (keys, store, policies, sessions, alerts, access, scheduler) from a Config."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from gateway.access import Access
 from gateway.alerts import Alerts
 from gateway.config import Config
 from gateway.policy import Policies
+from gateway.scheduler import Scheduler
 from gateway.sessions import LiveSession, SessionRegistry
 from gateway.store import Store
 from gateway.tokens import KeyRing
@@ -27,6 +28,7 @@ class Services:
     alerts: Alerts
     registry: SessionRegistry
     access: Access
+    scheduler: Scheduler
 
     async def close(self) -> None:
         """End live sessions and close the store (signing a final checkpoint)."""
@@ -70,4 +72,4 @@ async def build_services(config: Config, *, clock: Callable[[], float] = time.ti
 
     registry = SessionRegistry(store, clock=clock, warn_before=config.warn_before, alert=alert)
     access = Access(config, ring, store, policies, registry, clock)
-    return Services(config, ring, store, policies, alerts, registry, access)
+    return Services(config, ring, store, policies, alerts, registry, access, Scheduler(clock))
