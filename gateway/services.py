@@ -36,7 +36,8 @@ class Services:
 
 def load_policies(config: Config) -> Policies:
     """Policies for the configured targets (files in policies_dir, built-in defaults for the rest)."""
-    return Policies.load(config.policies_dir, {name: (t.kind, list(t.logins)) for name, t in config.targets.items()})
+    targets = {name: (t.kind, list(t.logins)) for name, t in config.targets.items()}
+    return Policies.load(config.policies_dir, targets, list(config.workloads))
 
 
 async def build_services(config: Config, *, clock: Callable[[], float] = time.time) -> Services:

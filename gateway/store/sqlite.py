@@ -251,7 +251,7 @@ class SqliteStore:
         """Store a newly issued grant."""
         await self._write(
             "INSERT INTO grants (id,user,target,scope,reason,approvers,issued_at,not_before,expires_at,state,"
-            "break_glass,request_id,max_sessions) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "break_glass,request_id,max_sessions,workload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 g.id,
                 g.user,
@@ -266,6 +266,7 @@ class SqliteStore:
                 int(g.break_glass),
                 g.request_id,
                 g.max_sessions,
+                None if g.workload is None else json.dumps(g.workload, sort_keys=True),
             ),
         )
 
@@ -321,6 +322,15 @@ class SqliteStore:
         sql = f"SELECT id FROM grants WHERE state != 'active' AND id IN ({','.join('?' * len(idl))})"  # noqa: S608
         async with self.db.execute(sql, idl) as cur:
             return {str(r[0]) for r in await cur.fetchall()}
+
+    async def use_workload_token(self, key: str, *, expires_at: float, now: float, used_for: str) -> bool:
+        """Mark a workload token used; False when it was used before (one insert: replicas cannot both win)."""
+        async with self._lock:
+            await self.db.execute("DELETE FROM workload_tokens WHERE expires_at < ?", (now - 3600,))
+            cur = await self.db.execute(
+                "INSERT OR IGNORE INTO workload_tokens VALUES (?,?,?,?)", (key, expires_at, now, used_for)
+            )
+        return cur.rowcount == 1
 
     # --- sessions ----------------------------------------------------------------------------------
 
@@ -416,7 +426,8 @@ class SqliteStore:
     async def add_request(self, r: RequestRecord) -> None:
         """Store a new access request."""
         await self._write(
-            "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO requests (id,requester,target,scope,reason,ttl,created_at,state,approvals,decided_at,"
+            "decided_by,comment,grant_id,expires_at,workload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 r.id,
                 r.requester,
@@ -432,6 +443,7 @@ class SqliteStore:
                 r.comment,
                 r.grant_id,
                 r.expires_at,
+                None if r.workload is None else json.dumps(r.workload, sort_keys=True),
             ),
         )
 
