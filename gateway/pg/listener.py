@@ -202,7 +202,7 @@ class PostgresListener:
             self._keys.pop(key, None)
             session.stats.update(relay.stats())
             relay.journal.flush()
-            recorder.record({"type": "end", "reason": reason})
+            recorder.end(reason)
             sha: str | None = None
             try:
                 sha = await recorder.close()
