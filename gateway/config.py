@@ -125,6 +125,17 @@ class WorkloadIssuer:
 
 
 @dataclass(frozen=True, slots=True)
+class AnchorSettings:
+    """Where signed audit checkpoints are published, and how often (besides every `checkpoint_every` events)."""
+
+    origin: str = ""  # the checkpoints' first line and key name; "" means "<tokens.issuer>/audit"
+    folder: Path | None = Path("var/anchors")  # one file per checkpoint; None: off
+    interval: float = 60.0  # a checkpoint at least this often while events arrive
+    webhooks: tuple[str, ...] = ()  # URLs that receive each checkpoint (POST, text/plain)
+    alert_webhooks: bool = False  # also offer each checkpoint to the alert webhooks (alert type audit.checkpoint)
+
+
+@dataclass(frozen=True, slots=True)
 class ApiSettings:
     """How the API authenticates and authorises callers."""
 
@@ -165,6 +176,12 @@ class Config:
     alerts_file: Path | None = None
     api: ApiSettings = field(default_factory=ApiSettings)
     workloads: Mapping[str, WorkloadIssuer] = field(default_factory=dict)
+    anchors: AnchorSettings = field(default_factory=AnchorSettings)
+
+    @property
+    def anchor_origin(self) -> str:
+        """The origin line (and signing key name) of this gateway's checkpoints."""
+        return self.anchors.origin or f"{self.issuer}/audit"
 
     @property
     def store_path(self) -> Path:
@@ -194,7 +211,9 @@ _SCHEMA: dict[str, set[str]] = {
         "api",
         "oidc",
         "workloads",
+        "anchors",
     },
+    "anchors": {"origin", "folder", "interval", "webhooks", "alert_webhooks"},
     "api": {"admin_groups", "request_timeout", "metrics_public", "api_keys"},
     "oidc": {
         "issuer",
@@ -366,6 +385,7 @@ def _build(doc: dict[str, Any], path: Path | None, base: Path, need_secrets: boo
         alerts_file=p(alerts, "file", "alerts.", Path()) if "file" in alerts else None,
         api=_api(r, sections["api"], sections["oidc"]),
         workloads=workloads,
+        anchors=_anchors(r, sections["anchors"], base),
     )
 
 
@@ -503,6 +523,28 @@ def _workloads(r: _Reader, doc: dict[str, Any], base: Path) -> dict[str, Workloa
             r.integer(body, "max_token_age", f"{key}.", 900, 60, 86400),
         )
     return out
+
+
+def _anchors(r: _Reader, doc: dict[str, Any], base: Path) -> AnchorSettings:
+    origin = r.string(doc, "origin", "anchors.", "")
+    if origin and (any(c.isspace() for c in origin) or "+" in origin):
+        raise r.fail("anchors.origin", "must be one word without spaces or '+', like gateway.example.com/audit")
+    folder = r.string(doc, "folder", "anchors.", "var/anchors")
+    try:
+        interval = parse_duration(r.string(doc, "interval", "anchors.", "60s"))
+    except ValueError as exc:
+        raise r.fail("anchors.interval", str(exc)) from None
+    hooks = sorted(r.strings(doc, "webhooks", "anchors."))
+    for url in hooks:
+        if not url.startswith(("http://", "https://")):
+            raise r.fail("anchors.webhooks", f"{url!r} is not an http:// or https:// URL")
+    return AnchorSettings(
+        origin,
+        _resolve(base, folder) if folder else None,
+        interval,
+        tuple(hooks),
+        r.boolean(doc, "alert_webhooks", "anchors.", False),
+    )
 
 
 def _webhooks(r: _Reader, doc: Any) -> tuple[Webhook, ...]:

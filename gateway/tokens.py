@@ -168,6 +168,10 @@ class KeyRing:
         """The public key for `kid`, or None."""
         return self._public.get(kid)
 
+    def public_keys(self) -> list[Ed25519PublicKey]:
+        """Every public key of the ring (old ones too: they still verify what they signed)."""
+        return [self._public[kid] for kid in sorted(self._public)]
+
     def sign_bytes(self, data: bytes) -> tuple[str, str]:
         """Sign raw bytes with the active key: (kid, base64url signature)."""
         kid = self.active_kid

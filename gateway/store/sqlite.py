@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,8 @@ class SqliteStore:
         # Checkpoints are mirrored to a side file: deleting rows *and* their checkpoints from the
         # database still leaves a signed head outside it that verification compares against.
         self.checkpoint_file = path.with_name(path.name + ".checkpoints")
+        # Called with every new checkpoint, outside the lock (gateway.anchors publishes them off the host).
+        self.checkpoint_listeners: list[Callable[[Checkpoint], Awaitable[None]]] = []
 
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r})"
@@ -176,7 +178,17 @@ class SqliteStore:
         if self.ring is None:
             return None
         async with self._lock:
-            return await self._checkpoint_locked(self.ring)
+            cp = await self._checkpoint_locked(self.ring)
+        if cp is not None:
+            for listener in self.checkpoint_listeners:
+                await listener(cp)
+        return cp
+
+    async def head(self) -> tuple[int, str] | None:
+        """The newest event's sequence number and chain hash, or None for an empty log."""
+        async with self.db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1") as cur:
+            last = await cur.fetchone()
+        return None if last is None else (int(last[0]), str(last[1]))
 
     async def _checkpoint_locked(self, ring: KeyRing) -> Checkpoint | None:
         async with self.db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1") as cur:
