@@ -59,6 +59,7 @@ class App:
         # Revocations and kills made by other processes (CLI, replicas) reach live sessions within 0.25 s.
         svc.scheduler.every(0.25, "revocation-sweep", lambda now: svc.registry.sweep())
         svc.scheduler.every(5.0, "grant-expiry", self._expire_grants)
+        svc.scheduler.every(svc.anchors.settings.interval, "audit-anchors", svc.anchors.tick)
         svc.scheduler.start()
         return svc
 

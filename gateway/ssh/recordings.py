@@ -46,6 +46,9 @@ class SessionRecordings:
         path = s.recording_path if n == 1 else s.recording_path.with_name(f"{s.recording_path.stem}.{n}.cast")
         title = f"{s.user}@{s.target.name} ({s.login.user}) session {s.id}" + ("" if n == 1 else f" channel {n}")
         env = {"TERM": term or "", "SHELL": ""}  # the login shell is the server's business; not known here
+        wl = s.claims.workload
+        if wl is not None:  # a pipeline's recording names its run and workflow in the header
+            env.update({"GATEWAY_RUN_ID": wl.get("run_id", ""), "GATEWAY_WORKFLOW": wl.get("workflow", "")})
         rec: ChannelRecorder
         if pty:
             rec = AsciicastRecorder.open(path, width=width or 80, height=height or 24, title=title, env=env,

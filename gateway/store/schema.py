@@ -52,6 +52,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints
         BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
     """,
+    # Workload identities: the pipeline run on its grant and request; each workload token used once.
+    """
+    ALTER TABLE grants ADD COLUMN workload TEXT;
+    ALTER TABLE requests ADD COLUMN workload TEXT;
+    CREATE TABLE workload_tokens (
+        key TEXT PRIMARY KEY, expires_at REAL NOT NULL, used_at REAL NOT NULL, used_for TEXT NOT NULL
+    );
+    CREATE INDEX workload_tokens_expiry ON workload_tokens(expires_at);
+    """,
 )
 
 
@@ -118,6 +127,7 @@ def grant_row(r: Any) -> GrantRecord:
         r["revoked_at"],
         r["revoked_by"],
         r["revoke_reason"],
+        _json_or_none(r["workload"]),
     )
 
 
@@ -156,4 +166,9 @@ def request_row(r: Any) -> RequestRecord:
         r["comment"],
         r["grant_id"],
         r["expires_at"],
+        _json_or_none(r["workload"]),
     )
+
+
+def _json_or_none(value: Any) -> Any:
+    return None if value is None else json.loads(value)
