@@ -59,7 +59,8 @@ class App:
         # Revocations and kills made by other processes (CLI, replicas) reach live sessions within 0.25 s.
         svc.scheduler.every(0.25, "revocation-sweep", lambda now: svc.registry.sweep())
         svc.scheduler.every(5.0, "grant-expiry", self._expire_grants)
-        svc.scheduler.every(svc.anchors.settings.interval, "audit-anchors", svc.anchors.tick)
+        every = svc.anchors.settings.interval  # first after one interval: start and stop sign checkpoints already
+        svc.scheduler.every(every, "audit-anchors", svc.anchors.tick, first=every)
         svc.scheduler.start()
         return svc
 

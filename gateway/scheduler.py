@@ -43,13 +43,13 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
-    def every(self, seconds: float, name: str, work: Work) -> Job:
-        """Run `work(now)` every `seconds`, the first time at the next pass."""
+    def every(self, seconds: float, name: str, work: Work, *, first: float = 0.0) -> Job:
+        """Run `work(now)` every `seconds`; the first time `first` seconds from now (0: at the next pass)."""
         if seconds <= 0:
             raise ValueError(f"job {name}: the interval must be positive")
         if name in self.jobs:
             raise ValueError(f"job {name} is already scheduled")
-        job = self.jobs[name] = Job(name, seconds, work, next_at=float("-inf"))
+        job = self.jobs[name] = Job(name, seconds, work, next_at=self.clock() + first if first else float("-inf"))
         self._wake.set()
         return job
 

@@ -58,6 +58,13 @@ async def test_a_clock_set_back_does_not_park_a_job() -> None:
     assert await s.run_due(105.0) == ["expiry"] and job.at == [10_000.0, 105.0]
 
 
+async def test_a_first_delay_defers_the_first_run() -> None:
+    s = Scheduler(clock=lambda: 50.0)
+    job = Calls()
+    s.every(10.0, "anchors", job, first=10.0)
+    assert await s.run_due(50.0) == [] and await s.run_due(60.0) == ["anchors"] and job.at == [60.0]
+
+
 def test_bad_jobs_are_refused() -> None:
     s = Scheduler()
     s.every(1.0, "a", Calls())
