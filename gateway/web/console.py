@@ -19,7 +19,10 @@ from gateway.control.errors import WorkflowError
 from gateway.control.rules import approver_refusal
 from gateway.web.headers import security_headers
 from gateway.web.links import LinkRefused, UsedLinks
+from gateway.web.oidc import OidcSignIn, SignInRefused
 from gateway.web.websessions import COOKIE, WebSession, WebSessions
+
+FLOW_COOKIE = "gw_oidc_flow"
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class Console:
     clock: Callable[[], float] = time.time
     sessions: WebSessions = field(default_factory=WebSessions)
     links: UsedLinks = field(default_factory=UsedLinks)
+    oidc: OidcSignIn | None = None
     env: jinja2.Environment = field(
         default_factory=lambda: jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined
@@ -53,7 +57,9 @@ class Console:
 
     def render(self, name: str, ws: WebSession | None, status: int = 200, **values: Any) -> web.Response:
         """A page, every value autoescaped."""
-        html = self.env.get_template(name).render(me=ws.caller if ws else None, csrf=ws.csrf if ws else "", **values)
+        html = self.env.get_template(name).render(
+            me=ws.caller if ws else None, csrf=ws.csrf if ws else "", oidc=self.oidc is not None, **values
+        )
         return web.Response(text=html, status=status, content_type="text/html")
 
     def caller_for(self, user: str) -> Caller | None:
@@ -61,7 +67,28 @@ class Console:
         u = self.api.services.config.users.get(user)
         if u is None:
             return None
-        return Caller(u.name, u.groups, admin=bool(u.groups & self.api.settings.admin_groups), via="console")
+        return self.caller_of(u.name, u.groups, "console-link")
+
+    def caller_of(self, name: str, groups: frozenset[str], via: str) -> Caller:
+        """A caller with the API's admin rule (admin_groups)."""
+        return Caller(name, groups, admin=bool(groups & self.api.settings.admin_groups), via=via)
+
+    async def sign_in(self, request: web.Request, who: Caller, via: str) -> web.Response:
+        """Open a session: the cookie, then a same-site step home (a Strict cookie is not sent on a redirect
+        chain that began at the IdP, so the browser follows a meta refresh from this page instead)."""
+        await self.api.services.store.append("console.signin", actor=who.name, data={"via": via})
+        resp = self.render("signedin.html", None)
+        resp.set_cookie(
+            COOKIE,
+            self.sessions.open(who, now=self.clock()),
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure,
+            path="/",
+            max_age=int(self.sessions.ttl),
+        )
+        resp.del_cookie(FLOW_COOKIE, path="/signin")
+        return resp
 
 
 CONSOLE = web.AppKey("gateway_console", Console)
@@ -115,26 +142,47 @@ routes = web.RouteTableDef()
 async def signin(request: web.Request) -> web.Response:
     """Redeem a one-time sign-in link: a session cookie, then home."""
     c = console(request)
-    now = c.clock()
     try:
-        user = c.links.redeem(c.api.services.ring, request.query.get("t", ""), now=now)
+        user = c.links.redeem(c.api.services.ring, request.query.get("t", ""), now=c.clock())
     except LinkRefused as exc:
         return c.render("error.html", None, 403, message=str(exc))
     who = c.caller_for(user)
     if who is None:
         return c.render("error.html", None, 403, message="this user is not configured on the gateway")
-    await c.api.services.store.append("console.signin", actor=who.name, data={"via": "link"})
-    resp = see_other("/")
+    return await c.sign_in(request, who, "link")
+
+
+@routes.get("/signin/oidc")
+async def signin_oidc(request: web.Request) -> web.Response:
+    """Send the browser to the IdP (code flow, PKCE, state bound to this browser by a Lax flow cookie)."""
+    c = console(request)
+    if c.oidc is None:
+        return c.render("error.html", None, 404, message="OIDC is not configured on this gateway")
+    redirect_uri = f"{request.scheme}://{request.host}/signin/callback"
+    try:
+        state, url = await c.oidc.start(redirect_uri, now=c.clock())
+    except SignInRefused as exc:
+        return c.render("error.html", None, 502, message=str(exc))
+    resp = web.Response(status=303, headers={"Location": url})
+    # Lax, not Strict: the IdP's redirect back is a cross-site navigation and must carry it.
     resp.set_cookie(
-        COOKIE,
-        c.sessions.open(who, now=now),
-        httponly=True,
-        samesite="Strict",
-        secure=request.secure,
-        path="/",
-        max_age=int(c.sessions.ttl),
+        FLOW_COOKIE, state, httponly=True, samesite="Lax", secure=request.secure, path="/signin", max_age=600
     )
     return resp
+
+
+@routes.get("/signin/callback")
+async def signin_callback(request: web.Request) -> web.Response:
+    """The IdP's redirect: the code for a verified ID token (state, PKCE, nonce), then a session."""
+    c = console(request)
+    if c.oidc is None:
+        return c.render("error.html", None, 404, message="OIDC is not configured on this gateway")
+    try:
+        user, groups = await c.oidc.finish(dict(request.query), request.cookies.get(FLOW_COOKIE), now=c.clock())
+    except SignInRefused as exc:
+        log.warning("console OIDC sign-in refused from %s: %s", request.remote, exc)
+        return c.render("error.html", None, 403, message=str(exc))
+    return await c.sign_in(request, c.caller_of(user, groups, "oidc"), "oidc")
 
 
 @routes.post("/signout")
@@ -211,8 +259,15 @@ async def revoke(request: web.Request, ws: WebSession) -> web.StreamResponse:
 
 def mount(app: web.Application, api: ApiContext) -> Console:
     """Add the console's pages and static files to the API's app."""
-    c = Console(api, clock=api.clock)
+    verifier = api.auth.oidc
+    c = Console(api, clock=api.clock, oidc=OidcSignIn(verifier) if verifier is not None else None)
     app[CONSOLE] = c
+
+    async def close(_app: web.Application) -> None:
+        if c.oidc is not None:
+            await c.oidc.close()
+
+    app.on_cleanup.append(close)
     app.add_routes(routes)
     app.router.add_static("/static/", HERE / "static", append_version=False)
     app.on_response_prepare.append(security_headers(is_console_path))
