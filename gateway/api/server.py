@@ -16,7 +16,7 @@ from gateway.api.errors import error_response, from_exception
 from gateway.config import ApiSettings
 from gateway.control.workflow import Workflow
 from gateway.services import Services
-from gateway.web.console import is_console_path, mount
+from gateway.web.app import is_console_path, mount
 from gateway.workload.exchange import Exchanger
 
 log = logging.getLogger(__name__)

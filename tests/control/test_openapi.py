@@ -32,7 +32,7 @@ async def test_spec_matches_routes(gw: Running) -> None:
         if method in ("get", "post", "put", "patch", "delete")
     }
     from gateway.api.server import ApiServer
-    from gateway.web.console import is_console_path  # the console's HTML pages are no API
+    from gateway.web.app import is_console_path  # the console's HTML pages are no API
 
     app = ApiServer(gw.services).make_app()
     served = {

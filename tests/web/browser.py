@@ -14,7 +14,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -67,14 +71,16 @@ class Browser:
         return len(await self.do(self.driver.find_elements, By.CSS_SELECTOR, css))
 
     async def text(self) -> str:
-        """The page's visible text."""
-        body = await self.do(self.driver.find_element, By.TAG_NAME, "body")
-        return await self.do(lambda: body.text)
+        """The page's visible text ('' while a navigation replaces the page)."""
+        try:
+            return await self.do(lambda: self.driver.find_element(By.TAG_NAME, "body").text)
+        except (StaleElementReferenceException, NoSuchElementException):
+            return ""
 
     async def click(self, css: str) -> None:
         """Click the first element matching `css`."""
         el = await self.find(css)
-        await self.do(el.click)
+        await self.do(el.click)  # returns once the page it opens has loaded
 
     async def type(self, css: str, value: str) -> None:
         """Type into a field."""
