@@ -22,10 +22,6 @@ CLOSE_GRACE = 1.0
 """Seconds the peers get to acknowledge channel closes before the connections are dropped."""
 
 
-SIGNAL_GRACE = 0.5
-"""Seconds a remote command gets to exit after TERM before it is sent KILL."""
-
-
 class SshConnection:
     """Everything of one engineer's connection: the session's sides (`close`) and recording (`seal`)."""
 
@@ -124,22 +120,8 @@ class SshConnection:
             await reap_after(self.session, mode=policy.detached)
 
     async def _end_remote_commands(self) -> None:
-        """TERM, then KILL, to every remote command still running, then close its channel.
-
-        Closing a channel alone does not stop a command without a terminal (sshd leaves it running,
-        reparented to init); sshd signals the command's process group on a "signal" request.
-        """
-        ups = [r.up for r in self.channels if r.up is not None and not r.up.is_closing()]
-        for sig in ("TERM", "KILL"):
-            running = [up for up in ups if not up.is_closing()]
-            if not running:
-                break
-            for up in running:
-                with contextlib.suppress(Exception):
-                    up.send_signal(sig)
-            await asyncio.wait([asyncio.ensure_future(up.wait_closed()) for up in running], timeout=SIGNAL_GRACE)
-        for up in ups:
-            up.close()
+        """TERM, then KILL, to every remote command still running, then close its channel (ChannelRelay)."""
+        await asyncio.gather(*(r.end_remote() for r in self.channels))
 
     async def seal(self, reason: str) -> str | None:
         """Seal every channel's recording; the session's recording hash."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Protocol
 
@@ -22,6 +24,8 @@ from gateway.terminal import CommandTracker, Enter
 # Sent upstream instead of a refused line's Enter: ^E (end of line) then ^U (kill to start) empties
 # readline's buffer, and ^U alone empties a canonical-mode tty line. No signal, unlike ^C.
 CLEAR_LINE = b"\x05\x15"
+SIGNAL_GRACE = 0.5
+"""Seconds a remote command gets to exit after TERM before it is sent KILL."""
 REFUSED_STATUS = 126
 """Exit status of a channel whose request the scope refused (as a shell's "cannot execute")."""
 
@@ -70,6 +74,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         self.exit_signal: tuple[str, bool, str, str] | None = None
         self.refusal: Decision | None = None
         self.closed = False  # the engineer's channel is gone
+        self.up_closed = False  # the upstream channel is gone (its command has exited or been ended)
         self.eof_sent = False  # no more output may be written to the engineer
         self._rec_err: Callable[[bytes], None] = _drop
         self._holds: dict[str, set[str]] = {"client": set(), "up": set()}  # why each side is not read
@@ -423,15 +428,35 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
             self.release(side, "recorder")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """The engineer's channel is gone: close the upstream one."""
+        """The engineer's channel is gone: end the remote command and close the upstream channel."""
         self.closed = True
-        if self.up is not None:
-            self.up.close()
+        if self.up is not None and not self.up_closed:
+            self.host.spawn(self.end_remote())
+
+    async def end_remote(self) -> None:
+        """TERM, then KILL, to the remote command if it still runs, then close the upstream channel.
+
+        Closing a channel alone does not stop a command without a terminal (sshd leaves it running,
+        reparented to init), and up.is_closing() is already true once stdin's EOF went upstream;
+        sshd signals the command's process group on a "signal" request.
+        """
+        up = self.up
+        if up is None:
+            return
+        for sig in ("TERM", "KILL"):
+            if self.up_closed:
+                break
+            with contextlib.suppress(Exception):
+                up.send_signal(sig)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(up.wait_closed()), SIGNAL_GRACE)
+        up.close()
 
     # -- upstream -> client (called by UpstreamSide) -------------------------------------------------
 
     def upstream_closed(self) -> None:
         """Pass the exit status or signal back, then close."""
+        self.up_closed = True
         chan = self.chan
         if self.rec is not None and self.kind == "exec":
             self.rec.marker(schema.exit_marker(self.exit_signal[0] if self.exit_signal else self.exit_status))

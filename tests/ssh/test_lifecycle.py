@@ -1,0 +1,101 @@
+"""Every way an SSH session ends goes through its block's exit: one `session.end`, sealed recording, nothing left
+running upstream (checked with pgrep on the rig's sshd, which runs on this machine), for the stock client."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from tests.ssh.conftest import SSH_OPTS, TARGET, Gateway
+
+COMMANDS = {
+    "exec": ([], "sleep {n}"),
+    "exec-tty": (["-tt"], "sleep {n}"),
+    "pipeline": ([], "sleep {n} | cat - /nonexistent/{n}"),
+}
+
+
+def stock_ssh(gateway: Gateway, token: str, *args: str) -> subprocess.Popen[bytes]:
+    """The stock OpenSSH client through the gateway, sshpass answering the token prompt."""
+    cmd = ["sshpass", "-P", "Approval token", "-p", token, "ssh", *SSH_OPTS,
+           "-o", "PreferredAuthentications=keyboard-interactive", "-p", str(gateway.port), f"{TARGET}@{gateway.host}",
+           *args]  # fmt: skip
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def upstream_pids(gateway: Gateway, pattern: str) -> list[int]:
+    """The target login's processes matching `pattern` (not the local client's, whose argv has it too)."""
+    out = subprocess.run(["pgrep", "-u", gateway.sshd.user, "-f", pattern], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+async def until(pred: Any, timeout: float, what: str) -> float:
+    """Wait for `pred()`; returns how long it took."""
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(what)
+        await asyncio.sleep(0.05)
+    return time.monotonic() - t0
+
+
+async def live_session(gateway: Gateway, before: set[str]) -> str:
+    await until(lambda: set(gateway.live()) - before, 10, "the session did not start")
+    (sid,) = set(gateway.live()) - before
+    return sid
+
+
+@pytest.mark.parametrize("mode", sorted(COMMANDS))
+@pytest.mark.parametrize("how", ["kill", "revoke", "expiry"])
+async def test_ending_a_session_ends_its_remote_command(gateway: Gateway, how: str, mode: str) -> None:
+    n = random.randrange(10**7, 10**8)
+    flags, command = COMMANDS[mode]
+    issued = await gateway.grant(ttl=4 if how == "expiry" else 600)
+    before = set(gateway.live())
+    client = stock_ssh(gateway, issued.token, *flags, command.format(n=n))
+    try:
+        sid = await live_session(gateway, before)
+        await until(lambda: upstream_pids(gateway, f"sleep {n}"), 5, "the command did not start upstream")
+        reasons = {"kill": "enough", "revoke": "grant revoked: over", "expiry": "access window expired"}
+        t_asked = issued.grant.expires_at if how == "expiry" else time.time()
+        if how == "kill":
+            await gateway.run(gateway.services.registry.kill(sid, "enough", by="carol"))
+        elif how == "revoke":
+            await gateway.run(gateway.services.store.revoke_grant(issued.grant.id, by="carol", reason="over",
+                                                                  now=time.time()))  # fmt: skip
+            await gateway.run(gateway.services.registry.sweep())
+        else:
+            await until(lambda: sid not in gateway.live(), 8, "the session outlived its grant")
+        await until(lambda: not upstream_pids(gateway, str(n)), 2, f"{command} still runs upstream 2 s after the end")
+        took = time.time() - t_asked
+        rec = await gateway.wait_closed(sid)
+        ends = await gateway.events(sid, types=("session.end",))
+        assert [e.data["reason"] for e in ends] == [reasons[how]]
+        assert rec.end_reason == reasons[how] and rec.recording_sha256
+        assert ends[0].data["recording_sha256"] == rec.recording_sha256
+        assert await asyncio.to_thread(client.wait, 10) != 0
+        print(f"{how}/{mode}: remote command gone {took:.2f} s after the {how}")
+    finally:
+        if client.poll() is None:
+            client.kill()
+
+
+@pytest.mark.parametrize("mode", sorted(COMMANDS))
+async def test_client_leaving_ends_its_remote_command(gateway: Gateway, mode: str) -> None:
+    n = random.randrange(10**7, 10**8)
+    flags, command = COMMANDS[mode]
+    before = set(gateway.live())
+    client = stock_ssh(gateway, await gateway.token(), *flags, command.format(n=n))
+    sid = await live_session(gateway, before)
+    await until(lambda: upstream_pids(gateway, f"sleep {n}"), 5, "the command did not start upstream")
+    client.kill()  # the engineer's ssh is gone (laptop closed)
+    await asyncio.to_thread(client.wait, 10)
+    await until(lambda: not upstream_pids(gateway, str(n)), 3, f"{command} still runs upstream after the client left")
+    rec = await gateway.wait_closed(sid)
+    ends = await gateway.events(sid, types=("session.end",))
+    assert len(ends) == 1 and "client" in ends[0].data["reason"] and rec.recording_sha256
