@@ -101,11 +101,15 @@ class SshConnection:
             self.recordings.marker(schema.kill_marker(reason))
             for relay in self.channels:
                 relay.write_notice(f"{reason} - session closed")
-        await self._end_remote_commands()
-        for relay in self.channels:
-            if relay.started:
-                relay.chan.close()
-        waits = [r.chan.wait_closed() for r in self.channels if r.started]
+        started = [r for r in self.channels if r.started]
+        for relay in started:
+            relay.stop_input()
+        # The commands end first (TERM/HUP, then KILL), so their exit status or signal still reaches the engineer.
+        await asyncio.gather(*(r.end_upstream() for r in self.channels if r.up is not None))
+        for relay in started:
+            relay.chan.close()
+        waits = [r.chan.wait_closed() for r in started]
+        waits += [r.up.wait_closed() for r in self.channels if r.up is not None]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), CLOSE_GRACE)
         self.client.close()
@@ -118,10 +122,6 @@ class SshConnection:
             # Whatever the session detached (setsid nohup ... &) would keep its access: the session
             # is not over until that is ended too, so the sweep runs before the end is recorded.
             await reap_after(self.session, mode=policy.detached)
-
-    async def _end_remote_commands(self) -> None:
-        """TERM, then KILL, to every remote command still running, then close its channel (ChannelRelay)."""
-        await asyncio.gather(*(r.end_remote() for r in self.channels))
 
     async def seal(self, reason: str) -> str | None:
         """Seal every channel's recording; the session's recording hash."""
