@@ -277,11 +277,14 @@ class SshListener:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        """Stop listening and drop every connection (their sessions end as 'client disconnected')."""
+        """Stop listening, end live sessions ('gateway shutting down') and drop every connection."""
         if self._acceptor is not None:
             self._acceptor.close()
             await self._acceptor.wait_closed()
             self._acceptor = None
+        # Live sessions end as shut down (through their blocks' exits), not as clients that left.
+        await asyncio.gather(*(g.connection.session.kill("gateway shutting down") for g in list(self._gates)
+                               if g.connection is not None), return_exceptions=True)  # fmt: skip
         for gate in list(self._gates):
             gate.conn.close()
         # Including sessions whose client just left: their end must be stored before the composition

@@ -9,11 +9,17 @@ import asyncio
 import random
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.ssh.conftest import SSH_OPTS, TARGET, Gateway
+from gateway.ssh import SshListener
+from gateway.store import SqliteStore
+from gateway.tokens import KeyRing
+from tests.rig.sshd import SshServer
+from tests.ssh.conftest import SSH_OPTS, TARGET, Gateway, make_config
+from tests.threaded import serve_in_thread
 
 COMMANDS: dict[str, tuple[list[str], str]] = {
     "exec": ([], "sleep {n}"),
@@ -100,3 +106,27 @@ async def test_client_leaving_ends_its_remote_command(gateway: Gateway) -> None:
     rec = await gateway.wait_closed(sid)
     ends = await gateway.events(sid, types=("session.end",))
     assert len(ends) == 1 and "client" in ends[0].data["reason"] and rec.recording_sha256
+
+
+async def test_gateway_shutdown_ends_sessions_through_their_blocks(sshd_server: SshServer, tmp_path: Path) -> None:
+    config = make_config(tmp_path, sshd_server)
+    n = random.randrange(10**7, 10**8)
+    with serve_in_thread(config, SshListener, "gateway-ssh-shutdown") as (services, listener, loop):
+        gw = Gateway(config, services, listener, sshd_server, loop)
+        client = stock_ssh(gw, await gw.token(), f"sleep {n}")
+        sid = await live_session(gw, set())
+        await until(lambda: upstream_pids(gw, f"sleep {n}"), 5, "the command did not start upstream")
+    try:
+        assert not upstream_pids(gw, str(n)), "the command outlived the gateway's shutdown"
+        store = await SqliteStore(config.store_path, KeyRing.load_or_create(config.keys_dir)).open()
+        try:
+            ends = await store.events(types=["session.end"], session=sid)
+            rec = await store.get_session(sid)
+        finally:
+            await store.close(checkpoint=False)
+        assert [e.data["reason"] for e in ends] == ["gateway shutting down"]
+        assert rec is not None and rec.recording_sha256
+        assert await asyncio.to_thread(client.wait, 10) != 0
+    finally:
+        if client.poll() is None:
+            client.kill()
