@@ -61,6 +61,7 @@ class App:
                 await listener.start()
         self._tasks.append(asyncio.create_task(svc.registry.watch(), name="revocation-watcher"))
         self._tasks.append(asyncio.create_task(self._expire_grants(), name="grant-expiry"))
+        self._tasks.append(asyncio.create_task(svc.anchors.run(), name="audit-anchors"))
         return svc
 
     @staticmethod

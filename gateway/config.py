@@ -111,6 +111,33 @@ class OidcConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkloadIssuer:
+    """A machine identity provider (a CI system's OIDC issuer) whose tokens may be exchanged for grants."""
+
+    name: str
+    issuer: str
+    audience: str
+    jwks_url: str = ""
+    jwks_file: Path | None = None
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    leeway: int = 30
+    # The grant's subject is "workload:" + this, each {claim} replaced ({ref_short}: ref without refs/heads/).
+    subject: str = "{repository}@{ref_short}"
+    max_token_age: int = 900  # seconds since iat: an old token (even unexpired) is refused
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorSettings:
+    """Where signed audit checkpoints are published, and how often (besides every `checkpoint_every` events)."""
+
+    origin: str = ""  # the checkpoints' first line and key name; "" means "<tokens.issuer>/audit"
+    folder: Path | None = Path("var/anchors")  # one file per checkpoint; None: off
+    interval: float = 60.0  # a checkpoint at least this often while events arrive
+    webhooks: tuple[str, ...] = ()  # URLs that receive each checkpoint (POST, text/plain)
+    alert_webhooks: bool = False  # also offer each checkpoint to the alert webhooks (alert type audit.checkpoint)
+
+
+@dataclass(frozen=True, slots=True)
 class ApiSettings:
     """How the API authenticates and authorises callers."""
 
@@ -153,6 +180,13 @@ class Config:
     webhooks: tuple[Webhook, ...] = ()
     alerts_file: Path | None = None
     api: ApiSettings = field(default_factory=ApiSettings)
+    workloads: Mapping[str, WorkloadIssuer] = field(default_factory=dict)
+    anchors: AnchorSettings = field(default_factory=AnchorSettings)
+
+    @property
+    def anchor_origin(self) -> str:
+        """The origin line (and signing key name) of this gateway's checkpoints."""
+        return self.anchors.origin or f"{self.issuer}/audit"
 
     @property
     def store_path(self) -> Path:
@@ -191,7 +225,10 @@ _SCHEMA: dict[str, set[str]] = {
         "alerts",
         "api",
         "oidc",
+        "workloads",
+        "anchors",
     },
+    "anchors": {"origin", "folder", "interval", "webhooks", "alert_webhooks"},
     "api": {"admin_groups", "request_timeout", "metrics_public", "api_keys"},
     "oidc": {
         "issuer",
@@ -215,6 +252,7 @@ _SCHEMA: dict[str, set[str]] = {
 _TARGET_KEYS = {"kind", "address", "database", "host_key", "tls", "ca_file", "logins", "sensitive"}
 _LOGIN_KEYS = {"user", "password_env", "password_file", "key_file"}
 _USER_KEYS = {"api_key_sha256", "groups"}
+_WORKLOAD_KEYS = {"issuer", "audience", "jwks_url", "jwks_file", "algorithms", "leeway", "subject", "max_token_age"}
 _WEBHOOK_KEYS = {"name", "url", "format", "events", "min_severity"}
 
 
@@ -327,6 +365,7 @@ def _build(doc: dict[str, Any], path: Path | None, base: Path, need_secrets: boo
     r = _Reader(str(path) if path else "(defaults)")
     r.table(doc, "", _SCHEMA[""])
     sections = {name: r.table(doc.get(name), name, _SCHEMA.get(name)) for name in _SCHEMA[""]}
+    workloads = _workloads(r, sections["workloads"], base)
     listen = sections["listen"]
     d = Config(path=None, base_dir=base)
     addrs = {
@@ -374,6 +413,8 @@ def _build(doc: dict[str, Any], path: Path | None, base: Path, need_secrets: boo
         webhooks=_webhooks(r, alerts.get("webhooks")),
         alerts_file=p(alerts, "file", "alerts.", Path()) if "file" in alerts else None,
         api=_api(r, sections["api"], sections["oidc"]),
+        workloads=workloads,
+        anchors=_anchors(r, sections["anchors"], base),
     )
 
 
@@ -476,6 +517,63 @@ def _users(r: _Reader, doc: dict[str, Any]) -> dict[str, ApiUser]:
             raise r.fail(f"{key}.api_key_sha256", "must be the sha256 hex of the user's API key (`gateway users add`)")
         out[name] = ApiUser(name, digest, r.strings(body, "groups", f"{key}."))
     return out
+
+
+def _workloads(r: _Reader, doc: dict[str, Any], base: Path) -> dict[str, WorkloadIssuer]:
+    out = {}
+    for name, body in doc.items():
+        key = f"workloads.{name}"
+        body = r.table(body, key, _WORKLOAD_KEYS)
+        issuer = r.string(body, "issuer", f"{key}.", "")
+        audience = r.string(body, "audience", f"{key}.", "")
+        if not issuer or not audience:
+            raise r.fail(key, "needs issuer and audience (the `aud` the pipeline asks its token for)")
+        url = r.string(body, "jwks_url", f"{key}.", "")
+        jwks_file = _resolve(base, r.string(body, "jwks_file", f"{key}.")) if "jwks_file" in body else None
+        if bool(url) == (jwks_file is not None):
+            raise r.fail(key, "give exactly one of jwks_url (https://...) or jwks_file (a JWKS document)")
+        if url and not url.startswith(("https://", "http://")):
+            raise r.fail(f"{key}.jwks_url", "must be an http(s) URL")
+        algs = body.get("algorithms", ["RS256", "ES256"])
+        if not isinstance(algs, list) or not algs or any(a not in OIDC_ALGORITHMS for a in algs):
+            raise r.fail(f"{key}.algorithms", f"must be a list of some of {', '.join(OIDC_ALGORITHMS)}")
+        subject = r.string(body, "subject", f"{key}.", "{repository}@{ref_short}")
+        if not subject or "{" not in subject:
+            raise r.fail(f"{key}.subject", 'must name at least one claim, like "{repository}@{ref_short}"')
+        out[name] = WorkloadIssuer(
+            name,
+            issuer,
+            audience,
+            url,
+            jwks_file,
+            tuple(algs),
+            r.integer(body, "leeway", f"{key}.", 30, 0, 60),
+            subject,
+            r.integer(body, "max_token_age", f"{key}.", 900, 60, 86400),
+        )
+    return out
+
+
+def _anchors(r: _Reader, doc: dict[str, Any], base: Path) -> AnchorSettings:
+    origin = r.string(doc, "origin", "anchors.", "")
+    if origin and (any(c.isspace() for c in origin) or "+" in origin):
+        raise r.fail("anchors.origin", "must be one word without spaces or '+', like gateway.example.com/audit")
+    folder = r.string(doc, "folder", "anchors.", "var/anchors")
+    try:
+        interval = parse_duration(r.string(doc, "interval", "anchors.", "60s"))
+    except ValueError as exc:
+        raise r.fail("anchors.interval", str(exc)) from None
+    hooks = sorted(r.strings(doc, "webhooks", "anchors."))
+    for url in hooks:
+        if not url.startswith(("http://", "https://")):
+            raise r.fail("anchors.webhooks", f"{url!r} is not an http:// or https:// URL")
+    return AnchorSettings(
+        origin,
+        _resolve(base, folder) if folder else None,
+        interval,
+        tuple(hooks),
+        r.boolean(doc, "alert_webhooks", "anchors.", False),
+    )
 
 
 def _webhooks(r: _Reader, doc: Any) -> tuple[Webhook, ...]:

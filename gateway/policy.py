@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from gateway.durations import parse_duration
+from gateway.workload.rules import RuleError, WorkloadRule, load_rules
 
 
 class PolicyError(ValueError):
@@ -259,6 +260,7 @@ class TargetPolicy:
     target: str
     scopes: Mapping[str, ScopePolicy]
     source: str = "built-in default"
+    workloads: tuple[WorkloadRule, ...] = ()  # pipelines: which claims may get which scope (gateway.workload)
 
 
 DEFAULT_MAX_TTL = 3600.0
@@ -346,14 +348,16 @@ class _Ctx:
         return verdict
 
 
-def load_policy_file(path: Path, kind_of: Mapping[str, str]) -> TargetPolicy:
+def load_policy_file(
+    path: Path, kind_of: Mapping[str, str], workload_issuers: Iterable[str] | None = None
+) -> TargetPolicy:
     """Parse one policy file; `kind_of` maps configured target names to 'postgres' or 'ssh'."""
     ctx = _Ctx(str(path))
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise PolicyError(f"{path}: cannot read policy: {exc}") from None
-    doc = ctx.mapping(doc, "(top)", {"target", "scopes"})
+    doc = ctx.mapping(doc, "(top)", {"target", "scopes", "workloads"})
     target = doc.get("target")
     if not isinstance(target, str) or not target:
         raise ctx.fail("target", "must name a target from the config's [targets] table")
@@ -364,7 +368,11 @@ def load_policy_file(path: Path, kind_of: Mapping[str, str]) -> TargetPolicy:
     if not isinstance(scopes_doc, dict) or not scopes_doc:
         raise ctx.fail("scopes", "must be a mapping of scope name -> settings")
     scopes = {str(name): _load_scope(ctx, str(name), kind, body, f"scopes.{name}") for name, body in scopes_doc.items()}
-    return TargetPolicy(target, scopes, source=str(path))
+    try:
+        workloads = load_rules(doc.get("workloads"), scopes, workload_issuers)
+    except RuleError as exc:
+        raise PolicyError(f"{path}: {exc}") from None
+    return TargetPolicy(target, scopes, source=str(path), workloads=workloads)
 
 
 def _load_scope(ctx: _Ctx, name: str, kind: str, body: Any, key: str) -> ScopePolicy:
@@ -542,13 +550,18 @@ class Policies:
         self._by_target = dict(by_target)
 
     @classmethod
-    def load(cls, folder: Path | None, targets: Mapping[str, tuple[str, Iterable[str]]]) -> Policies:
+    def load(
+        cls,
+        folder: Path | None,
+        targets: Mapping[str, tuple[str, Iterable[str]]],
+        workload_issuers: Iterable[str] | None = None,
+    ) -> Policies:
         """Load every `*.yaml`/`*.yml` in `folder`; `targets` maps name -> (kind, login scopes)."""
         kind_of = {name: kind for name, (kind, _) in targets.items()}
         found: dict[str, TargetPolicy] = {}
         if folder is not None and folder.is_dir():
             for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
-                tp = load_policy_file(path, kind_of)
+                tp = load_policy_file(path, kind_of, workload_issuers)
                 if tp.target in found:
                     raise PolicyError(
                         f"{path}: target: {tp.target!r} already has a policy in {found[tp.target].source}"

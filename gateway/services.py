@@ -9,6 +9,7 @@ from typing import Any
 
 from gateway.access import Access
 from gateway.alerts import Alerts
+from gateway.anchors.publish import Anchorer
 from gateway.config import Config
 from gateway.policy import Policies
 from gateway.sessions import LiveSession, SessionRegistry
@@ -27,11 +28,13 @@ class Services:
     alerts: Alerts
     registry: SessionRegistry
     access: Access
+    anchors: Anchorer
 
     async def close(self) -> None:
-        """End live sessions and close the store (signing a final checkpoint)."""
+        """End live sessions and close the store (signing a final checkpoint, anchored like every other)."""
         await self.registry.close_all("gateway shutting down")
         await self.store.close()
+        await self.anchors.close()
 
 
 def config_store(config: Config, ring: KeyRing | None, url: str | None = None) -> Store:
@@ -50,7 +53,8 @@ def config_store(config: Config, ring: KeyRing | None, url: str | None = None) -
 
 def load_policies(config: Config) -> Policies:
     """Policies for the configured targets (files in policies_dir, built-in defaults for the rest)."""
-    return Policies.load(config.policies_dir, {name: (t.kind, list(t.logins)) for name, t in config.targets.items()})
+    targets = {name: (t.kind, list(t.logins)) for name, t in config.targets.items()}
+    return Policies.load(config.policies_dir, targets, list(config.workloads))
 
 
 async def build_services(config: Config, *, clock: Callable[[], float] = time.time) -> Services:
@@ -66,6 +70,8 @@ async def build_services(config: Config, *, clock: Callable[[], float] = time.ti
         await store.close(checkpoint=False)
         raise
     alerts = Alerts(store, file=config.alerts_file)
+    anchors = Anchorer(config.anchors, config.anchor_origin, ring, store, alert_sinks=alerts.sinks, clock=clock)
+    store.checkpoint_listeners.append(anchors.publish)
 
     async def alert(s: LiveSession | None, type_: str, summary: str, severity: str, data: dict[str, Any]) -> None:
         if s is None:
@@ -84,4 +90,4 @@ async def build_services(config: Config, *, clock: Callable[[], float] = time.ti
 
     registry = SessionRegistry(store, clock=clock, warn_before=config.warn_before, alert=alert)
     access = Access(config, ring, store, policies, registry, clock)
-    return Services(config, ring, store, policies, alerts, registry, access)
+    return Services(config, ring, store, policies, alerts, registry, access, anchors)

@@ -91,11 +91,16 @@ class LiveSession:
                 grant=self.claims.jti,
                 target=self.target.name,
                 severity=severity,
-                data=data,
+                data=self._with_workload(data),
             )
         except Exception as exc:
             log.error("session %s: audit write failed: %s", self.id, type(exc).__name__)
             await self.kill(f"audit log unavailable ({type(exc).__name__})")
+
+    def _with_workload(self, data: dict[str, Any]) -> dict[str, Any]:
+        """A pipeline's session names its run and workflow in every event, so a reviewer sees which run did what."""
+        wl = self.claims.workload
+        return data if wl is None else {**data, "workload": dict(wl)}
 
     def audit_soon(self, type_: str, *, severity: str = "info", **data: Any) -> None:
         """Schedule an audit event without waiting (for the relay's hot path)."""
@@ -128,7 +133,7 @@ class LiveSession:
                 grant=self.claims.jti,
                 target=self.target.name,
                 severity="warning",
-                data={"reason": reason, "user": self.user},
+                data=self._with_workload({"reason": reason, "user": self.user}),
             )
         except Exception as exc:
             # The kill goes ahead without its audit row: failing open here would leave the session running.
@@ -170,7 +175,7 @@ class LiveSession:
                 session=self.id,
                 grant=self.claims.jti,
                 target=self.target.name,
-                data=data,
+                data=self._with_workload(data),
             )
         except Exception as exc:
             log.error("session %s: could not record its end: %s", self.id, type(exc).__name__)

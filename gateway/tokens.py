@@ -45,6 +45,7 @@ class Claims:
     iss: str
     aud: str
     max_sessions: int | None = None
+    workload: Mapping[str, str] | None = None  # a pipeline's grant: issuer name, run id, workflow, ...
 
     def to_jwt_claims(self) -> dict[str, Any]:
         """The claim set as signed."""
@@ -63,6 +64,8 @@ class Claims:
         }
         if self.max_sessions is not None:
             out["max_sessions"] = self.max_sessions
+        if self.workload is not None:
+            out["workload"] = dict(self.workload)
         return out
 
 
@@ -164,6 +167,10 @@ class KeyRing:
     def public_key(self, kid: str) -> Ed25519PublicKey | None:
         """The public key for `kid`, or None."""
         return self._public.get(kid)
+
+    def public_keys(self) -> list[Ed25519PublicKey]:
+        """Every public key of the ring (old ones too: they still verify what they signed)."""
+        return [self._public[kid] for kid in sorted(self._public)]
 
     def sign_bytes(self, data: bytes) -> tuple[str, str]:
         """Sign raw bytes with the active key: (kid, base64url signature)."""
@@ -272,6 +279,9 @@ def _claims(p: Mapping[str, Any]) -> Claims:
         ms = p.get("max_sessions")
         if ms is not None and (not isinstance(ms, int) or isinstance(ms, bool) or ms < 1):
             raise TypeError("max_sessions")
+        wl = p.get("workload")
+        if wl is not None and (not isinstance(wl, dict) or not all(isinstance(v, str) for v in wl.values())):
+            raise TypeError("workload")
         aud = p["aud"]
         aud_s = aud if isinstance(aud, str) else ",".join(aud)
         return Claims(
@@ -287,6 +297,7 @@ def _claims(p: Mapping[str, Any]) -> Claims:
             p["iss"],
             aud_s,
             ms,
+            wl,
         )
     except (TypeError, KeyError) as exc:
         raise TokenError("malformed", f"approval token claim {exc.args[0]!r} has the wrong type") from None

@@ -547,3 +547,37 @@ async def test_pg_end_reason_after_terminate(recorded: Recorded) -> None:
         await c.close()
     (sid,) = [s.id for s in await gw.services.store.list_sessions() if s.grant_id == grant]
     assert (await ended(gw, sid)).end_reason == "client disconnected"
+
+
+async def test_search_finds_exactly_the_judged_lines(recorded: Recorded) -> None:
+    """Lines typed with edits at a real bash through a real sshd: `gateway search` gives exactly the lines
+    enforcement judged (the audit log's `command` events), and the shared terminal model rebuilds the same
+    lines from the recording's input and output."""
+    gw = recorded.gw
+    _, grant, token = await gw.approved_grant("alice", "bob", "web-1", "shell")
+    sh = await Shell.open(gw, token)
+    sid = await live_session(gw, grant)
+    await sh.run("echo aa-XYZ\x7f\x7f\x7fedit1", "aa-edit1\r\n")  # backspace
+    await sh.run("echo bb\x1b[Dq\x1b[C-edit2", "bqb-edit2\r\n")  # cursor left, insert, cursor right
+    await sh.run("junk words\x15echo cc-edit3", "cc-edit3\r\n")  # ^U
+    await sh.run("echo dd-edit4 extra\x17", "dd-edit4\r\n")  # ^W
+    mark = len(sh.text)
+    sh.send("\x1b[A")  # history recall: only the echo shows the line
+    await sh.expect("echo dd-edit4", after=mark)
+    await sh.run("", "dd-edit4\r\n")
+    await sh.run("echo ee\x01\x06\x06\x06\x06\x06X-edit5\x05", "X-edit5ee\r\n")  # ^A, ^F, ^E
+    await sh.exit()
+    rec = await ended(gw, sid)
+    judged = [e.data["line"] for e in await gw.services.store.events(types=("command",)) if e.session == sid]
+    assert [x for x in judged if "edit" in x] == [
+        "echo aa-edit1", "echo bqb-edit2", "echo cc-edit3", "echo dd-edit4 ", "echo dd-edit4", "echo X-edit5ee",
+    ]  # fmt: skip
+    code, out, err = await cli(recorded, "search", "edit", "--json")
+    assert code == 0, err
+    hits = [(h["kind"], h["text"]) for h in json.loads(out) if h["session"] == sid]
+    assert hits == [("command", x) for x in judged if "edit" in x]
+    from gateway.recording.reader import terminal_events
+    from gateway.terminal import rebuild
+
+    rebuilt = [e.line for _, e in rebuild(terminal_events(Path(rec.recording_path), [])) if e.line.strip()]
+    assert rebuilt == judged

@@ -13,6 +13,7 @@ from gateway.control.caller import Caller
 from gateway.control.workflow import Workflow
 from gateway.metrics import Counters
 from gateway.services import Services
+from gateway.workload.exchange import Exchanger
 
 
 @dataclass
@@ -24,6 +25,7 @@ class ApiContext:
     workflow: Workflow
     auth: Authenticator
     clock: Callable[[], float]
+    exchanger: Exchanger
     counters: Counters = field(default_factory=Counters)
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.api.body import free_text, q_choice, query, read_json
+from gateway.api.body import duration, free_text, q_choice, query, read_json, text
 from gateway.api.context import caller, ctx, no_store
+from gateway.api.errors import ApiError
 from gateway.api.views import grant_json
 from gateway.control.actions import revoke_grant
 from gateway.control.errors import not_found
 from gateway.control.rules import may_manage_grant
+from gateway.workload.verify import WorkloadRefused
 
 routes = web.RouteTableDef()
 
@@ -32,6 +34,61 @@ async def list_grants(request: web.Request) -> web.Response:
     rows = await ctx(request).services.store.list_grants(user=user, state=q.get("state"))
     target = q.get("target")
     return web.json_response({"grants": [grant_json(g) for g in rows if target is None or g.target == target]})
+
+
+TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 - a type name, not a secret
+
+
+@routes.post("/v1/grants/exchange")
+async def exchange(request: web.Request) -> web.Response:
+    """Token exchange (RFC 8693 style): a pipeline's OIDC token for a grant token, by policy workload rule."""
+    body = await read_json(
+        request,
+        {
+            "subject_token": (text, True),
+            "subject_token_type": (text, False),
+            "target": (text, True),
+            "scope": (text, True),
+            "ttl": (duration, False),
+            "request": (text, False),
+        },
+    )
+    if body.get("subject_token_type") not in (None, TOKEN_TYPE_JWT, "urn:ietf:params:oauth:token-type:id_token"):
+        raise ApiError("bad-request", "subject_token_type must be a JWT or ID token type")
+    c = ctx(request)
+    try:
+        out = await c.exchanger.exchange(
+            body["subject_token"],
+            target=body["target"],
+            scope=body["scope"],
+            ttl=body.get("ttl"),
+            request_id=body.get("request"),
+            client=request.remote or "",
+            now=c.clock(),
+        )
+    except WorkloadRefused as exc:
+        status = 503 if exc.code == "issuer-unavailable" else 403
+        raise ApiError(f"workload-{exc.code}", exc.reason, status=status) from None
+    if out.grant is None or out.token is None:
+        assert out.request is not None
+        pending = {"request": out.request.id, "state": out.request.state, "approvals_needed": out.needs}
+        return web.json_response(pending, status=202)
+    g = out.grant
+    return no_store(
+        web.json_response(
+            {
+                "access_token": out.token,
+                "issued_token_type": TOKEN_TYPE_JWT,
+                "token_type": "N_A",
+                "grant": g.id,
+                "subject": g.user,
+                "target": g.target,
+                "scope": g.scope,
+                "expires_at": g.expires_at,
+                "request": g.request_id,
+            }
+        )
+    )
 
 
 @routes.get("/v1/grants/{id}")

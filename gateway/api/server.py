@@ -18,11 +18,13 @@ from gateway.api.errors import error_response, from_exception
 from gateway.config import ApiSettings
 from gateway.control.workflow import Workflow
 from gateway.services import Services
+from gateway.workload.exchange import Exchanger
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC_PATHS = frozenset({"/healthz", "/.well-known/jwks.json"})
+# The exchange authenticates by the pipeline's OIDC token in its body, not by an API key.
+PUBLIC_PATHS = frozenset({"/healthz", "/.well-known/jwks.json", "/v1/grants/exchange"})
 
 
 @web.middleware
@@ -35,7 +37,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if err is None:
             log.exception("%s %s failed", request.method, request.path)
             return error_response(500, "internal", "internal error; the gateway log has the details")
-        if err.status == 403:
+        if err.status == 403 and not err.code.startswith("workload-"):  # exchange refusals audit themselves
             await _audit_forbidden(request, err.message)
         return error_response(err.status, err.code, err.message)
 
@@ -86,7 +88,10 @@ class ApiServer:
             services.alerts,
             request_timeout=s.request_timeout,
         )
-        self.context = ApiContext(services, s, workflow, Authenticator(services.config.users, s), clock)
+        exchanger = Exchanger(
+            services.config, services.ring, services.store, services.policies, services.alerts, clock=clock
+        )
+        self.context = ApiContext(services, s, workflow, Authenticator(services.config.users, s), clock, exchanger)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._port = 0
@@ -139,3 +144,4 @@ class ApiServer:
             await self._runner.cleanup()
             self._runner = None
         await self.context.auth.close()
+        await self.context.exchanger.close()

@@ -28,6 +28,7 @@ def request_json(req: RequestRecord, *, needs: int | None = None, now: float | N
         "decided_by": req.decided_by,
         "comment": req.comment,
         "grant": req.grant_id,
+        "workload": req.workload,
     }
 
 
@@ -50,4 +51,5 @@ def grant_json(g: GrantRecord) -> dict[str, Any]:
         "revoked_at": g.revoked_at,
         "revoked_by": g.revoked_by,
         "revoke_reason": g.revoke_reason,
+        "workload": g.workload,
     }

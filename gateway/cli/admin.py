@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.anchors.checkpoint import AnchorVerdict
+from gateway.anchors.verify import AnchorSourceError, parse_anchors, read_source, verify_anchors
 from gateway.cli.common import CliError, config_from, local_caller, print_json, say, services_from, since_arg
 from gateway.cli.templates import EXAMPLE_POLICIES, config_template
 from gateway.control.actions import break_glass
@@ -18,6 +20,7 @@ from gateway.keyfiles import ensure_ssh_host_key, ensure_tls_cert
 from gateway.policy import PolicyError
 from gateway.recording.check import check_recording
 from gateway.review.sanitize import MAX_FREE_TEXT, free_text_problem
+from gateway.services import Services
 from gateway.store import Store
 from gateway.tokens import KeyRing, TokenError, unverified_claims, verify_token
 
@@ -51,6 +54,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     audit = sub.add_parser("audit", help="the tamper-evident audit log").add_subparsers(dest="audit_cmd", required=True)
     p = audit.add_parser("verify", help="walk the chain; exit 1 and name the first bad record if broken")
     p.add_argument("--no-recordings", action="store_true", help="skip checking recordings against their hashes")
+    p.add_argument(
+        "--anchors",
+        action="append",
+        default=[],
+        metavar="DIR_OR_URL",
+        help="also prove the store extends every signed checkpoint found there (a copy kept off the host)",
+    )
     p.set_defaults(func=cmd_audit_verify)
     p = audit.add_parser("export", help="events as JSON lines (for a SIEM)")
     p.add_argument("--since", help="only events newer than this, e.g. 1h, 7d")
@@ -189,13 +199,26 @@ async def cmd_audit_verify(args: argparse.Namespace) -> int:
     async with services_from(args, read_only=True) as svc:
         verdict = await svc.store.verify()
         checked, problems = (0, []) if args.no_recordings else await _check_recordings(svc.store)
+        anchored = await _check_anchors(svc, args.anchors) if verdict.ok and args.anchors else None
     matched = f"; {checked - len(problems)}{f' of {checked}' if problems else ''} recordings match their hashes"
     if args.no_recordings:
         matched = ""
     say(verdict.describe() + matched)
     for p in problems:
         say(f"recording problem: {p}")
-    return 0 if verdict.ok and not problems else 1
+    if anchored is not None:
+        say(anchored.describe())
+    return 0 if verdict.ok and not problems and (anchored is None or anchored.ok) else 1
+
+
+async def _check_anchors(svc: Services, sources: list[str]) -> AnchorVerdict:
+    """Every anchor in every source, verified with the gateway's keys, against the store's chain."""
+    origin = svc.config.anchor_origin
+    try:
+        anchors = [a for where in sources for a in parse_anchors(await read_source(where), origin, svc.ring)]
+    except AnchorSourceError as exc:
+        return AnchorVerdict(False, 0, f"bad anchor: {exc}")
+    return await verify_anchors(svc.store, anchors)
 
 
 async def _check_recordings(store: Store) -> tuple[int, list[str]]:

@@ -328,7 +328,9 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise CliError(f"{folder}: no such policy folder", 2)
     try:
-        policies = Policies.load(folder, {n: (t.kind, list(t.logins)) for n, t in config.targets.items()})
+        policies = Policies.load(
+            folder, {n: (t.kind, list(t.logins)) for n, t in config.targets.items()}, list(config.workloads)
+        )
     except PolicyError as exc:
         raise CliError(f"policy error: {exc}", 2) from None
     problems, warnings = check_policies(config.targets, config.users, policies)

@@ -13,6 +13,7 @@ from typing import Any
 from gateway.cli.common import CliError, iso, print_json, print_table, say, services_from, since_arg
 from gateway.durations import format_duration
 from gateway.recording.check import check_recording
+from gateway.recording.reader import statements
 from gateway.review import replay as replay_mod
 from gateway.review.search import search as search_recordings
 from gateway.store import AuditEvent, SessionRecord, Store
@@ -198,27 +199,15 @@ def _recorded_statements(s: SessionRecord) -> tuple[list[dict[str, Any]], set[st
 
     A missing or damaged recording gives what can be read (`gateway audit verify` reports the damage).
     """
-    import json
-
     items: list[dict[str, Any]] = []
     refused: set[str] = set()
     try:
-        with open(str(s.recording_path), "rb") as f:
-            for line in f:
-                try:
-                    ev = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(ev, dict) or ev.get("type") != "statement" or not isinstance(ev.get("sql"), str):
-                    continue
-                verdict = str(ev.get("verdict") or "allow").lower()
-                word = _VERDICT_WORDS.get(verdict, verdict)
-                rule = f" [{ev['rule']}]" if ev.get("rule") else ""
-                t = ev.get("t")
-                offset = float(t) if isinstance(t, int | float) and not isinstance(t, bool) else 0.0
-                items.append({"ts": s.started_at + offset, "what": "statement", "detail": f"{word}{rule}: {ev['sql']}"})
-                if verdict != "allow" and verdict != "alert":
-                    refused.add(ev["sql"][:2000])
+        for st in statements(Path(s.recording_path or "")):
+            word = _VERDICT_WORDS.get(st.verdict, st.verdict)
+            rule = f" [{st.rule}]" if st.rule else ""
+            items.append({"ts": s.started_at + st.t, "what": "statement", "detail": f"{word}{rule}: {st.sql}"})
+            if st.refused:
+                refused.add(st.sql[:2000])
     except OSError:
         pass
     return items, refused

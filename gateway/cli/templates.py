@@ -25,6 +25,19 @@ audience = "gateway"
 leeway = 30                     # seconds of clock skew tolerated on nbf/exp (30 at most)
 checkpoint_every = 100          # sign the audit chain head every N events (and on shutdown)
 
+[anchors]                       # every signed checkpoint is published outside the store (README, "Anchors")
+origin = ""                     # the checkpoints' name; "" means "<tokens.issuer>/audit"
+folder = "var/anchors"          # one file per checkpoint; point it at WORM storage / object lock; "" turns it off
+interval = "60s"                # also checkpoint at least this often while events arrive
+webhooks = []                   # URLs that receive each checkpoint (POST, text/plain signed note)
+alert_webhooks = false          # also send each checkpoint to the alert webhooks (type audit.checkpoint)
+
+# CI/CD pipelines exchange their OIDC token for a grant (README, "From a pipeline"):
+# [workloads.github]
+# issuer = "https://token.actions.githubusercontent.com"
+# jwks_url = "https://token.actions.githubusercontent.com/.well-known/jwks"
+# audience = "https://gateway.example.com"
+
 [postgres]
 require_tls = true              # refuse clients that do not ask for TLS (the token is a password)
 tls_cert = "var/keys/tls.crt"   # made on first start when missing (self-signed)

@@ -38,6 +38,7 @@ async def issue_grant(
     request_id: str | None = None,
     actor: str | None = None,
     max_sessions: int | None = None,
+    workload: dict[str, str] | None = None,
 ) -> Issued:
     """Check target, scope and TTL cap against policy, sign the token, store and audit the grant."""
     if not user:
@@ -61,10 +62,24 @@ async def issue_grant(
         iss=config.issuer,
         aud=config.audience,
         max_sessions=max_sessions,
+        workload=workload,
     )
     token = ring.issue(claims)
     grant = GrantRecord(
-        jti, user, target, scope, reason, approvers, iat, iat, exp, "active", break_glass, request_id, max_sessions
+        jti,
+        user,
+        target,
+        scope,
+        reason,
+        approvers,
+        iat,
+        iat,
+        exp,
+        "active",
+        break_glass,
+        request_id,
+        max_sessions,
+        workload=workload,
     )
     await store.add_grant(grant)
     data = {
@@ -78,6 +93,8 @@ async def issue_grant(
         "request": request_id,
         "kid": ring.active_kid,
     }
+    if workload is not None:
+        data["workload"] = workload
     await store.append(
         "grant.issued",
         actor=actor or user,
@@ -104,4 +121,5 @@ def claims_of(grant: GrantRecord, config: Config) -> Claims:
         iss=config.issuer,
         aud=config.audience,
         max_sessions=grant.max_sessions,
+        workload=grant.workload,
     )

@@ -227,6 +227,7 @@ class Workflow:
                 now=now,
                 request_id=old.id,
                 actor=actor,
+                workload=old.workload,
             )
         except GrantRefused as exc:
             raise conflict(f"request {old.id} cannot be granted now: {exc}") from None

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from json.encoder import encode_basestring_ascii as _js
 from typing import Any, Protocol
 
 from gateway.policy import Decision
+from gateway.recording import schema
 
 MAX_PARAM_CHARS = 2048  # longer bind parameters: head and tail in the line, the whole value in the sidecar
 PARAM_EDGE = 1024
 ELISION = "\u2026"  # between head and tail of a long value (the line's long_params says it is elided)
 SUSPENDED = "PortalSuspended"
-TX_NAMES = {"I": "idle", "T": "transaction", "E": "failed"}
-_TX_JSON = {k: _js(v) for k, v in TX_NAMES.items()}
-_MAX_SHAPES = 1024  # cached line fragments per session (by fingerprint); cleared when full
+TX_NAMES = schema.TX_STATES
 
 
 class Recorder(Protocol):
@@ -89,28 +86,18 @@ def describe_params(
             out.append(head.decode("utf-8", "replace") + ELISION + tail.decode("utf-8", "replace"))
         else:
             out.append("\\x" + head.hex() + ELISION + tail.hex())
-        entry: dict[str, Any] = {"index": i, "bytes": len(v), "sha256": hashlib.sha256(v).hexdigest(),
-                                 "format": "text" if fmt == 0 else "binary"}  # fmt: skip
-        if attach is not None:
-            entry["offset"] = attach(v)
+        entry = schema.long_param(i, len(v), hashlib.sha256(v).hexdigest(), binary=fmt != 0,
+                                  offset=attach(v) if attach is not None else None)  # fmt: skip
         if long is None:
             long = []
         long.append(entry)
     return out, long
 
 
-def _tables(x: Any) -> list[str]:
-    return sorted(x) if x else []
-
-
 class Journal:
     """The statement FIFO: server replies arrive in the order statements were sent.
 
-    Statement lines are rendered here, straight to JSON text (the schema is in gateway/review/replay.py):
-    everything fixed for a statement shape (fingerprint, kind, tables, decision) is rendered once per shape
-    and cached; per execution only the SQL text, parameters and numbers are escaped or formatted. Absent
-    keys are left out (null = absent). The result parses to the same object a json.dumps of the event
-    dict would give.
+    Statement lines are rendered by `schema.StatementEncoder` (the schema is in gateway/recording/schema.py).
     """
 
     def __init__(self, recorder: Recorder, *, max_rows: int | None, alert: Any) -> None:
@@ -127,7 +114,7 @@ class Journal:
         self.last_tag = ""
         # Finished, waiting for ReadyForQuery to learn the tx state: (stmt, rows, ms, sqlstate, error, tag).
         self._done: list[tuple[Stmt, int | None, float, str | None, str | None, str | None]] = []
-        self._shapes: dict[str, tuple[str, Any, Decision, str]] = {}
+        self._encoder = schema.StatementEncoder()
 
     def started(self, sql: str, params: list[str] | None, fingerprint: str, kind: str, tables: Any,
                 decision: Decision, batch: int, tx: str, limit: int = 0,
@@ -145,8 +132,7 @@ class Journal:
         self.statements += 1
         why = f"blocked by gateway policy: {decision.rule}: {decision.reason}"
         s = Stmt(sql, params, fingerprint, kind, tables, decision, 0, tx)
-        tx_json = _TX_JSON.get(tx) or _js(tx)
-        self.recorder.record_line(self._line(self.recorder.elapsed(), s, None, 0.0, "42501", why, None, tx_json))
+        self.recorder.record_line(self._line(self.recorder.elapsed(), s, None, 0.0, "42501", why, None, tx))
 
     def completed(self, rows: int | None, tag: str) -> None:
         """CommandComplete / EmptyQueryResponse / PortalSuspended for the oldest pending statement."""
@@ -177,66 +163,39 @@ class Journal:
             self._finish(pending.popleft(), None, "not executed: an earlier statement in the batch failed")
         done = self._done
         if done:
-            tx_json = _TX_JSON.get(status) or _js(status)
             t = self.recorder.elapsed()
             record_line, line = self.recorder.record_line, self._line
             for s, rows, ms, sqlstate, error, tag in done:
-                record_line(line(t, s, rows, ms, sqlstate, error, tag, tx_json))
+                record_line(line(t, s, rows, ms, sqlstate, error, tag, status))
             done.clear()
         if before != "I" and status == "I":
             tag = self.last_tag.upper()
             outcome = "rollback" if before == "E" or tag.startswith("ROLLBACK") else "commit"
-            t = self.recorder.elapsed()
-            self.recorder.record_line(f'{{"t":{t:.6f},"type":"transaction","outcome":"{outcome}"}}\n')
+            self.recorder.record_line(schema.transaction_line(self.recorder.elapsed(), outcome))
+
+    def killed(self, reason: str) -> None:
+        """The session is being killed."""
+        self.recorder.record_line(schema.event_line(self.recorder.elapsed(), schema.KILL_EVENT, reason=reason))
+
+    def tripwire(self, reason: str, **detail: str) -> None:
+        """A wall fell upstream (the server reported a parameter it must not)."""
+        self.recorder.record_line(schema.event_line(self.recorder.elapsed(), schema.TRIPWIRE, reason=reason, **detail))
 
     def flush(self) -> None:
         """Write what is still waiting (the session is ending); their tx is the one they started in."""
         t = self.recorder.elapsed()
         for s, rows, ms, sqlstate, error, tag in self._done:
-            tx_json = _TX_JSON.get(s.tx) or _js(s.tx)
-            self.recorder.record_line(self._line(t, s, rows, ms, sqlstate, error, tag, tx_json))
+            self.recorder.record_line(self._line(t, s, rows, ms, sqlstate, error, tag, s.tx))
         self._done.clear()
 
     def _finish(self, s: Stmt, sqlstate: str | None, error: str | None) -> None:
         self.statements += 1
         self._done.append((s, None, (time.perf_counter() - s.t0) * 1000.0, sqlstate, error, None))
 
-    def _shape(self, s: Stmt) -> str:
-        """The fixed part of a statement's line: fingerprint, kind, verdict, tables, rule, reason, alerts."""
-        fp, d = s.fingerprint, s.decision
-        hit = self._shapes.get(fp)
-        if hit is not None and hit[0] == s.kind and hit[1] is s.tables and (hit[2] is d or hit[2] == d):
-            return hit[3]
-        parts = [',"fingerprint":', _js(fp), ',"kind":', _js(s.kind), ',"verdict":', _js(d.verdict.value)]
-        tables = _tables(s.tables)
-        if tables:
-            parts += [',"tables":[', ",".join(map(_js, tables)), "]"]
-        if d.rule:
-            parts += [',"rule":', _js(d.rule), ',"reason":', _js(d.reason)]
-        if d.alerts:
-            parts += [',"alerts":[', ",".join(map(_js, d.alerts)), "]"]
-        shape = "".join(parts)
-        if len(self._shapes) >= _MAX_SHAPES:
-            self._shapes.clear()
-        self._shapes[fp] = (s.kind, s.tables, d, shape)
-        return shape
-
     def _line(self, t: float, s: Stmt, rows: int | None, ms: float, sqlstate: str | None, error: str | None,
-              tag: str | None, tx_json: str) -> str:  # fmt: skip
-        """One statement line (JSON object and newline); the schema is in gateway/review/replay.py."""
-        line = (
-            f'{{"t":{t:.6f},"type":"statement","sql":{_js(s.sql)}{self._shape(s)},"duration_ms":{ms:.3f},"tx":{tx_json}'
-        )
-        if s.params:
-            line += ',"params":[' + ",".join(map(_js, s.params)) + "]"
-            if s.long:
-                line += ',"long_params":' + json.dumps(s.long, separators=(",", ":"))
-        if rows is not None:
-            line += f',"rows":{rows:d}'
-        if sqlstate:
-            line += ',"sqlstate":' + _js(sqlstate)
-        if error:
-            line += ',"error":' + _js(error)
-        if tag:
-            line += ',"tag":' + _js(tag)
-        return line + "}\n"
+              tag: str | None, status: str) -> str:  # fmt: skip
+        """One statement line; `status` is ReadyForQuery's transaction status byte."""
+        return self._encoder.line(t, s.sql, fingerprint=s.fingerprint, kind=s.kind, tables=s.tables,
+                                  decision=s.decision, duration_ms=ms, tx=TX_NAMES.get(status) or status,
+                                  params=s.params, long_params=s.long, rows=rows, sqlstate=sqlstate, error=error,
+                                  tag=tag)  # fmt: skip

@@ -202,7 +202,7 @@ class PostgresListener:
             self._keys.pop(key, None)
             session.stats.update(relay.stats())
             relay.journal.flush()
-            recorder.record({"type": "end", "reason": reason})
+            recorder.end(reason)
             sha: str | None = None
             try:
                 sha = await recorder.close()
@@ -229,12 +229,14 @@ class PostgresListener:
 
     def _open_recording(self, pipe: Pipe, session: LiveSession, upstream: Upstream,
                         hello: Hello) -> StatementRecorder | None:  # fmt: skip
-        header = {
+        header: dict[str, Any] = {
             "session": session.id, "user": session.user, "target": session.target.name, "scope": session.scope,
             "grant": session.claims.jti, "login": session.login.user, "database": session.target.database,
             "client": session.client_addr, "application_name": hello.startup.parameters.get("application_name", ""),
             "started_at": session.started_at, "protocol": "postgres",
         }  # fmt: skip
+        if session.claims.workload is not None:
+            header["workload"] = dict(session.claims.workload)  # the pipeline run and workflow
 
         def on_failure(why: str) -> None:
             session._spawn(session.kill(f"recording failed: {why}"))

@@ -468,7 +468,7 @@ class Relay:
         self._stop_client = self._stop_server = True
         s = self.session
         detail = {"parameter": ps.name, "value": ps.value[:200], "login": s.login.user, "scope": s.scope}
-        self.journal.recorder.record({"type": "tripwire", "reason": breach, **detail})
+        self.journal.tripwire(breach, **detail)
         s.audit_soon("session.tripwire", severity="critical", reason=breach, **detail)
         s.alert("sql.tripwire", f"session {s.id} of {s.user} on {s.target.name}: {breach}", severity="critical",
                 reason=breach, **detail)  # fmt: skip
@@ -497,7 +497,7 @@ class Relay:
     async def kill(self, reason: str) -> None:
         """The session's kill handle: FATAL 57P01 to the client, cancel and terminate the backend, close both."""
         self._write_client(error_response("FATAL", "57P01", f"terminating connection: {reason}"))
-        self.journal.recorder.record({"type": "kill", "reason": reason})
+        self.journal.killed(reason)
         await self.shutdown(reason)
         # Return only once the handler has closed the session with the recording's hash: the caller
         # (LiveSession.kill) would otherwise close it first, without the hash. A kill running as one of the

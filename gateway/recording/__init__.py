@@ -6,8 +6,10 @@ Three formats, one writer:
   sessions with a terminal: a JSON header line, then one ``[t, code, data]`` line per event,
   codes ``o`` (output), ``i`` (input), ``r`` (resize, ``"WxH"``) and ``m`` (marker).
 * ``StatementRecorder`` -- JSON lines for SQL sessions: ``{"type": "header", ...}`` first, then one
-  JSON object per event, each with ``t`` (seconds since the start). The event schema the Postgres
-  front end writes is documented in ``gateway/review/replay.py``.
+  JSON object per event, each with ``t`` (seconds since the start).
+
+What the lines hold (and the version every header carries) is ``gateway.recording.schema``, the one
+encoder of each line; ``gateway.recording.reader`` is the one reader (replay, show, search, the console).
 * ``BinaryStreamRecorder`` -- raw bytes for exec sessions without a terminal (tar, scp, pg_dump):
   JSON-escaping random bytes runs at ~50 MB/s and would throttle the relay, and text decoding
   would lose bytes. The file is one JSON header line (``"format": "gateway-binary-stream"``),
@@ -46,14 +48,8 @@ Recorders never see secrets: the front ends keep tokens out of what they pass in
 logs recorded data.
 """
 
-from gateway.recording.formats import (
-    AsciicastRecorder,
-    BinaryStreamRecorder,
-    Frame,
-    StatementRecorder,
-    binary_to_asciicast,
-    read_binary_stream,
-)
+from gateway.recording.formats import AsciicastRecorder, BinaryStreamRecorder, StatementRecorder
+from gateway.recording.reader import Frame, binary_to_asciicast, read_binary_stream
 from gateway.recording.writer import (
     COALESCE_WINDOW,
     DEFAULT_MAX_BACKLOG,

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import json
-import struct
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from json.encoder import encode_basestring_ascii
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from gateway.recording import schema
+from gateway.recording.reader import FRAME, binary_to_asciicast
 from gateway.recording.sidecar import Sidecar, sidecar_path
 from gateway.recording.writer import DEFAULT_MAX_BACKLOG, FLUSH_DELAY, PendingEvent, Recorder, RecordingError
 
-_FRAME = struct.Struct(">cII")
 # The sidecar takes whole Bind parameters (up to 256 MiB each): they are in memory already when attached.
 SIDECAR_MAX_BACKLOG = 512 << 20
-_BINARY_FORMAT = "gateway-binary-stream"
 
 
 def _utf8_decoder() -> codecs.IncrementalDecoder:
@@ -46,15 +42,7 @@ class AsciicastRecorder(Recorder):
     ) -> AsciicastRecorder:
         """Create the file and write the header line; raises RecordingError if that fails."""
         rec = cls(path, on_failure=on_failure, started_at=started_at, max_backlog=max_backlog, clock=clock)
-        header = {
-            "version": 2,
-            "width": int(width),
-            "height": int(height),
-            "timestamp": int(started_at),
-            "title": title,
-            "env": dict(env),
-        }
-        rec._write_header(json.dumps(header) + "\n")
+        rec._write_header(schema.cast_header(width=width, height=height, timestamp=started_at, title=title, env=env))
         return rec
 
     def __init__(self, path: Path, **kwargs: Any) -> None:
@@ -91,13 +79,13 @@ class AsciicastRecorder(Recorder):
                     continue
             else:
                 text = ev.parts[0]
-            lines.append(f'[{ev.t:.6f}, "{ev.kind}", {encode_basestring_ascii(text)}]\n')
+            lines.append(schema.cast_event(ev.t, ev.kind, text))
             self._last_t = ev.t
         if final:
             for kind, decoder in self._decoders.items():
                 tail = decoder.decode(b"", final=True)
                 if tail:
-                    lines.append(f'[{self._last_t:.6f}, "{kind}", {encode_basestring_ascii(tail)}]\n')
+                    lines.append(schema.cast_event(self._last_t, kind, tail))
         return "".join(lines).encode("ascii")
 
 
@@ -109,7 +97,8 @@ class StatementRecorder(Recorder):
     ``os.write``/hashing, which release the GIL, so it never holds the GIL the relay's loop is waiting for.
     A recorder opened inside a running loop must be fed from that loop's thread; one opened outside a loop
     hands every line over at once. ``record_line`` takes a line the caller has already encoded (the Postgres
-    journal renders its statement lines from cached fragments); ``record`` encodes a dict with ``json``.
+    journal renders its statement lines with `schema.StatementEncoder`); ``record`` encodes a dict
+    (`schema.encode_event`); ``end`` writes the last event.
     """
 
     MAX_BUFFERED_LINES = 4096  # hand over early past this many lines (a burst of tiny statements)
@@ -125,10 +114,9 @@ class StatementRecorder(Recorder):
         max_backlog: int = DEFAULT_MAX_BACKLOG,
         clock: Callable[[], float] = time.monotonic,
     ) -> StatementRecorder:
-        """Create the file and write ``{"type": "header", ...header}``; raises RecordingError on failure."""
+        """Create the file and write its header line (`schema.sql_header_line`); raises RecordingError on failure."""
         rec = cls(path, on_failure=on_failure, started_at=started_at, max_backlog=max_backlog, clock=clock)
-        line = {"type": "header", **{k: v for k, v in header.items() if k != "type"}}
-        rec._write_header(_dump_event(line) + "\n")
+        rec._write_header(schema.sql_header_line(header))
         return rec
 
     def __init__(self, path: Path, **kwargs: Any) -> None:
@@ -153,7 +141,11 @@ class StatementRecorder(Recorder):
     def record(self, event: dict[str, Any]) -> None:
         """Queue one event (encoded now); ``t`` (seconds since start) is added if missing."""
         ev = dict(event) if "t" in event else {"t": round(self.elapsed(), 6), **event}
-        self.record_line(_dump_event(ev) + "\n")
+        self.record_line(schema.encode_event(ev))
+
+    def end(self, reason: str) -> None:
+        """The session ended (the last event before the sidecar's)."""
+        self.record_line(schema.event_line(self.elapsed(), schema.END_EVENT, reason=reason))
 
     def record_line(self, line: str) -> None:
         """Queue one already-encoded event: a single JSON object, ASCII only, ending in a newline."""
@@ -193,7 +185,8 @@ class StatementRecorder(Recorder):
             except RecordingError as exc:
                 self._fail(f"sidecar: {exc}")
             else:
-                self.record({"type": "sidecar", "file": side.path.name, "bytes": side.size, "sha256": digest})
+                self.record_line(schema.event_line(self.elapsed(), schema.SIDECAR, file=side.path.name, bytes=side.size,
+                                                   sha256=digest))  # fmt: skip
         self._handoff()
         return await super().close()
 
@@ -203,11 +196,6 @@ class StatementRecorder(Recorder):
             data: bytes = batch[0].parts[0]
             return data
         return b"".join(ev.parts[0] for ev in batch)
-
-
-def _dump_event(ev: dict[str, Any]) -> str:
-    """Compact ASCII JSON; values JSON cannot carry are written as str() rather than failing."""
-    return json.dumps(ev, separators=(",", ":"), default=str)
 
 
 class BinaryStreamRecorder(Recorder):
@@ -240,17 +228,8 @@ class BinaryStreamRecorder(Recorder):
     ) -> BinaryStreamRecorder:
         """Create the file and write the JSON header line; raises RecordingError on failure."""
         rec = cls(path, on_failure=on_failure, started_at=started_at, max_backlog=max_backlog, clock=clock)
-        header = {
-            "format": _BINARY_FORMAT,
-            "version": 1,
-            "width": int(width),
-            "height": int(height),
-            "timestamp": int(started_at),
-            "title": title,
-            "env": dict(env),
-            "streams": cls.STREAMS,
-        }
-        rec._write_header(json.dumps(header) + "\n")
+        rec._write_header(schema.binary_header(width=width, height=height, timestamp=started_at, title=title, env=env,
+                                               streams=cls.STREAMS))  # fmt: skip
         return rec
 
     def stdout(self, data: bytes) -> None:
@@ -286,7 +265,7 @@ class BinaryStreamRecorder(Recorder):
         for ev in batch:
             data = ev.parts[0] if len(ev.parts) == 1 else b"".join(ev.parts)
             t_ms = min(int(ev.t * 1000), 0xFFFFFFFF)
-            out.append(_FRAME.pack(ev.kind.encode(), t_ms, len(data)))
+            out.append(FRAME.pack(ev.kind.encode(), t_ms, len(data)))
             out.append(data)
         return b"".join(out)
 
@@ -294,77 +273,3 @@ class BinaryStreamRecorder(Recorder):
     def to_asciicast(src: Path, out: IO[str]) -> bool:
         """Convert a binary stream recording to asciicast v2; see ``binary_to_asciicast``."""
         return binary_to_asciicast(src, out)
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One frame of a binary stream recording."""
-
-    stream: str
-    t: float
-    data: bytes
-
-
-def read_binary_stream(src: Path) -> tuple[dict[str, Any], Iterator[Frame]]:
-    """Open a binary stream recording: its header and an iterator of frames.
-
-    The iterator raises RecordingError after the last whole frame if the file ends in a torn one.
-    """
-    with open(src, "rb") as f:
-        line = f.readline(1 << 20)
-    try:
-        header = json.loads(line) if line.endswith(b"\n") else None
-    except ValueError:
-        header = None
-    if not isinstance(header, dict) or header.get("format") != _BINARY_FORMAT:
-        raise RecordingError("not a binary stream recording")
-
-    def frames() -> Iterator[Frame]:
-        with open(src, "rb") as f:
-            offset = f.seek(len(line))
-            while True:
-                head = f.read(_FRAME.size)
-                if not head:
-                    return
-                if len(head) < _FRAME.size:
-                    raise RecordingError(f"torn frame header at offset {offset}")
-                stream, t_ms, length = _FRAME.unpack(head)
-                data = f.read(length)
-                if len(data) < length:
-                    raise RecordingError(f"torn frame at offset {offset}")
-                offset += _FRAME.size + length
-                yield Frame(stream.decode("latin-1"), t_ms / 1000, data)
-
-    return header, frames()
-
-
-def binary_to_asciicast(src: Path, out: IO[str]) -> bool:
-    """Write an asciicast v2 version of a binary stream recording to `out`.
-
-    Returns False if the recording ends in a torn frame (everything before it is converted).
-    """
-    header, frames = read_binary_stream(src)
-    cast_header = {k: header[k] for k in ("width", "height", "timestamp", "title", "env") if k in header}
-    out.write(json.dumps({"version": 2, **cast_header}) + "\n")
-    decoders = {"o": _utf8_decoder(), "e": _utf8_decoder(), "i": _utf8_decoder()}
-    code = {"o": "o", "e": "o", "i": "i"}
-    t = 0.0
-    complete = True
-    try:
-        for frame in frames:
-            t = frame.t
-            if frame.stream in decoders:
-                kind, text = code[frame.stream], decoders[frame.stream].decode(frame.data)
-            elif frame.stream in ("m", "r"):
-                kind, text = frame.stream, frame.data.decode("utf-8", "replace")
-            else:
-                continue
-            if text:
-                out.write(f"[{t:.6f}, {json.dumps(kind)}, {encode_basestring_ascii(text)}]\n")
-    except RecordingError:
-        complete = False
-    for stream, decoder in decoders.items():
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            out.write(f'[{t:.6f}, "{code[stream]}", {encode_basestring_ascii(tail)}]\n')
-    return complete

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.recording.check import file_sha256
+from gateway.recording.schema import SIDECAR
 from gateway.recording.writer import PendingEvent, Recorder
 
 SIDECAR_SUFFIX = ".blobs"
@@ -73,7 +74,7 @@ def sidecar_line(recording: Path) -> dict[str, Any] | None:
         ev = json.loads(lines[-1])
     except ValueError:
         return None
-    return ev if isinstance(ev, dict) and ev.get("type") == "sidecar" else None
+    return ev if isinstance(ev, dict) and ev.get("type") == SIDECAR else None
 
 
 def check_sidecar(recording: Path) -> str | None:

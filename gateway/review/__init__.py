@@ -1,6 +1,6 @@
 """The reviewer's side: replay and print recordings safely, search them for statements and commands."""
 
-from gateway.review.replay import END_MARKER, ReplayResult, iter_events, play, print_cast, print_statements
+from gateway.review.replay import END_MARKER, ReplayResult, play, print_cast, print_statements
 from gateway.review.sanitize import Neutraliser, neutralise, render_final_text
 from gateway.review.search import Hit, search
 
@@ -9,7 +9,6 @@ __all__ = [
     "Hit",
     "Neutraliser",
     "ReplayResult",
-    "iter_events",
     "neutralise",
     "play",
     "print_cast",

@@ -5,7 +5,7 @@ sequences act on the *reviewer's* terminal: OSC 52 writes the reviewer's clipboa
 window title (and title reports can type into the reviewer's shell), DCS/APC/PM/SOS strings reach
 terminal extensions, device-status and window reports (CSI 6n, CSI c, CSI 21t) make the terminal
 *type* a reply into the reviewer's input, and C1 8-bit controls are the same sequences in one byte.
-So this module parses output as a VT parser would and lets through only a short allowlist:
+So this module parses output with the terminal parser (``gateway.terminal.vt``) and lets through only a short allowlist:
 
 * ``keep_sgr=True`` (real-time replay): printable text, TAB/LF/CR/BS, SGR colours (``CSI ... m``),
   cursor movement and erase in line/display, insert/delete characters and lines, scroll region,
@@ -30,109 +30,12 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 
-# Token kinds produced by the parser.
-TEXT, CTL, CSI, ESC = "text", "ctl", "csi", "esc"
-Token = tuple[str, str, str, str]  # (kind, params or text, intermediates, final)
-
-# C0, DEL, C1, and the bidi embedding/override/isolate controls (they reorder what follows on terminals
-# that implement bidi, so "nimda" can show as "admin"): never text.
-_SPECIAL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-_STRING_END = re.compile(r"[\x07\x18\x1a\x1b\x9c]")
-_MAX_CSI = 64  # a longer control sequence is malformed or hostile: it is dropped whole
-
-_GROUND, _ESCAPE, _ESC_INTER, _CSI, _STRING = range(5)
-_STRING_INTRODUCERS = {"]", "P", "X", "^", "_"}  # OSC, DCS, SOS, PM, APC
-_C1_STRINGS = {"\x90", "\x98", "\x9d", "\x9e", "\x9f"}  # the same, as 8-bit controls
+from gateway.terminal.screen import LineScreen
+from gateway.terminal.vt import CSI, CTL, DIGIT_PARAMS, ESC, TEXT, VTParser
 
 _SAFE_CSI_FINALS = set("ABCDEFGHJKSTdefmrXP@LM`a")  # not REP (b): a huge count stalls a terminal
 _SAFE_ESC_FINALS = set("78DEM")
 _SGR_PARAMS = re.compile(r"[0-9;:]*")
-_DIGIT_PARAMS = re.compile(r"[0-9;]*")
-
-RESTORE = "\x1b[0m\x1b[?25h\x1b[r"
-"""Undo what an allowed sequence may have left set: colours, hidden cursor, scroll region."""
-
-
-class VTParser:
-    """Streaming tokenizer: text, C0 controls, CSI and ESC sequences; strings and C1 are dropped."""
-
-    def __init__(self) -> None:
-        self._state = _GROUND
-        self._buf = ""  # the partial CSI / ESC sequence collected so far
-
-    def feed(self, data: str) -> list[Token]:
-        """Tokenize `data`; an unfinished sequence is kept for the next call."""
-        tokens: list[Token] = []
-        i, n = 0, len(data)
-        while i < n:
-            state = self._state
-            if state == _GROUND:
-                m = _SPECIAL.search(data, i)
-                end = m.start() if m else n
-                if end > i:
-                    tokens.append((TEXT, data[i:end], "", ""))
-                if m is None:
-                    break
-                i = end + 1
-                self._ground_control(data[end], tokens)
-            elif state == _STRING:
-                m = _STRING_END.search(data, i)
-                if m is None:
-                    break  # the rest of this chunk is inside the string: discard it
-                i = m.end()
-                self._state = _GROUND
-                if m.group() == "\x1b":  # ESC ends the string and starts a new sequence (xterm)
-                    self._state, self._buf = _ESCAPE, ""
-            else:
-                i = self._sequence_char(data[i], tokens, i)
-        return tokens
-
-    def _ground_control(self, ch: str, tokens: list[Token]) -> None:
-        """Handle one control character met in ground state."""
-        if ch == "\x1b":
-            self._state, self._buf = _ESCAPE, ""
-        elif ch == "\x9b":
-            self._state, self._buf = _CSI, ""
-        elif ch in _C1_STRINGS:
-            self._state = _STRING
-        elif ch in "\n\r\t\b":
-            tokens.append((CTL, ch, "", ""))
-        # every other C0/C1 control (BEL, SO/SI, NUL, DEL, 8-bit ones) is dropped
-
-    def _sequence_char(self, ch: str, tokens: list[Token], i: int) -> int:
-        """Advance an ESC or CSI sequence by one character; returns the next index to read."""
-        code = ord(ch)
-        state = self._state
-        if ch == "\x1b" or code < 0x20 or code > 0x7E:
-            # A control or non-ASCII character aborts the sequence; it is then read in ground state.
-            self._state, self._buf = _GROUND, ""
-            return i
-        if state == _ESCAPE:
-            if ch == "[":
-                self._state, self._buf = _CSI, ""
-            elif ch in _STRING_INTRODUCERS:
-                self._state = _STRING
-            elif 0x20 <= code <= 0x2F:
-                self._state, self._buf = _ESC_INTER, ch
-            else:
-                tokens.append((ESC, "", "", ch))
-                self._state = _GROUND
-        elif state == _ESC_INTER:
-            if 0x20 <= code <= 0x2F:
-                self._buf += ch
-            else:
-                tokens.append((ESC, "", self._buf, ch))
-                self._state, self._buf = _GROUND, ""
-        else:  # _CSI
-            if 0x40 <= code <= 0x7E:
-                buf = self._buf
-                if len(buf) <= _MAX_CSI:
-                    split = len(buf.rstrip(" !\"#$%&'()*+,-./"))
-                    tokens.append((CSI, buf[:split], buf[split:], ch))
-                self._state, self._buf = _GROUND, ""
-            else:
-                self._buf = self._buf + ch if len(self._buf) <= _MAX_CSI else self._buf
-        return i + 1
 
 
 def _csi_allowed(params: str, inter: str, final: str) -> bool:
@@ -143,7 +46,7 @@ def _csi_allowed(params: str, inter: str, final: str) -> bool:
         return _SGR_PARAMS.fullmatch(params) is not None
     if params in ("?25", "?25;") and final in "hl":
         return True
-    if final not in _SAFE_CSI_FINALS or _DIGIT_PARAMS.fullmatch(params) is None:
+    if final not in _SAFE_CSI_FINALS or DIGIT_PARAMS.fullmatch(params) is None:
         return False
     # CSI 3 J erases the reviewer's scrollback: not something a recording gets to do.
     return not (final == "J" and "3" in params.split(";"))
@@ -195,87 +98,6 @@ def neutralise(text: str, keep_sgr: bool = False) -> str:
     """Remove every escape sequence and control that could act on a reviewer's terminal."""
     n = Neutraliser(keep_sgr)
     return n.feed(text) + n.flush()
-
-
-def _count(params: str) -> int:
-    """The first numeric parameter of a CSI sequence, defaulting to 1."""
-    first = params.split(";", 1)[0]
-    return int(first) if first.isdigit() and int(first) > 0 else 1
-
-
-class LineScreen:
-    """A line-based model of a terminal: enough of CR, BS, TAB, erase and cursor left/right.
-
-    Not an emulator: cursor up/down and absolute positioning are ignored, so full-screen programs
-    come out as a transcript rather than a picture. Everything that is not text is dropped.
-    """
-
-    def __init__(self) -> None:
-        self._parser = VTParser()
-        self._lines: list[str] = []
-        self._line: list[str] = []
-        self._col = 0
-
-    def feed(self, text: str) -> None:
-        """Apply a chunk of terminal output."""
-        for kind, value, inter, final in self._parser.feed(text):
-            if kind == TEXT:
-                self._put(value)
-            elif kind == CTL:
-                self._control(value)
-            elif kind == CSI and not inter and _DIGIT_PARAMS.fullmatch(value):
-                self._csi(value, final)
-
-    def _put(self, text: str) -> None:
-        """Write text at the cursor, overwriting what is there."""
-        line, col = self._line, self._col
-        if col > len(line):
-            line.extend(" " * (col - len(line)))
-        line[col : col + len(text)] = text
-        self._col = col + len(text)
-
-    def _control(self, ch: str) -> None:
-        """LF, CR, BS, TAB."""
-        if ch == "\n":
-            self._lines.append("".join(self._line).rstrip())
-            self._line, self._col = [], 0
-        elif ch == "\r":
-            self._col = 0
-        elif ch == "\b":
-            self._col = max(0, self._col - 1)
-        elif ch == "\t":
-            self._col = (self._col // 8 + 1) * 8
-
-    def _csi(self, params: str, final: str) -> None:
-        """Erase in line, cursor left/right/column, insert/delete/erase characters."""
-        line, col, n = self._line, self._col, _count(params)
-        if final == "K":
-            mode = params or "0"
-            if mode == "0":
-                del line[col:]
-            elif mode == "1":
-                line[: col + 1] = " " * min(col + 1, len(line))
-            elif mode == "2":
-                line.clear()
-        elif final == "C":
-            self._col = col + n
-        elif final == "D":
-            self._col = max(0, col - n)
-        elif final == "G":
-            self._col = n - 1
-        elif final == "P":
-            del line[col : col + n]
-        elif final == "@":
-            if col < len(line):
-                line[col:col] = " " * n
-        elif final == "X":
-            end = min(col + n, len(line))
-            line[col:end] = " " * max(0, end - col)
-
-    def text(self) -> str:
-        """The text so far: completed lines, then the current one if not empty."""
-        lines = [*self._lines, "".join(self._line).rstrip()] if self._line else list(self._lines)
-        return "\n".join(lines)
 
 
 def render_final_text(events: Iterable[Sequence[object]]) -> str:

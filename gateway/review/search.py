@@ -4,29 +4,27 @@ Looked at, per recording kind:
 
 * ``statements`` (SQL JSON lines): the ``sql`` of every ``statement`` event and each of its bind
   parameters, whole: a parameter too long for its line is read from the recording's sidecar.
-* ``asciicast`` (SSH terminal): markers labelled ``command: ...`` (the SSH front end's command lines)
-  and the lines typed on input, rebuilt from keystrokes (backspace, Ctrl-U/W/C, arrows, paste).
-* ``binary`` (exec without a terminal): its ``command: ...`` markers and the lines of its stdin
-  (``ssh host sh -s < script`` carries the commands there).
+* ``asciicast`` (SSH terminal) and ``binary`` (exec without a terminal): the command lines enforcement
+  judged, exactly as judged (``command:`` markers: typed lines, stdin lines of a shell, exec commands).
+  Only a recording without any such marker has its typed lines rebuilt from its input and output, with
+  the front end's own terminal model (`gateway.terminal`).
 
 Hit texts are neutralised: they are printed to a reviewer's terminal.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from gateway.recording import RecordingError
+from gateway.recording.reader import commands, statements, terminal_events
+from gateway.recording.schema import Statement
 from gateway.recording.sidecar import read_value
-from gateway.review.replay import iter_events
 from gateway.review.sanitize import neutralise
-
-COMMAND_PREFIX = "command: "
+from gateway.terminal import rebuild
 
 _KINDS = {
     "statements": "statements", "sql": "statements", "pg": "statements", "postgres": "statements",
@@ -44,81 +42,6 @@ class Hit:
     t: float
     text: str
     kind: str  # statement | parameter | command | input
-
-
-class InputLines:
-    """Rebuild typed lines from a terminal's input stream (a readline-like model, not a shell)."""
-
-    def __init__(self) -> None:
-        self._chars: list[str] = []
-        self._cursor = 0
-        self._esc = ""  # an escape sequence being read (arrow keys, paste brackets)
-
-    def feed(self, text: str) -> list[str]:
-        """Apply keystrokes; returns the lines completed by Enter in this chunk."""
-        done: list[str] = []
-        for ch in text:
-            if self._esc:
-                self._escape(ch)
-            elif ch in "\r\n":
-                line = "".join(self._chars).strip()
-                if line:
-                    done.append(line)
-                self._chars, self._cursor = [], 0
-            elif ch == "\x1b":
-                self._esc = ch
-            else:
-                self._key(ch)
-        return done
-
-    def _key(self, ch: str) -> None:
-        """A printable character or a line-editing control."""
-        chars, cur = self._chars, self._cursor
-        if ch in "\x7f\b":
-            if cur:
-                del chars[cur - 1]
-                self._cursor -= 1
-        elif ch == "\x15":  # Ctrl-U: kill to start of line
-            del chars[:cur]
-            self._cursor = 0
-        elif ch == "\x17":  # Ctrl-W: kill the word before the cursor
-            start = cur
-            while start and chars[start - 1] == " ":
-                start -= 1
-            while start and chars[start - 1] != " ":
-                start -= 1
-            del chars[start:cur]
-            self._cursor = start
-        elif ch == "\x03":  # Ctrl-C: the line is abandoned
-            self._chars, self._cursor = [], 0
-        elif ch == "\x01":
-            self._cursor = 0
-        elif ch == "\x05":
-            self._cursor = len(chars)
-        elif ch >= " " and not ("\x7f" <= ch <= "\x9f"):
-            chars.insert(cur, ch)
-            self._cursor += 1
-
-    def _escape(self, ch: str) -> None:
-        """Collect ESC [ ... final or ESC O x, then apply the cursor keys among them."""
-        self._esc += ch
-        seq = self._esc
-        if len(seq) == 2 and ch not in "[O":
-            self._esc = ""  # Alt+key: ignored
-            return
-        if len(seq) > 2 and ("@" <= ch <= "~" or len(seq) > 16):
-            self._esc = ""
-            key = seq[2:]
-            if key in ("C", "1;5C") and self._cursor < len(self._chars):
-                self._cursor += 1
-            elif key in ("D", "1;5D") and self._cursor:
-                self._cursor -= 1
-            elif key in ("H", "1~", "7~"):
-                self._cursor = 0
-            elif key in ("F", "4~", "8~"):
-                self._cursor = len(self._chars)
-            elif key == "3~" and self._cursor < len(self._chars):
-                del self._chars[self._cursor]
 
 
 Span = tuple[int, int]
@@ -152,29 +75,25 @@ def _window(text: str, span: Span) -> str:
     return ("\u2026" if start else "") + text[start:end] + ("\u2026" if end < len(text) else "")
 
 
-def _param_values(path: Path, ev: dict[str, Any]) -> Iterator[tuple[int, str]]:
+def _param_values(path: Path, st: Statement) -> Iterator[tuple[int, str]]:
     """(index, whole value) of a statement's bind parameters; long ones from the sidecar."""
-    params = ev.get("params")
-    if not isinstance(params, list):
-        return
-    long = {e.get("index"): e for e in ev.get("long_params") or () if isinstance(e, dict)}
-    for i, shown in enumerate(params):
+    long = {e.index: e for e in st.long_params}
+    for i, shown in enumerate(st.params or ()):
         entry = long.get(i)
         raw: bytes | None = None
-        if entry is not None and isinstance(entry.get("offset"), int) and isinstance(entry.get("bytes"), int):
-            raw = read_value(path, entry["offset"], entry["bytes"])
-        if raw is not None and entry is not None and entry.get("format") != "binary":
+        if entry is not None and entry.offset is not None:
+            raw = read_value(path, entry.offset, entry.size)
+        if raw is not None and entry is not None and not entry.binary:
             yield i, raw.decode("utf-8", "replace")
             continue
         if raw is None:
-            text = str(shown)
-            if not text.startswith("\\x") or "\u2026" in text:
-                yield i, text
+            if not shown.startswith("\\x") or "\u2026" in shown:
+                yield i, shown
                 continue
             try:
-                raw = bytes.fromhex(text[2:])
+                raw = bytes.fromhex(shown[2:])
             except ValueError:
-                yield i, text
+                yield i, shown
                 continue
         # Binary format (asyncpg sends even text binary): searched as hex and as the text it may be.
         yield i, "\\x" + raw.hex()
@@ -183,37 +102,30 @@ def _param_values(path: Path, ev: dict[str, Any]) -> Iterator[tuple[int, str]]:
 
 def _statement_hits(session_id: str, path: Path, find: Callable[[str], Span | None]) -> Iterator[Hit]:
     """Matching statement texts and bind parameters of a SQL recording (lines that do not parse are skipped)."""
-    with open(path, "rb") as f:
-        for line in f:
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if not (isinstance(ev, dict) and ev.get("type", "statement") == "statement"):
-                continue
-            sql = ev.get("sql")
-            if not isinstance(sql, str):
-                continue
-            t = ev.get("t")
-            when = float(t) if isinstance(t, int | float) else 0.0
-            span = find(sql)
+    for st in statements(path):
+        sql = st.sql
+        span = find(sql)
+        if span is not None:
+            yield Hit(session_id, st.t, sql if len(sql) <= 4 * _CONTEXT else _window(sql, span), "statement")
+        for i, value in _param_values(path, st):
+            span = find(value)
             if span is not None:
-                yield Hit(session_id, when, sql if len(sql) <= 4 * _CONTEXT else _window(sql, span), "statement")
-            for i, value in _param_values(path, ev):
-                span = find(value)
-                if span is not None:
-                    yield Hit(session_id, when, f"${i + 1} = {_window(value, span)}  -- in: {sql[:200]}", "parameter")
+                yield Hit(session_id, st.t, f"${i + 1} = {_window(value, span)}  -- in: {sql[:200]}", "parameter")
 
 
 def _commands(session_id: str, path: Path) -> Iterator[Hit]:
-    """Command markers and input lines of a terminal or exec recording."""
-    keys = InputLines()
-    for t, code, data in iter_events(path, []):
-        if code == "m" and data.startswith(COMMAND_PREFIX):
-            yield Hit(session_id, t, data[len(COMMAND_PREFIX) :], "command")
-        elif code == "i":
-            for line in keys.feed(data):
-                yield Hit(session_id, t, line, "input")
+    """The command lines enforcement judged in a terminal or exec recording: its ``command:`` markers.
+
+    A recording with no such marker (not made by this gateway's SSH front end) has its typed lines rebuilt
+    from its input and output by the same terminal model the front end judges with.
+    """
+    judged = [Hit(session_id, t, line, "command") for t, line in commands(path)]
+    if judged:
+        yield from judged
+        return
+    for t, enter in rebuild(terminal_events(path, [])):
+        if enter.line.strip():
+            yield Hit(session_id, t, enter.line, "input")
 
 
 def search(

@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncssh
 
+from gateway.recording import schema
 from gateway.sessions import LiveSession
 from gateway.ssh.reaper import reap_after
 from gateway.ssh.recordings import SessionRecordings
@@ -72,11 +73,11 @@ class SshConnection:
         """The registry's warning (deadline near) on every terminal of this connection."""
         for relay in self.channels:
             relay.write_notice(message)
-        self.recordings.marker(f"warning: {message}")
+        self.recordings.marker(schema.warning_marker(message))
 
     async def kill(self, reason: str) -> None:
         """The kill handle: tell the engineer, hang up the remote processes, close both sides."""
-        self.recordings.marker(f"kill: {reason}")
+        self.recordings.marker(schema.kill_marker(reason))
         for relay in self.channels:
             relay.write_notice(f"{reason} - session closed")
         await self.finish(reason, hangup=True)

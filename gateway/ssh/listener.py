@@ -22,6 +22,7 @@ import asyncssh
 
 from gateway.access import AccessDenied
 from gateway.keyfiles import ensure_ssh_host_key
+from gateway.recording import schema
 from gateway.services import Services
 from gateway.ssh.channels import AuditedChannel
 from gateway.ssh.connection import SshConnection
@@ -202,7 +203,8 @@ class _Gate(asyncssh.SSHServer):
         s = self.connection.session
         s.audit_soon("ssh.forward", severity="info" if allowed else "warning", kind=kind, allowed=allowed, **data)
         if not allowed:
-            self.connection.recordings.marker(f"blocked: {kind} {' '.join(str(v) for v in data.values())}")
+            what = f"{kind} {' '.join(str(v) for v in data.values())}"
+            self.connection.recordings.marker(schema.blocked_marker(what))
 
 
 class _UpstreamWatch(asyncssh.SSHClient):

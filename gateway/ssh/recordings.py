@@ -7,8 +7,9 @@ Layout (documented contract for reviewers):
   ``gateway.recording``) for exec, scp and sftp without one -- the reviewer tools detect which.
 * Every further channel of the same connection gets ``<session>.<n>.cast`` (n = 2, 3, ...), same rule;
   the main file carries a marker ``channel <n>: <what> -> <file name>`` pointing at it.
-* Markers: ``command: <line>`` (shell lines and exec commands), ``blocked: ...``, ``sftp: ...``,
-  ``kill: <reason>`` and, last in every file, ``session end: <reason>``.
+* Markers (made by ``gateway.recording.schema``, the one place that defines them): ``command: <line>``
+  (shell lines and exec commands, as judged), ``blocked: ...``, ``sftp: ...``, ``kill: <reason>`` and,
+  last in every file, ``session end: <reason>``.
 * The SHA-256 of the main file goes into ``session.end``; each side file's into a ``recording.part`` event.
 If a connection never opens a channel, the main file is still written (header and end marker only).
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from gateway.recording import AsciicastRecorder, BinaryStreamRecorder, RecordingError
+from gateway.recording import AsciicastRecorder, BinaryStreamRecorder, RecordingError, schema
 from gateway.sessions import LiveSession
 
 ChannelRecorder = AsciicastRecorder | BinaryStreamRecorder
@@ -45,6 +46,9 @@ class SessionRecordings:
         path = s.recording_path if n == 1 else s.recording_path.with_name(f"{s.recording_path.stem}.{n}.cast")
         title = f"{s.user}@{s.target.name} ({s.login.user}) session {s.id}" + ("" if n == 1 else f" channel {n}")
         env = {"TERM": term or "", "SHELL": ""}  # the login shell is the server's business; not known here
+        wl = s.claims.workload
+        if wl is not None:  # a pipeline's recording names its run and workflow in the header
+            env.update({"GATEWAY_RUN_ID": wl.get("run_id", ""), "GATEWAY_WORKFLOW": wl.get("workflow", "")})
         rec: ChannelRecorder
         if pty:
             rec = AsciicastRecorder.open(path, width=width or 80, height=height or 24, title=title, env=env,
@@ -58,7 +62,7 @@ class SessionRecordings:
         else:
             self._parts.append((n, rec))
             if self._main is not None:
-                self._main.marker(f"channel {n}: {what} -> {path.name}")
+                self._main.marker(schema.channel_marker(n, what, path.name))
         return rec
 
     def marker(self, label: str) -> None:
@@ -77,7 +81,7 @@ class SessionRecordings:
                 pass
         self._closed = True
         for _, rec in self._parts:
-            rec.marker(f"session end: {reason}")
+            rec.marker(schema.end_marker(reason))
         results = await asyncio.gather(*(rec.close() for _, rec in self._parts), return_exceptions=True)
         for (n, rec), sha in zip(self._parts, results, strict=True):
             if isinstance(sha, BaseException):
@@ -87,7 +91,7 @@ class SessionRecordings:
                 self.session.audit_soon("recording.part", channel=n, path=str(rec.path), recording_sha256=sha)
         if self._main is None:
             return None
-        self._main.marker(f"session end: {reason}")
+        self._main.marker(schema.end_marker(reason))
         try:
             return await self._main.close()
         except RecordingError:

@@ -8,15 +8,16 @@ from typing import Any, Protocol
 import asyncssh
 
 from gateway.policy import Decision, SshPolicy, Verdict
-from gateway.recording import BinaryStreamRecorder, RecordingError
+from gateway.recording import BinaryStreamRecorder, RecordingError, schema
 from gateway.sessions import LiveSession
-from gateway.ssh.commandline import CommandTracker, Enter, Line, StdinLines
+from gateway.ssh.commandline import Line, StdinLines
 from gateway.ssh.reaper import MARKER
 from gateway.ssh.recordings import ChannelRecorder, SessionRecordings
 from gateway.ssh.scope import check_exec, check_line, check_shell, check_subsystem, filter_env, reads_stdin_commands
 from gateway.ssh.sftp import FileOp, SftpFilter, SftpProtocolError
 from gateway.ssh.shellparse import ShellState
 from gateway.ssh.upstream import MAX_PACKET, WINDOW
+from gateway.terminal import CommandTracker, Enter
 
 # Sent upstream instead of a refused line's Enter: ^E (end of line) then ^U (kill to start) empties
 # readline's buffer, and ^U alone empties a canonical-mode tty line. No signal, unlike ^C.
@@ -128,7 +129,8 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
                     command=command)  # fmt: skip
         self.kind, self.command, self.subsystem = kind, command, subsystem
         if not d.allowed:
-            self.host.recordings.marker(f"blocked: {kind} {command or subsystem or ''}: {d.reason}".rstrip())
+            what = f"{kind} {command or subsystem or ''}: {d.reason}".rstrip()
+            self.host.recordings.marker(schema.blocked_marker(what))
             if d.verdict is Verdict.KILL:
                 self.host.kill_soon(f"{kind} {command!r} matched kill rule {d.rule}")
             # Accepted, then ended with the reason: a stock client only prints the channel's output
@@ -162,7 +164,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
             return
         self._rec_err = rec.stderr if isinstance(rec, BinaryStreamRecorder) else rec.output
         if self.command is not None:
-            rec.marker(f"command: {self.command}")
+            rec.marker(schema.command_marker(self.command))
         size = self.size
         try:
             up, _ = await self.host.upstream.create_session(
@@ -291,7 +293,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         s.audit_soon("command", severity="info" if d.allowed else "warning", line=shown, channel=self.n,
                      exact=exact, verdict=d.verdict.value, rule=d.rule, pty=self.pty)  # fmt: skip
         if self.rec is not None:
-            self.rec.marker(f"command: {shown}")
+            self.rec.marker(schema.command_marker(shown))
         for rule in d.alerts:
             s.alert("ssh.command", f"{s.user} ran {shown!r} on {s.target.name} (rule {rule})", rule=rule, line=shown)
         return d
@@ -299,7 +301,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
     def _enforce(self, d: Decision, shown: str) -> None:
         """A refused line: mark it; a kill verdict also stops all forwarding and ends the session."""
         if self.rec is not None:
-            self.rec.marker(f"blocked: {shown} (rule {d.rule})")
+            self.rec.marker(schema.blocked_marker(f"{shown} (rule {d.rule})"))
         if d.verdict is Verdict.KILL:
             self.killing = True
             self.host.kill_soon(f"command {shown!r} matched kill rule {d.rule}")
@@ -327,7 +329,8 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
                          read=op.read, written=op.written)  # fmt: skip
             if self.rec is not None:
                 verdict = "" if op.allowed else " REFUSED"
-                self.rec.marker(f"sftp: {op.op} {op.path}{' -> ' + op.target if op.target else ''}{verdict}")
+                what = f"{op.op} {op.path}{' -> ' + op.target if op.target else ''}{verdict}"
+                self.rec.marker(schema.sftp_marker(what))
 
     def _protocol_error(self, exc: Exception) -> None:
         """Not SFTP after all: audit it and close both channels."""
@@ -431,7 +434,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         """Pass the exit status or signal back, then close."""
         chan = self.chan
         if self.rec is not None and self.kind == "exec":
-            self.rec.marker(f"exit: {self.exit_signal[0] if self.exit_signal else self.exit_status}")
+            self.rec.marker(schema.exit_marker(self.exit_signal[0] if self.exit_signal else self.exit_status))
         if self.closed:
             return
         if self.exit_signal is not None:

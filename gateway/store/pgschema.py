@@ -10,7 +10,7 @@ MIGRATIONS: tuple[str, ...] = (
         id text PRIMARY KEY, "user" text NOT NULL, target text NOT NULL, scope text NOT NULL,
         reason text NOT NULL, approvers text NOT NULL, issued_at float8 NOT NULL, not_before float8 NOT NULL,
         expires_at float8 NOT NULL, state text NOT NULL, break_glass boolean NOT NULL, request_id text,
-        max_sessions integer, revoked_at float8, revoked_by text, revoke_reason text
+        max_sessions integer, revoked_at float8, revoked_by text, revoke_reason text, workload text
     );
     CREATE INDEX grants_state ON grants(state, expires_at);
     CREATE TABLE sessions (
@@ -25,8 +25,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE requests (
         id text PRIMARY KEY, requester text NOT NULL, target text NOT NULL, scope text NOT NULL,
         reason text NOT NULL, ttl float8 NOT NULL, created_at float8 NOT NULL, state text NOT NULL,
-        approvals text NOT NULL, decided_at float8, decided_by text, comment text, grant_id text, expires_at float8
+        approvals text NOT NULL, decided_at float8, decided_by text, comment text, grant_id text, expires_at float8,
+        workload text
     );
+    CREATE TABLE workload_tokens (
+        key text PRIMARY KEY, expires_at float8 NOT NULL, used_at float8 NOT NULL, used_for text NOT NULL
+    );
+    CREATE INDEX workload_tokens_expiry ON workload_tokens(expires_at);
     CREATE TABLE audit (
         seq bigint PRIMARY KEY, ts float8 NOT NULL, type text NOT NULL, actor text NOT NULL,
         session text NOT NULL, grant_id text NOT NULL, target text NOT NULL, severity text NOT NULL,

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -62,6 +62,8 @@ class PgStore:
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncio.Task[None] | None = None
         self._wake_tasks: set[asyncio.Task[Any]] = set()
+        # Called with every new checkpoint (gateway.anchors publishes them off the host).
+        self.checkpoint_listeners: list[Callable[[Checkpoint], Awaitable[None]]] = []
 
     def __repr__(self) -> str:
         return f"PgStore({redact(self._url)!r})"
@@ -178,7 +180,14 @@ class PgStore:
             cp.ts,
         )
         mirror_checkpoint(self.checkpoint_file, cp)
+        for listener in self.checkpoint_listeners:
+            await listener(cp)
         return cp
+
+    async def head(self) -> tuple[int, str] | None:
+        """The newest event's sequence number and chain hash, or None for an empty log."""
+        last = await self.pool.fetchrow("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        return None if last is None else (int(last["seq"]), str(last["hash"]))
 
     async def checkpoints(self) -> list[Checkpoint]:
         """The signed heads stored in the database, oldest first."""
@@ -272,6 +281,14 @@ class PgStore:
             return set()
         rows = await self.pool.fetch("SELECT id FROM grants WHERE state != 'active' AND id = ANY($1)", idl)
         return {str(r["id"]) for r in rows}
+
+    async def use_workload_token(self, key: str, *, expires_at: float, now: float, used_for: str) -> bool:
+        """Mark a workload token used; False when it was used before (one insert: replicas cannot both win)."""
+        await self.pool.execute("DELETE FROM workload_tokens WHERE expires_at < $1", now - 3600)
+        status = await self.pool.execute(
+            "INSERT INTO workload_tokens VALUES ($1,$2,$3,$4) ON CONFLICT (key) DO NOTHING", key, expires_at, now, used_for
+        )
+        return bool(status == "INSERT 0 1")
 
     # --- sessions ----------------------------------------------------------------------------------
 
@@ -578,12 +595,12 @@ class _Where:
 
 _INSERT_GRANT = (
     'INSERT INTO grants (id,"user",target,scope,reason,approvers,issued_at,not_before,expires_at,state,break_glass,'
-    "request_id,max_sessions) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)"
+    "request_id,max_sessions,workload) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
 )
 _INSERT_GRANT_FULL = (
     'INSERT INTO grants (id,"user",target,scope,reason,approvers,issued_at,not_before,expires_at,state,break_glass,'
-    "request_id,max_sessions,revoked_at,revoked_by,revoke_reason) "
-    "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)"
+    "request_id,max_sessions,workload,revoked_at,revoked_by,revoke_reason) "
+    "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)"
 )
 _INSERT_SESSION = (
     'INSERT INTO sessions (id,grant_id,"user",target,scope,protocol,client_addr,started_at,recording_path,stats,'
@@ -594,7 +611,10 @@ _INSERT_SESSION_FULL = (
     "node,ended_at,end_reason,recording_sha256,kill_requested) "
     "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)"
 )
-_INSERT_REQUEST = "INSERT INTO requests VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
+_INSERT_REQUEST = (
+    "INSERT INTO requests (id,requester,target,scope,reason,ttl,created_at,state,approvals,decided_at,decided_by,"
+    "comment,grant_id,expires_at,workload) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)"
+)
 
 
 def _grant_args(g: GrantRecord) -> tuple[object, ...]:
@@ -612,6 +632,7 @@ def _grant_args(g: GrantRecord) -> tuple[object, ...]:
         g.break_glass,
         g.request_id,
         g.max_sessions,
+        _json_or_none(g.workload),
     )
 
 
@@ -655,7 +676,12 @@ def _request_args(r: RequestRecord) -> tuple[object, ...]:
         r.comment,
         r.grant_id,
         r.expires_at,
+        _json_or_none(r.workload),
     )
+
+
+def _json_or_none(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True)
 
 
 __all__ = ["PgStore", "redact"]

@@ -26,6 +26,8 @@ class GrantRecord:
     revoked_at: float | None = None
     revoked_by: str | None = None
     revoke_reason: str | None = None
+    # A pipeline's grant: which workload issuer, run and workflow it was exchanged for (None for a person).
+    workload: dict[str, Any] | None = None
 
     def live(self, now: float) -> bool:
         """Usable for new connections right now."""
@@ -71,6 +73,7 @@ class RequestRecord:
     comment: str | None = None
     grant_id: str | None = None
     expires_at: float | None = None
+    workload: dict[str, Any] | None = None  # an exchange waiting for an approver: the pipeline run behind it
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,16 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints
         BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
     """,
-    # 2: replicas. Which replica wrote an event and runs a session; the replicas' heartbeats.
+    # Workload identities: the pipeline run on its grant and request; each workload token used once.
+    """
+    ALTER TABLE grants ADD COLUMN workload TEXT;
+    ALTER TABLE requests ADD COLUMN workload TEXT;
+    CREATE TABLE workload_tokens (
+        key TEXT PRIMARY KEY, expires_at REAL NOT NULL, used_at REAL NOT NULL, used_for TEXT NOT NULL
+    );
+    CREATE INDEX workload_tokens_expiry ON workload_tokens(expires_at);
+    """,
+    # 3: replicas. Which replica wrote an event and runs a session; the replicas' heartbeats.
     """
     ALTER TABLE audit ADD COLUMN node TEXT NOT NULL DEFAULT '';
     ALTER TABLE sessions ADD COLUMN node TEXT NOT NULL DEFAULT '';
@@ -130,6 +139,7 @@ def grant_row(r: Any) -> GrantRecord:
         r["revoked_at"],
         r["revoked_by"],
         r["revoke_reason"],
+        _json_or_none(r["workload"]),
     )
 
 
@@ -175,4 +185,9 @@ def request_row(r: Any) -> RequestRecord:
         r["comment"],
         r["grant_id"],
         r["expires_at"],
+        _json_or_none(r["workload"]),
     )
+
+
+def _json_or_none(value: Any) -> Any:
+    return None if value is None else json.loads(value)

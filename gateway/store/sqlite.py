@@ -6,7 +6,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,8 @@ class SqliteStore:
         # Checkpoints are mirrored to a side file: deleting rows *and* their checkpoints from the
         # database still leaves a signed head outside it that verification compares against.
         self.checkpoint_file = path.with_name(path.name + ".checkpoints")
+        # Called with every new checkpoint, outside the lock (gateway.anchors publishes them off the host).
+        self.checkpoint_listeners: list[Callable[[Checkpoint], Awaitable[None]]] = []
 
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r})"
@@ -181,7 +183,17 @@ class SqliteStore:
         if self.ring is None:
             return None
         async with self._lock:
-            return await self._checkpoint_locked(self.ring)
+            cp = await self._checkpoint_locked(self.ring)
+        if cp is not None:
+            for listener in self.checkpoint_listeners:
+                await listener(cp)
+        return cp
+
+    async def head(self) -> tuple[int, str] | None:
+        """The newest event's sequence number and chain hash, or None for an empty log."""
+        async with self.db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1") as cur:
+            last = await cur.fetchone()
+        return None if last is None else (int(last[0]), str(last[1]))
 
     async def _checkpoint_locked(self, ring: KeyRing) -> Checkpoint | None:
         async with self.db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1") as cur:
@@ -252,7 +264,7 @@ class SqliteStore:
     async def _insert_grant(self, g: GrantRecord) -> None:
         await self._write(
             "INSERT INTO grants (id,user,target,scope,reason,approvers,issued_at,not_before,expires_at,state,"
-            "break_glass,request_id,max_sessions) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "break_glass,request_id,max_sessions,workload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 g.id,
                 g.user,
@@ -267,6 +279,7 @@ class SqliteStore:
                 int(g.break_glass),
                 g.request_id,
                 g.max_sessions,
+                None if g.workload is None else json.dumps(g.workload, sort_keys=True),
             ),
         )
 
@@ -324,6 +337,15 @@ class SqliteStore:
         sql = f"SELECT id FROM grants WHERE state != 'active' AND id IN ({','.join('?' * len(idl))})"  # noqa: S608
         async with self.db.execute(sql, idl) as cur:
             return {str(r[0]) for r in await cur.fetchall()}
+
+    async def use_workload_token(self, key: str, *, expires_at: float, now: float, used_for: str) -> bool:
+        """Mark a workload token used; False when it was used before (one insert: replicas cannot both win)."""
+        async with self._lock:
+            await self.db.execute("DELETE FROM workload_tokens WHERE expires_at < ?", (now - 3600,))
+            cur = await self.db.execute(
+                "INSERT OR IGNORE INTO workload_tokens VALUES (?,?,?,?)", (key, expires_at, now, used_for)
+            )
+        return cur.rowcount == 1
 
     # --- sessions ----------------------------------------------------------------------------------
 
@@ -419,7 +441,8 @@ class SqliteStore:
     async def add_request(self, r: RequestRecord) -> None:
         """Store a new access request."""
         await self._write(
-            "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO requests (id,requester,target,scope,reason,ttl,created_at,state,approvals,decided_at,"
+            "decided_by,comment,grant_id,expires_at,workload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 r.id,
                 r.requester,
@@ -435,6 +458,7 @@ class SqliteStore:
                 r.comment,
                 r.grant_id,
                 r.expires_at,
+                None if r.workload is None else json.dumps(r.workload, sort_keys=True),
             ),
         )
 

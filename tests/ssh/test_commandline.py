@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.ssh.commandline import MAX_LINE, CommandTracker, EchoLine, Enter, Line, StdinLines
+from gateway.ssh.commandline import Line, StdinLines
 from gateway.ssh.scope import reads_stdin_commands
+from gateway.terminal import MAX_LINE, CommandTracker, EchoLine, Enter
 
 
 def lines_of(tracker: CommandTracker, data: bytes) -> list[Enter]:

@@ -1,0 +1,1 @@
+"""Audit anchors: signed checkpoints of the audit chain head, published outside the gateway, checked by verify."""
