@@ -286,7 +286,11 @@ class PgStore:
         """Mark a workload token used; False when it was used before (one insert: replicas cannot both win)."""
         await self.pool.execute("DELETE FROM workload_tokens WHERE expires_at < $1", now - 3600)
         status = await self.pool.execute(
-            "INSERT INTO workload_tokens VALUES ($1,$2,$3,$4) ON CONFLICT (key) DO NOTHING", key, expires_at, now, used_for
+            "INSERT INTO workload_tokens VALUES ($1,$2,$3,$4) ON CONFLICT (key) DO NOTHING",
+            key,
+            expires_at,
+            now,
+            used_for,
         )
         return bool(status == "INSERT 0 1")
 
