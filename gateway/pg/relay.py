@@ -515,6 +515,10 @@ class Relay:
             return
         self._closing = self._stop_client = self._stop_server = True
         if self.session.killed:
+            # Nothing more from upstream reaches the client; a denial whose stand-in error the server has not
+            # sent yet (a kill verdict's own 42501, racing the terminate) is owed to the client before the FATAL.
+            while self._denials:
+                self._write_client(self._denials.popleft()[1])
             self._write_client(error_response("FATAL", "57P01", f"terminating connection: {reason}"))
             self.journal.killed(reason)
         self.session.stats.update(self.stats())
