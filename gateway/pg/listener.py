@@ -292,8 +292,8 @@ class _ClientOnly:
         self.upstream = upstream
 
     async def close(self, reason: str) -> None:
-        """Close what is open (a refusal was already sent where there was one to send)."""
-        self.pipe.close()
+        """Tell the client why unless a refusal already closed it, then close what is open."""
+        PostgresListener._refuse(self.pipe, "57P01", f"terminating connection: {reason}")
         if self.upstream is not None:
             self.upstream.pipe.close()
 
