@@ -14,7 +14,7 @@ from gateway.config import Config
 from gateway.policy import Policies
 from gateway.scheduler import Scheduler
 from gateway.sessions import LiveSession, SessionRegistry
-from gateway.store import Store
+from gateway.store import Store, store_for
 from gateway.tokens import KeyRing
 
 
@@ -39,6 +39,20 @@ class Services:
         await self.anchors.close()
 
 
+def config_store(config: Config, ring: KeyRing | None, url: str | None = None) -> Store:
+    """The (unopened) store of a config, or of another URL with this config's checkpoint settings."""
+    url = url or config.store_url
+    return store_for(
+        url,
+        ring,
+        sqlite_path=config.store_path if url.startswith("sqlite:///") else None,
+        # A shared store's signed heads are mirrored next to this replica's keys, outside the database.
+        checkpoint_file=config.keys_dir.parent / "audit.checkpoints",
+        checkpoint_every=config.checkpoint_every,
+        node=config.node_id,
+    )
+
+
 def load_policies(config: Config) -> Policies:
     """Policies for the configured targets (files in policies_dir, built-in defaults for the rest)."""
     targets = {name: (t.kind, list(t.logins)) for name, t in config.targets.items()}
@@ -49,12 +63,12 @@ async def build_services(config: Config, *, clock: Callable[[], float] = time.ti
     """Open keys (made on first start), the store and policies; wire sessions and alerts."""
     policies = load_policies(config)  # first: a bad policy file must not leave an open store (its thread) behind
     ring = KeyRing.load_or_create(config.keys_dir)
-    store = Store(config.store_path, ring, checkpoint_every=config.checkpoint_every)
+    store = config_store(config, ring)
     try:
         await store.open()
     except BaseException:
         # A store that fails half-way (not a database, a failed migration) still holds aiosqlite's
-        # connection thread, which is not a daemon: left open, the process never exits.
+        # connection thread (or asyncpg's pool), which is not a daemon: left open, the process never exits.
         await store.close(checkpoint=False)
         raise
     alerts = Alerts(store, file=config.alerts_file)

@@ -18,6 +18,7 @@ from gateway.durations import parse_duration
 from gateway.policy import PolicyError
 from gateway.review.sanitize import printable
 from gateway.services import Services, build_services
+from gateway.store import StoreError
 
 CONFIG_HELP = "config file (default: $GATEWAY_CONFIG, else ./gateway.toml; `gateway init` writes one)"
 SERVER_HELP = "gateway API URL (default: $GATEWAY_URL, else the one from `gateway login`)"
@@ -74,6 +75,8 @@ async def services_from(
     try:
         services = await build_services(config)
     except (PolicyError, ValueError) as exc:
+        raise CliError(str(exc), 2) from None
+    except StoreError as exc:
         raise CliError(str(exc), 2) from None
     except (sqlite3.Error, OSError) as exc:
         raise CliError(f"cannot open the store {config.store_path}: {exc}", 2) from None
