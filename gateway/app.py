@@ -16,6 +16,7 @@ from typing import NoReturn, Protocol
 from gateway.config import Config
 from gateway.keyfiles import ensure_ssh_host_key, ensure_tls_cert
 from gateway.policy import PolicyError
+from gateway.replica import Replica
 from gateway.services import Services, build_services, load_policies
 from gateway.webhooks import WebhookSink, install_webhooks
 
@@ -46,6 +47,7 @@ class App:
         self.listeners: dict[str, Listener] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._webhooks: WebhookSink | None = None
+        self._replica: Replica | None = None
 
     async def start(self) -> Services:
         """Make missing key material, open services, start listeners and background tasks."""
@@ -60,6 +62,11 @@ class App:
                 listener = self.listeners[name] = self._factory(name)(svc)
                 await listener.start()
         self._tasks.append(asyncio.create_task(svc.registry.watch(), name="revocation-watcher"))
+        if self.config.shared_store:
+            # Several replicas: pushed revocations, heartbeats, and reaping the sessions of a replica that died.
+            self._replica = Replica(svc)
+            await self._replica.start()
+            self._tasks.append(asyncio.create_task(self._replica.run(), name="replica-heartbeat"))
         self._tasks.append(asyncio.create_task(self._expire_grants(), name="grant-expiry"))
         self._tasks.append(asyncio.create_task(svc.anchors.run(), name="audit-anchors"))
         return svc
@@ -117,6 +124,11 @@ class App:
                 await t
         for listener in self.listeners.values():
             await listener.close()
+        if self._replica is not None:
+            try:
+                await self._replica.stopped()
+            except Exception as exc:
+                log.error("could not record this replica's stop: %s", type(exc).__name__)
         if self.services is not None:
             await self.services.store.append("gateway.stop")
             await self.services.registry.close_all("gateway shutting down")
