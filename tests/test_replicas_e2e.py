@@ -127,6 +127,8 @@ async def test_revoke_on_a_ends_psql_on_b(pg_cluster: PgCluster, tmp_path: Path)
             psql.wait(timeout=10)
             latencies.append(time.monotonic() - t0)
             assert psql.returncode != 0
+        nodes = {r[0] for r in await db.fetch("SELECT DISTINCT node FROM audit")}
+        assert {"gw-a", "gw-b"} <= nodes  # one chain, both replicas writing
         await db.close()
     finally:
         for p in reversed(procs):
@@ -136,5 +138,8 @@ async def test_revoke_on_a_ends_psql_on_b(pg_cluster: PgCluster, tmp_path: Path)
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
+    verify = subprocess.run([*gateway, "--config", str(cfg_b), "audit", "verify"], env=env, capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert verify.returncode == 0 and "audit chain intact" in verify.stdout, verify.stdout + verify.stderr
     print(f"cross-replica revoke -> psql exit: p50 {statistics.median(latencies):.3f} s, max {max(latencies):.3f} s")
     assert max(latencies) < 1.0, latencies
