@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 class Replica:
-    """Heartbeat and reaper passes as plain methods with the clock passed in (a scheduler can run them)."""
+    """Heartbeat and reaper passes as plain methods with the clock passed in (the scheduler runs `tick`)."""
 
     def __init__(self, svc: Services, *, clock: Callable[[], float] = time.time) -> None:
         self.svc = svc
@@ -80,15 +80,7 @@ class Replica:
         node = NodeRecord(self.svc.store.node, __version__, self.started_at, now, 0, "stopped")
         await self.svc.store.heartbeat(node)
 
-    async def run(self) -> None:
-        """Heartbeat and reap every `heartbeat` seconds until cancelled."""
-        while True:
-            now = self.clock()
-            try:
-                await self.beat(now)
-                await self.reap(now)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.error("replica heartbeat/reap failed: %s", type(exc).__name__)
-            await asyncio.sleep(self.svc.config.heartbeat)
+    async def tick(self, now: float) -> None:
+        """One scheduler pass: heartbeat, then reap."""
+        await self.beat(now)
+        await self.reap(now)

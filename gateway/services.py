@@ -1,4 +1,4 @@
-"""Build the shared services (keys, store, policies, sessions, alerts, access) from a Config."""
+"""Build the shared services (keys, store, policies, sessions, alerts, access, scheduler) from a Config."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from gateway.alerts import Alerts
 from gateway.anchors.publish import Anchorer
 from gateway.config import Config
 from gateway.policy import Policies
+from gateway.scheduler import Scheduler
 from gateway.sessions import LiveSession, SessionRegistry
 from gateway.store import Store, store_for
 from gateway.tokens import KeyRing
@@ -29,6 +30,7 @@ class Services:
     registry: SessionRegistry
     access: Access
     anchors: Anchorer
+    scheduler: Scheduler
 
     async def close(self) -> None:
         """End live sessions and close the store (signing a final checkpoint, anchored like every other)."""
@@ -90,4 +92,4 @@ async def build_services(config: Config, *, clock: Callable[[], float] = time.ti
 
     registry = SessionRegistry(store, clock=clock, warn_before=config.warn_before, alert=alert)
     access = Access(config, ring, store, policies, registry, clock)
-    return Services(config, ring, store, policies, alerts, registry, access, anchors)
+    return Services(config, ring, store, policies, alerts, registry, access, anchors, Scheduler(clock))

@@ -321,7 +321,8 @@ async def test_time_based_checkpoints_reach_every_sink(tmp_path: Path, collector
     svc = await build_services(load_config(cfg, need_secrets=False))
     sink = _Sink()
     svc.alerts.sinks.append(sink)
-    timer = asyncio.create_task(svc.anchors.run())
+    svc.scheduler.every(svc.anchors.settings.interval, "audit-anchors", svc.anchors.tick)
+    svc.scheduler.start()
     try:
         for i in range(3):
             await svc.store.append("test.event", data={"i": i})
@@ -344,7 +345,7 @@ async def test_time_based_checkpoints_reach_every_sink(tmp_path: Path, collector
         per = (time.perf_counter() - t0) / 20
         print(f"append + checkpoint + anchor: {per * 1000:.2f} ms")
     finally:
-        timer.cancel()
+        await svc.scheduler.stop()
         await svc.close()
     # a witness's copy from the webhook proves the store too
     anchors = parse_anchors(await read_source(f"http://127.0.0.1:{collector.port}/anchor"), "gateway/audit", svc.ring)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from gateway.cli.common import say, services_from
+from gateway.cli.common import Commands, say, services_from
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Commands) -> None:
     """Add `nodes`."""
     p = sub.add_parser("nodes", help="replicas sharing this store: heartbeat age, live sessions, version")
     p.set_defaults(func=cmd_nodes)

@@ -6,12 +6,12 @@ import argparse
 import sqlite3
 
 from gateway.app import App
-from gateway.cli.common import CliError, config_from
+from gateway.cli.common import CliError, Commands, config_from
 from gateway.policy import PolicyError
 from gateway.store import StoreError
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Commands) -> None:
     """Add `run`."""
     p = sub.add_parser("run", help="run the gateway (SSH, Postgres and HTTP listeners)")
     p.add_argument("--only", action="append", choices=["postgres", "ssh", "http"], help="start only these listeners")

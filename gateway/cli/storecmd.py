@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from gateway.cli.common import CliError, say, services_from
+from gateway.cli.common import CliError, Commands, say, services_from
 from gateway.services import config_store
 from gateway.store import StoreError
 from gateway.store.postgres import PgStore, redact
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Commands) -> None:
     """Add `store migrate`."""
     p = sub.add_parser("store", help="the store itself: move an embedded store to PostgreSQL")
     ssub = p.add_subparsers(dest="store_command", metavar="COMMAND", required=True)
