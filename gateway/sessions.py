@@ -177,6 +177,10 @@ class LiveSession:
                 target=self.target.name,
                 data=self._with_workload(data),
             )
+            record = await self.store.get_session(self.id)
+            for listener in self.registry.end_listeners:  # after the end is recorded: receipts sign it
+                if record is not None:
+                    await listener(record)
         except Exception as exc:
             log.error("session %s: could not record its end: %s", self.id, type(exc).__name__)
         # Wait for pending audit/alert tasks, but not for the task running this close (a deadline kill
@@ -200,6 +204,8 @@ class SessionRegistry:
         self.warn_before = warn_before
         self._alert = alert
         self._live: dict[str, LiveSession] = {}
+        # Called with the final record of every session that ends here (gateway.receipts signs it).
+        self.end_listeners: list[Callable[[SessionRecord], Awaitable[None]]] = []
         # Admission against a session limit, one grant at a time: (lock, coroutines holding or waiting).
         self._admitting: dict[str, tuple[asyncio.Lock, int]] = {}
 
