@@ -117,17 +117,21 @@ async def test_receipts_for_client_exit_revoke_and_expiry(full_gw: Running, tmp_
         while await _live(gw, ssh_grant) != 1:
             assert time.monotonic() < deadline, "ssh session did not start"
             await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # the exec channel is open and recording
         await gw.ok("erin", "POST", f"/v1/grants/{ssh_grant}/revoke", {"reason": "incident over"})
         await _done(ssh, 20)
     finally:
         if ssh.returncode is None:
             ssh.kill()
             await ssh.wait()
-    claims = (await _receipt(gw, "erin", await _session_of(gw, ssh_grant)))["claims"]
+    ssh_sid = await _session_of(gw, ssh_grant)
+    claims = (await _receipt(gw, "erin", ssh_sid))["claims"]
     assert isinstance(claims, dict)
     assert claims["protocol"] == "ssh" and claims["ended_by"] == "erin"
     assert "grant revoked: incident over" in str(claims["end_reason"])
-    assert claims["recording_sha256"]
+    ssh_record = await svc.store.get_session(ssh_sid)
+    assert ssh_record is not None and ssh_record.recording_sha256
+    assert claims["recording_sha256"] == ssh_record.recording_sha256
 
     # 3. psql, the access window closes under a running query
     issued = await issue_grant(
