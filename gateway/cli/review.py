@@ -158,7 +158,6 @@ async def cmd_show(args: argparse.Namespace) -> int:
         events = [e for e in await svc.store.events() if e.grant == s.grant_id and (not e.session or e.session == s.id)]
         request = await svc.store.get_request(grant.request_id) if grant and grant.request_id else None
         row = (await _session_rows(svc.store, [s]))[0]
-    receipt = next((e for e in events if e.type == "session.receipt"), None)
     recorded: list[dict[str, Any]] = []
     if s.protocol == "postgres" and s.recording_path:
         recorded, seen = _recorded_statements(s)
@@ -174,11 +173,9 @@ async def cmd_show(args: argparse.Namespace) -> int:
         who = ", ".join(grant.approvers) or ("break-glass" if grant.break_glass else "-")
         say(f'grant {grant.id}: reason "{grant.reason}"; approved by {who}; state {grant.state}')
     say(f"recording {s.recording_path}")
-    if receipt is not None:
-        say(f"receipt signed by key {receipt.data.get('kid')}: gateway receipt {s.id} > receipt.jws; "
-            "gateway receipt verify receipt.jws")  # fmt: skip
     for item in timeline:
         say(f"{iso(item['ts'])}  {item['what']:<18} {item['detail']}")
+
     return 0
 
 
@@ -220,7 +217,7 @@ def _recorded_statements(s: SessionRecord) -> tuple[list[dict[str, Any]], set[st
 def _describe(e: AuditEvent) -> str:
     d = e.data
     if e.type == "session.receipt":  # the JWS itself is long; `gateway receipt` prints it
-        return f"signed receipt (key {d.get('kid')}) covering audit #{d.get('end_seq')}"
+        return f"signed (key {d.get('kid')}), covers audit #{d.get('end_seq')}: gateway receipt {e.session}"
     for key in ("line", "sql", "summary", "reason", "path"):
         if d.get(key):
             extra = f" [{d['rule']}]" if d.get("rule") else ""

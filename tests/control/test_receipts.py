@@ -52,6 +52,12 @@ async def _gateway(gw: Running, *argv: str) -> tuple[int, str, str]:
     return await _done(proc, 30)
 
 
+def claims_kid(jws: str) -> str:
+    """The kid in a JWS header."""
+    head = jws.strip().split(".")[0]
+    return str(json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))["kid"])
+
+
 def _tamper(jws: str, **changes: object) -> str:
     head, payload, sig = jws.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -107,7 +113,10 @@ async def test_receipts_for_client_exit_revoke_and_expiry(full_gw: Running, tmp_
     )
     assert code == 1 and "receipt INVALID" in out and "altered" in out
     code, out, err = await _gateway(gw, "show", sid)
-    assert code == 0 and "receipt signed by key" in out and "signed receipt" in out, (out, err)
+    assert code == 0 and f"session.receipt    signed (key {claims_kid(jws)}), covers audit #{end.seq}" in out, (
+        out,
+        err,
+    )
 
     # 2. ssh, revoked by an admin while running
     _, ssh_grant, _ = await gw.approved_grant("alice", "bob", "web-1", "shell")
