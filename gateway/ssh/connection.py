@@ -76,11 +76,11 @@ class SshConnection:
         self.recordings.marker(schema.warning_marker(message))
 
     async def kill(self, reason: str) -> None:
-        """The kill handle: tell the engineer, hang up the remote processes, close both sides."""
+        """The kill handle: tell the engineer, then end the session (its commands upstream too)."""
         self.recordings.marker(schema.kill_marker(reason))
         for relay in self.channels:
             relay.write_notice(f"{reason} - session closed")
-        await self.finish(reason, hangup=True)
+        await self.finish(reason)
 
     def client_lost(self, exc: Exception | None) -> None:
         """The engineer's connection closed."""
@@ -93,35 +93,30 @@ class SshConnection:
                 relay.write_notice(f"connection to {self.session.target.name} lost")
         self.spawn(self.finish("upstream disconnected" if exc is None else f"upstream connection lost: {exc}"))
 
-    async def finish(self, reason: str, *, hangup: bool = False) -> None:
+    async def finish(self, reason: str) -> None:
         """Close channels and both connections, seal the recordings, end the session. Idempotent."""
         if self._finished is not None:
             await asyncio.shield(self._finished)
             return
         self._finished = asyncio.get_running_loop().create_future()
         try:
-            await self._teardown(reason, hangup)
+            await self._teardown(reason)
         finally:
             self._finished.set_result(None)
             if self.on_finished is not None:
                 self.on_finished(self)
 
-    async def _teardown(self, reason: str, hangup: bool) -> None:
-        """Hang up, close channels and connections, seal recordings, record the end."""
-        ups = [r.up for r in self.channels if r.up is not None and not r.up.is_closing()]
-        if hangup:
-            # sshd kills the process group on a "signal" request; without a terminal nothing else
-            # would stop a running command when the connection drops (sshd leaves it running).
-            for up in ups:
-                with contextlib.suppress(Exception):
-                    up.send_signal("HUP")
-        for relay in self.channels:
-            if relay.started:
-                relay.chan.close()
-        for up in ups:
-            up.close()
-        waits = [r.chan.wait_closed() for r in self.channels if r.started]
-        waits += [up.wait_closed() for up in ups]
+    async def _teardown(self, reason: str) -> None:
+        """End the upstream commands, close channels and connections, seal recordings, record the end."""
+        started = [r for r in self.channels if r.started]
+        for relay in started:
+            relay.stop_input()
+        # The commands end first, so their exit status or signal still reaches the engineer.
+        await asyncio.gather(*(r.end_upstream() for r in self.channels if r.up is not None))
+        for relay in started:
+            relay.chan.close()
+        waits = [r.chan.wait_closed() for r in started]
+        waits += [r.up.wait_closed() for r in self.channels if r.up is not None]
         with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), CLOSE_GRACE)
         self.client.close()

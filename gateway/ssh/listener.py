@@ -270,7 +270,7 @@ class SshListener:
             gate.conn.close()
         # Including connections whose client just left: their session end must be stored before
         # the composition root closes the store.
-        await asyncio.gather(*(c.finish("gateway shutting down", hangup=True) for c in list(self._connections)),
+        await asyncio.gather(*(c.finish("gateway shutting down") for c in list(self._connections)),
                              return_exceptions=True)  # fmt: skip
 
 
