@@ -1,6 +1,6 @@
 """What proof costs: an audit append alone, with a signed checkpoint, with the anchor file too; a token exchange.
 
-    .venv/bin/python bench/proof_bench.py [--n 200] [--rounds 5]
+    PYTHONPATH=. .venv/bin/python bench/proof_bench.py [--n 200] [--rounds 5]   # uses tests/rig/issuer.py
 
 Medians of rounds (the machines here are shared and noisy). The exchange runs against a real local issuer
 (JWKS over HTTP, fetched once and cached, as in production).
