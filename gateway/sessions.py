@@ -280,7 +280,10 @@ class SessionRegistry:
         return len(victims)
 
     async def sweep(self) -> None:
-        """One pass: pick up revocations and kill requests made by other processes (CLI, other replicas)."""
+        """One pass: pick up revocations and kill requests made by other processes (CLI, other replicas).
+
+        The process's scheduler runs it every 0.25 s (the `revocation-sweep` job, app.py).
+        """
         if not self._live:
             return
         grants = {s.claims.jti for s in self._live.values()}
@@ -290,17 +293,6 @@ class SessionRegistry:
             await self.revoke(gid, why, by=(g.revoked_by or "gateway") if g else "gateway")
         for sid, reason in (await self.store.kill_requests(list(self._live))).items():
             await self.kill(sid, reason, by="gateway")
-
-    async def watch(self, interval: float = 0.25) -> None:
-        """Run `sweep` forever; revocation reaches live sessions within `interval` plus a kill."""
-        while True:
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("session watcher pass failed")
-            await asyncio.sleep(interval)
 
     async def close_all(self, reason: str) -> None:
         """Shutdown: end every live session."""

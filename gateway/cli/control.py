@@ -8,13 +8,13 @@ import getpass
 import re
 import sys
 import time
-from typing import TYPE_CHECKING
 
 from gateway.cli import connect
 from gateway.cli.client import ApiClient, check_server_url, client_from, save_credentials, server_from
 from gateway.cli.common import (
     SERVER_HELP,
     CliError,
+    Commands,
     iso,
     local_caller,
     print_json,
@@ -27,11 +27,8 @@ from gateway.control.apikeys import hash_api_key, new_api_key
 from gateway.control.errors import WorkflowError
 from gateway.durations import format_duration, parse_duration
 
-if TYPE_CHECKING:
-    Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
-
-def register(sub: Sub) -> None:
+def register(sub: Commands) -> None:
     """Add the control-plane commands."""
     server = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: `gateway --server URL request ...` keeps the URL given before the command.
@@ -69,7 +66,7 @@ def register(sub: Sub) -> None:
         p.set_defaults(func=cmd_decide, verb=verb)
 
     # `gateway token verify` lives in the admin group; fetching sits next to it as `gateway token get REQ`.
-    token_group = _token_group(sub)
+    token_group = sub.group("token", help="approval tokens", dest="token_cmd")
     p = token_group.add_parser("get", parents=[server], help="print the token of your approved request (or grant)")
     p.add_argument("id", help="request id (r_...) or grant id (g_...)")
     p.set_defaults(func=cmd_token_get)
@@ -97,17 +94,6 @@ def register(sub: Sub) -> None:
     p.add_argument("name")
     p.add_argument("--group", action="append", default=[], help="group (repeatable)")
     p.set_defaults(func=cmd_users_add)
-
-
-def _token_group(sub: Sub) -> Sub:
-    parser = sub.choices.get("token")
-    if parser is None:
-        parser = sub.add_parser("token", help="approval tokens")
-        return parser.add_subparsers(dest="token_cmd", required=True)
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return parser.add_subparsers(dest="token_cmd", required=True)
 
 
 # --- login -----------------------------------------------------------------------------------------

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gateway.cli.common import CliError, config_from, print_json, say
+from gateway.cli.common import CliError, Commands, config_from, print_json, say
 from gateway.config import Config
 from gateway.durations import format_duration
 from gateway.policy import Policies, PolicyError
 from gateway.policydiff import describe_approvals, diff, rights
 
-if TYPE_CHECKING:
-    Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
-
-def register(sub: Sub) -> None:
+def register(sub: Commands) -> None:
     """Add `gateway policy check|diff`."""
     pol = sub.add_parser("policy", help="policies as code").add_subparsers(dest="policy_cmd", required=True)
     p = pol.add_parser("check", help="validate policy files; print what each configured user may request")

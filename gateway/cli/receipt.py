@@ -6,18 +6,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gateway.cli.common import CliError, config_from, print_json, say, services_from
+from gateway.cli.common import CliError, Commands, config_from, print_json, say, services_from
 from gateway.cli.review import _find_session
 from gateway.receipts import ReceiptError, describe, stored_receipt, verify_receipt
 from gateway.tokens import KeyRing
 
-if TYPE_CHECKING:
-    Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
-
-def register(sub: Sub) -> None:
+def register(sub: Commands) -> None:
     """Add `gateway receipt show|verify` (`gateway receipt SESSION` means show)."""
     group = sub.add_parser("receipt", help="signed termination receipts of ended sessions")
     cmds = group.add_subparsers(dest="receipt_cmd", required=True)

@@ -496,6 +496,11 @@ class Relay:
 
     async def kill(self, reason: str) -> None:
         """The session's kill handle: FATAL 57P01 to the client, cancel and terminate the backend, close both."""
+        # Nothing more from upstream reaches the client; a denial whose stand-in error the server has not sent
+        # yet (a kill verdict's own 42501, racing the terminate) is owed to the client before the FATAL.
+        self._stop_server = True
+        while self._denials:
+            self._write_client(self._denials.popleft()[1])
         self._write_client(error_response("FATAL", "57P01", f"terminating connection: {reason}"))
         self.journal.killed(reason)
         await self.shutdown(reason)

@@ -24,7 +24,7 @@ from gateway.access import AccessDenied
 from gateway.keyfiles import ensure_ssh_host_key
 from gateway.recording import schema
 from gateway.services import Services
-from gateway.ssh.channels import AuditedChannel
+from gateway.ssh.asyncssh_compat import AuditedChannel, check_internals
 from gateway.ssh.connection import SshConnection
 from gateway.ssh.forwarding import TcpRelay
 from gateway.ssh.relay import ChannelRelay
@@ -236,6 +236,8 @@ class SshListener:
         """Listen on config.listen_ssh (port 0: any free port); make the host key on first start."""
         cfg = self.services.config
         ensure_ssh_host_key(cfg.ssh_host_key)
+        for problem in check_internals():  # asyncssh still refuses (options below); only the audit record is lost
+            log.error("asyncssh internals changed, agent/X11 requests may go unaudited: %s", problem)
         self._acceptor = await asyncssh.create_server(
             lambda: _Gate(self), cfg.listen_ssh.host, cfg.listen_ssh.port,
             server_host_keys=[str(cfg.ssh_host_key)],
