@@ -61,6 +61,11 @@ class App:
         svc.scheduler.every(5.0, "grant-expiry", self._expire_grants)
         every = svc.anchors.settings.interval  # first after one interval: start and stop sign checkpoints already
         svc.scheduler.every(every, "audit-anchors", svc.anchors.tick, first=every)
+        if "postgres" in self.enable:  # backends of the injected logins that no live session owns: flagged, ended
+            from gateway.detect.pgsweep import SWEEP_EVERY, PgSweeper
+
+            svc.scheduler.every(SWEEP_EVERY, "lingering-sweep", PgSweeper(self.config, svc.store, svc.alerts).once,
+                                first=SWEEP_EVERY)  # fmt: skip
         svc.scheduler.start()
         return svc
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import jwt
 
+from gateway.sessions import SessionEnd
 from gateway.store import SessionRecord, Store
 from gateway.tokens import ALGORITHM, KeyRing
 
@@ -39,12 +40,15 @@ class ReceiptIssuer:
     def __repr__(self) -> str:
         return f"ReceiptIssuer({self.issuer!r})"
 
-    async def on_session_end(self, record: SessionRecord) -> None:
+    async def on_session_end(self, end: SessionEnd) -> None:
         """The session-end listener: never raises (a receipt that cannot be made is logged, the end stands)."""
         try:
+            record = await self.store.get_session(end.session.id)
+            if record is None:
+                raise ReceiptError(f"session {end.session.id} is not in the store")
             await self.issue(record)
         except Exception as exc:
-            log.error("session %s: no receipt: %s", record.id, type(exc).__name__)
+            log.error("session %s: no receipt: %s", end.session.id, type(exc).__name__)
 
     async def issue(self, record: SessionRecord) -> str:
         """Sign the receipt of an ended session and append it to the audit log (`session.receipt`)."""
