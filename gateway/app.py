@@ -68,6 +68,11 @@ class App:
             self._replica = Replica(svc)
             await self._replica.start()
             svc.scheduler.every(self.config.heartbeat, "replica-heartbeat", self._replica.tick)
+        if "postgres" in self.enable:  # backends of the injected logins that no live session owns: flagged, ended
+            from gateway.detect.pgsweep import SWEEP_EVERY, PgSweeper
+
+            svc.scheduler.every(SWEEP_EVERY, "lingering-sweep", PgSweeper(self.config, svc.store, svc.alerts).once,
+                                first=SWEEP_EVERY)  # fmt: skip
         svc.scheduler.start()
         return svc
 
