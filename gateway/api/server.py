@@ -16,6 +16,7 @@ from gateway.api.errors import error_response, from_exception
 from gateway.config import ApiSettings
 from gateway.control.workflow import Workflow
 from gateway.services import Services
+from gateway.web.app import is_console_path, mount
 from gateway.workload.exchange import Exchanger
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,10 @@ async def _audit_forbidden(request: web.Request, message: str) -> None:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Authenticate everything but health, JWKS and (when public) metrics."""
+    """Authenticate everything but health, JWKS, (when public) metrics and the console (its own sign-in)."""
     c = ctx(request)
     public = request.path in PUBLIC_PATHS or (request.path == "/metrics" and c.settings.metrics_public)
+    public = public or is_console_path(request.path)
     if not public:
         try:
             request[CALLER_KEY] = await c.auth.authenticate(request.headers.get("Authorization"))
@@ -106,6 +108,7 @@ class ApiServer:
         app[CONTEXT] = self.context
         for module in (routes_meta, routes_requests, routes_grants, routes_sessions, routes_audit):
             app.add_routes(module.routes)
+        mount(app, self.context)
         return app
 
     async def start(self) -> None:

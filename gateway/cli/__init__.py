@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway import __version__
-from gateway.cli import admin, control, demo, nodes, pipeline, policy, receipt, review, run, storecmd
+from gateway.cli import admin, console, control, demo, nodes, pipeline, policy, receipt, review, run, storecmd
 from gateway.cli.common import CONFIG_HELP, SERVER_HELP, CliError, Commands
 from gateway.review.sanitize import printable
 
-GROUPS = (admin, run, review, receipt, control, policy, pipeline, nodes, storecmd, demo)
+GROUPS = (admin, run, review, receipt, control, policy, pipeline, nodes, storecmd, demo, console)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,62 @@
+"""One-time, short-lived sign-in links (`gateway console-link USER`): signed by the gateway key, used once."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from dataclasses import dataclass, field
+
+from gateway.tokens import KeyRing
+
+LINK_TTL = 300.0
+"""How long a printed link stays usable (seconds)."""
+
+_CONTEXT = b"gateway-console-link:"  # domain separation: no other signed blob of the key verifies as a link
+MAX_LINK = 2048
+
+
+class LinkRefused(Exception):
+    """The link is malformed, forged, expired or already used; str() is safe to show."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def make_link_token(ring: KeyRing, user: str, *, now: float, ttl: float = LINK_TTL) -> str:
+    """A signed token naming `user`, expiring `ttl` seconds after `now`, with a one-time id."""
+    payload = _b64(json.dumps({"sub": user, "exp": now + ttl, "jti": secrets.token_urlsafe(16)}).encode())
+    kid, sig = ring.sign_bytes(_CONTEXT + payload.encode())
+    return f"{payload}.{kid}.{sig}"
+
+
+@dataclass
+class UsedLinks:
+    """The ids of links already used, kept until they would have expired anyway."""
+
+    _used: dict[str, float] = field(default_factory=dict)
+
+    def redeem(self, ring: KeyRing, token: str, *, now: float) -> str:
+        """The user the link signs in, marking it used; raises LinkRefused."""
+        if len(token) > MAX_LINK or token.count(".") != 2:
+            raise LinkRefused("this sign-in link is malformed")
+        payload, kid, sig = token.split(".")
+        if not ring.verify_bytes(kid, sig, _CONTEXT + payload.encode()):
+            raise LinkRefused("this sign-in link is not signed by this gateway")
+        try:
+            claims = json.loads(_unb64(payload))
+            user, exp, jti = str(claims["sub"]), float(claims["exp"]), str(claims["jti"])
+        except (ValueError, KeyError, TypeError):
+            raise LinkRefused("this sign-in link is malformed") from None
+        self._used = {j: e for j, e in self._used.items() if e > now}
+        if now >= exp:
+            raise LinkRefused("this sign-in link has expired; ask for a new one (gateway console-link USER)")
+        if jti in self._used:
+            raise LinkRefused("this sign-in link was already used; ask for a new one")
+        self._used[jti] = exp
+        return user
