@@ -1,13 +1,13 @@
 """Lingering access, decided: which upstream backends of the injected logins no live session owns (pure).
 
 The Postgres front end tags every upstream connection `application_name=gateway:<user>:<session id>`
-(its catalogue loads use `gateway:catalog`, the sweep itself `gateway:sweep`). A backend of an injected
-login is lingering when its tag names a session that has ended (a revocation, expiry or kill that did not
-end the upstream side: critical), or when it carries no tag of a live session at all (the injected
-credentials used outside the gateway: critical too). A live session may change its own application_name
-(`SET application_name` is allowed): an untagged backend whose start lies within `claim_window` seconds
-after a live session of that login started is taken to be that session's (one backend per session, and
-only for a session whose own tag is nowhere in view).
+(its catalogue loads use `gateway:catalog`, `gateway target check` `gateway:target-check`, the sweep itself
+`gateway:sweep`). A backend of an injected login is lingering when its tag names a session that has ended
+(a revocation, expiry or kill that did not end the upstream side: critical), or when it carries no tag of
+a live session at all (the injected credentials used outside the gateway: critical too). A live session
+may change its own application_name (`SET application_name` is allowed): an untagged backend whose start
+lies within `claim_window` seconds after a live session of that login started is taken to be that
+session's (one backend per session, and only for a session whose own tag is nowhere in view).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ UNTAGGED_BACKEND = "lingering.untagged_backend"
 STALE_HELPER_BACKEND = "lingering.stale_helper_backend"
 RULES = (ENDED_SESSION_BACKEND, UNTAGGED_BACKEND, STALE_HELPER_BACKEND)
 
-HELPER_TAGS = frozenset({"gateway:catalog", "gateway:sweep"})
+HELPER_TAGS = frozenset({"gateway:catalog", "gateway:sweep", "gateway:target-check"})
 HELPER_GRACE = 120.0  # a catalogue load is bounded by seconds; one this old is stuck or forged
 NEW_SESSION_GRACE = 10.0  # a tagged backend of a session not yet visible in the store (admission in flight)
 

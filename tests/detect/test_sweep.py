@@ -55,3 +55,7 @@ def test_a_session_whose_tag_is_in_view_claims_no_untagged_backend() -> None:
     live = [LiveUse("s1", "app_ro", NOW - 300.5)]
     strays = find_strays("db", [_b(1, "gateway:alice:s1"), _b(2, "psql", NOW - 300)], live, {}, NOW)
     assert [s.backend.pid for s in strays] == [2]
+
+
+def test_a_running_target_check_is_a_helper_not_an_outsider() -> None:
+    assert find_strays("db", [_b(5, "gateway:target-check", NOW - 3)], [], {}, NOW) == []
