@@ -18,6 +18,7 @@ from selenium.common.exceptions import (
     NoAlertPresentException,
     NoSuchElementException,
     StaleElementReferenceException,
+    WebDriverException,
 )
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
@@ -74,8 +75,8 @@ class Browser:
         """The page's visible text ('' while a navigation replaces the page)."""
         try:
             return await self.do(lambda: self.driver.find_element(By.TAG_NAME, "body").text)
-        except (StaleElementReferenceException, NoSuchElementException):
-            return ""
+        except (StaleElementReferenceException, NoSuchElementException, WebDriverException):
+            return ""  # e.g. "Node ... does not belong to the document" mid-navigation
 
     async def click(self, css: str) -> None:
         """Click the first element matching `css`."""
