@@ -11,6 +11,7 @@ from gateway.access import Access
 from gateway.alerts import Alerts
 from gateway.anchors.publish import Anchorer
 from gateway.config import Config
+from gateway.detect.engine import Detector
 from gateway.policy import Policies
 from gateway.sessions import LiveSession, SessionRegistry
 from gateway.store import Store
@@ -75,5 +76,6 @@ async def build_services(config: Config, *, clock: Callable[[], float] = time.ti
             )
 
     registry = SessionRegistry(store, clock=clock, warn_before=config.warn_before, alert=alert)
+    registry.detector = await Detector(config.detection, store, alerts, clock=clock).load()
     access = Access(config, ring, store, policies, registry, clock)
     return Services(config, ring, store, policies, alerts, registry, access, anchors)

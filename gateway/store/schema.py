@@ -61,6 +61,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX workload_tokens_expiry ON workload_tokens(expires_at);
     """,
+    # Detection baselines: what each user was first seen doing on each target ('' target: targets used).
+    """
+    CREATE TABLE baseline_seen (
+        user TEXT NOT NULL, target TEXT NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL, first_at REAL NOT NULL,
+        PRIMARY KEY (user, target, kind, value)
+    );
+    """,
 )
 
 

@@ -502,6 +502,25 @@ class SqliteStore:
         async with self.db.execute(sql, args) as cur:
             return [request_row(r) for r in await cur.fetchall()]
 
+    # --- detection baselines -------------------------------------------------------------------------
+
+    async def session_history(self) -> list[tuple[str, str, int, float]]:
+        """Per (user, target): how many sessions, and the first one's start."""
+        sql = "SELECT user, target, count(*), min(started_at) FROM sessions GROUP BY user, target"
+        async with self.db.execute(sql) as cur:
+            return [(str(r[0]), str(r[1]), int(r[2]), float(r[3])) for r in await cur.fetchall()]
+
+    async def baseline_seen(self) -> list[tuple[str, str, str, str]]:
+        """Every (user, target, kind, value) a baseline holds."""
+        async with self.db.execute("SELECT user, target, kind, value FROM baseline_seen") as cur:
+            return [(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in await cur.fetchall()]
+
+    async def add_baseline_seen(self, user: str, target: str, kind: str, value: str, first_at: float) -> None:
+        """Remember a first use (kept the first time; later ones are no-ops)."""
+        await self._write(
+            "INSERT OR IGNORE INTO baseline_seen VALUES (?,?,?,?,?)", (user, target, kind, value, first_at)
+        )
+
 
 _INSERT_SESSION = (
     "INSERT INTO sessions (id,grant_id,user,target,scope,protocol,client_addr,started_at,recording_path,stats)"

@@ -1,0 +1,1 @@
+"""Detection: per-user baselines and workflow rules that flag what departs from normal, explained."""
