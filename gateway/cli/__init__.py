@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway import __version__
-from gateway.cli import admin, control, demo, pipeline, review, run
+from gateway.cli import admin, control, demo, detections, pipeline, review, run
 from gateway.cli.common import CONFIG_HELP, SERVER_HELP, CliError
 from gateway.review.sanitize import printable
 
-GROUPS = (admin, run, review, control, pipeline, demo)
+GROUPS = (admin, run, review, control, pipeline, demo, detections)
 
 
 class _Parser(argparse.ArgumentParser):

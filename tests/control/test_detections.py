@@ -133,3 +133,38 @@ async def test_psql_reading_a_table_alice_never_read(
             assert again.baselines.of("alice", "orders-db").sessions == 4
     finally:
         await stop()
+
+
+async def test_cli_lists_detections(detect_gw: Running) -> None:
+    gw = detect_gw
+    await gw.approved_grant()  # its reason names INC-1234: a rubber stamp only
+    body = {"target": "orders-db", "scope": "read", "ttl": "15m", "reason": "just looking"}
+    req = await gw.ok("carol", "POST", "/v1/requests", body)
+    await gw.ok("bob", "POST", f"/v1/requests/{req['id']}/approve", {"comment": "ok"})
+    await _detections(gw)
+    config = gw.services.config.path
+    assert config is not None
+
+    async def cli(*argv: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "detections", "--config", str(config), *argv,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        return out.decode()
+
+    rows = [json.loads(x) for x in (await cli("--json")).splitlines()]
+    assert sorted((r["user"], r["rule"]) for r in rows) == [
+        ("alice", "approval.rubber_stamp"),
+        ("carol", "approval.no_ticket"),
+        ("carol", "approval.rubber_stamp"),
+    ]
+    rows = [
+        json.loads(x) for x in (await cli("--json", "--user", "carol", "--rule", "approval.no_ticket")).splitlines()
+    ]
+    assert [(r["user"], r["rule"], r["request"]) for r in rows] == [("carol", "approval.no_ticket", req["id"])]
+    text = await cli("--since", "1h", "--user", "alice")
+    assert len(text.splitlines()) == 1
+    assert "warning  approval.rubber_stamp  r_" in text and "bob approved alice's request" in text
+    assert await cli("--since", "1h", "--rule", "first_use.table") == ""
