@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _KNOWN = Seen.KNOWN
+FLUSH_DELAY = 1.0  # seconds new baseline rows wait, to be written together
 _WHAT = {
     FIRST_TABLE: "read or wrote table",
     FIRST_SCHEMA: "used schema",
@@ -66,6 +67,8 @@ class Detector:
         self.baselines = Baselines(settings.warmup_sessions)
         self._watches: weakref.WeakKeyDictionary[Any, Watch] = weakref.WeakKeyDictionary()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._unsaved: list[tuple[str, str, str, str, float]] = []
+        self._flush: asyncio.TimerHandle | None = None
 
     async def load(self) -> Detector:
         """Read the baselines the store holds (sessions per user and target, everything seen)."""
@@ -99,11 +102,30 @@ class Detector:
         )  # fmt: skip
 
     def remember(self, user: str, target: str, kind: str, value: str) -> None:
-        """Persist something new in a baseline (so a restart keeps it)."""
-        self._spawn(self.store.add_baseline_seen(user, target, kind, value, self.clock()))
+        """Persist something new in a baseline (so a restart keeps it), batched off the hot path."""
+        self._unsaved.append((user, target, kind, value, self.clock()))
+        if self._flush is None:
+            # One write a second at most, never in the middle of the relay's own work (a kill's teardown).
+            self._flush = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._save)
+
+    def _save(self) -> None:
+        self._flush = None
+        rows, self._unsaved = self._unsaved, []
+        if rows:
+            self._spawn(self._write(rows))
+
+    async def _write(self, rows: list[tuple[str, str, str, str, float]]) -> None:
+        try:
+            await self.store.add_baseline_seen(rows)
+        except Exception as exc:
+            # Lost rows are relearned (and may flag once more) after a restart; detection never ends a session.
+            log.error("baseline rows could not be stored: %s", type(exc).__name__)
 
     async def drain(self) -> None:
         """Wait for pending audits and writes (shutdown, tests)."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._save()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 

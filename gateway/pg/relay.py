@@ -216,14 +216,15 @@ class Relay:
 
     def _check(self, sql: str) -> tuple[Inspection, Decision]:
         insp, decision = self.inspector.check(sql, self.prepared)
-        self._watch.sql(insp)
         if decision.verdict is _ALLOW and not decision.alerts:
+            self._watch.sql(insp)
             return insp, decision
         if decision.alerts:
             self._raise_alerts(insp, decision)
         if decision.verdict is Verdict.KILL:
             self._stop_client = True
             self._kill_soon(f"{denial_message(decision)}")
+        self._watch.sql(insp)  # after the kill: its teardown is not queued behind baseline writes
         return insp, decision
 
     def _on_query(self, chunk: bytes, start: int, end: int) -> bool:

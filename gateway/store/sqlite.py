@@ -515,11 +515,10 @@ class SqliteStore:
         async with self.db.execute("SELECT user, target, kind, value FROM baseline_seen") as cur:
             return [(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in await cur.fetchall()]
 
-    async def add_baseline_seen(self, user: str, target: str, kind: str, value: str, first_at: float) -> None:
-        """Remember a first use (kept the first time; later ones are no-ops)."""
-        await self._write(
-            "INSERT OR IGNORE INTO baseline_seen VALUES (?,?,?,?,?)", (user, target, kind, value, first_at)
-        )
+    async def add_baseline_seen(self, rows: list[tuple[str, str, str, str, float]]) -> None:
+        """Remember first uses (user, target, kind, value, first_at); one already stored keeps its time."""
+        async with self._lock:
+            await self.db.executemany("INSERT OR IGNORE INTO baseline_seen VALUES (?,?,?,?,?)", rows)
 
 
 _INSERT_SESSION = (
