@@ -24,15 +24,16 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.alerts import Alerts  # noqa: E402
-from gateway.detect.engine import Detector  # noqa: E402
-from gateway.detect.settings import parse_settings  # noqa: E402
-from gateway.detect.workflow import approval_findings  # noqa: E402
-from gateway.pg.sql.inspector import Inspection, inspect  # noqa: E402
-from gateway.store import RequestRecord, Store  # noqa: E402
+from gateway.alerts import Alerts
+from gateway.detect.engine import Detector
+from gateway.detect.settings import parse_settings
+from gateway.detect.workflow import approval_findings
+from gateway.pg.sql.inspector import Inspection, inspect
+from gateway.store import RequestRecord, SqliteStore
 
 DAY = 86_400.0
 SCHEMAS = ("sales", "billing", "ops", "hr")
@@ -71,22 +72,20 @@ class Person:
     approvers: list[str] = field(default_factory=list)
 
 
-async def run(users: int, days: int, seed: int) -> dict[str, object]:
+async def run(users: int, days: int, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     people = []
     for i in range(users):
         schema = SCHEMAS[i % len(SCHEMAS)]
         own = [t for t in TABLES if t.startswith(schema + ".")]
-        people.append(
-            Person(f"u{i:02d}", f"db-{i % 5}", f"web-{i % 7}", rng.sample(own, 4), rng.sample(COMMANDS, 8))
-        )
+        people.append(Person(f"u{i:02d}", f"db-{i % 5}", f"web-{i % 7}", rng.sample(own, 4), rng.sample(COMMANDS, 8)))
     names = [p.name for p in people]
     for p in people:
         p.approvers = rng.sample([n for n in names if n != p.name], 8)
     settings = parse_settings({"ticket_pattern": "[A-Z]+-[0-9]+", "warmup_sessions": 5})
     now = [0.0]
     tmp = Path(tempfile.mkdtemp(prefix="detbench-"))
-    store = Store(tmp / "gw.db")
+    store = SqliteStore(tmp / "gw.db")
     await store.open()
     detector = Detector(settings, store, Alerts(store), clock=lambda: now[0])
     seeded: Counter[str] = Counter()
@@ -158,9 +157,11 @@ async def run(users: int, days: int, seed: int) -> dict[str, object]:
     for p in people:
         for week in range(days // 7 + 1):
             t = week * 7 * DAY + rng.uniform(0, 5 * DAY)
-            label = rng.choice(("approval.rubber_stamp", "approval.no_ticket", "approval.same_approver")) if (
-                week >= 2 and rng.random() < 0.3
-            ) else None
+            label = (
+                rng.choice(("approval.rubber_stamp", "approval.no_ticket", "approval.same_approver"))
+                if (week >= 2 and rng.random() < 0.3)
+                else None
+            )
             approver = rng.choice(p.approvers)
             if label == "approval.same_approver":
                 approver = p.approvers[0]
@@ -225,12 +226,12 @@ def main() -> None:
     a = ap.parse_args()
     r = asyncio.run(run(a.users, a.days, a.seed))
     print(f"history: {r['users']} users x {r['days']} days")
-    for rule, (hit, total) in r["recall"].items():  # type: ignore[attr-defined]
+    for rule, (hit, total) in r["recall"].items():
         print(f"recall {rule:24} {hit}/{total} = {100 * hit / max(total, 1):.1f}%")
     ns, fs = r["normal_sessions"], r["flagged_normal_sessions"]
     na, fa = r["normal_approvals"], r["flagged_normal_approvals"]
-    print(f"false positives: {fs}/{ns} normal sessions = {100 * fs / max(ns, 1):.2f}%")  # type: ignore[operator]
-    print(f"false positives: {fa}/{na} normal approvals = {100 * fa / max(na, 1):.2f}%")  # type: ignore[operator]
+    print(f"false positives: {fs}/{ns} normal sessions = {100 * fs / max(ns, 1):.2f}%")
+    print(f"false positives: {fa}/{na} normal approvals = {100 * fa / max(na, 1):.2f}%")
     print(f"cost: {r['us_per_statement']:.2f} us per statement, {r['us_per_command_line']:.2f} us per command line")
 
 

@@ -1,12 +1,14 @@
-"""The one door both front ends call: verify the token, load the grant, decide the scope, open the live session."""
+"""The one door both front ends call: verify the token, load the grant, decide the scope, open the session block."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.config import Config, Login, Target
 from gateway.policy import Policies
@@ -37,7 +39,7 @@ class Access:
     registry: SessionRegistry
     clock: Callable[[], float] = time.time
 
-    async def open_session(
+    def session(
         self,
         *,
         token: str,
@@ -46,12 +48,28 @@ class Access:
         client_addr: str,
         user: str | None = None,
         login: str | None = None,
-    ) -> LiveSession:
-        """Admit a connection or raise AccessDenied (audited either way).
+    ) -> Admission:
+        """`async with access.session(...) as s:` admits a connection (or raises AccessDenied, audited either way).
 
-        `user` is what the client claimed to be (Postgres `user`), checked against the token's subject;
-        `login` is an explicit upstream login name (SSH `login@target`), checked against the grant's login.
+        The task that enters the block owns the session: a kill, revocation or expiry cancels it, and
+        leaving the block ends the session once (LiveSession.__aexit__). `user` is what the client claimed
+        to be (Postgres `user`), checked against the token's subject; `login` is an explicit upstream login
+        name (SSH `login@target`), checked against the grant's login.
         """
+        return Admission(self, dict(token=token, target=target, protocol=protocol, client_addr=client_addr,
+                                    user=user, login=login))  # fmt: skip
+
+    async def _open(
+        self,
+        *,
+        token: str,
+        target: str,
+        protocol: str,
+        client_addr: str,
+        user: str | None,
+        login: str | None,
+    ) -> LiveSession:
+        """Check the token and grant and register the session (not yet started)."""
         try:
             claims = self._verify(token)
             tgt = self._target(claims, target, protocol)
@@ -81,20 +99,24 @@ class Access:
         except AccessDenied as denied:
             await self._audit_rejection(token, target, protocol, client_addr, denied)
             raise
-        await session.audit(
-            "session.start",
-            protocol=protocol,
-            client=client_addr,
-            scope=claims.scope,
-            login=upstream.user,
-            reason=claims.reason,
-            approvers=list(claims.approvers),
-            deadline=claims.exp,
-            recording=str(session.recording_path),
-        )
-        if tgt.sensitive:
-            session.alert("session.sensitive", f"{claims.sub} started a session on sensitive target {tgt.name}")
         return session
+
+    @staticmethod
+    async def _started(s: LiveSession) -> None:
+        """Audit the start (and alert on a sensitive target), inside the session's block."""
+        await s.audit(
+            "session.start",
+            protocol=s.protocol,
+            client=s.client_addr,
+            scope=s.scope,
+            login=s.login.user,
+            reason=s.claims.reason,
+            approvers=list(s.claims.approvers),
+            deadline=s.claims.exp,
+            recording=str(s.recording_path),
+        )
+        if s.target.sensitive:
+            s.alert("session.sensitive", f"{s.user} started a session on sensitive target {s.target.name}")
 
     def _verify(self, token: str) -> Claims:
         try:
@@ -176,3 +198,28 @@ class Access:
             severity="warning",
             data={"code": denied.code, "reason": denied.reason, "protocol": protocol, "client": client},
         )
+
+
+class Admission:
+    """The async context manager `Access.session` returns: admission on entry, the session's end on exit."""
+
+    def __init__(self, access: Access, request: dict[str, Any]) -> None:
+        self._access = access
+        self._request = request
+        self._session: LiveSession | None = None
+
+    async def __aenter__(self) -> LiveSession:
+        s = await self._access._open(**self._request)
+        self._session = await s.__aenter__()  # no await since registering: a kill always finds the block
+        try:
+            await self._access._started(s)
+            await asyncio.sleep(0)  # a kill during the start audit is delivered here, before the body runs
+        except BaseException as exc:
+            if not await s._exit(exc):
+                raise
+            raise AccessDenied("ended", f"the session ended as it started: {s.end_reason}") from None
+        return s
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        assert self._session is not None
+        return await self._session._exit(exc)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -83,8 +82,3 @@ class Alerts:
             log.error("alert line could not be written: %s", exc.strerror)
         for sink in self.sinks:
             sink.offer(alert)
-
-
-def stderr_alerts(store: Store) -> Alerts:
-    """Alerts that also print their JSON line on stderr (CLI use)."""
-    return Alerts(store, stream=sys.stderr)

@@ -1,15 +1,13 @@
-"""Composition root: build services, start the front ends, the API and the watchers; shut down cleanly."""
+"""Composition root: build services, start the front ends, the API and the scheduled jobs; shut down cleanly."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import NoReturn, Protocol
 
@@ -37,14 +35,13 @@ class Listener(Protocol):
 
 
 class App:
-    """One gateway process: SSH and Postgres front ends, the HTTP API, the revocation watcher, the expiry sweeper."""
+    """One gateway process: SSH and Postgres front ends, the HTTP API, the scheduled jobs (revocation sweep, expiry)."""
 
     def __init__(self, config: Config, *, enable: tuple[str, ...] = ("postgres", "ssh", "http")) -> None:
         self.config = config
         self.enable = enable
         self.services: Services | None = None
         self.listeners: dict[str, Listener] = {}
-        self._tasks: list[asyncio.Task[None]] = []
         self._webhooks: WebhookSink | None = None
 
     async def start(self) -> Services:
@@ -59,9 +56,17 @@ class App:
                 # Registered before it starts: one that fails half-way (bound, then an error) is still closed.
                 listener = self.listeners[name] = self._factory(name)(svc)
                 await listener.start()
-        self._tasks.append(asyncio.create_task(svc.registry.watch(), name="revocation-watcher"))
-        self._tasks.append(asyncio.create_task(self._expire_grants(), name="grant-expiry"))
-        self._tasks.append(asyncio.create_task(svc.anchors.run(), name="audit-anchors"))
+        # Revocations and kills made by other processes (CLI, replicas) reach live sessions within 0.25 s.
+        svc.scheduler.every(0.25, "revocation-sweep", lambda now: svc.registry.sweep())
+        svc.scheduler.every(5.0, "grant-expiry", self._expire_grants)
+        every = svc.anchors.settings.interval  # first after one interval: start and stop sign checkpoints already
+        svc.scheduler.every(every, "audit-anchors", svc.anchors.tick, first=every)
+        if "postgres" in self.enable:  # backends of the injected logins that no live session owns: flagged, ended
+            from gateway.detect.pgsweep import SWEEP_EVERY, PgSweeper
+
+            svc.scheduler.every(SWEEP_EVERY, "lingering-sweep", PgSweeper(self.config, svc.store, svc.alerts).once,
+                                first=SWEEP_EVERY)  # fmt: skip
+        svc.scheduler.start()
         return svc
 
     @staticmethod
@@ -83,16 +88,12 @@ class App:
         c = self.config
         return {"ssh": str(c.listen_ssh), "postgres": str(c.listen_postgres), "http": str(c.listen_http)}
 
-    async def _expire_grants(self, interval: float = 5.0) -> None:
+    async def _expire_grants(self, now: float) -> None:
+        """Mark grants past their end as expired (audited); their sessions end at their own deadline."""
         assert self.services is not None
         store = self.services.store
-        while True:
-            try:
-                for gid in await store.expire_grants(time.time()):
-                    await store.append("grant.expired", grant=gid)
-            except Exception:
-                log.exception("grant expiry pass failed")
-            await asyncio.sleep(interval)
+        for gid in await store.expire_grants(now):
+            await store.append("grant.expired", grant=gid)
 
     async def reload_policies(self) -> bool:
         """SIGHUP: reload policies; a bad file keeps the old ones. The result is audited either way."""
@@ -110,11 +111,8 @@ class App:
 
     async def stop(self) -> None:
         """Stop accepting, end live sessions, sign the final checkpoint; also after a start that failed half-way."""
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        if self.services is not None:
+            await self.services.scheduler.stop()
         for listener in self.listeners.values():
             await listener.close()
         if self.services is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ CONFIG_ENV = "GATEWAY_CONFIG"
 DEFAULT_CONFIG_NAME = "gateway.toml"
 TARGET_KINDS = ("postgres", "ssh")
 UPSTREAM_TLS_MODES = ("disable", "require", "verify-full")
+PG_URL_PREFIXES = ("postgresql://", "postgres://")
 
 
 class ConfigError(ValueError):
@@ -159,6 +161,9 @@ class Config:
     listen_postgres: Address = Address("127.0.0.1", 6432)
     listen_http: Address = Address("127.0.0.1", 8080)
     store_url: str = "sqlite:///var/gateway.db"
+    node: str = ""  # this replica's id ("" = host name and HTTP port)
+    heartbeat: float = 2.0  # seconds between this replica's heartbeats
+    lost_after: float = 10.0  # seconds of silence after which a survivor reaps a replica's sessions
     keys_dir: Path = Path("var/keys")
     policies_dir: Path = Path("policies")
     recordings_dir: Path = Path("recordings")
@@ -190,8 +195,18 @@ class Config:
     def store_path(self) -> Path:
         """The SQLite file of a `sqlite:///` store URL, resolved against the config folder."""
         if not self.store_url.startswith("sqlite:///"):
-            raise ConfigError(f"{self.path or '(defaults)'}: store.url: only sqlite:/// is supported in this version")
+            raise ConfigError(f"{self.path or '(defaults)'}: store.url: not an embedded (sqlite:///) store")
         return _resolve(self.base_dir, self.store_url[len("sqlite:///") :])
+
+    @property
+    def shared_store(self) -> bool:
+        """True for a PostgreSQL store several replicas share."""
+        return self.store_url.startswith(PG_URL_PREFIXES)
+
+    @property
+    def node_id(self) -> str:
+        """This replica's id in the store: configured, else host name and HTTP port (unique on one host)."""
+        return self.node or f"{socket.gethostname()}:{self.listen_http.port}"
 
 
 def _resolve(base: Path, value: str | Path) -> Path:
@@ -232,7 +247,7 @@ _SCHEMA: dict[str, set[str]] = {
     },
     "gateway": {"name"},
     "listen": {"ssh", "postgres", "http"},
-    "store": {"url"},
+    "store": {"url", "node", "heartbeat", "lost_after"},
     "paths": {"keys", "policies", "recordings"},
     "tokens": {"issuer", "audience", "leeway", "checkpoint_every"},
     "postgres": {"require_tls", "tls_cert", "tls_key"},
@@ -285,6 +300,12 @@ class _Reader:
         if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
             raise self.fail(f"{prefix}{key}", f"must be a whole number from {lo} to {hi}, got {value!r}")
         return value
+
+    def seconds(self, doc: dict[str, Any], key: str, prefix: str, default: float, lo: float, hi: float) -> float:
+        value = doc.get(key, default)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not lo <= value <= hi:
+            raise self.fail(f"{prefix}{key}", f"must be a number of seconds from {lo:g} to {hi:g}, got {value!r}")
+        return float(value)
 
     def strings(self, doc: dict[str, Any], key: str, prefix: str) -> frozenset[str]:
         value = doc.get(key, [])
@@ -358,9 +379,14 @@ def _build(doc: dict[str, Any], path: Path | None, base: Path, need_secrets: boo
     }
     _check_distinct_ports(r, addrs)
     paths, tokens, pg, ssh, alerts = (sections[k] for k in ("paths", "tokens", "postgres", "ssh", "alerts"))
-    store_url = r.string(sections["store"], "url", "store.", d.store_url)
-    if not store_url.startswith("sqlite:///"):
-        raise r.fail("store.url", "must be sqlite:///<path> (a PostgreSQL store is not supported yet)")
+    store = sections["store"]
+    store_url = r.string(store, "url", "store.", d.store_url)
+    if not store_url.startswith(("sqlite:///", *PG_URL_PREFIXES)):
+        raise r.fail("store.url", "must be sqlite:///<path> or postgresql://user@host/database")
+    heartbeat = r.seconds(store, "heartbeat", "store.", d.heartbeat, 0.1, 3600)
+    lost_after = r.seconds(store, "lost_after", "store.", d.lost_after, 0.5, 86400)
+    if lost_after < 2 * heartbeat:
+        raise r.fail("store.lost_after", f"must be at least twice store.heartbeat ({heartbeat:g} s)")
 
     def p(section: dict[str, Any], key: str, prefix: str, default: Path) -> Path:
         return _resolve(base, r.string(section, key, prefix, str(default)))
@@ -373,6 +399,9 @@ def _build(doc: dict[str, Any], path: Path | None, base: Path, need_secrets: boo
         listen_postgres=addrs["postgres"],
         listen_http=addrs["http"],
         store_url=store_url,
+        node=r.string(store, "node", "store.", d.node),
+        heartbeat=heartbeat,
+        lost_after=lost_after,
         keys_dir=p(paths, "keys", "paths.", d.keys_dir),
         policies_dir=p(paths, "policies", "paths.", d.policies_dir),
         recordings_dir=p(paths, "recordings", "paths.", d.recordings_dir),

@@ -83,23 +83,17 @@ async def collect(services: Services, extra: Iterable[Metric] = ()) -> list[Metr
         live[(s.target.name, s.protocol)] = live.get((s.target.name, s.protocol), 0) + 1
     for name, t in services.config.targets.items():
         live.setdefault((name, t.kind), 0)
-    stats = await _session_stats(services)
+    counts = await services.store.counts()
+    stats: dict[str, list[float]] = {name: [0.0, 0.0, 0.0] for name in services.config.targets}
+    for name, ended in counts.ended_stats.items():
+        stats[name] = list(ended)
     for s in services.registry.live():
         row = stats.setdefault(s.target.name, [0.0, 0.0, 0.0])
         for i, key in enumerate(("statements", "denied", "commands")):
             value = s.stats.get(key, 0)
             row[i] += float(value) if isinstance(value, int | float) else 0.0
-    db = services.store.db
-    async with db.execute("SELECT COUNT(*) FROM requests WHERE state='pending'") as cur:
-        pending = (await cur.fetchone() or (0,))[0]
-    async with db.execute("SELECT COUNT(*) FROM grants WHERE state='active'") as cur:
-        active = (await cur.fetchone() or (0,))[0]
-    async with db.execute("SELECT COUNT(*) FROM audit WHERE type='session.kill'") as cur:
-        kills = (await cur.fetchone() or (0,))[0]
-    async with db.execute(
-        "SELECT json_extract(data, '$.code'), COUNT(*) FROM audit WHERE type='token.rejected' GROUP BY 1"
-    ) as cur:
-        rejected = [({"code": str(r[0])}, float(r[1])) for r in await cur.fetchall()]
+    pending, active, kills = counts.pending_requests, counts.active_grants, counts.kills
+    rejected = [({"code": code}, float(n)) for code, n in sorted(counts.rejected.items())]
     targets = sorted(stats)
     return [
         Metric("gateway_up", "gauge", "1 while the gateway answers", (({}, 1.0),)),
@@ -133,18 +127,3 @@ async def collect(services: Services, extra: Iterable[Metric] = ()) -> list[Metr
         Metric("gateway_grants_active", "gauge", "Grants not yet expired or revoked", (({}, active),)),
         *extra,
     ]
-
-
-async def _session_stats(services: Services) -> dict[str, list[float]]:
-    # Ended sessions carry their final stats; live ones are added from the registry by the caller.
-    sql = (
-        "SELECT target, SUM(COALESCE(json_extract(stats,'$.statements'),0)), "
-        "SUM(COALESCE(json_extract(stats,'$.denied'),0)), SUM(COALESCE(json_extract(stats,'$.commands'),0)) "
-        "FROM sessions WHERE ended_at IS NOT NULL GROUP BY target"
-    )
-    async with services.store.db.execute(sql) as cur:
-        rows = await cur.fetchall()
-    out: dict[str, list[float]] = {str(r[0]): [float(r[1] or 0), float(r[2] or 0), float(r[3] or 0)] for r in rows}
-    for name in services.config.targets:
-        out.setdefault(name, [0.0, 0.0, 0.0])
-    return out

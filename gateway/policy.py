@@ -200,9 +200,6 @@ class SshPolicy:
     sftp: str = "read-write"
     scp: bool = True
     local_forwarding: bool = False
-    remote_forwarding: bool = False
-    agent_forwarding: bool = False
-    x11_forwarding: bool = False
 
     def command_allowed(self, line: str) -> bool:
         """Whether an exec command is in the scope's allowlist (always true with no allowlist).
@@ -495,9 +492,6 @@ def _load_ssh(ctx: _Ctx, body: Any, key: str) -> SshPolicy:
         sftp=sftp,
         scp=flag(body.get("scp"), f"{key}.scp", True),
         local_forwarding=flag(body.get("local_forwarding"), f"{key}.local_forwarding", False),
-        remote_forwarding=flag(body.get("remote_forwarding"), f"{key}.remote_forwarding", False),
-        agent_forwarding=flag(body.get("agent_forwarding"), f"{key}.agent_forwarding", False),
-        x11_forwarding=flag(body.get("x11_forwarding"), f"{key}.x11_forwarding", False),
     )
 
 

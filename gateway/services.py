@@ -1,4 +1,4 @@
-"""Build the shared services (keys, store, policies, sessions, alerts, access) from a Config."""
+"""Build the shared services (keys, store, policies, sessions, alerts, access, scheduler) from a Config."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from gateway.anchors.publish import Anchorer
 from gateway.config import Config
 from gateway.detect.engine import Detector
 from gateway.policy import Policies
+from gateway.scheduler import Scheduler
 from gateway.sessions import LiveSession, SessionRegistry
-from gateway.store import Store
+from gateway.store import Store, store_for
 from gateway.tokens import KeyRing
 
 
@@ -30,12 +31,27 @@ class Services:
     registry: SessionRegistry
     access: Access
     anchors: Anchorer
+    scheduler: Scheduler
 
     async def close(self) -> None:
         """End live sessions and close the store (signing a final checkpoint, anchored like every other)."""
         await self.registry.close_all("gateway shutting down")
         await self.store.close()
         await self.anchors.close()
+
+
+def config_store(config: Config, ring: KeyRing | None, url: str | None = None) -> Store:
+    """The (unopened) store of a config, or of another URL with this config's checkpoint settings."""
+    url = url or config.store_url
+    return store_for(
+        url,
+        ring,
+        sqlite_path=config.store_path if url.startswith("sqlite:///") else None,
+        # A shared store's signed heads are mirrored next to this replica's keys, outside the database.
+        checkpoint_file=config.keys_dir.parent / "audit.checkpoints",
+        checkpoint_every=config.checkpoint_every,
+        node=config.node_id,
+    )
 
 
 def load_policies(config: Config) -> Policies:
@@ -48,12 +64,12 @@ async def build_services(config: Config, *, clock: Callable[[], float] = time.ti
     """Open keys (made on first start), the store and policies; wire sessions and alerts."""
     policies = load_policies(config)  # first: a bad policy file must not leave an open store (its thread) behind
     ring = KeyRing.load_or_create(config.keys_dir)
-    store = Store(config.store_path, ring, checkpoint_every=config.checkpoint_every)
+    store = config_store(config, ring)
     try:
         await store.open()
     except BaseException:
         # A store that fails half-way (not a database, a failed migration) still holds aiosqlite's
-        # connection thread, which is not a daemon: left open, the process never exits.
+        # connection thread (or asyncpg's pool), which is not a daemon: left open, the process never exits.
         await store.close(checkpoint=False)
         raise
     alerts = Alerts(store, file=config.alerts_file)
@@ -78,4 +94,4 @@ async def build_services(config: Config, *, clock: Callable[[], float] = time.ti
     registry = SessionRegistry(store, clock=clock, warn_before=config.warn_before, alert=alert)
     registry.detector = await Detector(config.detection, store, alerts, clock=clock).load()
     access = Access(config, ring, store, policies, registry, clock)
-    return Services(config, ring, store, policies, alerts, registry, access, anchors)
+    return Services(config, ring, store, policies, alerts, registry, access, anchors, Scheduler(clock))

@@ -1,4 +1,4 @@
-"""Live sessions: each has a kill handle; the registry enforces deadlines, kills and revocations for every front end."""
+"""Live sessions: each lives in one block its task enters; the registry ends them (deadlines, kills, revocations)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.config import Login, Target
 from gateway.detect.engine import Detector
@@ -19,16 +19,55 @@ from gateway.tokens import Claims
 
 log = logging.getLogger(__name__)
 
-KillFn = Callable[[str], Awaitable[None]]
 WarnFn = Callable[[str], None]
 Clock = Callable[[], float]
 
 EXPIRED = "access window expired"
+END_LIMIT = 15.0
+"""Bound on one session's teardown (closing sides, the detached sweep): a hung peer cannot hold an end."""
+
+
+class SessionEnded(Exception):
+    """Raised inside a session's block to end it with `reason` (an upstream that failed, a refused setup)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Sides(Protocol):
+    """A front end's connections: `close` tells the client, ends the upstream side and closes both."""
+
+    async def close(self, reason: str) -> None: ...
+
+
+class Sealable(Protocol):
+    """A session's recording: `seal` writes its end and returns its SHA-256 (raises when it cannot)."""
+
+    async def seal(self, reason: str) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnd:
+    """What an end-listener receives: the session as it ended, why, when, and its recording's hash."""
+
+    session: LiveSession
+    reason: str
+    ended_at: float
+    recording_sha256: str | None
+    killed_by: str | None
+
+
+EndListener = Callable[[SessionEnd], Awaitable[None]]
 
 
 @dataclass(eq=False)
 class LiveSession:
-    """One connection through the gateway. Deliberately not reusable: close() tears it down for good."""
+    """One connection through the gateway; its life is `lifetime()`, entered once by the task that serves it.
+
+    A kill, revocation or expiry cancels that task; leaving the block (for any reason) runs `_end` once:
+    close both sides (ending the upstream side), seal the recording, write `session.end`, call the end-listeners.
+    """
 
     id: str
     claims: Claims
@@ -43,11 +82,16 @@ class LiveSession:
     registry: SessionRegistry
     stats: dict[str, Any] = field(default_factory=dict)
     end_reason: str | None = None
-    _kill: KillFn | None = None
+    killed_by: str | None = None
+    sides: Sides | None = None
+    recording: Sealable | None = None
     _warn: WarnFn | None = None
+    _owner: asyncio.Task[Any] | None = None
+    _cancelled = False  # we cancelled the owner (a kill): that cancellation ends here, not in the caller
+    _ending = False  # the owner is in _end: a late kill must not cancel the teardown
+    _ended: asyncio.Future[SessionEnd] | None = None
     _timers: list[asyncio.TimerHandle] = field(default_factory=list)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-    _killing: bool = False
 
     def __repr__(self) -> str:
         return f"LiveSession({self.id}, {self.claims.sub}@{self.target.name}/{self.claims.scope})"
@@ -69,18 +113,123 @@ class LiveSession:
 
     @property
     def closed(self) -> bool:
-        """True once the session has ended."""
+        """True once the session is ending (its reason is fixed)."""
         return self.end_reason is not None
 
-    def bind(self, *, kill: KillFn, warn: WarnFn | None = None) -> None:
-        """The front end says how to tear the connection down and how to warn the user; timers start now."""
-        self._kill, self._warn = kill, warn
-        if self._killing or self.closed:
-            # Killed (revoked, expired) between admission and bind: the front end was not listening
-            # yet, so tear its connection down now instead of letting it run unrecorded.
-            self._spawn(kill(self.end_reason or "session ended before it was set up"))
+    @property
+    def killed(self) -> bool:
+        """True when a kill, revocation or expiry ended it (the client is told why)."""
+        return self.killed_by is not None
+
+    def attach(self, *, sides: Sides | None = None, recording: Sealable | None = None,
+               warn: WarnFn | None = None) -> None:  # fmt: skip
+        """The front end names what the end closes and seals, and how to warn the user (each replaces the last)."""
+        if sides is not None:
+            self.sides = sides
+        if recording is not None:
+            self.recording = recording
+        if warn is not None:
+            self._warn = warn
+
+    def ending(self, reason: str) -> None:
+        """Say why the block is about to return (client left, upstream closed); the first reason given wins."""
+        if self.end_reason is None:
+            self.end_reason = reason
+
+    async def __aenter__(self) -> LiveSession:
+        """Enter the session's block in the task that serves it: its timers start, kills cancel this task."""
+        self._owner = asyncio.current_task()
+        self._ended = asyncio.get_running_loop().create_future()
+        if self.end_reason is None:
+            self.registry._arm(self)
+        else:  # killed during admission, before anything could be cancelled: end at the first await
+            self._cancelled = True
+            assert self._owner is not None
+            self._owner.cancel()
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        """End the session once, whatever ended the block; True when the block's exception ends here."""
+        return await self._exit(exc)
+
+    async def _exit(self, exc: BaseException | None) -> bool:
+        if isinstance(exc, asyncio.CancelledError):
+            if not self._cancelled:  # cancelled from outside (shutdown of the task itself): end, then pass it on
+                await self._end_shielded("session task cancelled")
+                return False
+            if self._owner is not None and self._owner.cancelling():
+                self._owner.uncancel()
+            reason = "session killed"
+        elif isinstance(exc, SessionEnded):
+            reason = exc.reason
+        elif isinstance(exc, Exception):
+            log.error("session %s failed", self.id, exc_info=exc)
+            reason = f"gateway error ({type(exc).__name__})"
+        elif exc is not None:
+            await self._end_shielded("gateway stopped")
+            return False
+        else:
+            reason = "session ended"
+        await self._end_shielded(reason)
+        return True
+
+    async def _end_shielded(self, reason: str) -> None:
+        # A cancellation from outside (shutdown) during the teardown must not leave it half-done.
+        await asyncio.shield(asyncio.ensure_future(self._end(reason)))
+
+    async def _end(self, fallback: str) -> None:
+        """Close both sides, seal the recording, record the end, tell the end-listeners. Runs once."""
+        if self._ending:
             return
-        self.registry._arm(self)
+        self._ending = True
+        self.ending(fallback)
+        for t in self._timers:
+            t.cancel()
+        reason = self.end_reason or fallback
+        if self.sides is not None:
+            try:
+                await asyncio.wait_for(self.sides.close(reason), END_LIMIT)
+            except Exception as exc:
+                log.error("session %s: closing its connections failed: %r", self.id, exc)
+        sha: str | None = None
+        if self.recording is not None:
+            try:
+                sha = await self.recording.seal(reason)
+            except Exception as exc:
+                reason = f"{reason}; recording failed: {exc}"
+        self.end_reason = reason
+        self.registry._forget(self)
+        now = self.registry.clock()
+        data = {
+            "reason": reason,
+            "duration": round(now - self.started_at, 3),
+            "stats": self.stats,
+            "recording": str(self.recording_path),
+            "recording_sha256": sha,
+        }
+        try:
+            await self.store.end_session(self.id, ended_at=now, reason=reason, recording_sha256=sha, stats=self.stats)
+            await self.store.append(
+                "session.end",
+                actor=self.user,
+                session=self.id,
+                grant=self.claims.jti,
+                target=self.target.name,
+                data=self._with_workload(data),
+            )
+        except Exception as exc:
+            log.error("session %s: could not record its end: %s", self.id, type(exc).__name__)
+        end = SessionEnd(self, reason, now, sha, self.killed_by)
+        for listener in list(self.registry.end_listeners):
+            try:
+                await listener(end)
+            except Exception:
+                log.exception("session %s: end-listener failed", self.id)
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(end)
+        pending = [t for t in self._tasks if t is not asyncio.current_task()]
+        if pending:
+            await asyncio.wait(pending, timeout=END_LIMIT)
 
     async def audit(self, type_: str, *, severity: str = "info", **data: Any) -> None:
         """Append an audit event about this session; if it cannot be written, the session ends (fail closed)."""
@@ -121,70 +270,38 @@ class LiveSession:
         if self._warn is not None and not self.closed:
             self._warn(message)
 
-    async def kill(self, reason: str, *, by: str = "gateway") -> None:
-        """End the session now: audit the kill, then let the front end close both sides. Idempotent."""
-        if self._killing or self.closed:
-            return
-        self._killing = True
-        try:
-            await self.store.append(
-                "session.kill",
-                actor=by,
-                session=self.id,
-                grant=self.claims.jti,
-                target=self.target.name,
-                severity="warning",
-                data=self._with_workload({"reason": reason, "user": self.user}),
-            )
-        except Exception as exc:
-            # The kill goes ahead without its audit row: failing open here would leave the session running.
-            log.error("session %s: kill could not be audited: %s", self.id, type(exc).__name__)
-        self.alert(
-            "session.killed", f"session {self.id} of {self.user} on {self.target.name} killed: {reason}", reason=reason
-        )
-        if self._kill is not None:
-            try:
-                await self._kill(reason)
-            except Exception:
-                log.exception("session %s: front end kill failed", self.id)
-        if not self.closed:
-            await self.close(reason)
+    def kill_soon(self, reason: str) -> None:
+        """Kill from a callback (a verdict, a tripwire, a failed recording) without waiting."""
+        self._spawn(self.kill(reason))
 
-    async def close(self, reason: str, *, recording_sha256: str | None = None) -> None:
-        """Record the end (reason, stats, recording hash) once; cancels timers and unregisters."""
-        if self.closed:
+    async def kill(self, reason: str, *, by: str = "gateway") -> None:
+        """End the session now: audit the kill, cancel the session's task; returns once it has ended."""
+        if self.end_reason is None:
+            self.end_reason, self.killed_by = reason, by
+            try:
+                await self.store.append(
+                    "session.kill",
+                    actor=by,
+                    session=self.id,
+                    grant=self.claims.jti,
+                    target=self.target.name,
+                    severity="warning",
+                    data=self._with_workload({"reason": reason, "user": self.user}),
+                )
+            except Exception as exc:
+                # The kill goes ahead without its audit row: failing open here would leave the session running.
+                log.error("session %s: kill could not be audited: %s", self.id, type(exc).__name__)
+            self.alert("session.killed", f"session {self.id} of {self.user} on {self.target.name} killed: {reason}",
+                       reason=reason)  # fmt: skip
+            if self._owner is not None and not self._ending and not self._owner.done():
+                self._cancelled = True
+                self._owner.cancel()
+        if self._owner is None or self._owner is asyncio.current_task() or self._ended is None:
             return
-        self.end_reason = reason
-        for t in self._timers:
-            t.cancel()
-        self.registry._forget(self)
-        now = self.registry.clock()
-        data = {
-            "reason": reason,
-            "duration": round(now - self.started_at, 3),
-            "stats": self.stats,
-            "recording": str(self.recording_path),
-            "recording_sha256": recording_sha256,
-        }
         try:
-            await self.store.end_session(
-                self.id, ended_at=now, reason=reason, recording_sha256=recording_sha256, stats=self.stats
-            )
-            await self.store.append(
-                "session.end",
-                actor=self.user,
-                session=self.id,
-                grant=self.claims.jti,
-                target=self.target.name,
-                data=self._with_workload(data),
-            )
-        except Exception as exc:
-            log.error("session %s: could not record its end: %s", self.id, type(exc).__name__)
-        # Wait for pending audit/alert tasks, but not for the task running this close (a deadline kill
-        # runs inside one of them: waiting for itself would never finish).
-        others = [t for t in self._tasks if t is not asyncio.current_task()]
-        if others:
-            await asyncio.gather(*others, return_exceptions=True)
+            await asyncio.wait_for(asyncio.shield(self._ended), END_LIMIT + 5)
+        except TimeoutError:
+            log.warning("session %s: did not end within %s s of its kill", self.id, END_LIMIT + 5)
 
 
 AlertFn = Callable[[LiveSession | None, str, str, str, dict[str, Any]], Awaitable[None]]
@@ -204,12 +321,14 @@ class SessionRegistry:
         self._live: dict[str, LiveSession] = {}
         # Admission against a session limit, one grant at a time: (lock, coroutines holding or waiting).
         self._admitting: dict[str, tuple[asyncio.Lock, int]] = {}
+        self.end_listeners: list[EndListener] = []
+        """Called once per session, after its `session.end` is stored, with the final SessionEnd (receipts)."""
 
     def __len__(self) -> int:
         return len(self._live)
 
     def add(self, s: LiveSession) -> None:
-        """Register a session (timers start when the front end binds its kill handle)."""
+        """Register a session (its timers start when its block is entered)."""
         self._live[s.id] = s
 
     def live_count(self, grant_id: str) -> int:
@@ -248,11 +367,11 @@ class SessionRegistry:
         loop = asyncio.get_running_loop()
         left = s.deadline - self.clock()
         if left <= 0:
-            s._spawn(s.kill(EXPIRED))
+            s.kill_soon(EXPIRED)
             return
         if left > self.warn_before:
             s._timers.append(loop.call_later(left - self.warn_before, self._warn, s))
-        s._timers.append(loop.call_later(left, lambda: s._spawn(s.kill(EXPIRED))))
+        s._timers.append(loop.call_later(left, s.kill_soon, EXPIRED))
 
     def _warn(self, s: LiveSession) -> None:
         left = max(0, round(s.deadline - self.clock()))
@@ -276,7 +395,10 @@ class SessionRegistry:
         return len(victims)
 
     async def sweep(self) -> None:
-        """One pass: pick up revocations and kill requests made by other processes (CLI, other replicas)."""
+        """One pass: pick up revocations and kill requests made by other processes (CLI, other replicas).
+
+        The process's scheduler runs it every 0.25 s (the `revocation-sweep` job, app.py).
+        """
         if not self._live:
             return
         grants = {s.claims.jti for s in self._live.values()}
@@ -287,19 +409,8 @@ class SessionRegistry:
         for sid, reason in (await self.store.kill_requests(list(self._live))).items():
             await self.kill(sid, reason, by="gateway")
 
-    async def watch(self, interval: float = 0.25) -> None:
-        """Run `sweep` forever; revocation reaches live sessions within `interval` plus a kill."""
-        while True:
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("session watcher pass failed")
-            await asyncio.sleep(interval)
-
     async def close_all(self, reason: str) -> None:
-        """Shutdown: end every live session."""
+        """Shutdown: end every live session (each through its own block's exit)."""
         await asyncio.gather(*(s.kill(reason) for s in list(self._live.values())), return_exceptions=True)
 
 

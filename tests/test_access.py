@@ -24,6 +24,7 @@ from gateway.policy import Policies
 from gateway.sessions import LiveSession, SessionRegistry
 from gateway.store import GrantRecord, SessionRecord, SqliteStore
 from gateway.tokens import Claims, KeyRing
+from tests.held import hold, release
 
 T0 = 1_700_000_000.0
 
@@ -144,9 +145,8 @@ class Door:
         return self.ring.issue(c)
 
     async def open(self, token: str, target: str = "orders-db", protocol: str = "postgres", **kw: Any) -> LiveSession:
-        return await self.access.open_session(
-            token=token, target=target, protocol=protocol, client_addr="203.0.113.7:50000", **kw
-        )
+        return await hold(self.access, token=token, target=target, protocol=protocol, client_addr="203.0.113.7:50000",
+                          user=kw.get("user"), login=kw.get("login"))  # fmt: skip
 
     def signing_key(self) -> Ed25519PrivateKey:
         assert self.ring.folder is not None
@@ -512,7 +512,7 @@ async def test_max_sessions_frees_up_when_a_session_ends(door: Door) -> None:
     with pytest.raises(AccessDenied) as info:
         await door.open(token)
     assert info.value.code == "max-sessions" and "2 concurrent" in info.value.reason
-    await a.close("client closed")
+    await release(a, "client closed")
     assert (await door.open(token)).user == "alice"
 
 
@@ -541,8 +541,8 @@ async def test_sensitive_target_raises_an_alert(door: Door) -> None:
     registry = SessionRegistry(door.store, clock=door.clock, alert=alert)
     access = Access(door.config, door.ring, door.store, door.policies, registry, door.clock)
     token, _ = await door.issue("other-db")
-    s = await access.open_session(token=token, target="other-db", protocol="postgres", client_addr="x")
-    await s.close("done")  # waits for the alert task
+    s = await hold(access, token=token, target="other-db", protocol="postgres", client_addr="x")
+    await release(s, "done")  # waits for the alert task
     assert alerts == [("session.sensitive", "alice started a session on sensitive target other-db")]
 
 

@@ -134,7 +134,7 @@ def _rows(home: Path) -> list[dict[str, Any]]:
 def _hash(r: dict[str, Any], prev: str) -> str:
     body = event_body(
         r["seq"], r["ts"], r["type"], r["actor"], r["session"], r["grant_id"], r["target"], r["severity"],
-        json.loads(r["data"]),
+        json.loads(r["data"]), r.get("node", ""),
     )  # fmt: skip
     return chain_hash(prev, body)
 
@@ -194,9 +194,9 @@ def _append_forged(home: Path, ts: float) -> None:
     forged = {**last, "seq": last["seq"] + 1, "ts": ts, "type": "request.approved", "actor": "bob",
               "data": json.dumps({"request": "r_forged"})}  # fmt: skip
     digest = _hash(forged, last["hash"])
-    _sql(home, "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?,?,?)", forged["seq"], forged["ts"], forged["type"],
+    _sql(home, "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", forged["seq"], forged["ts"], forged["type"],
          forged["actor"], forged["session"], forged["grant_id"], forged["target"], forged["severity"],
-         forged["data"], last["hash"], digest)  # fmt: skip
+         forged["data"], last["hash"], digest, forged["node"])  # fmt: skip
 
 
 def test_forged_event_after_the_last_checkpoint(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -321,7 +321,8 @@ async def test_time_based_checkpoints_reach_every_sink(tmp_path: Path, collector
     svc = await build_services(load_config(cfg, need_secrets=False))
     sink = _Sink()
     svc.alerts.sinks.append(sink)
-    timer = asyncio.create_task(svc.anchors.run())
+    svc.scheduler.every(svc.anchors.settings.interval, "audit-anchors", svc.anchors.tick)
+    svc.scheduler.start()
     try:
         for i in range(3):
             await svc.store.append("test.event", data={"i": i})
@@ -344,7 +345,7 @@ async def test_time_based_checkpoints_reach_every_sink(tmp_path: Path, collector
         per = (time.perf_counter() - t0) / 20
         print(f"append + checkpoint + anchor: {per * 1000:.2f} ms")
     finally:
-        timer.cancel()
+        await svc.scheduler.stop()
         await svc.close()
     # a witness's copy from the webhook proves the store too
     anchors = parse_anchors(await read_source(f"http://127.0.0.1:{collector.port}/anchor"), "gateway/audit", svc.ring)

@@ -218,13 +218,19 @@ def swap_rows(home: Path) -> None:
         )
 
 
+FORGE = (
+    "INSERT INTO audit (seq,ts,type,actor,session,grant_id,target,severity,data,prev_hash,hash) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
 def forged_row_appended(home: Path) -> None:
     r = row(home, EVENTS)
     r.update(seq=EVENTS + 1, type="grant.revoked", actor="admin", data=json.dumps({"note": "forged"}))
     prev, digest = rehash(r, GENESIS)  # a correct hash for its own content, chained to the wrong place
     sql(
         home,
-        "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        FORGE,
         r["seq"],
         r["ts"],
         r["type"],
@@ -251,7 +257,7 @@ def forged_row_inserted(home: Path) -> None:
     prev, digest = rehash(r, r["hash"])
     sql(
         home,
-        "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        FORGE,
         120,
         r["ts"],
         r["type"],

@@ -417,6 +417,7 @@ def test_audit_export_since(gw: Gw) -> None:
             "data",
             "prev_hash",
             "hash",
+            "node",
         }
         assert re.fullmatch(r"[0-9a-f]{64}", e["hash"])
     assert [e["seq"] for e in events] == [1, 2, 3, 4]

@@ -371,10 +371,37 @@ def test_ssh_login_needs_exactly_a_key_file(home: Path) -> None:
     assert ": targets.web-1.logins.shell: an ssh login takes exactly key_file" in msg
 
 
-@pytest.mark.parametrize("url", ["postgres://db/gateway", "sqlite://relative.db", "mysql:///x", "", "var/gateway.db"])
+@pytest.mark.parametrize("url", ["sqlite://relative.db", "mysql:///x", "", "var/gateway.db", "postgresq://db/x"])
 def test_bad_store_url(home: Path, url: str) -> None:
     msg = error(home, BASE.replace('url = "sqlite:///var/gateway.db"', f'url = "{url}"'))
-    assert ": store.url: must be sqlite:///" in msg
+    assert ": store.url: must be sqlite:///<path> or postgresql://" in msg
+
+
+@pytest.mark.parametrize("url", ["postgres://db/gateway", "postgresql://gw@db:5432/gateway"])
+def test_postgresql_store_url_and_replica_settings(home: Path, url: str) -> None:
+    text = BASE.replace(
+        'url = "sqlite:///var/gateway.db"', f'url = "{url}"\nnode = "gw-a"\nheartbeat = 1\nlost_after = 4.5'
+    )
+    cfg = load_config(write(home, text))
+    assert (cfg.store_url, cfg.shared_store, cfg.node_id, cfg.heartbeat, cfg.lost_after) == (
+        url,
+        True,
+        "gw-a",
+        1.0,
+        4.5,
+    )
+    with pytest.raises(ConfigError, match="not an embedded"):
+        _ = cfg.store_path
+
+
+def test_replica_settings_are_checked(home: Path) -> None:
+    def base(extra: str) -> str:
+        return BASE.replace('url = "sqlite:///var/gateway.db"', 'url = "sqlite:///var/gateway.db"\n' + extra)
+
+    assert ": store.lost_after: must be at least twice" in error(home, base("heartbeat = 3\nlost_after = 5"))
+    assert ": store.heartbeat: must be a number of seconds" in error(home, base('heartbeat = "2s"'))
+    cfg = load_config(write(home, base("")))
+    assert cfg.node_id.endswith(":8080") and not cfg.shared_store
 
 
 def test_invalid_toml(home: Path) -> None:

@@ -1,4 +1,4 @@
-"""The live-session registry: deadlines, warnings, revocation, kills from other processes, idempotent ends."""
+"""The live-session block and registry: deadlines, warnings, revocation, kills from other processes, one end."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from gateway.config import Address, Login, Target
 from gateway.policy import ScopePolicy, SqlPolicy
+from gateway.scheduler import Scheduler
 from gateway.sessions import EXPIRED, LiveSession, SessionRegistry, new_session_record
 from gateway.store import GrantRecord, SqliteStore
 from gateway.tokens import Claims, KeyRing
@@ -31,41 +32,46 @@ class Clock:
 
 
 class Handle:
-    """A front end's kill and warn callbacks that only record what they were asked."""
+    """A front end's sides, recording and warnings that only record what they were asked."""
 
-    def __init__(self) -> None:
+    def __init__(self, session: LiveSession) -> None:
+        self.session = session
+        self.closes: list[str] = []
         self.kills: list[str] = []
         self.warns: list[str] = []
         self.kill_at: float | None = None
         self.warn_at: float | None = None
         self.killed = asyncio.Event()
+        self.sha = "ab" * 32
+        self.release = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
 
-    async def kill(self, reason: str) -> None:
-        self.kills.append(reason)
-        self.kill_at = time.monotonic()
-        self.killed.set()
+    async def close(self, reason: str) -> None:
+        self.closes.append(reason)
+        if self.session.killed:
+            self.kills.append(reason)
+            self.kill_at = time.monotonic()
+            self.killed.set()
+
+    async def seal(self, reason: str) -> str | None:
+        return self.sha
 
     def warn(self, message: str) -> None:
         self.warns.append(message)
         self.warn_at = time.monotonic()
 
+    async def block(self) -> None:
+        """What a front end's handler does: enter the session's block and serve until the client leaves."""
+        async with self.session as s:
+            s.attach(sides=self, recording=self, warn=self.warn)
+            await self.release.wait()
 
-def _wedged_kill_tasks() -> list[asyncio.Task[Any]]:
-    me = asyncio.current_task()
-    return [
-        t
-        for t in asyncio.all_tasks()
-        if t is not me and not t.done() and getattr(t.get_coro(), "__qualname__", "") == "LiveSession.kill"
-    ]
-
-
-def _unwedge() -> None:
-    """Release kill tasks stuck awaiting a gather over themselves (see test_deadline_kill_task_finishes), so
-    the shared event loop can shut down cleanly even while that bug exists."""
-    for t in _wedged_kill_tasks():
-        waiter = getattr(t, "_fut_waiter", None)
-        if isinstance(waiter, asyncio.Future) and not waiter.done():
-            waiter.set_result([])
+    async def leave(self, reason: str) -> None:
+        """The client leaves: the block returns with that reason."""
+        self.session.ending(reason)
+        self.release.set()
+        assert self.task is not None
+        await self.task
 
 
 class Env:
@@ -78,7 +84,7 @@ class Env:
     async def grant(self, gid: str, exp: float, user: str = "alice") -> None:
         await self.store.add_grant(GrantRecord(gid, user, "orders-db", "read", "INC-1", ("bob",), T0, T0, exp))
 
-    async def session(self, sid: str, gid: str, exp: float, *, bind: bool = True, user: str = "alice") -> LiveSession:
+    async def session(self, sid: str, gid: str, exp: float, *, enter: bool = True, user: str = "alice") -> LiveSession:
         if await self.store.get_grant(gid) is None:
             await self.grant(gid, exp, user)
         claims = Claims(
@@ -99,10 +105,15 @@ class Env:
         )
         await self.store.add_session(new_session_record(s))
         self.registry.add(s)
-        h = self.handles[sid] = Handle()
-        if bind:
-            s.bind(kill=h.kill, warn=h.warn)
+        self.handles[sid] = Handle(s)
+        if enter:
+            await self.enter(sid)
         return s
+
+    async def enter(self, sid: str) -> None:
+        h = self.handles[sid]
+        h.task = asyncio.ensure_future(h.block())
+        await asyncio.sleep(0)
 
     async def events(self, type_: str, sid: str | None = None) -> list[Any]:
         return await self.store.events(types=[type_], session=sid)
@@ -116,13 +127,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     registry = SessionRegistry(store, clock=clock, warn_before=1.0)
     e = Env(tmp_path, store, ring, clock, registry)
     yield e
-    for s in registry.live():
-        for t in s._timers:
-            t.cancel()
-    _unwedge()
     await registry.close_all("test over")
-    _unwedge()
-    await asyncio.sleep(0)
     await store.close()
 
 
@@ -152,22 +157,17 @@ async def test_deadline_warns_then_kills(env: Env) -> None:
     assert row is not None and row.ended_at == env.clock.now and row.end_reason == EXPIRED
 
 
-async def test_deadline_kill_task_finishes(env: Env) -> None:
-    """The task the deadline timer spawns must finish after the kill. LiveSession.close() gathers
-    `self._tasks`, which includes the very task running the kill: it waits on itself forever (and cancelling
-    it recurses without end)."""
+async def test_deadline_kill_ends_the_block_and_its_task(env: Env) -> None:
     exp = T0 + 600
     env.clock.now = exp - 0.2
-    await env.session("s1", "g1", exp)
-    await asyncio.wait_for(env.handles["s1"].killed.wait(), 3)
-    for _ in range(20):
-        if not _wedged_kill_tasks():
-            break
-        await asyncio.sleep(0.02)
-    assert _wedged_kill_tasks() == []
+    s = await env.session("s1", "g1", exp)
+    h = env.handles["s1"]
+    assert h.task is not None
+    await asyncio.wait_for(h.task, 3)  # the kill cancelled the block; its exit ended the session
+    assert h.kills == [EXPIRED] and s.closed and not s._tasks
 
 
-async def test_session_already_past_its_deadline_is_killed_at_bind(env: Env) -> None:
+async def test_session_already_past_its_deadline_is_killed_on_entry(env: Env) -> None:
     env.clock.now = T0 + 700
     s = await env.session("s1", "g1", T0 + 600)
     await asyncio.wait_for(env.handles["s1"].killed.wait(), 1)
@@ -176,35 +176,39 @@ async def test_session_already_past_its_deadline_is_killed_at_bind(env: Env) -> 
     assert s.closed
 
 
-async def test_no_timer_fires_before_bind_and_none_after_close(env: Env) -> None:
+async def test_no_timer_fires_before_the_block_and_none_after_it(env: Env) -> None:
     exp = T0 + 600
     env.clock.now = exp - 0.3
-    s = await env.session("s1", "g1", exp, bind=False)
+    s = await env.session("s1", "g1", exp, enter=False)
     await asyncio.sleep(0.4)
-    assert not s.closed  # timers start when the front end binds
+    assert not s.closed  # timers start when the front end enters the block
+    await env.enter("s1")
     h = env.handles["s1"]
-    s.bind(kill=h.kill, warn=h.warn)
-    await s.close("client closed")
+    await h.leave("client closed")
     await asyncio.sleep(0.45)
-    assert h.kills == [] and h.warns == []  # close cancelled the deadline timer
+    assert h.kills == [] and h.warns == []  # the end cancelled the deadline timer
+    assert h.closes == ["client closed"]
     assert [e.data["reason"] for e in await env.events("session.end", "s1")] == ["client closed"]
     assert await env.events("session.kill", "s1") == []
 
 
-async def test_a_kill_before_bind_reaches_the_front_end_when_it_binds(env: Env) -> None:
-    # Revocation can land between admission (open_session) and the front end's bind: the connection
-    # must still be torn down once the front end says how.
-    s = await env.session("s1", "g1", T0 + 600, bind=False)
-    assert await env.registry.revoke("g1", "grant revoked: INC closed", by="carol") == 1
-    assert s.closed
-    h = env.handles["s1"]
-    s.bind(kill=h.kill, warn=h.warn)
+async def test_a_kill_before_the_block_ends_it_on_entry(env: Env) -> None:
+    # Revocation can land between admission and the block's start: the block then ends at its first await.
+    s = await env.session("s1", "g1", T0 + 600, enter=False)
+    revoked = asyncio.ensure_future(env.registry.revoke("g1", "grant revoked: INC closed", by="carol"))
     await asyncio.sleep(0.05)
+    assert s.closed
+    await env.enter("s1")
+    assert await asyncio.wait_for(revoked, 2) == 1
+    h = env.handles["s1"]
+    assert h.task is not None
+    await h.task
     assert h.kills == ["grant revoked: INC closed"]
+    assert len(await env.events("session.end", "s1")) == 1
 
 
 async def test_deadline_is_the_token_exp(env: Env) -> None:
-    s = await env.session("s1", "g1", T0 + 123, bind=False)
+    s = await env.session("s1", "g1", T0 + 123, enter=False)
     assert s.deadline == T0 + 123 and s.user == "alice" and s.scope == "read"
     assert "alice@orders-db/read" in repr(s)
 
@@ -289,9 +293,12 @@ async def test_sweep_ends_sessions_of_an_expired_grant(env: Env) -> None:
     assert env.handles["s1"].kills == ["grant ended"]
 
 
-async def test_watch_reaches_live_sessions_quickly(env: Env) -> None:
+async def test_scheduled_sweep_reaches_live_sessions_quickly(env: Env) -> None:
+    """The sweep as the gateway runs it: a job of a real Scheduler on the real clock."""
     await env.session("s1", "g1", T0 + 600)
-    watcher = asyncio.create_task(env.registry.watch(interval=0.05))
+    scheduler = Scheduler()
+    scheduler.every(0.05, "revocation-sweep", lambda now: env.registry.sweep())
+    scheduler.start()
     try:
         other = await SqliteStore(env.store.path, env.ring).open()
         try:
@@ -300,10 +307,9 @@ async def test_watch_reaches_live_sessions_quickly(env: Env) -> None:
             await other.close(checkpoint=False)
         await asyncio.wait_for(env.handles["s1"].killed.wait(), 2)
         assert env.handles["s1"].kills == ["grant revoked: now"]
+        assert scheduler.jobs["revocation-sweep"].failures == 0
     finally:
-        watcher.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await watcher
+        await scheduler.stop()
 
 
 async def test_sweep_with_nothing_live_does_not_touch_the_store(env: Env) -> None:
@@ -320,7 +326,7 @@ async def test_kill_is_idempotent(env: Env) -> None:
     env.clock.now = T0 + 42
     await asyncio.gather(s.kill("first", by="carol"), s.kill("second", by="dave"))
     await s.kill("third")
-    await s.close("fourth")
+    assert env.handles["s1"].task is not None and env.handles["s1"].task.done()
     assert env.handles["s1"].kills == ["first"]
     assert [(e.actor, e.data["reason"]) for e in await env.events("session.kill", "s1")] == [("carol", "first")]
     [end] = await env.events("session.end", "s1")
@@ -330,37 +336,55 @@ async def test_kill_is_idempotent(env: Env) -> None:
     assert (await env.store.verify()).ok
 
 
-async def test_front_end_that_closes_inside_its_kill_handle(env: Env) -> None:
-    s = await env.session("s1", "g1", T0 + 600, bind=False)
-    calls: list[str] = []
-
-    async def kill(reason: str) -> None:
-        calls.append(reason)
-        await s.close("closed by front end: " + reason)
-
-    s.bind(kill=kill)
-    await s.kill("revoked")
-    assert calls == ["revoked"]
-    assert [e.data["reason"] for e in await env.events("session.end", "s1")] == ["closed by front end: revoked"]
-    assert len(await env.events("session.kill", "s1")) == 1
-
-
-async def test_a_failing_front_end_kill_still_ends_the_session(env: Env) -> None:
-    s = await env.session("s1", "g1", T0 + 600, bind=False)
+async def test_a_failing_close_still_ends_the_session(env: Env) -> None:
+    s = await env.session("s1", "g1", T0 + 600)
 
     async def broken(reason: str) -> None:
         raise ConnectionResetError("socket gone")
 
-    s.bind(kill=broken)
+    env.handles["s1"].close = broken  # type: ignore[method-assign]
     await s.kill("revoked")
     assert s.closed
     assert len(await env.events("session.end", "s1")) == 1
 
 
+async def test_an_unsealable_recording_is_in_the_end_reason(env: Env) -> None:
+    s = await env.session("s1", "g1", T0 + 600)
+
+    async def broken(reason: str) -> str | None:
+        raise OSError(28, "No space left on device")
+
+    env.handles["s1"].seal = broken  # type: ignore[method-assign]
+    await env.handles["s1"].leave("client closed")
+    [end] = await env.events("session.end", "s1")
+    assert end.data["reason"].startswith("client closed; recording failed:") and end.data["recording_sha256"] is None
+    assert s.end_reason == end.data["reason"]
+
+
+async def test_cancelled_from_outside_ends_then_passes_it_on(env: Env) -> None:
+    s = await env.session("s1", "g1", T0 + 600, enter=False)
+    with pytest.raises(asyncio.CancelledError):
+        async with s:
+            raise asyncio.CancelledError
+    assert [e.data["reason"] for e in await env.events("session.end", "s1")] == ["session task cancelled"]
+
+
+async def test_end_listeners_get_the_final_record_once(env: Env) -> None:
+    got: list[Any] = []
+
+    async def listener(end: Any) -> None:
+        got.append((end.session.id, end.reason, end.recording_sha256, end.killed_by))
+
+    env.registry.end_listeners.append(listener)
+    s = await env.session("s1", "g1", T0 + 600)
+    await asyncio.gather(s.kill("enough", by="carol"), s.kill("again", by="dave"))
+    assert got == [("s1", "enough", "ab" * 32, "carol")]
+
+
 async def test_close_records_the_recording_hash(env: Env) -> None:
     s = await env.session("s1", "g1", T0 + 600)
     s.stats["statements"] = 3
-    await s.close("client closed", recording_sha256="ab" * 32)
+    await env.handles["s1"].leave("client closed")
     [end] = await env.events("session.end", "s1")
     assert end.data == {
         "reason": "client closed",

@@ -1,4 +1,5 @@
-"""The SQLite store on a real file: grants, sessions, requests, the audit chain, several processes."""
+"""Both stores, on a real SQLite file and a real PostgreSQL cluster: grants, sessions, requests, the audit chain,
+several processes. Every test taking `store` or `backend` runs once per backend."""
 
 from __future__ import annotations
 
@@ -11,10 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store import GrantRecord, RequestRecord, SessionRecord, SqliteStore, StoreError
+from gateway.store import (
+    GrantRecord,
+    RequestRecord,
+    SessionRecord,
+    SqliteStore,
+    Store,
+    StoreConflict,
+    StoreError,
+    pgschema,
+)
 from gateway.store.chain import GENESIS, chain_hash, checkpoint_message, event_body
 from gateway.store.schema import MIGRATIONS
 from gateway.tokens import KeyRing
+from tests.storekit import KINDS, Backend, backend_for
 
 NOW = 1_700_000_000.0
 
@@ -24,9 +35,14 @@ def ring(tmp_path: Path) -> KeyRing:
     return KeyRing.load_or_create(tmp_path / "keys")
 
 
+@pytest.fixture(params=KINDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    return backend_for(request, tmp_path)
+
+
 @pytest.fixture
-async def store(tmp_path: Path, ring: KeyRing) -> AsyncIterator[SqliteStore]:
-    s = await SqliteStore(tmp_path / "db" / "gateway.db", ring, checkpoint_every=10).open()
+async def store(backend: Backend, ring: KeyRing) -> AsyncIterator[Store]:
+    s = await backend.make(ring, checkpoint_every=10).open()
     yield s
     await s.close()
 
@@ -46,27 +62,67 @@ def session(sid: str = "s_000001", gid: str = "g_1", **over: object) -> SessionR
 # --- schema ------------------------------------------------------------------------------------------
 
 
-async def test_open_creates_folder_file_and_schema(tmp_path: Path, store: SqliteStore) -> None:
+async def test_open_creates_folder_file_and_schema(tmp_path: Path, ring: KeyRing) -> None:
+    store = await SqliteStore(tmp_path / "db" / "gateway.db", ring).open()
+    await store.close()
     assert store.path.exists()
     con = sqlite3.connect(store.path)
     try:
         assert con.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"grants", "sessions", "requests", "audit", "checkpoints"} <= tables
+        assert {"grants", "sessions", "requests", "audit", "checkpoints", "nodes"} <= tables
         triggers = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
         assert triggers == {"audit_no_update", "audit_no_delete", "checkpoints_no_update", "checkpoints_no_delete"}
     finally:
         con.close()
 
 
-async def test_reopen_keeps_data_and_does_not_remigrate(tmp_path: Path, ring: KeyRing) -> None:
-    path = tmp_path / "gw.db"
-    s = await SqliteStore(path, ring).open()
+async def test_postgresql_schema_is_versioned_and_append_only(pg_cluster: object, tmp_path: Path) -> None:
+    backend = Backend("postgresql", tmp_path, pg_cluster)  # type: ignore[arg-type]
+    a, b = backend.make(), backend.make()
+    await asyncio.gather(a.open(), b.open())  # two replicas starting together migrate once
+    await a.close()
+    await b.close()
+    assert await backend.raw("SELECT max(version) FROM gateway_schema") == [(len(pgschema.MIGRATIONS),)]
+    tables = {r[0] for r in await backend.raw("SELECT tablename FROM pg_tables WHERE schemaname='public'")}
+    assert {"grants", "sessions", "requests", "audit", "checkpoints", "nodes", "gateway_schema"} <= tables
+    triggers = {r[0] for r in await backend.raw("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")}
+    assert triggers == {"audit_no_change", "audit_no_truncate", "checkpoints_no_change", "checkpoints_no_truncate"}
+
+
+async def test_sqlite_schema_migrates_from_version_1(tmp_path: Path, ring: KeyRing) -> None:
+    """A store written before replicas existed (schema 1) upgrades in place and its chain still verifies."""
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path)
+    from gateway.store.schema import split_script
+
+    for stmt in split_script(MIGRATIONS[0]):
+        con.execute(stmt)
+    body = event_body(1, NOW, "old.event", "cli", "", "", "", "info", {"k": 1})
+    con.execute(
+        "INSERT INTO audit VALUES (1,?,?,?,?,?,?,?,?,?,?)",
+        (NOW, "old.event", "cli", "", "", "", "info", json.dumps({"k": 1}), GENESIS, chain_hash(GENESIS, body)),
+    )
+    con.execute("PRAGMA user_version = 1")
+    con.commit()
+    con.close()
+    s = await SqliteStore(path, ring, node="a").open()
+    try:
+        await s.append("new.event")
+        [old, new] = await s.events()
+        assert (old.node, new.node) == ("", "a")
+        assert (await s.verify()).ok
+    finally:
+        await s.close(checkpoint=False)
+
+
+async def test_reopen_keeps_data_and_does_not_remigrate(backend: Backend, ring: KeyRing) -> None:
+    s = await backend.make(ring).open()
     await s.add_grant(grant())
     await s.append("test.one")
     await s.close()
-    s2 = await SqliteStore(path, ring).open()
+    s2 = await backend.make(ring).open()
     try:
         assert await s2.get_grant("g_1") == grant()
         assert [e.type for e in await s2.events()] == ["test.one"]
@@ -75,8 +131,8 @@ async def test_reopen_keeps_data_and_does_not_remigrate(tmp_path: Path, ring: Ke
         await s2.close()
 
 
-async def test_closed_store_raises_store_error(tmp_path: Path) -> None:
-    s = SqliteStore(tmp_path / "x.db")
+async def test_closed_store_raises_store_error(backend: Backend) -> None:
+    s = backend.make()
     with pytest.raises(StoreError, match="not open"):
         await s.append("x")
     await s.close()  # closing a never-opened store is harmless
@@ -85,7 +141,7 @@ async def test_closed_store_raises_store_error(tmp_path: Path) -> None:
 # --- audit ---------------------------------------------------------------------------------------------
 
 
-async def test_append_builds_a_hash_chain(store: SqliteStore) -> None:
+async def test_append_builds_a_hash_chain(store: Store) -> None:
     a = await store.append("grant.issued", actor="cli", grant="g_1", target="orders-db", data={"k": [1, "é"]}, ts=NOW)
     b = await store.append("session.start", actor="alice", session="s1", severity="warning", ts=NOW + 1)
     assert (a.seq, b.seq) == (1, 2)
@@ -105,7 +161,7 @@ async def test_append_builds_a_hash_chain(store: SqliteStore) -> None:
     ],
     ids=["int-ts", "tuple", "int-key", "nested"],
 )
-async def test_what_is_hashed_is_what_is_read_back(store: SqliteStore, ts: float, data: dict[str, object]) -> None:
+async def test_what_is_hashed_is_what_is_read_back(store: Store, ts: float, data: dict[str, object]) -> None:
     """An intact chain must verify whatever JSON-able values the caller passed (no false 'edited')."""
     ev = await store.append("e", ts=ts, data=data)
     await store.append("after")
@@ -115,64 +171,60 @@ async def test_what_is_hashed_is_what_is_read_back(store: SqliteStore, ts: float
     assert back.hash == ev.hash
 
 
-async def test_bad_severity_refused(store: SqliteStore) -> None:
+async def test_bad_severity_refused(store: Store) -> None:
     with pytest.raises(ValueError, match="severity"):
         await store.append("x", severity="fatal")
     assert await store.events() == []
 
 
-async def test_checkpoints_every_n_events_in_db_and_side_file(store: SqliteStore, ring: KeyRing) -> None:
+async def test_checkpoints_every_n_events_in_db_and_side_file(store: Store, backend: Backend, ring: KeyRing) -> None:
     for i in range(25):
         await store.append("e", data={"i": i})
-    con = sqlite3.connect(store.path)
-    try:
-        rows = con.execute("SELECT seq, head, kid, signature FROM checkpoints ORDER BY seq").fetchall()
-    finally:
-        con.close()
+    rows = [(c.seq, c.head, c.kid, c.signature) for c in await store.checkpoints()]
     assert [r[0] for r in rows] == [10, 20]
     events = await store.events()
     for seq, head, kid, sig in rows:
         assert head == events[seq - 1].hash
         assert ring.verify_bytes(kid, sig, checkpoint_message(seq, head))
-    side = [json.loads(line) for line in store.checkpoint_file.read_text().splitlines()]
+    side = [json.loads(line) for line in backend.side_file(store).read_text().splitlines()]
     assert [(c["seq"], c["head"]) for c in side] == [(r[0], r[1]) for r in rows]
     v = await store.verify()
     assert v.ok and v.checked == 25 and v.last_checkpoint == 20
 
 
-async def test_close_signs_the_head(tmp_path: Path, ring: KeyRing) -> None:
-    s = await SqliteStore(tmp_path / "c.db", ring, checkpoint_every=100).open()
+async def test_close_signs_the_head(backend: Backend, ring: KeyRing) -> None:
+    s = await backend.make(ring, checkpoint_every=100).open()
     for _ in range(3):
         await s.append("e")
     await s.close()
-    side = [json.loads(line) for line in (tmp_path / "c.db.checkpoints").read_text().splitlines()]
+    side = [json.loads(line) for line in backend.side_file(s).read_text().splitlines()]
     assert [c["seq"] for c in side] == [3]
-    s = await SqliteStore(tmp_path / "c.db", ring).open()
+    s = await backend.make(ring).open()
     try:
         assert (await s.verify()).last_checkpoint == 3
     finally:
         await s.close(checkpoint=False)
 
 
-async def test_read_only_close_adds_no_checkpoint(tmp_path: Path, ring: KeyRing) -> None:
-    s = await SqliteStore(tmp_path / "r.db", ring).open()
+async def test_read_only_close_adds_no_checkpoint(backend: Backend, ring: KeyRing) -> None:
+    s = await backend.make(ring).open()
     await s.append("e")
     await s.close(checkpoint=False)
-    assert not (tmp_path / "r.db.checkpoints").exists()
+    assert not backend.side_file(s).exists()
 
 
-async def test_store_without_ring_keeps_a_chain_but_no_checkpoints(tmp_path: Path) -> None:
-    s = await SqliteStore(tmp_path / "n.db", None, checkpoint_every=1).open()
+async def test_store_without_ring_keeps_a_chain_but_no_checkpoints(backend: Backend) -> None:
+    s = await backend.make(None, checkpoint_every=1).open()
     try:
         await s.append("e")
         assert await s.checkpoint() is None
         assert (await s.verify()).ok
-        assert not s.checkpoint_file.exists()
+        assert not backend.side_file(s).exists()
     finally:
         await s.close()
 
 
-async def test_events_filters(store: SqliteStore) -> None:
+async def test_events_filters(store: Store) -> None:
     await store.append("grant.issued", ts=NOW, session="")
     await store.append("session.start", ts=NOW + 10, session="s1")
     await store.append("session.end", ts=NOW + 20, session="s1")
@@ -185,36 +237,33 @@ async def test_events_filters(store: SqliteStore) -> None:
     assert await store.events(types=["nope"]) == []
 
 
-async def test_audit_rows_refuse_update_and_delete(store: SqliteStore) -> None:
+async def test_audit_rows_refuse_update_and_delete(store: Store, backend: Backend) -> None:
     for i in range(3):
         await store.append("e", data={"i": i})
     await store.checkpoint()
-    con = sqlite3.connect(store.path, timeout=5)
-    try:
-        for sql in (
-            "UPDATE audit SET data='{}' WHERE seq=2",
-            "DELETE FROM audit WHERE seq=2",
-            "DELETE FROM audit",
-            "UPDATE checkpoints SET signature='x'",
-            "DELETE FROM checkpoints",
-        ):
-            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-                con.execute(sql)
-            con.rollback()
-    finally:
-        con.close()
+    statements = [
+        "UPDATE audit SET data='{}' WHERE seq=2",
+        "DELETE FROM audit WHERE seq=2",
+        "DELETE FROM audit",
+        "UPDATE checkpoints SET signature='x'",
+        "DELETE FROM checkpoints",
+    ]
+    if backend.kind == "postgresql":
+        statements += ["TRUNCATE audit", "TRUNCATE checkpoints"]
+    for sql in statements:
+        with pytest.raises(backend.db_error, match="append-only"):
+            await backend.raw(sql)
     assert [e.data["i"] for e in await store.events()] == [0, 1, 2]
     assert (await store.verify()).ok
 
 
-async def test_concurrent_appends_from_two_processes_keep_one_chain(tmp_path: Path, ring: KeyRing) -> None:
-    """Two store objects (two connections, like the gateway and the CLI) interleave appends."""
-    path = tmp_path / "shared.db"
-    a = await SqliteStore(path, ring, checkpoint_every=7).open()
-    b = await SqliteStore(path, ring, checkpoint_every=7).open()
+async def test_concurrent_appends_from_two_processes_keep_one_chain(backend: Backend, ring: KeyRing) -> None:
+    """Two store objects (two connections or pools, like two replicas) interleave appends."""
+    a = await backend.make(ring, checkpoint_every=7, node="a").open()
+    b = await backend.make(ring, checkpoint_every=7, node="b").open()
     try:
 
-        async def writer(s: SqliteStore, name: str) -> None:
+        async def writer(s: Store, name: str) -> None:
             for i in range(40):
                 await s.append(f"{name}.e", data={"i": i})
 
@@ -222,6 +271,8 @@ async def test_concurrent_appends_from_two_processes_keep_one_chain(tmp_path: Pa
         events = await a.events()
         assert [e.seq for e in events] == list(range(1, 81))
         assert sum(e.type == "a.e" for e in events) == 40
+        assert {e.node for e in events if e.type == "a.e"} == {"a"}
+        assert {e.node for e in events if e.type == "b.e"} == {"b"}
         v = await b.verify()
         assert v.ok and v.checked == 80, v.describe()
     finally:
@@ -229,7 +280,7 @@ async def test_concurrent_appends_from_two_processes_keep_one_chain(tmp_path: Pa
         await b.close()
 
 
-async def test_concurrent_appends_on_one_store(store: SqliteStore) -> None:
+async def test_concurrent_appends_on_one_store(store: Store) -> None:
     """One gateway process shares one store between all its sessions: appends from concurrent tasks (two
     sessions killed at once, an alert while a statement is audited) must all land, in one valid chain."""
     results = await asyncio.gather(*(store.append("e", data={"i": i}) for i in range(20)), return_exceptions=True)
@@ -239,7 +290,7 @@ async def test_concurrent_appends_on_one_store(store: SqliteStore) -> None:
     assert (await store.verify()).ok
 
 
-async def test_a_write_during_an_append_is_not_lost(store: SqliteStore) -> None:
+async def test_a_write_during_an_append_is_not_lost(store: Store) -> None:
     """A grant or session written while another task is inside append's transaction must not be rolled back
     with it (or committed by it)."""
     await store.add_grant(grant())
@@ -258,7 +309,7 @@ async def test_a_write_during_an_append_is_not_lost(store: SqliteStore) -> None:
 # --- grants --------------------------------------------------------------------------------------------
 
 
-async def test_grant_round_trip_and_listing(store: SqliteStore) -> None:
+async def test_grant_round_trip_and_listing(store: Store) -> None:
     g1 = grant("g_1", break_glass=True, request_id="r_1", max_sessions=2)
     g2 = grant("g_2", user="bob", issued_at=NOW + 5)
     await store.add_grant(g1)
@@ -267,11 +318,11 @@ async def test_grant_round_trip_and_listing(store: SqliteStore) -> None:
     assert await store.get_grant("nope") is None
     assert [g.id for g in await store.list_grants()] == ["g_2", "g_1"]
     assert [g.id for g in await store.list_grants(user="alice")] == ["g_1"]
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(StoreConflict):
         await store.add_grant(g1)
 
 
-async def test_revoke_grant(store: SqliteStore) -> None:
+async def test_revoke_grant(store: Store) -> None:
     await store.add_grant(grant())
     r = await store.revoke_grant("g_1", by="carol", reason="INC over", now=NOW + 60)
     assert (r.state, r.revoked_by, r.revoke_reason, r.revoked_at) == ("revoked", "carol", "INC over", NOW + 60)
@@ -284,7 +335,7 @@ async def test_revoke_grant(store: SqliteStore) -> None:
     assert [g.id for g in await store.list_grants(state="revoked")] == ["g_1"]
 
 
-async def test_expire_grants(store: SqliteStore) -> None:
+async def test_expire_grants(store: Store) -> None:
     await store.add_grant(grant("g_old", expires_at=NOW + 10))
     await store.add_grant(grant("g_new", expires_at=NOW + 1000))
     assert await store.expire_grants(NOW + 10) == ["g_old"]
@@ -305,7 +356,7 @@ def test_grant_live_window() -> None:
 # --- sessions ------------------------------------------------------------------------------------------
 
 
-async def test_session_lifecycle(store: SqliteStore) -> None:
+async def test_session_lifecycle(store: Store) -> None:
     s = session()
     await store.add_session(s)
     assert await store.get_session("s_000001") == s
@@ -330,14 +381,14 @@ async def test_session_lifecycle(store: SqliteStore) -> None:
     assert [x.id for x in await store.list_sessions(live=False)] == ["s_000001"]
 
 
-async def test_ambiguous_session_prefix(store: SqliteStore) -> None:
+async def test_ambiguous_session_prefix(store: Store) -> None:
     await store.add_session(session("abcdef01"))
     await store.add_session(session("abcdef02"))
     assert await store.get_session("abcdef") is None
     assert (await store.get_session("abcdef02")).id == "abcdef02"  # type: ignore[union-attr]
 
 
-async def test_list_sessions_filters(store: SqliteStore) -> None:
+async def test_list_sessions_filters(store: Store) -> None:
     await store.add_session(session("s1", "g_1", started_at=NOW))
     await store.add_session(session("s2", "g_2", user="bob", target="web-1", protocol="ssh", started_at=NOW + 10))
     await store.add_session(session("s3", "g_1", started_at=NOW + 20))
@@ -347,7 +398,7 @@ async def test_list_sessions_filters(store: SqliteStore) -> None:
     assert [s.id for s in await store.list_sessions(target="orders-db", since=NOW + 5)] == ["s3"]
 
 
-async def test_kill_requests(store: SqliteStore) -> None:
+async def test_kill_requests(store: Store) -> None:
     await store.add_session(session("s1"))
     await store.add_session(session("s2"))
     await store.request_kill("s1", "security: suspicious")
@@ -361,7 +412,7 @@ async def test_kill_requests(store: SqliteStore) -> None:
 # --- requests ------------------------------------------------------------------------------------------
 
 
-async def test_request_optimistic_update(store: SqliteStore) -> None:
+async def test_request_optimistic_update(store: Store) -> None:
     r = RequestRecord("r_1", "alice", "orders-db", "read", "INC-9", 600, NOW, expires_at=NOW + 3600)
     await store.add_request(r)
     assert await store.get_request("r_1") == r
@@ -385,7 +436,7 @@ async def test_request_optimistic_update(store: SqliteStore) -> None:
     assert await store.get_request("r_404") is None
 
 
-async def test_sql_injection_in_filters_is_inert(store: SqliteStore) -> None:
+async def test_sql_injection_in_filters_is_inert(store: Store) -> None:
     await store.add_grant(grant())
     await store.append("e", session="s1")
     evil = "x' OR '1'='1"
@@ -399,7 +450,7 @@ async def test_sql_injection_in_filters_is_inert(store: SqliteStore) -> None:
 # --- admission against a session limit ----------------------------------------------------------------
 
 
-async def test_admit_session_counts_and_inserts_as_one_step(store: SqliteStore) -> None:
+async def test_admit_session_counts_and_inserts_as_one_step(store: Store) -> None:
     await store.add_grant(grant())
     results = await asyncio.gather(*(store.admit_session(session(f"s_{i:06}"), max_live=2) for i in range(20)))
     assert sum(results) == 2
@@ -412,11 +463,10 @@ async def test_admit_session_counts_and_inserts_as_one_step(store: SqliteStore) 
     assert await store.admit_session(session("s_nolimit"), max_live=None)
 
 
-async def test_admissions_from_two_store_instances_respect_the_limit(tmp_path: Path) -> None:
-    """Two connections to one file (the gateway and a second replica): together never above the limit."""
-    path = tmp_path / "shared.db"
-    a = await SqliteStore(path).open()
-    b = await SqliteStore(path).open()
+async def test_admissions_from_two_store_instances_respect_the_limit(backend: Backend) -> None:
+    """Two connections to one store (two replicas): together never above the limit."""
+    a = await backend.make(node="a").open()
+    b = await backend.make(node="b").open()
     try:
         await a.add_grant(grant())
         tries = [
@@ -432,10 +482,10 @@ async def test_admissions_from_two_store_instances_respect_the_limit(tmp_path: P
 _ADMITTER = """
 import asyncio, sys, time
 from pathlib import Path
-from gateway.store import SessionRecord, SqliteStore
+from gateway.store import SessionRecord, store_for
 
-async def main(path: str, name: str, go: str) -> None:
-    store = await SqliteStore(Path(path)).open()
+async def main(url: str, path: str, name: str, go: str) -> None:
+    store = await store_for(url, None, sqlite_path=Path(path), node=name).open()
     Path(go + "." + name).touch()  # ready
     while not Path(go).exists():
         await asyncio.sleep(0.001)
@@ -449,17 +499,23 @@ asyncio.run(main(*sys.argv[1:]))
 """
 
 
-async def test_admissions_from_two_processes_respect_the_limit(tmp_path: Path) -> None:
-    """Two OS processes (two replicas on one file) race 25 admissions each against max_sessions 3."""
+async def test_admissions_from_two_processes_respect_the_limit(backend: Backend, tmp_path: Path) -> None:
+    """Two OS processes (two replicas on one store) race 25 admissions each against max_sessions 3."""
     import sys
 
-    path = tmp_path / "shared.db"
-    s = await SqliteStore(path).open()
+    s = await backend.make().open()
     await s.add_grant(grant())
     go = tmp_path / "go"
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _ADMITTER, str(path), name, str(go), stdout=asyncio.subprocess.PIPE
+            sys.executable,
+            "-c",
+            _ADMITTER,
+            backend.url,
+            str(backend.path),
+            name,
+            str(go),
+            stdout=asyncio.subprocess.PIPE,
         )
         for name in ("a", "b")
     ]

@@ -20,8 +20,7 @@ async def healthz(request: web.Request) -> web.Response:
     """200 while the store answers."""
     c = ctx(request)
     try:
-        async with c.services.store.db.execute("SELECT 1") as cur:
-            await cur.fetchone()
+        await c.services.store.ping()
     except Exception:
         return web.json_response({"status": "unhealthy", "store": "unavailable"}, status=503)
     return web.json_response({"status": "ok", "live_sessions": len(c.services.registry)})

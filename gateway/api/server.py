@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +19,9 @@ from gateway.services import Services
 from gateway.workload.exchange import Exchanger
 
 log = logging.getLogger(__name__)
+
+REQUEST_EXPIRY = "request-expiry"
+"""The scheduler job that expires stale pending requests."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # The exchange authenticates by the pipeline's OIDC token in its body, not by an API key.
@@ -95,7 +96,6 @@ class ApiServer:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._port = 0
-        self._expiry: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"ApiServer({self.services.config.listen_http.host}:{self._port})"
@@ -117,7 +117,8 @@ class ApiServer:
         await self._site.start()
         bound = self._runner.addresses  # public: the sockets' names, (host, port, ...) for TCP
         self._port = int(bound[0][1]) if bound else addr.port
-        self._expiry = asyncio.create_task(self._expire_loop(), name="request-expiry")
+        # Pending requests past api.request_timeout expire even when nobody lists them (the process's scheduler).
+        self.services.scheduler.every(self.settings.expire_interval, REQUEST_EXPIRY, self.context.workflow.expire_stale)
         log.info("control plane API on http://%s:%d", addr.host, self._port)
 
     @property
@@ -125,21 +126,9 @@ class ApiServer:
         """The bound port."""
         return self._port
 
-    async def _expire_loop(self) -> None:
-        while True:
-            try:
-                await self.context.workflow.expire_stale(self.context.clock())
-            except Exception:
-                log.exception("request expiry pass failed")
-            await asyncio.sleep(self.settings.expire_interval)
-
     async def close(self) -> None:
         """Stop serving and the expiry loop; close the IdP client."""
-        if self._expiry is not None:
-            self._expiry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry
-            self._expiry = None
+        self.services.scheduler.cancel(REQUEST_EXPIRY)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.cli import admin, control, demo, detections, pipeline, review, run
-from gateway.cli.common import CONFIG_HELP, SERVER_HELP, CliError
+from gateway.cli.common import CONFIG_HELP, SERVER_HELP, CliError, Commands
 from gateway.review.sanitize import printable
 
 GROUPS = (admin, run, review, control, pipeline, demo, detections)
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     # --server is global too, but only the commands that call the API take it after their name.
     parser.add_argument("--server", default=argparse.SUPPRESS, help=SERVER_HELP)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = Commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
     for group in GROUPS:
         group.register(sub)
     return parser

@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway.anchors.checkpoint import AnchorVerdict
 from gateway.anchors.verify import AnchorSourceError, parse_anchors, read_source, verify_anchors
-from gateway.cli.common import CliError, config_from, local_caller, print_json, say, services_from, since_arg
+from gateway.cli.common import CliError, Commands, config_from, local_caller, print_json, say, services_from, since_arg
 from gateway.cli.templates import EXAMPLE_POLICIES, config_template
 from gateway.control.actions import break_glass
 from gateway.control.errors import WorkflowError
@@ -25,7 +25,7 @@ from gateway.store import Store
 from gateway.tokens import KeyRing, TokenError, unverified_claims, verify_token
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Commands) -> None:
     """Add the admin commands."""
     p = sub.add_parser("init", help="write gateway.toml, keys and example policies into the current folder")
     p.add_argument("--dir", default=".", help="folder to write into (default: current)")
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="print the grant as JSON, token included")
     p.set_defaults(func=cmd_grant)
 
-    tok = sub.add_parser("token", help="approval tokens").add_subparsers(dest="token_cmd", required=True)
+    tok = sub.group("token", help="approval tokens", dest="token_cmd")
     p = tok.add_parser("verify", help="verify a token and print its claims, or why it is invalid")
     p.add_argument("token", help="the JWT, or - to read it from stdin")
     p.set_defaults(func=cmd_token_verify)

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.config import Config, ConfigError, load_config, require_config_path
 from gateway.control.caller import Caller
@@ -18,9 +18,36 @@ from gateway.durations import parse_duration
 from gateway.policy import PolicyError
 from gateway.review.sanitize import printable
 from gateway.services import Services, build_services
+from gateway.store import StoreError
 
 CONFIG_HELP = "config file (default: $GATEWAY_CONFIG, else ./gateway.toml; `gateway init` writes one)"
 SERVER_HELP = "gateway API URL (default: $GATEWAY_URL, else the one from `gateway login`)"
+
+
+class _SubParsers(Protocol):
+    """What argparse's ``add_subparsers()`` returns (its class is private)."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
+
+
+class Commands:
+    """The sub-commands of a parser; a command group (``gateway token ...``) is made once and shared by the
+    modules that add to it, so no module reaches into argparse's internals to find another's."""
+
+    def __init__(self, subparsers: _SubParsers) -> None:
+        self._subparsers = subparsers
+        self._groups: dict[str, Commands] = {}
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        """One command."""
+        return self._subparsers.add_parser(name, **kwargs)
+
+    def group(self, name: str, *, help: str, dest: str) -> Commands:
+        """The command group `name` (made on first use), whose sub-command lands in `dest`."""
+        if name not in self._groups:
+            parser = self.add_parser(name, help=help)
+            self._groups[name] = Commands(parser.add_subparsers(dest=dest, required=True))
+        return self._groups[name]
 
 
 class CliError(Exception):
@@ -48,6 +75,8 @@ async def services_from(
     try:
         services = await build_services(config)
     except (PolicyError, ValueError) as exc:
+        raise CliError(str(exc), 2) from None
+    except StoreError as exc:
         raise CliError(str(exc), 2) from None
     except (sqlite3.Error, OSError) as exc:
         raise CliError(f"cannot open the store {config.store_path}: {exc}", 2) from None

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli.client import ApiClient, client_from
-from gateway.cli.common import CliError
+from gateway.cli.common import CliError, Commands
 from gateway.durations import format_duration
 
 TOKEN_ENV = "GATEWAY_TOKEN"  # noqa: S105 - the name of the variable, not a secret
@@ -29,7 +29,7 @@ _ASKPASS = "#!/bin/sh\nprintf '%s\\n' \"$GATEWAY_TOKEN\"\n"
 GRANT_HELP = "the grant to use: a grant id, or the request id `gateway request` printed (default: your newest live one)"
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], server: argparse.ArgumentParser) -> None:
+def register(sub: Commands, server: argparse.ArgumentParser) -> None:
     """Add `ssh` and `psql`."""
     p = sub.add_parser("ssh", parents=[server], help="ssh to a target with the token of your live grant")
     p.add_argument("target")

@@ -9,13 +9,14 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.cli import connect
 from gateway.cli.client import ApiClient, check_server_url, client_from, save_credentials, server_from
 from gateway.cli.common import (
     SERVER_HELP,
     CliError,
+    Commands,
     config_from,
     iso,
     local_caller,
@@ -30,11 +31,8 @@ from gateway.control.errors import WorkflowError
 from gateway.durations import format_duration, parse_duration
 from gateway.policy import Policies, PolicyError, ScopePolicy
 
-if TYPE_CHECKING:
-    Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
-
-def register(sub: Sub) -> None:
+def register(sub: Commands) -> None:
     """Add the control-plane commands."""
     server = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: `gateway --server URL request ...` keeps the URL given before the command.
@@ -72,7 +70,7 @@ def register(sub: Sub) -> None:
         p.set_defaults(func=cmd_decide, verb=verb)
 
     # `gateway token verify` lives in the admin group; fetching sits next to it as `gateway token get REQ`.
-    token_group = _token_group(sub)
+    token_group = sub.group("token", help="approval tokens", dest="token_cmd")
     p = token_group.add_parser("get", parents=[server], help="print the token of your approved request (or grant)")
     p.add_argument("id", help="request id (r_...) or grant id (g_...)")
     p.set_defaults(func=cmd_token_get)
@@ -105,17 +103,6 @@ def register(sub: Sub) -> None:
     p = pol.add_parser("check", help="validate policy files; print what each configured user may request")
     p.add_argument("--dir", help="policy folder (default: paths.policies from the config)")
     p.set_defaults(func=cmd_policy_check)
-
-
-def _token_group(sub: Sub) -> Sub:
-    parser = sub.choices.get("token")
-    if parser is None:
-        parser = sub.add_parser("token", help="approval tokens")
-        return parser.add_subparsers(dest="token_cmd", required=True)
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return parser.add_subparsers(dest="token_cmd", required=True)
 
 
 # --- login -----------------------------------------------------------------------------------------

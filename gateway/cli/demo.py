@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gateway.cli.common import CliError
+from gateway.cli.common import CliError, Commands
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Commands) -> None:
     """Add `demo`."""
     p = sub.add_parser(
         "demo",

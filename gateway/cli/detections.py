@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
-from gateway.cli.common import iso, services_from, since_arg
+from gateway.cli.common import Commands, iso, services_from, since_arg
 from gateway.review.sanitize import printable
 
 
-def register(sub: Any) -> None:
+def register(sub: Commands) -> None:
     """Add the `detections` command."""
     p = sub.add_parser("detections", help="list detections (rule, severity, explanation, session)")
     p.add_argument("--since", default="7d", help="only detections newer than this, e.g. 1h, 7d (default 7d)")

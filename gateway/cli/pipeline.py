@@ -11,21 +11,18 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.cli.client import ApiCallError, ApiClient, server_from
-from gateway.cli.common import SERVER_HELP, CliError, print_json, say
+from gateway.cli.common import SERVER_HELP, CliError, Commands, print_json, say
 from gateway.durations import parse_duration
-
-if TYPE_CHECKING:
-    Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
 TOKEN_ENVS = ("GATEWAY_OIDC_TOKEN", "ACTIONS_ID_TOKEN")
 # GitHub Actions (permissions: id-token: write) gives a job these two instead of a token: it asks for one.
 GITHUB_URL_ENV, GITHUB_BEARER_ENV = "ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN"
 
 
-def register(sub: Sub) -> None:
+def register(sub: Commands) -> None:
     """Add `gateway exchange`."""
     p = sub.add_parser("exchange", help="trade a pipeline's OIDC token for a grant token (prints it)")
     p.add_argument("--server", default=argparse.SUPPRESS, help=SERVER_HELP)

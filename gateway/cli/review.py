@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import CliError, iso, print_json, print_table, say, services_from, since_arg
+from gateway.cli.common import CliError, Commands, iso, print_json, print_table, say, services_from, since_arg
 from gateway.durations import format_duration
 from gateway.recording.check import check_recording
 from gateway.recording.reader import statements
@@ -24,7 +24,7 @@ SESSION_HELP = (
 )
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Commands) -> None:
     """Add the reviewer commands."""
     p = sub.add_parser("sessions", help="list sessions (who, target, scope, grant, duration, end reason, violations)")
     p.add_argument("--user")

@@ -6,11 +6,12 @@ import argparse
 import sqlite3
 
 from gateway.app import App
-from gateway.cli.common import CliError, config_from
+from gateway.cli.common import CliError, Commands, config_from
 from gateway.policy import PolicyError
+from gateway.store import StoreError
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Commands) -> None:
     """Add `run`."""
     p = sub.add_parser("run", help="run the gateway (SSH, Postgres and HTTP listeners)")
     p.add_argument("--only", action="append", choices=["postgres", "ssh", "http"], help="start only these listeners")
@@ -27,7 +28,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     app = App(config, enable=tuple(args.only or ("postgres", "ssh", "http")))
     try:
         await app.serve_forever()
-    except (PolicyError, OSError, sqlite3.Error) as exc:
+    except (PolicyError, OSError, sqlite3.Error, StoreError) as exc:
         raise CliError(f"cannot start: {exc}") from None
     return 0
 

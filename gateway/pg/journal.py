@@ -28,13 +28,6 @@ class Recorder(Protocol):
     def elapsed(self) -> float: ...
 
 
-class StatementInfo(Protocol):
-    """The inspector's view of one statement."""
-
-    kind: str
-    tables: Any
-
-
 class Stmt:
     """One statement on its way through the upstream (simple Query part, or an Execute)."""
 

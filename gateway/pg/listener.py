@@ -1,4 +1,4 @@
-"""The Postgres front end: accept, TLS, token as password, upstream login, relay, close; one handler per client."""
+"""The Postgres front end: accept, TLS, token as password, then the session block (upstream login, relay)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from gateway.pg.upstream import Upstream, UpstreamError, connect, send_cancel, s
 from gateway.policy import SqlPolicy
 from gateway.recording import RecordingError, StatementRecorder
 from gateway.services import Services
-from gateway.sessions import LiveSession
+from gateway.sessions import LiveSession, SessionEnded
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class PostgresListener:
         self.catalogs = Catalogs()
         self.catalogs.listeners.append(self._catalog_changed)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._handshaking: set[asyncio.Task[Any]] = set()  # not yet admitted: close() drops these
 
     async def start(self) -> None:
         """Load (or make) the TLS certificate and start listening."""
@@ -99,41 +100,49 @@ class PostgresListener:
         if self._server is not None:
             self._server.close()
         self.catalogs.close()
-        for t in list(self._tasks):
-            if not getattr(t, "_gateway_live", False):
-                t.cancel()
+        for t in list(self._handshaking):
+            t.cancel()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
+        self._handshaking.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._handshaking.discard)
 
     # --- one connection, top to bottom ------------------------------------------------------------
 
     async def _handle(self, pipe: _Accepted) -> None:
-        """accept -> startup (TLS, token) -> open_session -> upstream login -> relay -> close."""
+        """accept -> startup (TLS, token) -> session block (upstream login, relay) -> the block's exit ends it."""
         client_addr = _peer(pipe)
         try:
             async with asyncio.timeout(self.config.preauth_timeout):
                 hello = await self._startup(pipe)
-            if hello is None:
-                return
-            session = await self._admit(pipe, hello, client_addr)
-            if session is None:
-                return
-            task = asyncio.current_task()
-            if task is not None:
-                task._gateway_live = True  # type: ignore[attr-defined]
-            await self._serve(pipe, hello, session)
         except TimeoutError:
             self._refuse(pipe, "08P01", "timed out before authentication completed")
+            return
         except ProtocolError as exc:
             self._refuse(pipe, exc.sqlstate, str(exc))
+            return
         except (ConnectionError, ssl.SSLError, OSError):
             pipe.close()
+            return
         except Exception:
             log.exception("postgres connection from %s failed", client_addr)
             self._refuse(pipe, "XX000", "internal gateway error")
+            return
+        if hello is None:
+            return
+        self._handshaking.discard(asyncio.current_task())  # from here on, only the session's end stops it
+        try:
+            async with self.services.access.session(
+                token=hello.token, target=hello.startup.database, protocol="postgres", client_addr=client_addr,
+                user=hello.startup.user,
+            ) as session:  # fmt: skip
+                session.attach(sides=_ClientOnly(pipe))
+                await self._serve(pipe, hello, session)
+        except AccessDenied as denied:
+            self._refuse(pipe, "28P01", f"access denied: {denied.reason}")
 
     async def _startup(self, pipe: Pipe) -> Hello | None:
         """TLS negotiation, StartupMessage, cleartext password: the approval token. None after a CancelRequest."""
@@ -165,57 +174,29 @@ class PostgresListener:
                     assert startup is not None
                     return Hello(startup, event.token, machine.rest())
 
-    async def _admit(self, pipe: Pipe, hello: Hello, client_addr: str) -> LiveSession | None:
-        """The token is checked by the one door (access.open_session), which audits refusals."""
-        try:
-            return await self.services.access.open_session(
-                token=hello.token, target=hello.startup.database, protocol="postgres", client_addr=client_addr,
-                user=hello.startup.user,
-            )  # fmt: skip
-        except AccessDenied as denied:
-            self._refuse(pipe, "28P01", f"access denied: {denied.reason}")
-            return None
-
     async def _serve(self, pipe: Pipe, hello: Hello, session: LiveSession) -> None:
+        """Upstream login, recording, relay; returns when either side leaves (kills cancel it)."""
         sql_policy = session.policy.sql or SqlPolicy()
         # What the target resolves names to (loaded once per target, on a connection of its own; None: fail closed).
         catalog = await self.catalogs.get(session.target, session.login)
         upstream = await self._connect_upstream(pipe, hello, session, sql_policy)
-        if upstream is None:
-            return
-        recorder = self._open_recording(pipe, session, upstream, hello)
-        if recorder is None:
-            return
+        session.attach(sides=_ClientOnly(pipe, upstream))
+        recorder = self._open_recording(pipe, session, hello)
         journal = Journal(recorder, max_rows=sql_policy.max_rows,
                           alert=lambda type_, summary, **data: session.alert(type_, summary, **data))  # fmt: skip
+        session.attach(recording=_Recording(journal, recorder))
         assert pipe.transport is not None
         relay = Relay(session, pipe.transport, upstream, self._inspector(session, sql_policy, catalog), journal)
         key = self._new_key(relay)
+        relay.on_closed = lambda: self._forget_key(key)
+        session.attach(sides=relay, warn=relay.warn)
         pipe.write(AUTHENTICATION_OK + b"".join(p.encode() for p in upstream.parameters)
                    + BackendKeyData(*key).encode() + ready_for_query(upstream.status))  # fmt: skip
         relay.start(hello.leftover + pipe.take(), upstream.leftover)
-        session.bind(kill=relay.kill, warn=relay.warn)
-        reason = "gateway error"
-        try:
-            reason = await asyncio.shield(relay.done)
-        finally:
-            self._keys.pop(key, None)
-            session.stats.update(relay.stats())
-            relay.journal.flush()
-            recorder.end(reason)
-            sha: str | None = None
-            try:
-                sha = await recorder.close()
-            except RecordingError as exc:
-                reason = f"{reason}; recording failed: {exc}"
-            relay.finished()
-            try:
-                await session.close(reason, recording_sha256=sha)
-            finally:
-                relay.closed()
+        session.ending(await asyncio.shield(relay.done))
 
     async def _connect_upstream(self, pipe: Pipe, hello: Hello, session: LiveSession,
-                                sql_policy: SqlPolicy) -> Upstream | None:  # fmt: skip
+                                sql_policy: SqlPolicy) -> Upstream:  # fmt: skip
         app_name = f"gateway:{session.user}:{session.id}"
         params = startup_parameters(session.target, session.login, application_name=app_name,
                                     read_only=sql_policy.mode == "read", client=hello.startup.parameters)  # fmt: skip
@@ -224,11 +205,9 @@ class PostgresListener:
         except UpstreamError as exc:
             log.warning("session %s: %s", session.id, exc)
             self._refuse(pipe, "08006", f"the gateway could not open the upstream connection to {session.target.name}")
-            await session.close(f"upstream connection failed: {exc}")
-            return None
+            raise SessionEnded(f"upstream connection failed: {exc}") from None
 
-    def _open_recording(self, pipe: Pipe, session: LiveSession, upstream: Upstream,
-                        hello: Hello) -> StatementRecorder | None:  # fmt: skip
+    def _open_recording(self, pipe: Pipe, session: LiveSession, hello: Hello) -> StatementRecorder:
         header: dict[str, Any] = {
             "session": session.id, "user": session.user, "target": session.target.name, "scope": session.scope,
             "grant": session.claims.jti, "login": session.login.user, "database": session.target.database,
@@ -239,16 +218,14 @@ class PostgresListener:
             header["workload"] = dict(session.claims.workload)  # the pipeline run and workflow
 
         def on_failure(why: str) -> None:
-            session._spawn(session.kill(f"recording failed: {why}"))
+            session.kill_soon(f"recording failed: {why}")
 
         try:
             return StatementRecorder.open(session.recording_path, header=header, on_failure=on_failure,
                                           started_at=session.started_at)  # fmt: skip
         except RecordingError as exc:
             self._refuse(pipe, "58030", "the gateway cannot record this session, so it cannot be opened")
-            upstream.pipe.close()
-            session._spawn(session.close(f"recording failed: {exc}"))
-            return None
+            raise SessionEnded(f"recording failed: {exc}") from None
 
     # --- helpers -----------------------------------------------------------------------------------
 
@@ -277,6 +254,9 @@ class PostgresListener:
                 self._keys[key] = relay
                 return key
 
+    def _forget_key(self, key: tuple[int, int]) -> None:
+        self._keys.pop(key, None)
+
     async def _cancel(self, event: Cancel) -> None:
         relay = self._keys.get((event.process_id, event.secret_key))
         if relay is None or not relay.busy() or relay.upstream_key is None:
@@ -302,3 +282,31 @@ def _peer(pipe: Pipe) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"
     return str(peer or "unknown")
+
+
+class _ClientOnly:
+    """The sides before the relay exists: the client's connection and, once logged in, the upstream's."""
+
+    def __init__(self, pipe: Pipe, upstream: Upstream | None = None) -> None:
+        self.pipe = pipe
+        self.upstream = upstream
+
+    async def close(self, reason: str) -> None:
+        """Tell the client why unless a refusal already closed it, then close what is open."""
+        PostgresListener._refuse(self.pipe, "57P01", f"terminating connection: {reason}")
+        if self.upstream is not None:
+            self.upstream.pipe.close()
+
+
+class _Recording:
+    """A session's statement recording, sealed at its end (pending statements first)."""
+
+    def __init__(self, journal: Journal, recorder: StatementRecorder) -> None:
+        self.journal = journal
+        self.recorder = recorder
+
+    async def seal(self, reason: str) -> str | None:
+        """Flush, write the end line, close; the recording's SHA-256."""
+        self.journal.flush()
+        self.recorder.end(reason)
+        return await self.recorder.close()

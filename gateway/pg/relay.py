@@ -89,7 +89,7 @@ class _Side(asyncio.Protocol):
 
 
 class Relay:
-    """One session's byte relay with enforcement. Deliberately single-use: shutdown() ends both sides for good."""
+    """One session's byte relay with enforcement; the session's sides. Single-use: close() ends both for good."""
 
     def __init__(self, session: LiveSession, client: asyncio.Transport, upstream: Upstream, inspector: Inspector,
                  journal: Journal) -> None:  # fmt: skip
@@ -108,9 +108,9 @@ class Relay:
         # As the listener decides (no sql policy: read mode), which pins default_transaction_read_only upstream.
         self.read_only = sql is None or sql.mode == "read"
         self.status = upstream.status
+        # Resolved with the reason when a side leaves or breaks the protocol: the session's block returns then.
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.on_closed: Callable[[], None] | None = None
         self.bytes_in = 0
         self.bytes_out = 0
         self._cf = Framer(FRONTEND_CAPS, DEFAULT_FRONTEND_CAP, "message")
@@ -489,63 +489,46 @@ class Relay:
         self._write_client(notice_response(message))
 
     def _kill_soon(self, reason: str) -> None:
-        self.session._spawn(self.session.kill(reason))
+        self.session.kill_soon(reason)
 
     def _fatal(self, exc: ProtocolError, *, upstream: bool = False) -> None:
         if upstream:
             self._write_client(error_response("FATAL", "08P01", "the upstream server broke the protocol"))
         else:
             self._write_client(error_response("FATAL", exc.sqlstate, str(exc)))
-        self.session._spawn(self.shutdown(f"protocol error from {'upstream' if upstream else 'client'}: {exc}"))
-
-    async def kill(self, reason: str) -> None:
-        """The session's kill handle: FATAL 57P01 to the client, cancel and terminate the backend, close both."""
-        self._write_client(error_response("FATAL", "57P01", f"terminating connection: {reason}"))
-        self.journal.killed(reason)
-        await self.shutdown(reason)
-        # Return only once the handler has closed the session with the recording's hash: the caller
-        # (LiveSession.kill) would otherwise close it first, without the hash. A kill running as one of the
-        # session's own tasks waits only for the start of that close, which itself waits for those tasks.
-        own = asyncio.current_task() in self.session._tasks
-        try:
-            await asyncio.wait_for(asyncio.shield(self._finished if own else self._closed), 10.0)
-        except TimeoutError:
-            log.warning("session %s: handler did not finish after kill", self.session.id)
-
-    def finished(self) -> None:
-        """The handler is about to close the session (called synchronously before session.close())."""
-        if not self._finished.done():
-            self._finished.set_result(None)
-
-    def closed(self) -> None:
-        """The handler has closed the session."""
-        if not self._closed.done():
-            self._closed.set_result(None)
+        self._stop_client = self._stop_server = True
+        self._finish(f"protocol error from {'upstream' if upstream else 'client'}: {exc}")
 
     def client_lost(self) -> None:
         """The client's connection closed (Terminate, or gone)."""
-        if not self._closing:
-            reason = "client disconnected" if self._client_gone else "client connection lost"
-            self.session._spawn(self.shutdown(reason))
+        self._finish("client disconnected" if self._client_gone else "client connection lost")
 
     def server_lost(self) -> None:
         """The upstream's connection closed."""
-        if not self._closing:
+        if not self._closing and not self.done.done():
             if not self._client_gone:
                 self._write_client(error_response("FATAL", "08006", "the upstream server closed the connection"))
             # After a client's Terminate the upstream closes too; whichever close arrives first, the
             # session ended because the client left.
-            self.session._spawn(
-                self.shutdown("client disconnected" if self._client_gone else "upstream closed the connection")
-            )
+        self._finish("client disconnected" if self._client_gone else "upstream closed the connection")
 
-    async def shutdown(self, reason: str) -> None:
-        """Close both sides once; a busy backend is cancelled first, since a closed socket does not stop a query."""
+    async def close(self, reason: str) -> None:
+        """The session's end: FATAL 57P01 to a killed client; a busy backend is cancelled (a closed socket
+        does not stop a query), then told to Terminate; both connections closed."""
         if self._closing:
-            await asyncio.shield(self.done)
             return
         self._closing = self._stop_client = self._stop_server = True
+        if self.session.killed:
+            # Nothing more from upstream reaches the client; a denial whose stand-in error the server has not
+            # sent yet (a kill verdict's own 42501, racing the terminate) is owed to the client before the FATAL.
+            while self._denials:
+                self._write_client(self._denials.popleft()[1])
+            self._write_client(error_response("FATAL", "57P01", f"terminating connection: {reason}"))
+            self.journal.killed(reason)
+        self.session.stats.update(self.stats())
         self.client.close()
+        if self.on_closed is not None:
+            self.on_closed()
         try:
             if self.busy() and self.upstream_key is not None and not self.server.is_closing():
                 await send_cancel(self.session.target, self.upstream_key)

@@ -34,7 +34,7 @@ class Phase(Enum):
 
 @dataclass(frozen=True, slots=True)
 class NeedTLS:
-    """Answer 'S' and start the TLS handshake (or 'N' and call tls_refused())."""
+    """Answer 'S' and start the TLS handshake."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,12 +181,6 @@ class ClientStartup:
         if self.phase is not Phase.TLS_PENDING:
             raise ProtocolError("TLS started out of order")
         self.tls = True
-        self.phase = Phase.INITIAL
-
-    def tls_refused(self) -> None:
-        """We answered 'N' to SSLRequest: the client continues in plaintext."""
-        if self.phase is not Phase.TLS_PENDING:
-            raise ProtocolError("TLS refused out of order")
         self.phase = Phase.INITIAL
 
     def rest(self) -> bytes:

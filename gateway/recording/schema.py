@@ -214,7 +214,6 @@ def term_event(obj: object) -> TermEvent | None:
 HEADER, STATEMENT, TRANSACTION, KILL_EVENT, END_EVENT, TRIPWIRE, SIDECAR = (
     "header", "statement", "transaction", "kill", "end", "tripwire", "sidecar",
 )  # fmt: skip
-VERDICTS = ("allow", "alert", "deny", "kill")
 _OLD_VERDICTS = {"allowed": "allow", "denied": "deny", "killed": "kill"}
 TX_STATES = {"I": "idle", "T": "transaction", "E": "failed"}
 """ReadyForQuery's status byte -> the ``tx`` value of a statement line."""

@@ -1,11 +1,11 @@
-"""One admitted SSH connection: its live session, upstream login, channels and recordings, and its kill handle."""
+"""One admitted SSH connection: its upstream login, channels and recordings; the session's sides and recording."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 import asyncssh
@@ -23,7 +23,7 @@ CLOSE_GRACE = 1.0
 
 
 class SshConnection:
-    """Everything of one engineer's connection; `finish` tears all of it down, once."""
+    """Everything of one engineer's connection: the session's sides (`close`) and recording (`seal`)."""
 
     def __init__(self, session: LiveSession, client: asyncssh.SSHServerConnection,
                  upstream: asyncssh.SSHClientConnection) -> None:  # fmt: skip
@@ -33,9 +33,10 @@ class SshConnection:
         self.recordings = SessionRecordings(session, on_failure=self._recording_failed)
         self.channels: list[ChannelRelay] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._finished: asyncio.Future[None] | None = None
-        self.on_finished: Callable[[SshConnection], None] | None = None
-        session.bind(kill=self.kill, warn=self.warn)
+        # Resolved with the reason when either connection goes: the session's block returns then.
+        self.lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._closing = False
+        session.attach(sides=self, recording=self, warn=self.warn)
 
     @property
     def upstream(self) -> asyncssh.SSHClientConnection:
@@ -63,7 +64,7 @@ class SshConnection:
 
     def kill_soon(self, reason: str) -> None:
         """End the session from a callback (audited as a kill)."""
-        self.spawn(self.session.kill(reason))
+        self.session.kill_soon(reason)
 
     def _recording_failed(self, reason: str) -> None:
         """Fail closed: a session that cannot be recorded does not go on."""
@@ -75,66 +76,53 @@ class SshConnection:
             relay.write_notice(message)
         self.recordings.marker(schema.warning_marker(message))
 
-    async def kill(self, reason: str) -> None:
-        """The kill handle: tell the engineer, hang up the remote processes, close both sides."""
-        self.recordings.marker(schema.kill_marker(reason))
-        for relay in self.channels:
-            relay.write_notice(f"{reason} - session closed")
-        await self.finish(reason, hangup=True)
-
     def client_lost(self, exc: Exception | None) -> None:
         """The engineer's connection closed."""
-        self.spawn(self.finish("client disconnected" if exc is None else f"client connection lost: {exc}"))
+        self._lost("client disconnected" if exc is None else f"client connection lost: {exc}")
 
     def upstream_lost(self, exc: Exception | None) -> None:
         """The target's connection closed under us."""
-        if self._finished is None:
+        if not self._closing:
             for relay in self.channels:
                 relay.write_notice(f"connection to {self.session.target.name} lost")
-        self.spawn(self.finish("upstream disconnected" if exc is None else f"upstream connection lost: {exc}"))
+        self._lost("upstream disconnected" if exc is None else f"upstream connection lost: {exc}")
 
-    async def finish(self, reason: str, *, hangup: bool = False) -> None:
-        """Close channels and both connections, seal the recordings, end the session. Idempotent."""
-        if self._finished is not None:
-            await asyncio.shield(self._finished)
+    def _lost(self, reason: str) -> None:
+        if not self.lost.done():
+            self.lost.set_result(reason)
+
+    async def close(self, reason: str) -> None:
+        """The session's end: tell a killed engineer why, end the remote commands, close channels and
+        both connections, then end what the session detached upstream."""
+        if self._closing:
             return
-        self._finished = asyncio.get_running_loop().create_future()
-        try:
-            await self._teardown(reason, hangup)
-        finally:
-            self._finished.set_result(None)
-            if self.on_finished is not None:
-                self.on_finished(self)
-
-    async def _teardown(self, reason: str, hangup: bool) -> None:
-        """Hang up, close channels and connections, seal recordings, record the end."""
-        ups = [r.up for r in self.channels if r.up is not None and not r.up.is_closing()]
-        if hangup:
-            # sshd kills the process group on a "signal" request; without a terminal nothing else
-            # would stop a running command when the connection drops (sshd leaves it running).
-            for up in ups:
-                with contextlib.suppress(Exception):
-                    up.send_signal("HUP")
-        for relay in self.channels:
-            if relay.started:
-                relay.chan.close()
-        for up in ups:
-            up.close()
-        waits = [r.chan.wait_closed() for r in self.channels if r.started]
-        waits += [up.wait_closed() for up in ups]
-        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+        self._closing = True
+        if self.session.killed:
+            self.recordings.marker(schema.kill_marker(reason))
+            for relay in self.channels:
+                relay.write_notice(f"{reason} - session closed")
+        started = [r for r in self.channels if r.started]
+        for relay in started:
+            relay.stop_input()
+        # The commands end first (TERM/HUP, then KILL), so their exit status or signal still reaches the engineer.
+        await asyncio.gather(*(r.end_upstream() for r in self.channels if r.up is not None))
+        for relay in started:
+            relay.chan.close()
+        waits = [r.chan.wait_closed() for r in started]
+        waits += [r.up.wait_closed() for r in self.channels if r.up is not None]
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), CLOSE_GRACE)
         self.client.close()
         self._upstream.close()
-        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._upstream.wait_closed(), CLOSE_GRACE)
-        sha = await self.recordings.close(reason)
+        self.session.stats.update(channels=len(self.channels))
         policy = self.session.policy.ssh
-        try:
-            if policy is not None and policy.detached != "off":
-                # Whatever the session detached (setsid nohup ... &) would keep its access: the session
-                # is not over until that is ended too, so the sweep runs before the end is recorded.
-                await reap_after(self.session, mode=policy.detached)
-        finally:
-            self.session.stats.update(channels=len(self.channels))
-            await self.session.close(reason, recording_sha256=sha)
+        if policy is not None and policy.detached != "off":
+            # Whatever the session detached (setsid nohup ... &) would keep its access: the session
+            # is not over until that is ended too, so the sweep runs before the end is recorded.
+            await reap_after(self.session, mode=policy.detached)
+
+    async def seal(self, reason: str) -> str | None:
+        """Seal every channel's recording; the session's recording hash."""
+        return await self.recordings.close(reason)

@@ -4,18 +4,20 @@ Flow of one connection, top to bottom (``_Gate``):
 
     username "TARGET" or "LOGIN@TARGET"                       begin_auth
     token by keyboard-interactive ("Approval token:") or password
-      -> access.open_session (identity = token sub)           _admit
+      -> a session task: async with access.session(...)    _live (identity = token sub)
       -> upstream login with the gateway's key, host key pinned
-      -> SshConnection: kill/warn bound, recordings
+      -> SshConnection: the session's sides and recordings
     session channels -> ChannelRelay (checked, relayed, recorded)   session_requested
     forwarding / agent / X11 / tun requests: refused unless the scope allows, audited either way
-    connection lost -> SshConnection.finish -> session.close(reason, recording_sha256)
+    connection lost, kill, revoke, expiry -> the block's exit: SshConnection.close (TERM/KILL the remote
+      commands, close channels and connections, detached sweep), seal recordings, session.end
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 import asyncssh
@@ -24,7 +26,8 @@ from gateway.access import AccessDenied
 from gateway.keyfiles import ensure_ssh_host_key
 from gateway.recording import schema
 from gateway.services import Services
-from gateway.ssh.channels import AuditedChannel
+from gateway.sessions import SessionEnded
+from gateway.ssh.asyncssh_compat import AuditedChannel, check_internals
 from gateway.ssh.connection import SshConnection
 from gateway.ssh.forwarding import TcpRelay
 from gateway.ssh.relay import ChannelRelay
@@ -118,36 +121,44 @@ class _Gate(asyncssh.SSHServer):
         return False
 
     async def _admit(self, token: str) -> str | None:
-        """The session flow up to the relay; returns the refusal to show the engineer, or None."""
+        """Start the connection's session task; returns the refusal to show the engineer, or None once admitted."""
         if self.connection is not None:
             return None
+        admitted: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self.listener._spawn(self._live(token, admitted))
+        return await admitted
+
+    async def _live(self, token: str, admitted: asyncio.Future[str | None]) -> None:
+        """The session's task: admission, upstream login, then wait for either side to go (kills cancel it)."""
         target, login = parse_username(self.username)
+        refusal = "gateway: connection closed"
         try:
-            session = await self.services.access.open_session(
+            async with self.services.access.session(
                 token=token.strip()[:MAX_TOKEN_CHARS], target=target, protocol="ssh", client_addr=self.client_addr,
                 login=login,
-            )  # fmt: skip
+            ) as session:  # fmt: skip
+                if session.policy.ssh is None:
+                    refusal = f"gateway: scope {session.scope!r} has no ssh settings"
+                    raise SessionEnded("scope has no ssh policy")
+                watch = _UpstreamWatch()
+                try:
+                    upstream = await connect_upstream(session, client_factory=watch)
+                except UpstreamError as exc:
+                    await session.audit("ssh.upstream.failed", severity="warning", error=str(exc))
+                    refusal = f"gateway: {exc}"
+                    raise SessionEnded(f"upstream login failed: {exc}") from None
+                conn = SshConnection(session, self.conn, upstream)
+                watch.owner = conn
+                if self.conn.is_closed():  # the engineer gave up while we were logging in upstream
+                    raise SessionEnded("client disconnected during login")
+                self.connection = conn
+                admitted.set_result(None)
+                session.ending(await conn.lost)
         except AccessDenied as denied:
-            return f"gateway: {denied.reason}"
-        if session.policy.ssh is None:
-            await session.close("scope has no ssh policy")
-            return f"gateway: scope {session.scope!r} has no ssh settings"
-        watch = _UpstreamWatch()
-        try:
-            upstream = await connect_upstream(session, client_factory=watch)
-        except UpstreamError as exc:
-            await session.audit("ssh.upstream.failed", severity="warning", error=str(exc))
-            await session.close(f"upstream login failed: {exc}")
-            return f"gateway: {exc}"
-        if self.conn.is_closed():  # the engineer gave up while we were logging in upstream
-            upstream.close()
-            await session.close("client disconnected during login")
-            return "gateway: connection closed"
-        self.connection = SshConnection(session, self.conn, upstream)
-        watch.owner = self.connection
-        self.listener._connections.add(self.connection)
-        self.connection.on_finished = self.listener._connections.discard
-        return None
+            refusal = f"gateway: {denied.reason}"
+        finally:
+            if not admitted.done():
+                admitted.set_result(refusal)
 
     # -- channels ---------------------------------------------------------------------------------
 
@@ -230,12 +241,14 @@ class SshListener:
         self.services = services
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._gates: set[_Gate] = set()
-        self._connections: set[SshConnection] = set()  # admitted and not yet finished
+        self._tasks: set[asyncio.Task[None]] = set()  # one per admitted (or admitting) connection
 
     async def start(self) -> None:
         """Listen on config.listen_ssh (port 0: any free port); make the host key on first start."""
         cfg = self.services.config
         ensure_ssh_host_key(cfg.ssh_host_key)
+        for problem in check_internals():  # asyncssh still refuses (options below); only the audit record is lost
+            log.error("asyncssh internals changed, agent/X11 requests may go unaudited: %s", problem)
         self._acceptor = await asyncssh.create_server(
             lambda: _Gate(self), cfg.listen_ssh.host, cfg.listen_ssh.port,
             server_host_keys=[str(cfg.ssh_host_key)],
@@ -260,18 +273,25 @@ class SshListener:
         """Open client connections (authenticated or not)."""
         return len(self._gates)
 
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def close(self) -> None:
-        """Stop listening and drop every connection (their sessions end as 'client disconnected')."""
+        """Stop listening, end live sessions ('gateway shutting down') and drop every connection."""
         if self._acceptor is not None:
             self._acceptor.close()
             await self._acceptor.wait_closed()
             self._acceptor = None
+        # Live sessions end as shut down (through their blocks' exits), not as clients that left.
+        await asyncio.gather(*(g.connection.session.kill("gateway shutting down") for g in list(self._gates)
+                               if g.connection is not None), return_exceptions=True)  # fmt: skip
         for gate in list(self._gates):
             gate.conn.close()
-        # Including connections whose client just left: their session end must be stored before
-        # the composition root closes the store.
-        await asyncio.gather(*(c.finish("gateway shutting down", hangup=True) for c in list(self._connections)),
-                             return_exceptions=True)  # fmt: skip
+        # Including sessions whose client just left: their end must be stored before the composition
+        # root closes the store.
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
 __all__ = ["ChannelRelay", "SshListener", "parse_username"]

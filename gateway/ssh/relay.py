@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Protocol
 
@@ -25,6 +27,8 @@ from gateway.terminal import CommandTracker, Enter
 CLEAR_LINE = b"\x05\x15"
 REFUSED_STATUS = 126
 """Exit status of a channel whose request the scope refused (as a shell's "cannot execute")."""
+SIGNAL_GRACE = 0.5
+"""Seconds an upstream command gets to exit after TERM before KILL, and after KILL before its channel is closed."""
 
 
 class RelayHost(Protocol):
@@ -76,6 +80,8 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         self._holds: dict[str, set[str]] = {"client": set(), "up": set()}  # why each side is not read
         self._early: list[bytes] = []  # client data that came before the upstream channel was open
         self._early_eof = False
+        self._up_running = False  # the upstream channel is open: its command may still run
+        self._ending: asyncio.Future[None] | None = None
 
     @property
     def chan(self) -> asyncssh.SSHServerChannel[bytes]:
@@ -176,10 +182,11 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         except (asyncssh.Error, OSError) as exc:
             self._fail(f"{s.target.name} refused the channel: {getattr(exc, 'reason', None) or exc}")
             return
-        if self.closed:
-            up.close()
-            return
         self.up = up
+        self._up_running = True
+        if self.closed:  # the engineer left while the channel opened: its command may have started already
+            await self.end_upstream()
+            return
         if self.subsystem == "sftp":
             self.sftp = SftpFilter(read_only=self.policy.sftp == "read-only")
         if self.pty:
@@ -425,15 +432,48 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
             self.release(side, "recorder")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """The engineer's channel is gone: close the upstream one."""
+        """The engineer's channel is gone: end the upstream command too."""
         self.closed = True
         if self.up is not None:
-            self.up.close()
+            self.end_upstream()
+
+    def stop_input(self) -> None:
+        """The session is ending: nothing more the engineer sends goes upstream."""
+        self.killing = True
+        self.hold("client", "ending")
+
+    def end_upstream(self) -> asyncio.Future[None]:
+        """End the upstream command and close its channel (once; every caller gets the same future)."""
+        if self._ending is None:
+            self._ending = asyncio.ensure_future(self._end_upstream())
+        return self._ending
+
+    async def _end_upstream(self) -> None:
+        """TERM (with HUP, which ends an interactive shell and its jobs), then KILL, then close.
+
+        sshd leaves a command without a terminal running when its channel closes (and with a terminal,
+        one that ignores SIGHUP): only a "signal" request ends it, sent to its process group. sshd
+        refuses signals to subsystems; sftp-server ends on the close itself. A process that escaped
+        its group is left to the detached-process sweep (reaper.py).
+        """
+        up = self.up
+        assert up is not None
+        rounds = () if self.subsystem is not None else (("TERM", "HUP"), ("KILL",))
+        for signals in rounds:
+            if not self._up_running:
+                break
+            for sig in signals:
+                with contextlib.suppress(Exception):  # the connection may be gone already
+                    up.send_signal(sig)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(up.wait_closed(), SIGNAL_GRACE)
+        up.close()
 
     # -- upstream -> client (called by UpstreamSide) -------------------------------------------------
 
     def upstream_closed(self) -> None:
         """Pass the exit status or signal back, then close."""
+        self._up_running = False
         chan = self.chan
         if self.rec is not None and self.kind == "exec":
             self.rec.marker(schema.exit_marker(self.exit_signal[0] if self.exit_signal else self.exit_status))

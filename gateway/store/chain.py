@@ -27,9 +27,10 @@ def event_body(
     target: str,
     severity: str,
     data: Mapping[str, Any],
+    node: str = "",
 ) -> dict[str, Any]:
     """The hashed content of an audit row (everything but the hashes)."""
-    return {
+    body = {
         "seq": seq,
         "ts": ts,
         "type": type_,
@@ -40,6 +41,11 @@ def event_body(
         "severity": severity,
         "data": dict(data),
     }
+    # The writing replica is hashed too, but only when there is one: events written before replicas
+    # existed keep the body (and so the hash) they were written with.
+    if node:
+        body["node"] = node
+    return body
 
 
 def chain_hash(prev_hash: str, body: Mapping[str, Any]) -> str:

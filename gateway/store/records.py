@@ -52,6 +52,7 @@ class SessionRecord:
     recording_sha256: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     kill_requested: str | None = None
+    node: str = ""  # the replica that runs (or ran) it
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ class AuditEvent:
     data: dict[str, Any]
     prev_hash: str
     hash: str
+    node: str = ""  # the replica that wrote it
 
     def to_json(self) -> dict[str, Any]:
         """The event for export (SIEM), hashes included so a consumer can re-verify."""
@@ -105,4 +107,5 @@ class AuditEvent:
             "data": self.data,
             "prev_hash": self.prev_hash,
             "hash": self.hash,
+            "node": self.node,
         }

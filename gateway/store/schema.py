@@ -1,4 +1,4 @@
-"""The SQLite schema (versioned migrations) and the mapping from rows to records."""
+"""The SQLite schema (versioned migrations) and the mapping from rows (of either backend) to records."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gateway.store.base import NodeRecord
 from gateway.store.chain import Checkpoint
 from gateway.store.records import AuditEvent, GrantRecord, RequestRecord, SessionRecord
 
@@ -61,7 +62,17 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX workload_tokens_expiry ON workload_tokens(expires_at);
     """,
-    # Detection baselines: what each user was first seen doing on each target ('' target: targets used).
+    # 3: replicas. Which replica wrote an event and runs a session; the replicas' heartbeats.
+    """
+    ALTER TABLE audit ADD COLUMN node TEXT NOT NULL DEFAULT '';
+    ALTER TABLE sessions ADD COLUMN node TEXT NOT NULL DEFAULT '';
+    CREATE INDEX sessions_live_node ON sessions(node) WHERE ended_at IS NULL;
+    CREATE TABLE nodes (
+        id TEXT PRIMARY KEY, version TEXT NOT NULL, started_at REAL NOT NULL, heartbeat_at REAL NOT NULL,
+        live_sessions INTEGER NOT NULL, state TEXT NOT NULL
+    );
+    """,
+    # 4: detection baselines: what each user was first seen doing on each target ('' target: targets used).
     """
     CREATE TABLE baseline_seen (
         user TEXT NOT NULL, target TEXT NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL, first_at REAL NOT NULL,
@@ -113,6 +124,7 @@ def event_row(r: Any) -> AuditEvent:
         json.loads(r["data"]),
         r["prev_hash"],
         r["hash"],
+        r["node"],
     )
 
 
@@ -154,6 +166,13 @@ def session_row(r: Any) -> SessionRecord:
         r["recording_sha256"],
         json.loads(r["stats"]),
         r["kill_requested"],
+        r["node"],
+    )
+
+
+def node_row(r: Any) -> NodeRecord:
+    return NodeRecord(
+        r["id"], r["version"], float(r["started_at"]), float(r["heartbeat_at"]), int(r["live_sessions"]), r["state"]
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
@@ -12,42 +13,40 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.store.chain import (
-    GENESIS,
-    Checkpoint,
-    Row,
-    Verdict,
-    chain_hash,
-    checkpoint_message,
-    event_body,
-    verify_chain,
+from gateway.store.audit import judge, mirror_checkpoint
+from gateway.store.base import (
+    REPLICA_LOST,
+    SEVERITIES,
+    Counts,
+    NodeRecord,
+    StoreConflict,
+    StoreError,
+    Wake,
 )
+from gateway.store.chain import GENESIS, Checkpoint, Verdict, chain_hash, checkpoint_message, event_body
 from gateway.store.records import AuditEvent, GrantRecord, RequestRecord, SessionRecord
 from gateway.store.schema import (
     MIGRATIONS,
     event_row,
     grant_row,
-    read_checkpoint_file,
+    node_row,
     request_row,
     session_row,
     split_script,
 )
 from gateway.tokens import KeyRing
 
-SEVERITIES = ("info", "warning", "critical")
-
-
-class StoreError(Exception):
-    """A store operation failed in a way the caller should report (unknown id, illegal transition)."""
+__all__ = ["SEVERITIES", "SqliteStore", "StoreError"]
 
 
 class SqliteStore:
     """Grants, sessions, requests and the audit chain in one SQLite file; safe across processes."""
 
-    def __init__(self, path: Path, ring: KeyRing | None = None, *, checkpoint_every: int = 100) -> None:
+    def __init__(self, path: Path, ring: KeyRing | None = None, *, checkpoint_every: int = 100, node: str = "") -> None:
         self.path = path
         self.ring = ring
         self.checkpoint_every = checkpoint_every
+        self.node = node
         self._db: aiosqlite.Connection | None = None
         # One connection is shared by every coroutine of this process: a statement that ran between
         # another coroutine's BEGIN and COMMIT would join (and could be rolled back with) that
@@ -72,6 +71,11 @@ class SqliteStore:
         await self._db.execute("PRAGMA busy_timeout=10000")
         await self._migrate()
         return self
+
+    async def ping(self) -> None:
+        """One round trip (health checks)."""
+        async with self.db.execute("SELECT 1") as cur:
+            await cur.fetchone()
 
     async def close(self, *, checkpoint: bool = True) -> None:
         """Sign the head (on shutdown) and close."""
@@ -131,7 +135,7 @@ class SqliteStore:
             seq, prev, digest = await self._append_locked(ts, type_, actor, session, grant, target, severity, data)
         if self.ring is not None and seq % self.checkpoint_every == 0:
             await self.checkpoint()
-        return AuditEvent(seq, ts, type_, actor, session, grant, target, severity, data, prev, digest)
+        return AuditEvent(seq, ts, type_, actor, session, grant, target, severity, data, prev, digest, self.node)
 
     async def _append_locked(
         self,
@@ -149,10 +153,10 @@ class SqliteStore:
             async with self.db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1") as cur:
                 last = await cur.fetchone()
             seq, prev = (int(last[0]) + 1, str(last[1])) if last else (1, GENESIS)
-            body = event_body(seq, ts, type_, actor, session, grant, target, severity, data)
+            body = event_body(seq, ts, type_, actor, session, grant, target, severity, data, self.node)
             digest = chain_hash(prev, body)
             await self.db.execute(
-                "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     seq,
                     ts,
@@ -165,6 +169,7 @@ class SqliteStore:
                     json.dumps(data, sort_keys=True),
                     prev,
                     digest,
+                    self.node,
                 ),
             )
             await self.db.execute("COMMIT")
@@ -201,12 +206,13 @@ class SqliteStore:
         await self.db.execute(
             "INSERT OR IGNORE INTO checkpoints VALUES (?,?,?,?,?)", (cp.seq, cp.head, cp.kid, cp.signature, cp.ts)
         )
-        with self.checkpoint_file.open("a", encoding="utf-8") as f:
-            f.write(
-                json.dumps({"seq": cp.seq, "head": cp.head, "kid": cp.kid, "signature": cp.signature, "ts": cp.ts})
-                + "\n"
-            )
+        mirror_checkpoint(self.checkpoint_file, cp)
         return cp
+
+    async def checkpoints(self) -> list[Checkpoint]:
+        """The signed heads stored in the database, oldest first."""
+        async with self.db.execute("SELECT * FROM checkpoints ORDER BY seq") as cur:
+            return [Checkpoint(r["seq"], r["head"], r["kid"], r["signature"], r["ts"]) for r in await cur.fetchall()]
 
     async def events(
         self,
@@ -241,26 +247,21 @@ class SqliteStore:
         return [event_row(r) for r in rows]
 
     async def verify(self) -> Verdict:
-        """Walk the whole chain and every checkpoint (DB and side file)."""
-        rows: list[Row] = []
+        """Walk the whole chain in stored order and every checkpoint (DB and side file)."""
         async with self.db.execute("SELECT * FROM audit ORDER BY rowid") as cur:
-            async for r in cur:
-                e = event_row(r)
-                body = event_body(e.seq, e.ts, e.type, e.actor, e.session, e.grant, e.target, e.severity, e.data)
-                rows.append(Row(body, e.prev_hash, e.hash))
-        cps = {}
-        async with self.db.execute("SELECT * FROM checkpoints") as cur:
-            async for r in cur:
-                cps[(r["seq"], r["head"])] = Checkpoint(r["seq"], r["head"], r["kid"], r["signature"], r["ts"])
-        for cp in read_checkpoint_file(self.checkpoint_file):
-            cps.setdefault((cp.seq, cp.head), cp)
-        ring = self.ring
-        return verify_chain(rows, cps.values(), ring.verify_bytes if ring else (lambda *_: False))
+            events = [event_row(r) async for r in cur]
+        return judge(events, await self.checkpoints(), self.checkpoint_file, self.ring)
 
     # --- grants ------------------------------------------------------------------------------------
 
     async def add_grant(self, g: GrantRecord) -> None:
         """Store a newly issued grant."""
+        try:
+            await self._insert_grant(g)
+        except sqlite3.IntegrityError:
+            raise StoreConflict(f"grant {g.id} already exists") from None
+
+    async def _insert_grant(self, g: GrantRecord) -> None:
         await self._write(
             "INSERT INTO grants (id,user,target,scope,reason,approvers,issued_at,not_before,expires_at,state,"
             "break_glass,request_id,max_sessions,workload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -308,11 +309,13 @@ class SqliteStore:
             raise StoreError(f"no grant {grant_id!r}")
         if g.state != "active":
             raise StoreError(f"grant {grant_id} is already {g.state}")
-        await self._write(
+        cur = await self._write(
             "UPDATE grants SET state='revoked', revoked_at=?, revoked_by=?, revoke_reason=?, "
             "changed_seq=(SELECT COALESCE(MAX(changed_seq),0)+1 FROM grants) WHERE id=? AND state='active'",
             (now, by, reason, grant_id),
         )
+        if cur.rowcount != 1:  # ended by someone else between the read and the write
+            raise StoreError(f"grant {grant_id} is no longer active")
         return replace(g, state="revoked", revoked_at=now, revoked_by=by, revoke_reason=reason)
 
     async def expire_grants(self, now: float) -> list[str]:
@@ -348,7 +351,7 @@ class SqliteStore:
 
     async def add_session(self, s: SessionRecord) -> None:
         """Store a session at its start (no limit: admission against a limit uses `admit_session`)."""
-        await self._write(_INSERT_SESSION, _session_args(s))
+        await self._write(_INSERT_SESSION, _session_args(s, self.node))
 
     async def admit_session(self, s: SessionRecord, *, max_live: int | None) -> bool:
         """Insert a session only if its grant has fewer than `max_live` live sessions; False when full.
@@ -368,7 +371,7 @@ class SqliteStore:
                     if row is not None and int(row[0]) >= max_live:
                         await self.db.execute("ROLLBACK")
                         return False
-                await self.db.execute(_INSERT_SESSION, _session_args(s))
+                await self.db.execute(_INSERT_SESSION, _session_args(s, self.node))
                 await self.db.execute("COMMIT")
             except BaseException:
                 await self.db.execute("ROLLBACK")
@@ -520,14 +523,87 @@ class SqliteStore:
         async with self._lock:
             await self.db.executemany("INSERT OR IGNORE INTO baseline_seen VALUES (?,?,?,?,?)", rows)
 
+    # --- metrics -----------------------------------------------------------------------------------
+
+    async def counts(self) -> Counts:
+        """Totals for the metrics endpoint."""
+
+        async def one(sql: str) -> int:
+            async with self.db.execute(sql) as cur:
+                return int((await cur.fetchone() or (0,))[0])
+
+        rejected_sql = "SELECT json_extract(data, '$.code'), COUNT(*) FROM audit WHERE type='token.rejected' GROUP BY 1"
+        async with self.db.execute(rejected_sql) as cur:
+            rejected = {str(r[0]): int(r[1]) for r in await cur.fetchall()}
+        stats_sql = (
+            "SELECT target, SUM(COALESCE(json_extract(stats,'$.statements'),0)), "
+            "SUM(COALESCE(json_extract(stats,'$.denied'),0)), SUM(COALESCE(json_extract(stats,'$.commands'),0)) "
+            "FROM sessions WHERE ended_at IS NOT NULL GROUP BY target"
+        )
+        async with self.db.execute(stats_sql) as cur:
+            ended = {str(r[0]): (float(r[1] or 0), float(r[2] or 0), float(r[3] or 0)) for r in await cur.fetchall()}
+        return Counts(
+            await one("SELECT COUNT(*) FROM requests WHERE state='pending'"),
+            await one("SELECT COUNT(*) FROM grants WHERE state='active'"),
+            await one("SELECT COUNT(*) FROM audit WHERE type='session.kill'"),
+            rejected,
+            ended,
+        )
+
+    # --- replicas ----------------------------------------------------------------------------------
+
+    async def heartbeat(self, node: NodeRecord) -> None:
+        """Record that a replica is alive (insert or refresh its row)."""
+        await self._write(
+            "INSERT INTO nodes VALUES (?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET version=excluded.version, "
+            "started_at=excluded.started_at, heartbeat_at=excluded.heartbeat_at, "
+            "live_sessions=excluded.live_sessions, state=excluded.state",
+            (node.id, node.version, node.started_at, node.heartbeat_at, node.live_sessions, node.state),
+        )
+
+    async def list_nodes(self) -> list[NodeRecord]:
+        """Every replica that ever heartbeat, most recent first."""
+        async with self.db.execute("SELECT * FROM nodes ORDER BY heartbeat_at DESC") as cur:
+            return [node_row(r) for r in await cur.fetchall()]
+
+    async def claim_lost_nodes(self, *, older_than: float, now: float) -> dict[str, list[SessionRecord]]:
+        """Mark replicas silent since `older_than` lost and end their live sessions (reason replica_lost), in
+        one transaction, so exactly one survivor claims each; returns the sessions it ended, per replica."""
+        out: dict[str, list[SessionRecord]] = {}
+        async with self._lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                sql = "SELECT id FROM nodes WHERE state='up' AND heartbeat_at < ? AND id != ?"
+                async with self.db.execute(sql, (older_than, self.node)) as cur:
+                    lost = [str(r[0]) for r in await cur.fetchall()]
+                for nid in lost:
+                    await self.db.execute("UPDATE nodes SET state='lost' WHERE id=?", (nid,))
+                    sql = "SELECT * FROM sessions WHERE node=? AND ended_at IS NULL"
+                    async with self.db.execute(sql, (nid,)) as cur:
+                        out[nid] = [session_row(r) for r in await cur.fetchall()]
+                    # kill_requested too: should the replica come back, its watcher ends what it still holds.
+                    await self.db.execute(
+                        "UPDATE sessions SET ended_at=?, end_reason=?, kill_requested=? "
+                        "WHERE node=? AND ended_at IS NULL",
+                        (now, REPLICA_LOST, REPLICA_LOST, nid),
+                    )
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+        return out
+
+    async def listen(self, wake: Wake) -> None:
+        """SQLite has no push: other processes' revocations and kills arrive through the watcher's poll."""
+
 
 _INSERT_SESSION = (
-    "INSERT INTO sessions (id,grant_id,user,target,scope,protocol,client_addr,started_at,recording_path,stats)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?)"
+    "INSERT INTO sessions (id,grant_id,user,target,scope,protocol,client_addr,started_at,recording_path,stats,node)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 
-def _session_args(s: SessionRecord) -> tuple[object, ...]:
+def _session_args(s: SessionRecord, node: str) -> tuple[object, ...]:
     return (
         s.id,
         s.grant_id,
@@ -539,4 +615,5 @@ def _session_args(s: SessionRecord) -> tuple[object, ...]:
         s.started_at,
         s.recording_path,
         json.dumps(s.stats),
+        s.node or node,
     )

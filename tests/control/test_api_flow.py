@@ -8,21 +8,22 @@ import time
 from gateway.access import AccessDenied
 from gateway.sessions import LiveSession
 from tests.control.conftest import Running
+from tests.held import hold, release
 
 
 async def _session(
     gw: Running, token: str, target: str = "orders-db", protocol: str = "postgres"
 ) -> tuple[LiveSession, asyncio.Event]:
-    """Open a live session with the token as a front end would, with a kill handle that records the kill."""
-    s = await gw.services.access.open_session(token=token, target=target, protocol=protocol, client_addr="127.0.0.1:1")
+    """Open a live session with the token as a front end would; the event is set once a kill has ended it."""
+    s = await hold(gw.services.access, token=token, target=target, protocol=protocol)
     killed = asyncio.Event()
-
-    async def kill(reason: str) -> None:
-        killed.set()
-        await s.close(reason)
-
-    s.bind(kill=kill)
+    gw.services.registry.end_listeners.append(lambda end: _set_if(end.session is s and end.killed_by, killed))
     return s, killed
+
+
+async def _set_if(cond: object, event: asyncio.Event) -> None:
+    if cond:
+        event.set()
 
 
 async def test_request_approve_token_connect(gw: Running) -> None:
@@ -49,7 +50,7 @@ async def test_request_approve_token_connect(gw: Running) -> None:
         assert status in (403, 404)
     s, _ = await _session(gw, tok["token"])
     assert s.user == "alice" and s.claims.approvers == ("bob",)
-    await s.close("done")
+    await release(s, "done")
     types = [e.type for e in await gw.services.store.events()]
     for t in ("request.created", "request.approval", "grant.issued", "request.approved", "grant.token_fetched"):
         assert t in types

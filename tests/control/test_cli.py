@@ -14,6 +14,7 @@ from gateway.api.auth import hash_api_key
 from gateway.cli import main
 from gateway.tokens import verify_token
 from tests.control.conftest import Running
+from tests.held import ended, hold
 
 
 @pytest.fixture
@@ -81,17 +82,11 @@ async def test_local_revoke_and_kill_without_server(
     gw: Running, cli_env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _, grant, token = await gw.approved_grant()
-    s = await gw.services.access.open_session(token=token, target="orders-db", protocol="postgres", client_addr="x")
-    ended = asyncio.Event()
-
-    async def kill(reason: str) -> None:
-        ended.set()
-        await s.close(reason)
-
-    s.bind(kill=kill)
+    s = await hold(gw.services.access, token=token, target="orders-db", protocol="postgres")
     code, _, err = await run(capsys, "kill", s.id, "--reason", "from the cli")
     assert code == 0, err
-    await asyncio.wait_for(ended.wait(), 1.5)  # the gateway's watcher picked up the store's kill mark
+    await asyncio.wait_for(ended(s), 1.5)  # the gateway's watcher picked up the store's kill mark
+    assert s.killed_by == "gateway" and s.end_reason == "from the cli"
     code, _out, err = await run(capsys, "revoke", grant, "--reason", "ops done")
     assert code == 0, err
     g = await gw.services.store.get_grant(grant)

@@ -17,6 +17,7 @@ from gateway.control.rules import check_create, check_text
 from gateway.review.sanitize import free_text_problem
 from gateway.services import load_policies
 from tests.control.conftest import Running
+from tests.held import hold, release
 
 BAD = [
     "INC-1 \x1b[2K read",  # CSI
@@ -76,11 +77,11 @@ async def test_revoke_and_kill_reasons_refused(gw: Running) -> None:
     status, out = await gw.call("erin", "POST", f"/v1/grants/{grant}/revoke", {"reason": "done\u202e"})
     assert status == 422 and "'reason'" in out["error"]["message"], out
     assert (await gw.services.store.get_grant(grant)).state == "active"  # type: ignore[union-attr]
-    s = await gw.services.access.open_session(token=token, target="orders-db", protocol="postgres", client_addr="x")
+    s = await hold(gw.services.access, token=token, target="orders-db", protocol="postgres", client_addr="x")
     status, out = await gw.call("erin", "POST", f"/v1/sessions/{s.id}/kill", {"reason": "bye\x1b]0;t\x07"})
     assert status == 422 and "'reason'" in out["error"]["message"], out
     assert not s.closed
-    await s.close("test over")
+    await release(s, "test over")
 
 
 @pytest.fixture
@@ -121,11 +122,11 @@ async def test_local_revoke_and_kill_reasons_refused(
     code, _, err = await run(capsys, "revoke", grant, "--reason", "done\x1b[2K")
     assert code == 1 and "reason contains a control" in err and "(\\x1b at position 5)" in err, err
     assert (await gw.services.store.get_grant(grant)).state == "active"  # type: ignore[union-attr]
-    s = await gw.services.access.open_session(token=token, target="orders-db", protocol="postgres", client_addr="x")
+    s = await hold(gw.services.access, token=token, target="orders-db", protocol="postgres", client_addr="x")
     code, _, err = await run(capsys, "kill", s.id, "--reason", "x\u009b2K")
     assert code == 1 and "reason contains a control" in err and "(\\x9b at position 2)" in err, err
     assert (await gw.services.store.get_session(s.id)).kill_requested is None  # type: ignore[union-attr]
-    await s.close("test over")
+    await release(s, "test over")
 
 
 async def test_the_workflow_itself_refuses(config: Config) -> None:

@@ -6,6 +6,7 @@ import re
 
 from gateway.metrics import Metric, render
 from tests.control.conftest import Running
+from tests.held import hold
 
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 _LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
@@ -39,7 +40,7 @@ def parse(text: str) -> dict[str, list[tuple[str, float]]]:
 async def test_metrics_parse_and_count(gw: Running) -> None:
     await gw.ok("alice", "POST", "/v1/requests", {"target": "orders-db", "scope": "read", "ttl": 60, "reason": "a"})
     _, _, token = await gw.approved_grant()
-    s = await gw.services.access.open_session(token=token, target="orders-db", protocol="postgres", client_addr="x")
+    s = await hold(gw.services.access, token=token, target="orders-db", protocol="postgres", client_addr="x")
     s.stats["statements"] = 7
     s.stats["denied"] = 2
     await gw.call(None, "GET", "/v1/whoami")  # an auth failure

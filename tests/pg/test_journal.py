@@ -44,7 +44,7 @@ def reference(
     tx: str,
     tag: str | None,
 ) -> dict[str, Any]:
-    """The event as a dict, empty keys left out (the schema in gateway/review/replay.py)."""
+    """The event as a dict, empty keys left out (the schema in gateway/recording/schema.py)."""
     ev: dict[str, Any] = {"t": 1.25, "type": "statement", "sql": sql, "fingerprint": fingerprint, "kind": kind,
                           "verdict": d.verdict.value, "tx": TX_NAMES.get(tx, tx)}  # fmt: skip
     if params:

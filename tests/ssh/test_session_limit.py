@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import subprocess
 import time
 
@@ -13,7 +14,9 @@ from tests.ssh.conftest import SSH_OPTS, TARGET, USER, Gateway
 
 CLIENTS = 20
 LIMIT = 2
-CANARY = "sleep 2.713"  # the admitted clients' upstream command, found on the rig's sshd side by pgrep
+# The admitted clients' upstream command, found on the rig's sshd side by pgrep; unique per run, so another
+# run of this test on the same machine is not counted.
+CANARY = f"sleep 2.7{secrets.randbelow(10**6):06d}"
 
 
 def upstream_canaries() -> int:

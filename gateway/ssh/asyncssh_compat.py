@@ -1,0 +1,82 @@
+"""The one place that leans on asyncssh's internals: auditing the agent and X11 requests it answers on its own.
+
+asyncssh answers these session channel requests inside the channel, with no application hook (there is
+none in ``SSHServerSession`` nor ``SSHServer``), and its server grants agent forwarding by default. The
+listener turns both off with public options (``agent_forwarding=False``, ``x11_forwarding=False``), so
+asyncssh refuses them whatever happens here; this module adds the audit record (and a second refusal) by
+overriding asyncssh's private per-request handlers on the channel. `check_internals` says whether those
+internals still look as expected; ``tests/ssh/test_asyncssh_compat.py`` fails loudly on an asyncssh
+upgrade that changes them, and the listener logs it at start.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, cast
+
+import asyncssh
+
+from gateway.sessions import LiveSession
+
+AGENT_HANDLER = "_process_auth_agent_req_at_openssh_dot_com_request"
+X11_HANDLER = "_process_x11_req_request"
+DISPATCH = "_service_next_request"
+"""asyncssh calls ``_process_<request type>_request(packet)`` from here and reports a bool result itself."""
+
+
+def check_internals() -> list[str]:
+    """What no longer matches the asyncssh internals this module overrides (empty: all as expected)."""
+    problems: list[str] = []
+    chan = asyncssh.SSHServerChannel
+    for name in (AGENT_HANDLER, X11_HANDLER):
+        fn = getattr(chan, name, None)
+        if fn is None or not callable(fn):
+            problems.append(f"asyncssh.SSHServerChannel.{name} is gone")
+            continue
+        params = list(inspect.signature(fn).parameters)
+        if params != ["self", "packet"]:
+            problems.append(f"asyncssh.SSHServerChannel.{name}{tuple(params)}: expected (self, packet)")
+    dispatch = getattr(asyncssh.channel.SSHChannel, DISPATCH, None)
+    if dispatch is None:
+        problems.append(f"asyncssh.channel.SSHChannel.{DISPATCH} is gone")
+    else:
+        source = inspect.getsource(dispatch)
+        if "_process_" not in source or "_request" not in source:
+            problems.append(f"asyncssh.channel.SSHChannel.{DISPATCH} no longer dispatches to _process_*_request")
+    create = getattr(asyncssh.SSHServerConnection, "create_server_channel", None)
+    if create is None:
+        problems.append("asyncssh.SSHServerConnection.create_server_channel is gone")
+    if chan.__dictoffset__ == 0:  # the swapped-in class keeps the session in the instance's __dict__
+        problems.append("asyncssh.SSHServerChannel uses __slots__: a channel can no longer carry its session")
+    return problems
+
+
+class AuditedChannel(asyncssh.SSHServerChannel[bytes]):
+    """An SSHServerChannel whose agent and X11 forwarding requests are refused and audited.
+
+    No new state beyond the session: it is adopted by swapping ``__class__`` on the channel asyncssh built,
+    so asyncssh's constructor stays its own business.
+    """
+
+    _gw_session: LiveSession
+
+    @classmethod
+    def adopt(cls, chan: asyncssh.SSHServerChannel[bytes], session: LiveSession) -> AuditedChannel:
+        """Turn a channel made by ``create_server_channel`` into an audited one."""
+        chan.__class__ = cls
+        audited = cast(AuditedChannel, chan)
+        audited._gw_session = session
+        return audited
+
+    # asyncssh reports a handler's bool result itself (DISPATCH); its own agent handler returns None only
+    # because it answers later, from a task.
+    def _process_auth_agent_req_at_openssh_dot_com_request(self, packet: Any) -> bool:  # type: ignore[override]
+        """ssh -A: the engineer's agent is never exposed to the target."""
+        packet.check_end()
+        self._gw_session.audit_soon("ssh.forward", severity="warning", kind="agent", allowed=False)
+        return False
+
+    def _process_x11_req_request(self, packet: Any) -> bool:
+        """ssh -X / -Y: refused."""
+        self._gw_session.audit_soon("ssh.forward", severity="warning", kind="x11", allowed=False)
+        return False
