@@ -126,7 +126,8 @@ async def run(users: int, days: int, seed: int) -> dict[str, Any]:
                 unread = [t for t in TABLES if t.startswith(schema + ".") and t not in p.tables]
                 sqls.insert(rng.randrange(len(sqls)), f"SELECT * FROM {rng.choice(unread)} WHERE id = 1")
             elif label == "first_use.schema":
-                other = next(x for x in SCHEMAS if not p.tables[0].startswith(x + "."))
+                fresh = [x for x in SCHEMAS if (p.name, p.db, "schema", x) not in detector.baselines.seen]
+                other = fresh[0] if fresh else f"extra{sid}"  # a schema this user never used
                 sqls.insert(rng.randrange(len(sqls)), f"SELECT * FROM {other}.t0 WHERE id = 1")
             for sql in sqls:
                 now[0] += rng.uniform(1, 30)
@@ -146,8 +147,12 @@ async def run(users: int, days: int, seed: int) -> dict[str, Any]:
         for p in people:
             for k in range(rng.choice((1, 1, 2))):
                 await session(p, day * DAY + 9 * 3600 + k * 3600 + rng.uniform(0, 1800), None)
-            if day >= days // 2 and rng.random() < 0.1:
-                await session(p, day * DAY + 15 * 3600, rng.choice(kinds))
+            seeded_kind = rng.choice(kinds)
+            where = {"first_use.command": p.host, "first_use.target": ""}.get(seeded_kind, p.db)
+            # Seeded only where the user is past warm-up there: before it nothing is flagged, by design.
+            warm = detector.baselines.of(p.name, where).sessions >= settings.warmup_sessions
+            if day >= days // 2 and rng.random() < 0.1 and warm:
+                await session(p, day * DAY + 15 * 3600, seeded_kind)
 
     # The workflow: a request a week per user, approved after minutes to hours by one of eight approvers,
     # reason with a ticket; seeded: rubber stamps, missing tickets, one approver approving four in a row.
