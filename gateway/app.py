@@ -14,6 +14,7 @@ from typing import NoReturn, Protocol
 from gateway.config import Config
 from gateway.keyfiles import ensure_ssh_host_key, ensure_tls_cert
 from gateway.policy import PolicyError
+from gateway.replica import Replica
 from gateway.services import Services, build_services, load_policies
 from gateway.webhooks import WebhookSink, install_webhooks
 
@@ -43,6 +44,7 @@ class App:
         self.services: Services | None = None
         self.listeners: dict[str, Listener] = {}
         self._webhooks: WebhookSink | None = None
+        self._replica: Replica | None = None
 
     async def start(self) -> Services:
         """Make missing key material, open services, start listeners and background tasks."""
@@ -61,6 +63,11 @@ class App:
         svc.scheduler.every(5.0, "grant-expiry", self._expire_grants)
         every = svc.anchors.settings.interval  # first after one interval: start and stop sign checkpoints already
         svc.scheduler.every(every, "audit-anchors", svc.anchors.tick, first=every)
+        if self.config.shared_store:
+            # Several replicas: pushed revocations, heartbeats, and reaping the sessions of a replica that died.
+            self._replica = Replica(svc)
+            await self._replica.start()
+            svc.scheduler.every(self.config.heartbeat, "replica-heartbeat", self._replica.tick)
         if "postgres" in self.enable:  # backends of the injected logins that no live session owns: flagged, ended
             from gateway.detect.pgsweep import SWEEP_EVERY, PgSweeper
 
@@ -115,6 +122,11 @@ class App:
             await self.services.scheduler.stop()
         for listener in self.listeners.values():
             await listener.close()
+        if self._replica is not None:
+            try:
+                await self._replica.stopped()
+            except Exception as exc:
+                log.error("could not record this replica's stop: %s", type(exc).__name__)
         if self.services is not None:
             await self.services.store.append("gateway.stop")
             await self.services.registry.close_all("gateway shutting down")

@@ -13,6 +13,7 @@ from gateway.anchors.publish import Anchorer
 from gateway.config import Config
 from gateway.detect.engine import Detector
 from gateway.policy import Policies
+from gateway.receipts import ReceiptIssuer
 from gateway.scheduler import Scheduler
 from gateway.sessions import LiveSession, SessionRegistry
 from gateway.store import Store, store_for
@@ -93,5 +94,7 @@ async def build_services(config: Config, *, clock: Callable[[], float] = time.ti
 
     registry = SessionRegistry(store, clock=clock, warn_before=config.warn_before, alert=alert)
     registry.detector = await Detector(config.detection, store, alerts, clock=clock).load()
+    receipts = ReceiptIssuer(store, ring, issuer=config.issuer, origin=config.anchor_origin)
+    registry.end_listeners.append(receipts.on_session_end)
     access = Access(config, ring, store, policies, registry, clock)
     return Services(config, ring, store, policies, alerts, registry, access, anchors, Scheduler(clock))

@@ -66,6 +66,9 @@ class Backend:
                 con.close()
         pg = await asyncpg.connect(self.url)
         try:
+            if ";" in sql:  # a script: several statements, no rows
+                await pg.execute(sql)
+                return []
             return [tuple(r) for r in await pg.fetch(sql)]
         finally:
             await pg.close()

@@ -287,9 +287,10 @@ async def test_show_timelines(recorded: Recorded) -> None:
         lines = text.splitlines()
         kinds = [line[21:].split(" ", 1)[0] for line in lines[3:]]
         assert kinds[:2] == ["request", "approval"], text
-        assert "session.start" in kinds and kinds[-1] == "session.end", text
+        # the session's end, then its signed termination receipt
+        assert "session.start" in kinds and kinds[-2:] == ["session.end", "session.receipt"], text
         assert (
-            lines[-1].split("session.end", 1)[1].strip()
+            lines[-2].split("session.end", 1)[1].strip()
             == (await recorded.session(recorded.ssh_sid if text is ssh else recorded.pg_sid)).end_reason
         )
         assert "approved by bob" in text
@@ -315,7 +316,10 @@ async def test_show_pg_timeline_has_the_statements(recorded: Recorded) -> None:
         "statement          allowed: SELECT 'after-deny' AS still_here;",
     ], pg
     kinds = [line[21:].split(" ", 1)[0] for line in lines[3:]]
-    assert kinds.index("session.start") < kinds.index("statement") and kinds[-1] == "session.end", pg
+    assert kinds.index("session.start") < kinds.index("statement") and kinds[-2:] == [
+        "session.end",
+        "session.receipt",
+    ], pg
 
 
 # --- 3: replay --print ----------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ from aiohttp import web
 from gateway.api.body import free_text, q_bool, q_number, query, read_json
 from gateway.api.context import caller, ctx
 from gateway.control.actions import default_kill_reason, kill_session
-from gateway.control.errors import not_found
+from gateway.control.errors import conflict, not_found
+from gateway.receipts import stored_receipt, verify_receipt
 from gateway.store import SessionRecord
 
 routes = web.RouteTableDef()
@@ -66,6 +67,22 @@ async def get(request: web.Request) -> web.Response:
     if s is None or not (who.admin or who.name == s.user):
         raise not_found(f"no session {request.match_info['id']!r}")
     return web.json_response(session_json(s))
+
+
+@routes.get("/v1/sessions/{id}/receipt")
+async def receipt(request: web.Request) -> web.Response:
+    """The signed termination receipt of an ended session (JWS; verify with /.well-known/jwks.json)."""
+    who = caller(request)
+    svc = ctx(request).services
+    s = await svc.store.get_session(request.match_info["id"])
+    if s is None or not (who.admin or who.name == s.user):
+        raise not_found(f"no session {request.match_info['id']!r}")
+    if s.ended_at is None:
+        raise conflict(f"session {s.id} is live; its receipt is issued when it ends")
+    jws = await stored_receipt(svc.store, s.id)
+    if jws is None:
+        raise not_found(f"session {s.id} has no receipt (it ended before receipts were issued, or signing failed)")
+    return web.json_response({"session": s.id, "receipt": jws, "claims": verify_receipt(jws, svc.ring)})
 
 
 @routes.post("/v1/sessions/{id}/kill")

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway import __version__
-from gateway.cli import admin, control, demo, detections, pipeline, review, run
+from gateway.cli import admin, control, demo, detections, nodes, pipeline, policy, receipt, review, run, storecmd
 from gateway.cli.common import CONFIG_HELP, SERVER_HELP, CliError, Commands
 from gateway.review.sanitize import printable
 
-GROUPS = (admin, run, review, control, pipeline, demo, detections)
+GROUPS = (admin, run, review, receipt, control, policy, pipeline, nodes, storecmd, demo, detections)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -92,13 +92,14 @@ def _reader_left() -> int:
 
 
 def _shorthands(argv: list[str]) -> list[str]:
-    """`gateway token REQ` means `gateway token get REQ` (the issue's spelling)."""
+    """`gateway token REQ` means `gateway token get REQ`, `gateway receipt SESSION` `gateway receipt show SESSION`."""
     i = 0
     while i < len(argv) and argv[i].startswith("-"):  # global options before the command
         i += 2 if argv[i] in _VALUED else 1
-    if argv[i : i + 1] == ["token"] and i + 1 < len(argv) and argv[i + 1] not in ("verify", "get"):
-        if not argv[i + 1].startswith("-"):
-            argv.insert(i + 1, "get")
+    for group, sub, named in (("token", "get", ("verify", "get")), ("receipt", "show", ("verify", "show"))):
+        if argv[i : i + 1] == [group] and i + 1 < len(argv) and argv[i + 1] not in named:
+            if not argv[i + 1].startswith("-"):
+                argv.insert(i + 1, sub)
     return argv
 
 

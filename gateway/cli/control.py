@@ -1,5 +1,5 @@
 """Control-plane commands: login, request, requests, approve, deny, cancel, token get, grants, revoke, kill,
-ssh, psql, users add, policy check."""
+ssh, psql, users add (policy check and diff: gateway.cli.policy)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import getpass
 import re
 import sys
 import time
-from pathlib import Path
-from typing import Any
 
 from gateway.cli import connect
 from gateway.cli.client import ApiClient, check_server_url, client_from, save_credentials, server_from
@@ -17,7 +15,6 @@ from gateway.cli.common import (
     SERVER_HELP,
     CliError,
     Commands,
-    config_from,
     iso,
     local_caller,
     print_json,
@@ -29,7 +26,6 @@ from gateway.control.actions import default_kill_reason, kill_session, revoke_gr
 from gateway.control.apikeys import hash_api_key, new_api_key
 from gateway.control.errors import WorkflowError
 from gateway.durations import format_duration, parse_duration
-from gateway.policy import Policies, PolicyError, ScopePolicy
 
 
 def register(sub: Commands) -> None:
@@ -98,11 +94,6 @@ def register(sub: Commands) -> None:
     p.add_argument("name")
     p.add_argument("--group", action="append", default=[], help="group (repeatable)")
     p.set_defaults(func=cmd_users_add)
-
-    pol = sub.add_parser("policy", help="policies as code").add_subparsers(dest="policy_cmd", required=True)
-    p = pol.add_parser("check", help="validate policy files; print what each configured user may request")
-    p.add_argument("--dir", help="policy folder (default: paths.policies from the config)")
-    p.set_defaults(func=cmd_policy_check)
 
 
 # --- login -----------------------------------------------------------------------------------------
@@ -306,68 +297,3 @@ def cmd_users_add(args: argparse.Namespace) -> int:
     print(f'[users.{table}]\napi_key_sha256 = "{hash_api_key(key)}"\ngroups = [{groups}]')
     print(f"\nthe user then runs: gateway login --server URL --key {key[:6]}...", file=sys.stderr)
     return 0
-
-
-def cmd_policy_check(args: argparse.Namespace) -> int:
-    """Validate policies against the config; print scopes and who may request them."""
-    config = config_from(args)
-    folder = config.policies_dir if args.dir is None else Path(args.dir).resolve()
-    if not folder.is_dir():
-        raise CliError(f"{folder}: no such policy folder", 2)
-    try:
-        policies = Policies.load(
-            folder, {n: (t.kind, list(t.logins)) for n, t in config.targets.items()}, list(config.workloads)
-        )
-    except PolicyError as exc:
-        raise CliError(f"policy error: {exc}", 2) from None
-    problems, warnings = check_policies(config.targets, config.users, policies)
-    for tp in policies.targets():
-        say(f"{tp.target} ({tp.source})")
-        for name, sp in sorted(tp.scopes.items()):
-            say(f"  {name:<10} max {format_duration(sp.max_ttl):<6} {describe_approvals(sp)}")
-    if config.users:
-        print("who may request what:")
-        for user in sorted(config.users.values(), key=lambda u: u.name):
-            allowed = [
-                f"{tp.target}/{s}"
-                for tp in policies.targets()
-                for s, sp in sorted(tp.scopes.items())
-                if sp.may_request(user.name, user.groups)
-            ]
-            groups = f" ({', '.join(sorted(user.groups))})" if user.groups else ""
-            say(f"  {user.name}{groups}: {', '.join(allowed) or 'nothing'}")
-    for w in warnings:
-        say(f"warning: {w}", err=True)
-    for p in problems:
-        say(f"error: {p}", err=True)
-    return 2 if problems else 0
-
-
-def describe_approvals(sp: ScopePolicy) -> str:
-    """One line: how a scope gets approved."""
-    if sp.auto_approve or sp.approvals.count == 0:
-        return "auto-approved (audited)"
-    who = [*(f"user {u}" for u in sorted(sp.approvals.from_users))]
-    who += [f"group {g}" for g in sorted(sp.approvals.from_groups)]
-    return f"{sp.approvals.count} approval(s) from {', '.join(who) or 'anyone but the requester'}"
-
-
-def check_policies(targets: Any, users: Any, policies: Policies) -> tuple[list[str], list[str]]:
-    """Problems (scopes without an upstream login) and warnings (approvals no configured user can give)."""
-    problems: list[str] = []
-    warnings: list[str] = []
-    for tp in policies.targets():
-        target = targets.get(tp.target)
-        for name, sp in sorted(tp.scopes.items()):
-            where = f"{tp.source}: {tp.target}/{name}"
-            if target is not None and name not in target.logins:
-                problems.append(f"{where}: no login for this scope in [targets.{tp.target}.logins]")
-            rule = sp.approvals
-            if users and (rule.from_users or rule.from_groups) and not sp.auto_approve and rule.count > 0:
-                able = {u.name for u in users.values() if u.name in rule.from_users or rule.from_groups & u.groups}
-                if len(able) < rule.count:
-                    warnings.append(
-                        f"{where}: needs {rule.count} approval(s) but only {len(able)} configured user(s) may give "
-                        f"them ({', '.join(sorted(able)) or 'none'}); OIDC users may still qualify"
-                    )
-    return problems, warnings

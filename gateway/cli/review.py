@@ -175,6 +175,7 @@ async def cmd_show(args: argparse.Namespace) -> int:
     say(f"recording {s.recording_path}")
     for item in timeline:
         say(f"{iso(item['ts'])}  {item['what']:<18} {item['detail']}")
+
     return 0
 
 
@@ -215,6 +216,8 @@ def _recorded_statements(s: SessionRecord) -> tuple[list[dict[str, Any]], set[st
 
 def _describe(e: AuditEvent) -> str:
     d = e.data
+    if e.type == "session.receipt":  # the JWS itself is long; `gateway receipt` prints it
+        return f"signed (key {d.get('kid')}), covers audit #{d.get('end_seq')}: gateway receipt {e.session}"
     for key in ("line", "sql", "summary", "reason", "path"):
         if d.get(key):
             extra = f" [{d['rule']}]" if d.get("rule") else ""
