@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.detect.settings import KEYS as DETECTION_KEYS
+from gateway.detect.settings import DetectionSettings, SettingsError, parse_settings
 from gateway.durations import parse_duration
 from gateway.secret import Secret
 
@@ -182,6 +184,7 @@ class Config:
     api: ApiSettings = field(default_factory=ApiSettings)
     workloads: Mapping[str, WorkloadIssuer] = field(default_factory=dict)
     anchors: AnchorSettings = field(default_factory=AnchorSettings)
+    detection: DetectionSettings = field(default_factory=DetectionSettings)
 
     @property
     def anchor_origin(self) -> str:
@@ -227,8 +230,10 @@ _SCHEMA: dict[str, set[str]] = {
         "oidc",
         "workloads",
         "anchors",
+        "detection",
     },
     "anchors": {"origin", "folder", "interval", "webhooks", "alert_webhooks"},
+    "detection": DETECTION_KEYS,
     "api": {"admin_groups", "request_timeout", "metrics_public", "api_keys"},
     "oidc": {
         "issuer",
@@ -415,6 +420,7 @@ def _build(doc: dict[str, Any], path: Path | None, base: Path, need_secrets: boo
         api=_api(r, sections["api"], sections["oidc"]),
         workloads=workloads,
         anchors=_anchors(r, sections["anchors"], base),
+        detection=_detection(r, sections["detection"]),
     )
 
 
@@ -552,6 +558,13 @@ def _workloads(r: _Reader, doc: dict[str, Any], base: Path) -> dict[str, Workloa
             r.integer(body, "max_token_age", f"{key}.", 900, 60, 86400),
         )
     return out
+
+
+def _detection(r: _Reader, doc: dict[str, Any]) -> DetectionSettings:
+    try:
+        return parse_settings(doc)
+    except SettingsError as exc:
+        raise r.fail(f"detection.{exc.key}", str(exc)) from None
 
 
 def _anchors(r: _Reader, doc: dict[str, Any], base: Path) -> AnchorSettings:

@@ -11,6 +11,7 @@ from gateway.access import Access
 from gateway.alerts import Alerts
 from gateway.anchors.publish import Anchorer
 from gateway.config import Config
+from gateway.detect.engine import Detector
 from gateway.policy import Policies
 from gateway.receipts import ReceiptIssuer
 from gateway.scheduler import Scheduler
@@ -92,6 +93,7 @@ async def build_services(config: Config, *, clock: Callable[[], float] = time.ti
             )
 
     registry = SessionRegistry(store, clock=clock, warn_before=config.warn_before, alert=alert)
+    registry.detector = await Detector(config.detection, store, alerts, clock=clock).load()
     receipts = ReceiptIssuer(store, ring, issuer=config.issuer, origin=config.anchor_origin)
     registry.end_listeners.append(receipts.on_session_end)
     access = Access(config, ring, store, policies, registry, clock)

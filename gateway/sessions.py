@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.config import Login, Target
+from gateway.detect.engine import Detector
 from gateway.policy import ScopePolicy
 from gateway.store import SessionRecord, Store
 from gateway.tokens import Claims
@@ -316,6 +317,7 @@ class SessionRegistry:
         self.clock = clock
         self.warn_before = warn_before
         self._alert = alert
+        self.detector: Detector | None = None  # set by build_services; None: no detection (tests, tools)
         self._live: dict[str, LiveSession] = {}
         # Admission against a session limit, one grant at a time: (lock, coroutines holding or waiting).
         self._admitting: dict[str, tuple[asyncio.Lock, int]] = {}

@@ -13,11 +13,24 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway import __version__
-from gateway.cli import admin, console, control, demo, nodes, pipeline, policy, receipt, review, run, storecmd
+from gateway.cli import (
+    admin,
+    console,
+    control,
+    demo,
+    detections,
+    nodes,
+    pipeline,
+    policy,
+    receipt,
+    review,
+    run,
+    storecmd,
+)
 from gateway.cli.common import CONFIG_HELP, SERVER_HELP, CliError, Commands
 from gateway.review.sanitize import printable
 
-GROUPS = (admin, run, review, receipt, control, policy, pipeline, nodes, storecmd, demo, console)
+GROUPS = (admin, run, review, receipt, control, policy, pipeline, nodes, storecmd, demo, console, detections)
 
 
 class _Parser(argparse.ArgumentParser):

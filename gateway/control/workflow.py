@@ -31,6 +31,7 @@ from gateway.control.rules import (
     may_view_request,
     with_approval,
 )
+from gateway.detect.hooks import check_approval
 from gateway.durations import format_duration
 from gateway.policy import Policies, ScopePolicy
 from gateway.store import GrantRecord, RequestRecord, Store
@@ -131,6 +132,7 @@ class Workflow:
             if refusal is not None:
                 raise forbidden(refusal)
             new = with_approval(req, caller, comment, now)
+            await check_approval(self.config.detection, self.store, self.alerts, req, caller.name, now)
             needed = approvals_needed(policy)
             approval = {"request": req.id, "comment": comment, "approvals": len(new.approvals), "needs": needed}
             if len(new.approvals) >= needed:

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 import asyncssh
 
+from gateway.detect.hooks import watch
 from gateway.policy import Decision, SshPolicy, Verdict
 from gateway.recording import BinaryStreamRecorder, RecordingError, schema
 from gateway.sessions import LiveSession
@@ -295,6 +296,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         s = self.host.session
         d = check_line(self.policy, candidates, truncated=truncated, state=self.shell_state)
         s.stats["commands"] = s.stats.get("commands", 0) + 1
+        watch(s).command(shown)
         if not d.allowed:
             s.stats["violations"] = s.stats.get("violations", 0) + 1
         s.audit_soon("command", severity="info" if d.allowed else "warning", line=shown, channel=self.n,

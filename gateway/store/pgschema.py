@@ -63,6 +63,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER checkpoints_no_truncate BEFORE TRUNCATE ON checkpoints
         FOR EACH STATEMENT EXECUTE FUNCTION gateway_append_only('checkpoints are append-only');
     """,
+    # 2: detection baselines: what each user was first seen doing on each target ('' target: targets used).
+    """
+    CREATE TABLE baseline_seen (
+        "user" text NOT NULL, target text NOT NULL, kind text NOT NULL, value text NOT NULL,
+        first_at double precision NOT NULL, PRIMARY KEY ("user", target, kind, value)
+    );
+    """,
 )
 
 SCHEMA_LOCK = 0x67770001

@@ -425,6 +425,23 @@ class PgStore:
         sql = f"SELECT * FROM requests WHERE {q.sql} ORDER BY created_at DESC"  # noqa: S608
         return [request_row(r) for r in await self.pool.fetch(sql, *q.args)]
 
+    # --- detection baselines -------------------------------------------------------------------------
+
+    async def session_history(self) -> list[tuple[str, str, int, float]]:
+        """Per (user, target): how many sessions, and the first one's start."""
+        sql = 'SELECT "user", target, count(*), min(started_at) FROM sessions GROUP BY "user", target'
+        return [(str(r[0]), str(r[1]), int(r[2]), float(r[3])) for r in await self.pool.fetch(sql)]
+
+    async def baseline_seen(self) -> list[tuple[str, str, str, str]]:
+        """Every (user, target, kind, value) a baseline holds."""
+        rows = await self.pool.fetch('SELECT "user", target, kind, value FROM baseline_seen')
+        return [(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
+
+    async def add_baseline_seen(self, rows: list[tuple[str, str, str, str, float]]) -> None:
+        """Remember first uses (user, target, kind, value, first_at); one already stored keeps its time."""
+        sql = "INSERT INTO baseline_seen VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
+        await self.pool.executemany(sql, rows)
+
     # --- metrics -----------------------------------------------------------------------------------
 
     async def counts(self) -> Counts:

@@ -72,6 +72,13 @@ MIGRATIONS: tuple[str, ...] = (
         live_sessions INTEGER NOT NULL, state TEXT NOT NULL
     );
     """,
+    # 4: detection baselines: what each user was first seen doing on each target ('' target: targets used).
+    """
+    CREATE TABLE baseline_seen (
+        user TEXT NOT NULL, target TEXT NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL, first_at REAL NOT NULL,
+        PRIMARY KEY (user, target, kind, value)
+    );
+    """,
 )
 
 

@@ -505,6 +505,24 @@ class SqliteStore:
         async with self.db.execute(sql, args) as cur:
             return [request_row(r) for r in await cur.fetchall()]
 
+    # --- detection baselines -------------------------------------------------------------------------
+
+    async def session_history(self) -> list[tuple[str, str, int, float]]:
+        """Per (user, target): how many sessions, and the first one's start."""
+        sql = "SELECT user, target, count(*), min(started_at) FROM sessions GROUP BY user, target"
+        async with self.db.execute(sql) as cur:
+            return [(str(r[0]), str(r[1]), int(r[2]), float(r[3])) for r in await cur.fetchall()]
+
+    async def baseline_seen(self) -> list[tuple[str, str, str, str]]:
+        """Every (user, target, kind, value) a baseline holds."""
+        async with self.db.execute("SELECT user, target, kind, value FROM baseline_seen") as cur:
+            return [(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in await cur.fetchall()]
+
+    async def add_baseline_seen(self, rows: list[tuple[str, str, str, str, float]]) -> None:
+        """Remember first uses (user, target, kind, value, first_at); one already stored keeps its time."""
+        async with self._lock:
+            await self.db.executemany("INSERT OR IGNORE INTO baseline_seen VALUES (?,?,?,?,?)", rows)
+
     # --- metrics -----------------------------------------------------------------------------------
 
     async def counts(self) -> Counts:
