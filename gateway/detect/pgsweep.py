@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,9 +19,8 @@ from gateway.alerts import Alerts
 from gateway.config import Config, Login, Target
 from gateway.detect.model import Detection
 from gateway.detect.sweep import Backend, LiveUse, Stray, find_strays
-from gateway.pg.codec import Framer
-from gateway.pg.messages import ErrorResponse, Query
 from gateway.pg.pipe import Pipe
+from gateway.pg.simplequery import QueryFailed, simple_query
 from gateway.pg.upstream import UpstreamError, connect, startup_parameters
 from gateway.store import Store
 
@@ -32,8 +30,6 @@ SWEEP_TAG = "gateway:sweep"
 SWEEP_EVERY = 30.0
 """Seconds between passes (the default of `[detection] sweep_every`)."""
 _TERMINATE = b"X\x00\x00\x00\x04"
-_I16 = struct.Struct("!h")
-_I32 = struct.Struct("!i")
 _BACKENDS_SQL = (
     "SELECT pid, coalesce(application_name, ''), extract(epoch FROM backend_start)::float8, "
     "coalesce(host(client_addr), '') FROM pg_stat_activity "
@@ -46,37 +42,11 @@ class SweepError(Exception):
 
 
 async def _query(pipe: Pipe, leftover: bytes, sql: str) -> list[list[str]]:
-    """DataRows of one simple query as text, until ReadyForQuery; an ErrorResponse raises SweepError."""
-    pipe.write(Query(sql).encode())
-    framer = Framer(name="upstream message")
-    rows: list[list[str]] = []
-    error: str | None = None
-    data = leftover
-    while True:
-        chunk, frames = framer.feed(data)
-        for tag, start, end in frames:
-            body = chunk[start + 5 : end]
-            if tag == ord("D"):
-                rows.append(_data_row(body))
-            elif tag == ErrorResponse.TAG:
-                err = ErrorResponse.decode(body)
-                error = f"{err.message} ({err.sqlstate})"
-            elif tag == ord("Z"):
-                if error is not None:
-                    raise SweepError(error)
-                return rows
-        data = await pipe.read()
-
-
-def _data_row(body: bytes) -> list[str]:
-    count = _I16.unpack_from(body, 0)[0]
-    pos, out = 2, []
-    for _ in range(count):
-        n = _I32.unpack_from(body, pos)[0]
-        pos += 4
-        out.append("" if n < 0 else body[pos : pos + n].decode("utf-8", "replace"))
-        pos += max(n, 0)
-    return out
+    """One simple query's rows as text; a server error raises SweepError."""
+    try:
+        return await simple_query(pipe, leftover, sql, errors="replace")
+    except QueryFailed as exc:
+        raise SweepError(str(exc)) from None
 
 
 async def sweep_login(

@@ -16,23 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gateway.config import Login, Target
-from gateway.pg.codec import Framer
-from gateway.pg.messages import ErrorResponse, Query
-from gateway.pg.pipe import Pipe
+from gateway.pg.simplequery import QueryFailed, simple_query
 from gateway.pg.sql.catalog import CATALOG_SQL, Catalog, build
 from gateway.pg.upstream import UpstreamError, connect, startup_parameters
 
 log = logging.getLogger(__name__)
 
 _TERMINATE = b"X\x00\x00\x00\x04"
-_I16 = struct.Struct("!h")
-_I32 = struct.Struct("!i")
 Row = tuple[str, str, str, str, str]
 
 
@@ -50,9 +45,12 @@ async def load_catalog(target: Target, login: Login, *, limit: float = 10.0, now
     pipe = upstream.pipe
     try:
         async with asyncio.timeout(limit):
-            pipe.write(Query(CATALOG_SQL).encode())
-            rows = await _rows(pipe, upstream.leftover, target.name)
+            rows = _rows(await simple_query(pipe, upstream.leftover, CATALOG_SQL), target.name)
         pipe.write(_TERMINATE)
+    except QueryFailed as exc:
+        raise CatalogError(f"the catalogue query on {target.name} failed: {exc}") from None
+    except UnicodeDecodeError:
+        raise CatalogError(f"the catalogue of {target.name} is not valid UTF-8") from None
     except TimeoutError:
         raise CatalogError(f"reading the catalogue of {target.name} took over {limit:g} s") from None
     except (OSError, ConnectionError) as exc:
@@ -62,43 +60,11 @@ async def load_catalog(target: Target, login: Login, *, limit: float = 10.0, now
     return build(rows, now)
 
 
-async def _rows(pipe: Pipe, leftover: bytes, name: str) -> list[Row]:
-    """DataRows of one simple query, until ReadyForQuery; an ErrorResponse fails the load."""
-    framer = Framer(name="upstream message")
-    rows: list[Row] = []
-    error: str | None = None
-    data = leftover
-    while True:
-        chunk, frames = framer.feed(data)
-        for tag, start, end in frames:
-            body = chunk[start + 5 : end]
-            if tag == ord("D"):
-                rows.append(_data_row(body))
-            elif tag == ErrorResponse.TAG:
-                err = ErrorResponse.decode(body)
-                error = f"{err.message} ({err.sqlstate})"
-            elif tag == ord("Z"):
-                if error is not None:
-                    raise CatalogError(f"the catalogue query on {name} failed: {error}")
-                return rows
-        data = await pipe.read()
-
-
-def _data_row(body: bytes) -> Row:
-    count = _I16.unpack_from(body, 0)[0]
-    pos = 2
-    values: list[str] = []
-    for _ in range(count):
-        n = _I32.unpack_from(body, pos)[0]
-        pos += 4
-        if n < 0:
-            values.append("")
-        else:
-            values.append(body[pos : pos + n].decode())
-            pos += n
-    if len(values) != 5:
-        raise CatalogError("the catalogue query returned rows of an unexpected shape")
-    return (values[0], values[1], values[2], values[3], values[4])
+def _rows(rows: list[list[str]], name: str) -> list[Row]:
+    """The catalogue query's rows, each of the five columns CATALOG_SQL selects."""
+    if any(len(r) != 5 for r in rows):
+        raise CatalogError(f"the catalogue query on {name} returned rows of an unexpected shape")
+    return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
 
 @dataclass
