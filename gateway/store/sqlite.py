@@ -569,6 +569,15 @@ class SqliteStore:
     async def claim_lost_nodes(self, *, older_than: float, now: float) -> dict[str, list[SessionRecord]]:
         """Mark replicas silent since `older_than` lost and end their live sessions (reason replica_lost), in
         one transaction, so exactly one survivor claims each; returns the sessions it ended, per replica."""
+        sql = "SELECT count(*) FROM nodes WHERE state='up' AND heartbeat_at < ? AND id != ?"
+        async with self.db.execute(sql, (older_than, self.node)) as cur:
+            row = await cur.fetchone()
+        if not row or not row[0]:
+            return {}  # the usual case, every heartbeat: no write transaction for nothing
+        # A cancellation (the scheduler stopping) must not land between BEGIN and COMMIT.
+        return await asyncio.shield(self._claim_lost(older_than, now))
+
+    async def _claim_lost(self, older_than: float, now: float) -> dict[str, list[SessionRecord]]:
         out: dict[str, list[SessionRecord]] = {}
         async with self._lock:
             await self.db.execute("BEGIN IMMEDIATE")
