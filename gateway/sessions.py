@@ -209,6 +209,9 @@ class LiveSession:
         }
         try:
             await self.store.end_session(self.id, ended_at=now, reason=reason, recording_sha256=sha, stats=self.stats)
+        except Exception as exc:  # a shared store keeps it in its spool; the event is still tried on its own
+            log.error("session %s: could not store its end: %s", self.id, type(exc).__name__)
+        try:
             await self.store.append(
                 "session.end",
                 actor=self.user,

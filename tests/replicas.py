@@ -177,9 +177,9 @@ ops = {{ user = "{self.sshd.user}", key_file = "{self.sshd.client_key_path}" }}
         cmd = [*GATEWAY, "--config", str(self.replicas[name].config), *args]
         return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)
 
-    def grant(self, name: str, target: str, scope: str, user: str = "alice") -> tuple[str, str]:
+    def grant(self, name: str, target: str, scope: str, user: str = "alice", ttl: str = "10m") -> tuple[str, str]:
         """`gateway grant` through replica `name`'s config: (token, grant id)."""
-        p = self.cli(name, "grant", "--user", user, "--target", target, "--scope", scope, "--ttl", "10m",
+        p = self.cli(name, "grant", "--user", user, "--target", target, "--scope", scope, "--ttl", ttl,
                      "--reason", "INC-1", "--json")  # fmt: skip
         assert p.returncode == 0, p.stderr
         issued = json.loads(p.stdout)
@@ -224,6 +224,42 @@ ops = {{ user = "{self.sshd.user}", key_file = "{self.sshd.client_key_path}" }}
         """`gateway audit verify` passes on the shared store."""
         p = self.cli(name, "audit", "verify")
         assert p.returncode == 0 and "audit chain intact" in p.stdout, p.stdout + p.stderr
+
+
+def server_stop(cluster: PgCluster) -> None:
+    """Stop a cluster's server, keeping its data (a store outage)."""
+    cluster._run_server_cmd("pg_ctl", "-D", str(cluster.data_dir), "-m", "fast", "-w", "-t", "30", "stop")
+
+
+def server_start(cluster: PgCluster) -> None:
+    """Start a stopped cluster again on the same port."""
+    cluster._run_server_cmd("pg_ctl", "-D", str(cluster.data_dir), "-l", str(cluster.log_path), "-w", "-t", "60",
+                            "start")  # fmt: skip
+
+
+def server_setting(cluster: PgCluster, **settings: str | int) -> None:
+    """ALTER SYSTEM for each setting, then restart the server so every one applies."""
+    for key, value in settings.items():
+        cluster.psql(f"ALTER SYSTEM SET {key} = '{value}'", db="postgres")
+    server_stop(cluster)
+    server_start(cluster)
+
+
+def enable_tls(cluster: PgCluster) -> Path:
+    """Turn TLS on with a self-signed certificate for 127.0.0.1 and localhost; returns the certificate (the root
+    a client pins with sslrootcert)."""
+    import shutil
+
+    from gateway.keyfiles import ensure_tls_cert
+
+    ensure_tls_cert(cluster._base / "store.crt", cluster._base / "store.key")
+    for name in ("store.crt", "store.key"):
+        shutil.copy(cluster._base / name, cluster.data_dir / name)
+        owner = (cluster.data_dir / "PG_VERSION").stat()
+        os.chown(cluster.data_dir / name, owner.st_uid, owner.st_gid)
+        os.chmod(cluster.data_dir / name, 0o600)
+    server_setting(cluster, ssl="on", ssl_cert_file="store.crt", ssl_key_file="store.key")
+    return cluster._base / "store.crt"
 
 
 def wait_until(pred: Any, timeout: float, what: str, *, every: float = 0.02) -> float:
