@@ -75,6 +75,9 @@ class PgStore:
         # Audit events and session ends the store could not take, until it can (store/spool.py).
         self.spool = Spool(checkpoint_file.with_name("audit.spool.jsonl")) if checkpoint_file is not None else None
         self._draining = asyncio.Lock()
+        # One append of this process at a time waits on the chain's advisory lock: the others wait here,
+        # without holding a pool connection that revocations and admissions need meanwhile.
+        self._appending = asyncio.Lock()
         # Called with every new checkpoint (gateway.anchors publishes them off the host).
         self.checkpoint_listeners: list[Callable[[Checkpoint], Awaitable[None]]] = []
 
@@ -164,7 +167,7 @@ class PgStore:
         self, type_: str, actor: str, session: str, grant: str, target: str, severity: str, data: dict[str, Any],
         ts: float,
     ) -> AuditEvent:  # fmt: skip
-        async with self.pool.acquire() as con, con.transaction():
+        async with self._appending, self.pool.acquire() as con, con.transaction():
             # The lock first, then the head: under READ COMMITTED the head is read by a later statement, so
             # it sees every append committed before the lock was granted.
             await con.execute("SELECT pg_advisory_xact_lock($1)", CHAIN_LOCK)
