@@ -17,8 +17,8 @@ from gateway.store.audit import judge, mirror_checkpoint
 from gateway.store.base import REPLICA_LOST, SEVERITIES, Counts, NodeRecord, StoreConflict, StoreError, Wake
 from gateway.store.chain import GENESIS, Checkpoint, Verdict, chain_hash, checkpoint_message, event_body
 from gateway.store.pgschema import CHAIN_LOCK, CHANNEL, MIGRATIONS, SCHEMA_LOCK
-from gateway.store.records import AuditEvent, GrantRecord, RequestRecord, SessionRecord
-from gateway.store.schema import event_row, grant_row, node_row, request_row, session_row
+from gateway.store.records import AuditEvent, GrantRecord, RequestRecord, SessionRecord, WebSignIn
+from gateway.store.schema import event_row, grant_row, node_row, request_row, session_row, web_signin_row
 from gateway.store.spool import Spool
 from gateway.tokens import KeyRing
 
@@ -625,6 +625,25 @@ class PgStore:
             task = asyncio.ensure_future(result)
             self._wake_tasks.add(task)
             task.add_done_callback(self._wake_tasks.discard)
+
+    # --- console sign-ins ----------------------------------------------------------------------------
+
+    async def add_web_session(self, key: str, s: WebSignIn, *, now: float) -> None:
+        """Store a sign-in (every replica behind the load balancer sees it; expired ones are dropped)."""
+        await self.pool.execute("DELETE FROM web_sessions WHERE expires_at <= $1", now)
+        await self.pool.execute(
+            "INSERT INTO web_sessions VALUES ($1,$2,$3,$4,$5,$6,$7)",
+            key, s.user, json.dumps(list(s.groups)), s.admin, s.via, s.csrf, s.expires_at,
+        )  # fmt: skip
+
+    async def get_web_session(self, key: str, *, now: float) -> WebSignIn | None:
+        """The sign-in under this key, unless it has expired."""
+        r = await self.pool.fetchrow("SELECT * FROM web_sessions WHERE key = $1 AND expires_at > $2", key, now)
+        return web_signin_row(r) if r else None
+
+    async def drop_web_session(self, key: str) -> None:
+        """Sign out (on every replica at once)."""
+        await self.pool.execute("DELETE FROM web_sessions WHERE key = $1", key)
 
     # --- moving an embedded store in -----------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from gateway.store.base import (
     Wake,
 )
 from gateway.store.chain import GENESIS, Checkpoint, Verdict, chain_hash, checkpoint_message, event_body
-from gateway.store.records import AuditEvent, GrantRecord, RequestRecord, SessionRecord
+from gateway.store.records import AuditEvent, GrantRecord, RequestRecord, SessionRecord, WebSignIn
 from gateway.store.schema import (
     MIGRATIONS,
     event_row,
@@ -33,6 +33,7 @@ from gateway.store.schema import (
     request_row,
     session_row,
     split_script,
+    web_signin_row,
 )
 from gateway.tokens import KeyRing
 
@@ -604,6 +605,27 @@ class SqliteStore:
 
     async def listen(self, wake: Wake) -> None:
         """SQLite has no push: other processes' revocations and kills arrive through the watcher's poll."""
+
+    # --- console sign-ins ----------------------------------------------------------------------------
+
+    async def add_web_session(self, key: str, s: WebSignIn, *, now: float) -> None:
+        """Store a sign-in (expired ones are dropped on the way)."""
+        await self._write("DELETE FROM web_sessions WHERE expires_at <= ?", (now,))
+        await self._write(
+            "INSERT INTO web_sessions VALUES (?,?,?,?,?,?,?)",
+            (key, s.user, json.dumps(list(s.groups)), int(s.admin), s.via, s.csrf, s.expires_at),
+        )
+
+    async def get_web_session(self, key: str, *, now: float) -> WebSignIn | None:
+        """The sign-in under this key, unless it has expired."""
+        sql = "SELECT * FROM web_sessions WHERE key = ? AND expires_at > ?"
+        async with self.db.execute(sql, (key, now)) as cur:
+            r = await cur.fetchone()
+        return web_signin_row(r) if r else None
+
+    async def drop_web_session(self, key: str) -> None:
+        """Sign out."""
+        await self._write("DELETE FROM web_sessions WHERE key = ?", (key,))
 
 
 _INSERT_SESSION = (
