@@ -65,12 +65,15 @@ class ReplicaSet:
         *,
         detached: str = "off",
         lost_after: float = 3.0,
+        shared_identity: bool = False,
     ) -> None:
         self.tmp = tmp
         self.store_url = store_url
         self.cluster = cluster
         self.sshd = sshd
         self.lost_after = lost_after
+        # Behind a load balancer every replica shows the same SSH host key and TLS certificate.
+        self.shared_identity = shared_identity
         self.keys = {who: new_api_key() for who in ("admin", "alice", "bob")}
         self.shared = tmp / "shared"
         (self.shared / "policies").mkdir(parents=True)
@@ -85,6 +88,7 @@ class ReplicaSet:
         home = self.tmp / name
         home.mkdir(parents=True)
         ssh, pg, http = free_ports(3)
+        ident = self.shared / "keys" if self.shared_identity else home
         text = f"""
 [listen]
 ssh = "127.0.0.1:{ssh}"
@@ -100,10 +104,10 @@ keys = "{self.shared}/keys"
 policies = "{self.shared}/policies"
 recordings = "{self.shared}/recordings"
 [postgres]
-tls_cert = "{home}/tls.crt"
-tls_key = "{home}/tls.key"
+tls_cert = "{ident}/tls.crt"
+tls_key = "{ident}/tls.key"
 [ssh]
-host_key = "{home}/ssh_host_ed25519"
+host_key = "{ident}/ssh_host_ed25519"
 [alerts]
 file = "{home}/alerts.jsonl"
 [targets.orders]
@@ -192,6 +196,13 @@ ops = {{ user = "{self.sshd.user}", key_file = "{self.sshd.client_key_path}" }}
             data=None if body is None else json.dumps(body).encode(),
             headers={"Authorization": f"Bearer {self.keys[who]}", "Content-Type": "application/json"},
         )  # fmt: skip
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read() or b"null")
+
+    def api_at(self, port: int, method: str, path: str, who: str = "admin") -> Any:
+        """One API call to any HTTP port (a load balancer's)."""
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                     headers={"Authorization": f"Bearer {self.keys[who]}"})  # fmt: skip
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read() or b"null")
 
