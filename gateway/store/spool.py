@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,6 @@ class Spool:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._taken = 0
 
     def __repr__(self) -> str:
         return f"Spool({str(self.path)!r})"
@@ -51,8 +51,7 @@ class Spool:
     def take(self) -> list[tuple[Path, list[dict[str, Any]]]]:
         """Batches to write, oldest first: batches whose drainer died, then the current file (renamed: ours)."""
         batches = self._orphans()
-        self._taken += 1
-        mine = self.path.with_name(f"{self.path.name}.draining.{os.getpid()}.{self._taken}")
+        mine = self._mine()
         try:
             os.rename(self.path, mine)
             batches.append(mine)
@@ -81,15 +80,17 @@ class Spool:
                 if not adopt:
                     found.append(path)
                     continue
-                # adopt it under our own name, so no other process takes it too
-                self._taken += 1
-                mine = self.path.with_name(f"{self.path.name}.draining.{os.getpid()}.{self._taken}")
+                mine = self._mine()  # adopted under our own name, so no other process takes it too
                 try:
                     os.rename(path, mine)
                 except FileNotFoundError:
                     continue
                 found.append(mine)
         return found
+
+    def _mine(self) -> Path:
+        """A batch name of this process (random: several store objects of one process never collide)."""
+        return self.path.with_name(f"{self.path.name}.draining.{os.getpid()}.{secrets.token_hex(6)}")
 
 
 def _alive(pid: int) -> bool:
