@@ -10,11 +10,15 @@
 
   var AP = window.AsciinemaPlayer;
   var player = document.getElementById('player');
-  if (player && AP) {
-    var opts = { fit: 'width', idleTimeLimit: 2, controls: true };
-    if (player.dataset.start) opts.startAt = parseFloat(player.dataset.start);
+  // No idleTimeLimit: the player's clock stays the recording's, so the timeline's offsets seek exactly.
+  function makePlayer(startAt, speed, autoPlay) {
+    var opts = { fit: 'width', controls: true, speed: speed, autoPlay: autoPlay };
+    if (startAt) opts.startAt = startAt;
     window.gwPlayer = AP.create(player.dataset.src, player, opts);
-    wirePlayer(window.gwPlayer);
+  }
+  if (player && AP) {
+    makePlayer(player.dataset.start ? parseFloat(player.dataset.start) : 0, 1, false);
+    wirePlayer();
   }
   var live = document.getElementById('live-player');
   if (live && AP) {
@@ -59,12 +63,20 @@
       function (li) { return parseFloat(li.dataset.t); }).sort(function (a, b) { return a - b; });
   }
 
-  // Jump to the next/previous command or the next violation (refusals and kills) of the timeline.
-  function wirePlayer(p) {
+  // Jump to the next/previous command or the next violation (refusals and kills) of the timeline; speed.
+  function wirePlayer() {
     var controls = document.getElementById('player-controls');
     if (!controls) return;
     controls.hidden = false;
+    var speed = document.getElementById('speed');
+    speed.addEventListener('change', function () {
+      Promise.resolve(window.gwPlayer.getCurrentTime()).then(function (now) {
+        window.gwPlayer.dispose();
+        makePlayer(now, parseFloat(speed.value), true);
+      });
+    });
     function jump(kind, forward) {
+      var p = window.gwPlayer;
       Promise.resolve(p.getCurrentTime()).then(function (now) {
         var ts = times(kind);
         var t = forward ? ts.find(function (x) { return x > now + 0.1; })
