@@ -131,7 +131,7 @@ async def session_page(request: web.Request, ws: WebSession) -> web.StreamRespon
     transcript = list(statements(path))[:MAX_STATEMENTS] if path is not None and s.protocol == "postgres" else []
     offsets = [offset_of(st.t, s.started_at) for st in transcript]
     # The statement a link points at: the first at or after `at` (offsets are in the recording's order).
-    target = next((i for i, o in enumerate(offsets) if at is not None and o >= at - 0.0005), None)
+    target = next((i for i, o in enumerate(offsets) if at is not None and o >= at - 1e-6), None)
     typed = keystrokes(path) if path is not None and s.protocol == "ssh" and not is_binary(path) else []
     return c.render(
         "session.html",

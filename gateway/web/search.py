@@ -38,7 +38,7 @@ class Found:
     @property
     def link(self) -> str:
         """The session page opened at this moment (the player starts there, the transcript scrolls to it)."""
-        return f"/sessions/{self.session.id}?t={self.at:.3f}#at"
+        return f"/sessions/{self.session.id}?t={self.at:.6f}#at"
 
 
 async def find(c: Console, who: Caller, pattern: str, *, regex: bool, case: bool, since: float | None) -> list[Found]:

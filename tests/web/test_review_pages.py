@@ -9,6 +9,7 @@ import re
 import pytest
 
 from gateway.config import load_config
+from gateway.detect.model import FIRST_COMMAND, FIRST_TABLE, NO_TICKET, Detection
 from tests.test_review_e2e import Recorded, recorded
 from tests.web.test_console_http import browser, csrf_of
 
@@ -37,8 +38,8 @@ async def test_search_links_to_the_moment(recorded: Recorded) -> None:
         async with erin.get(gw.url + link) as resp:
             session = await resp.text()
         # the player starts at the hit; the timeline's command links to the same moment
-        assert f'data-start="{at:.3f}"' in session
-        assert f'class="seek" href="/sessions/{recorded.ssh_sid}?t={at:.3f}#at"' in session
+        assert f'data-start="{at:.6f}"' in session
+        assert f'class="seek" href="/sessions/{recorded.ssh_sid}?t={at:.6f}#at"' in session
         assert 'id="next-violation"' in session and 'id="player-controls" hidden' in session  # JS shows them
         # keystrokes: a closed <details> (hidden until opened), each line linking into the recording
         keys = session.split('<details id="keystrokes">', 1)[1].split("</details>", 1)[0]
@@ -71,6 +72,14 @@ async def test_search_links_to_the_moment(recorded: Recorded) -> None:
             assert resp.status == 422
         async with erin.get(gw.url + f"/sessions/{recorded.pg_sid}", params={"t": "nan-ish"}) as resp:
             assert resp.status == 422
+        # a detection about the SSH session (as the detector writes it) is on its timeline, at its offset
+        d = Detection(FIRST_COMMAND, "warning", "first <b>echo</b> by alice", "alice", "web-1", recorded.ssh_sid, 0.5)
+        await gw.services.store.append("detection", actor="alice", session=recorded.ssh_sid, target="web-1",
+                                       severity="warning", data=d.data())  # fmt: skip
+        async with erin.get(f"{gw.url}/sessions/{recorded.ssh_sid}") as resp:
+            page = await resp.text()
+        m = re.search(r'<li class="moment detection" data-t="0\.500000">(.*?)</li>', page, re.S)
+        assert m and "first &lt;b&gt;echo&lt;/b&gt; by alice" in m.group(1) and "?t=0.500000#at" in m.group(1)
         searched = await gw.services.store.events(types=["console.search"])
         assert [e.data["pattern"] for e in searched if e.actor == "erin"][:1] == ["hello-review"]
 
@@ -88,16 +97,22 @@ async def test_request_shows_the_requesters_background(recorded: Recorded) -> No
         # her earlier request (approved, with its grant) and, for an admin, her last sessions
         assert "INC-77" in section and "approved" in section and recorded.ssh_grant in section
         assert f'href="/sessions/{recorded.ssh_sid}"' in section and f'href="/sessions/{recorded.pg_sid}"' in section
-        # the approvals of the fixture came seconds after their requests: the detector flagged them
-        flagged = await gw.services.store.events(types=["detection"])
-        if flagged:
-            assert 'class="detection"' in section and str(flagged[-1].data.get("rule")) in section
-        else:
-            assert "No detections." in section
-        # bob may approve web-1 (he is no admin): the requests he could see, not her sessions (the API's rule)
+        # detections: one about this request (as the detector writes it), one about an earlier session of hers
+        about = Detection(NO_TICKET, "info", "no <i>ticket</i> in the reason", "alice", "web-1", request=rid)
+        older = Detection(FIRST_TABLE, "warning", "first read of customers", "alice", "orders-db", recorded.pg_sid, 1.0)
+        for d in (about, older):
+            await gw.services.store.append("detection", actor="alice", session=d.session, target=d.target,
+                                           severity=d.severity, data=d.data())  # fmt: skip
+        async with erin.get(gw.url + "/requests") as resp:
+            section = (await resp.text()).split(f'id="request-{rid}"', 1)[1].split("</section>", 1)[0]
+        assert "no &lt;i&gt;ticket&lt;/i&gt; in the reason" in section and "first read of customers" in section
+        assert f'href="/sessions/{recorded.pg_sid}?t=1.0#at"' in section
+        # bob may approve web-1 but is no admin: the requests he may see and this request's detections, not
+        # her sessions or her other detections (the API's rule)
         async with bob.get(gw.url + "/requests") as resp:
             page = await resp.text()
-        if f'id="request-{rid}"' in page:
-            section = page.split(f'id="request-{rid}"', 1)[1].split("</section>", 1)[0]
-            assert "last sessions" not in section and f"/sessions/{recorded.ssh_sid}" not in section
+        section = page.split(f'id="request-{rid}"', 1)[1].split("</section>", 1)[0]
+        assert 'button type="submit" name="do" value="approve"' in section and "INC-77" in section
+        assert "no &lt;i&gt;ticket&lt;/i&gt;" in section and "first read of customers" not in section
+        assert "last sessions" not in section and "/sessions/" not in section
         await erin.post(f"{gw.url}/requests/{rid}/deny", data={"csrf": csrf_of(page), "comment": "no"})

@@ -49,7 +49,7 @@
   function statementAt(t) {
     var rows = document.querySelectorAll('#transcript tr.statement[data-t]');
     for (var i = 0; i < rows.length; i++) {
-      if (parseFloat(rows[i].dataset.t) >= t - 0.0005) return rows[i];
+      if (parseFloat(rows[i].dataset.t) >= t - 1e-6) return rows[i];
     }
     return null;
   }
