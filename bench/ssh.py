@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import shutil
 import socket
 import statistics
@@ -50,6 +51,38 @@ scopes:
 """
 OPENSSH_OPTS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                 "-o", "GSSAPIAuthentication=no", "-o", "IdentityAgent=none", "-o", "LogLevel=ERROR"]  # fmt: skip
+
+
+def write_data(path: Path, mb: int, *, random_bytes: bool, seed: int = 14) -> None:
+    """`mb` MiB of log-like text (what `cat` of a server's logs sends), or of random bytes (incompressible)."""
+    target = mb << 20
+    if random_bytes:
+        with open(path, "wb") as f:
+            for _ in range(mb):
+                f.write(os.urandom(1 << 20))
+        return
+    rng = random.Random(seed)  # the same text every run: compression ratios are comparable between runs
+    verbs, codes = ("GET", "POST", "PUT", "DELETE"), (200, 200, 200, 304, 404, 500)
+    urls = ("/api/v1/orders", "/api/v1/users", "/healthz", "/static/app.js", "/login", "/api/v2/invoices")
+    procs = ("postgres", "sshd", "cron", "kernel", "systemd", "app-worker", "billing-api")
+    msgs = ("connection accepted", "checkpoint complete", "session opened for user", "job finished", "cache miss")
+    t, written = 1764720000.0, 0
+    with open(path, "w") as f:
+        while written < target:
+            lines = []
+            for _ in range(2000):
+                t += rng.random() * 0.01
+                ip = f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}"
+                if rng.random() < 0.6:
+                    lines.append(f'{t:.6f} web{rng.randrange(40):02d} nginx: {ip} "{rng.choice(verbs)} '
+                                 f'{rng.choice(urls)}/{rng.randrange(10**6)} HTTP/1.1" {rng.choice(codes)} '
+                                 f"{rng.randrange(100000)} {rng.random():.4f}\n")  # fmt: skip
+                else:
+                    lines.append(f"{t:.6f} db{rng.randrange(8)} {rng.choice(procs)}[{rng.randrange(1, 65535)}]: "
+                                 f"{rng.choice(msgs)} id={rng.getrandbits(64):016x} from {ip}\n")  # fmt: skip
+            chunk = "".join(lines)
+            f.write(chunk)
+            written += len(chunk)
 
 
 def free_port() -> int:
@@ -170,6 +203,15 @@ class Paths:
                 "-o", "PubkeyAuthentication=no", "-P", str(self.gw_port), f"{TARGET}@127.0.0.1:{remote_path}",
                 "/dev/null"]  # fmt: skip
 
+    def sftp_get(self, via: str, remote_path: str) -> list[str]:
+        """`sftp -b -`: one `get` to /dev/null (BatchMode=no first: -b turns it on, which refuses password auth)."""
+        batch = ["-o", "BatchMode=no", "-b", "-"]
+        if via == "direct":
+            return ["sftp", *batch, *OPENSSH_OPTS, *self.cipher, "-i", str(self.sshd.client_key_path), "-P",
+                    str(self.sshd.port), f"{self.sshd.user}@{self.sshd.host}"]  # fmt: skip
+        return ["sshpass", "-P", "Approval token", "-p", self.token, "sftp", *batch, *OPENSSH_OPTS, *self.cipher,
+                "-o", "PubkeyAuthentication=no", "-P", str(self.gw_port), f"{TARGET}@127.0.0.1"]  # fmt: skip
+
     async def connect(self, via: str) -> asyncssh.SSHClientConnection:
         opts: dict[str, Any] = {"known_hosts": None, "config": None, "agent_path": None}
         if via == "direct":
@@ -179,9 +221,10 @@ class Paths:
                                       client_keys=None, preferred_auth="password", **opts)  # fmt: skip
 
 
-def timed(argv: list[str]) -> float:
+def timed(argv: list[str], stdin: str | None = None) -> float:
+    """Seconds one client command took (it must succeed)."""
     started = time.perf_counter()
-    r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
+    r = subprocess.run(argv, input=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
     elapsed = time.perf_counter() - started
     if r.returncode != 0:
         raise RuntimeError(f"{argv[argv.index('ssh') if 'ssh' in argv else 0]} failed ({r.returncode}): {r.stderr}")
@@ -252,13 +295,11 @@ async def bench(args: argparse.Namespace) -> None:
         gw = GatewayProcess(config, recording=not args.no_recording)
         paths = Paths(sshd, gw.port, token, args.cipher)
         print(f"gateway pid {gw.pid} (for py-spy/perf)", file=sys.stderr)
-        big = sshd.scratch_dir / "big.bin"
-        with open(big, "wb") as f:
-            for _ in range(args.mb):
-                f.write(os.urandom(1 << 20))
+        big = sshd.scratch_dir / "big.txt"
+        write_data(big, args.mb, random_bytes=args.random)
         os.chmod(big, 0o644)
         mb = args.mb * 1.048576
-        only = set(args.only.split(",")) if args.only else {"exec", "scp", "scp-O", "echo", "setup", "memory"}
+        only = set(args.only.split(",")) if args.only else {"exec", "scp", "sftp", "echo", "setup", "memory"}
         before, after, alive = await idle_memory(paths, gw, args.sessions) if "memory" in only else (0, 0, 0)
         results: dict[str, dict[str, list[float]]] = {}
 
@@ -266,13 +307,17 @@ async def bench(args: argparse.Namespace) -> None:
             results.setdefault(name, {}).setdefault(via, []).append(value)
 
         for rnd in range(args.rounds):
-            for via in ("direct", "gateway"):
+            # Alternating: odd rounds run the gateway first, so a drift in the machine's load (or the page
+            # cache filling with recordings) does not always land on the same side.
+            for via in ("direct", "gateway") if rnd % 2 == 0 else ("gateway", "direct"):
                 if "exec" in only:
                     add("exec cat MB/s", via, mb / timed(paths.ssh(via, "cat", str(big))))
                 if "scp" in only:
                     add("scp (sftp) MB/s", via, mb / timed(paths.scp(via, str(big), legacy=False)))
                 if "scp-O" in only:
                     add("scp -O MB/s", via, mb / timed(paths.scp(via, str(big), legacy=True)))
+                if "sftp" in only:
+                    add("sftp get MB/s", via, mb / timed(paths.sftp_get(via, str(big)), f"get {big} /dev/null\n"))
                 if "echo" in only:
                     rtt = await echo_rtt(paths, via)
                     add("echo p50 ms", via, 1000 * pct(rtt, 0.5))
@@ -283,7 +328,8 @@ async def bench(args: argparse.Namespace) -> None:
                     add("to first output p50 ms", via, 1000 * pct(first, 0.5))
             print(f"round {rnd + 1}: " + ", ".join(f"{k} {v['direct'][-1]:.1f}/{v['gateway'][-1]:.1f}"
                                                    for k, v in results.items()), file=sys.stderr)  # fmt: skip
-        report(args, results, before, after, alive)
+        recorded = sum(f.stat().st_size for f in (base / "recordings").rglob("*") if f.is_file())
+        report(args, results, before, after, alive, recorded)
     finally:
         if gw is not None:
             gw.stop()
@@ -292,13 +338,14 @@ async def bench(args: argparse.Namespace) -> None:
 
 
 def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]], before: int, after: int,
-           alive: int) -> None:  # fmt: skip
+           alive: int, recorded: int) -> None:  # fmt: skip
     print(f"\n{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, Linux {platform.release()}, "
           f"CPython {platform.python_version()}, asyncssh {asyncssh.__version__}, "
           f"{subprocess.run(['ssh', '-V'], capture_output=True, text=True).stderr.strip()}")  # fmt: skip
     print(f"Command: `.venv/bin/python bench/ssh.py --rounds {args.rounds} --mb {args.mb} --sessions {args.sessions}"
           + (f" --cipher {args.cipher}" if args.cipher else "")
           + (f" --only {args.only}" if args.only else "")
+          + (" --random" if args.random else "")
           + (" --no-recording" if args.no_recording else "") + "`\n")  # fmt: skip
     print("| measure | direct (median) | gateway (median) | gateway / direct (median of rounds) |")
     print("| --- | --- | --- | --- |")
@@ -312,6 +359,10 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
         by = results[name]
         print(f"\nSet-up overhead, {name.removesuffix(' p50 ms')} (gateway - direct, p50): "
               f"{statistics.median(by['gateway']) - statistics.median(by['direct']):.1f} ms")  # fmt: skip
+    bulk = sum(len(by["gateway"]) for name, by in results.items() if name.endswith("MB/s"))
+    if bulk:
+        print(f"\nRecordings written: {recorded / 2**20:.0f} MiB for {bulk} bulk transfers of {args.mb} MiB "
+              f"({bulk * args.mb / max(recorded / 2**20, 1e-9):.1f}x smaller than the data relayed)")  # fmt: skip
     if not before:
         return
     print(f"\nGateway RSS: {before / 1024:.1f} MiB idle, {after / 1024:.1f} MiB with {args.sessions} idle PTY sessions "
@@ -321,11 +372,14 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--serve", help=argparse.SUPPRESS)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--mb", type=int, default=300)
-    parser.add_argument("--sessions", type=int, default=200)
+    parser.add_argument("--sessions", type=int, default=500)
     parser.add_argument("--cipher", help="force one cipher on both paths (e.g. aes128-gcm@openssh.com)")
-    parser.add_argument("--only", help="comma-separated subset of exec,scp,scp-O,echo,setup,memory (default: all)")
+    parser.add_argument(
+        "--only", help="comma-separated subset of exec,scp,scp-O,sftp,echo,setup,memory (default: all but scp-O)"
+    )
+    parser.add_argument("--random", action="store_true", help="random bytes (incompressible) instead of log text")
     parser.add_argument("--no-recording", action="store_true", help="stub the recorder out (relay cost only)")
     args = parser.parse_args()
     if args.serve:

@@ -27,7 +27,7 @@ from gateway.keyfiles import ensure_ssh_host_key
 from gateway.recording import schema
 from gateway.services import Services
 from gateway.sessions import SessionEnded
-from gateway.ssh.asyncssh_compat import AuditedChannel, check_internals
+from gateway.ssh.asyncssh_compat import AuditedChannel, check_internals, cork
 from gateway.ssh.connection import SshConnection
 from gateway.ssh.forwarding import TcpRelay
 from gateway.ssh.relay import ChannelRelay
@@ -66,6 +66,7 @@ class _Gate(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         """Remember the peer; nothing is served before authentication completes (asyncssh enforces it)."""
         self.conn = conn
+        cork(conn)
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.client_addr = f"{peer[0]}:{peer[1]}"
         self.listener._gates.add(self)
@@ -227,6 +228,10 @@ class _UpstreamWatch(asyncssh.SSHClient):
     def __call__(self) -> _UpstreamWatch:
         """asyncssh's client_factory: this watcher is the one client object."""
         return self
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        """The gateway's login writes packets in batches too."""
+        cork(conn)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The target's side is gone."""

@@ -10,12 +10,14 @@ import asyncssh
 
 from gateway.sessions import LiveSession
 
-# AES-GCM only first: asyncssh runs it through OpenSSL's AEAD in one call per packet (~4.9 GB/s here);
-# chacha20-poly1305 takes two ChaCha20 passes plus Poly1305 in Python glue (~1.4 GB/s) and cost the
-# relay ~30 % of its bulk throughput (bench/ssh.py). The client's preference order decides, and
-# OpenSSH's is chacha20, aes-ctr (+ a separate MAC), then aes-gcm: so the listener offers AES-GCM only
-# (every OpenSSH since 6.2, PuTTY since 0.76). As a client the gateway chooses, so CTR may stay last.
-SERVER_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+# AES-GCM first: asyncssh runs it through OpenSSL's AEAD in one call per packet (~4.9 GB/s here).
+# chacha20-poly1305 takes ChaCha20 and Poly1305 passes plus Python glue per packet (~1.4 GB/s), but a
+# client without AES-GCM (or one configured for chacha20 only) must not be locked out, so the listener
+# offers it too. The client's order decides, and stock OpenSSH puts chacha20 first: it gets chacha20
+# (its cost, measured: docs/benchmarks.md, SSH). A client that prefers AES-GCM (`-c aes128-gcm@openssh.com`,
+# PuTTY, most libraries) gets AES-GCM. No CTR/CBC on the listener: they need a separate MAC pass.
+# As a client, to the target, the gateway chooses: AES-GCM first, then chacha20, CTR last.
+SERVER_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com")
 CLIENT_CIPHERS = (*SERVER_CIPHERS, "aes128-ctr", "aes256-ctr")
 WINDOW = 8 * 1024 * 1024
 MAX_PACKET = 256 * 1024
