@@ -157,6 +157,22 @@ class GatewayProcess:
                 return int(line.split()[1])
         raise RuntimeError("no VmRSS")
 
+    def cpu_ticks(self) -> int:
+        """User + system CPU the gateway process has used (clock ticks)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    async def settle(self, limit: float = 120.0) -> None:
+        """Wait until the gateway is quiet (ended sessions torn down) so the next measurement starts clean."""
+        deadline = time.monotonic() + limit
+        last = self.cpu_ticks()
+        while time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            now = self.cpu_ticks()
+            if now - last <= 2:  # <= 2 % of a core over the last second
+                return
+            last = now
+
     def stop(self) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
@@ -301,6 +317,7 @@ async def bench(args: argparse.Namespace) -> None:
         mb = args.mb * 1.048576
         only = set(args.only.split(",")) if args.only else {"exec", "scp", "sftp", "echo", "setup", "memory"}
         before, after, alive = await idle_memory(paths, gw, args.sessions) if "memory" in only else (0, 0, 0)
+        await gw.settle()
         results: dict[str, dict[str, list[float]]] = {}
 
         def add(name: str, via: str, value: float) -> None:

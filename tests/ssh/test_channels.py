@@ -189,6 +189,9 @@ async def test_ciphers_aes_gcm_or_chacha20_no_client_locked_out(gateway: Gateway
         0, {"aes256-gcm@openssh.com"})  # fmt: skip
     code, _ = await asyncio.to_thread(ciphers, "-c", "aes128-ctr")
     assert code == 255
+    # A bulk read on chacha20 (the gateway's own shim, gateway/ssh/chacha.py) arrives whole.
+    r = await asyncio.to_thread(gateway.ssh, token, "-c", "chacha20-poly1305@openssh.com", "seq 1 300000")
+    assert r.returncode == 0 and r.stdout == "".join(f"{i}\n" for i in range(1, 300001)), r.stderr
 
 
 async def test_exec_allowlist_globs_do_not_match_options(gateway: Gateway) -> None:
