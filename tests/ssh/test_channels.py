@@ -167,8 +167,7 @@ async def test_bulk_output_slows_down_for_the_recorder_instead_of_failing(gatewa
     assert isinstance(r.stdout, bytes) and len(r.stdout) == 150_000_000
     rec = await gateway.settle()
     assert rec.end_reason == "client disconnected"
-    # 150 MB of zeros compress to almost nothing (gateway/recording/blocks.py), and read back whole.
-    assert os.path.getsize(rec.recording_path) < 1_000_000
+    # Plain or compressed (blocks.py decides by the disk's speed), every byte reads back.
     _, frames = read_binary_stream(Path(rec.recording_path))
     assert sum(len(f.data) for f in frames if f.stream == "o") == 150_000_000
 
