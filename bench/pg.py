@@ -370,7 +370,7 @@ def report(results: Results, tests: list[str], targets: list[str]) -> list[str]:
             if not g or not o or not o.get(key):
                 ratios.append("")
             elif test == "latency":
-                ratios.append(f"+{g[key] - o[key]:.0f} us (p99 +{g['p99_us'] - o['p99_us']:.0f})")
+                ratios.append(f"{g[key] - o[key]:+.0f} us (p99 {g['p99_us'] - o['p99_us']:+.0f})")
             elif test == "burst":
                 ratios.append(f"{g['ok']:.0f} ok / {o['ok']:.0f} ok")
             else:
