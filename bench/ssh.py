@@ -39,6 +39,7 @@ import asyncssh
 from gateway.sandbox.sshd import SshServer
 
 TARGET = "rig"
+GCM = "aes128-gcm@openssh.com"
 POLICY = """
 target: rig
 scopes:
@@ -122,15 +123,19 @@ key_file = "{sshd.client_key_path}"
 # --- the gateway, in its own process -----------------------------------------------------------------
 
 
-async def serve(config_path: str, recording: bool = True) -> None:
+async def serve(config_path: str, recording: str = "zstd") -> None:
     """Run the SSH front end of the composition root until stdin closes; print the port when ready."""
     from gateway.app import App
     from gateway.config import load_config
 
-    if not recording:  # --no-recording: the relay's own cost, for comparison only (never a deployment mode)
+    if recording == "off":  # --no-recording: the relay's own cost, for comparison only (never a deployment mode)
         from gateway.recording.writer import Recorder
 
         Recorder._append = lambda self, *a, **k: None  # type: ignore[method-assign]
+    elif recording == "plain":  # --plain-recording: every frame plain (as recording_version 2 wrote), to compare
+        from gateway.recording.blocks import BlockPacker
+
+        BlockPacker.wants = lambda self, size: False  # type: ignore[method-assign]
 
     app = App(load_config(Path(config_path)), enable=("ssh",))
     await app.start()
@@ -142,8 +147,8 @@ async def serve(config_path: str, recording: bool = True) -> None:
 class GatewayProcess:
     """`bench/ssh.py --serve CONFIG` in a child process."""
 
-    def __init__(self, config: Path, *, recording: bool = True) -> None:
-        extra = [] if recording else ["--no-recording"]
+    def __init__(self, config: Path, *, recording: str = "zstd") -> None:
+        extra = {"zstd": [], "plain": ["--plain-recording"], "off": ["--no-recording"]}[recording]
         self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(config), *extra], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)  # fmt: skip
         assert self.proc.stdout is not None
@@ -156,6 +161,22 @@ class GatewayProcess:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         raise RuntimeError("no VmRSS")
+
+    def cpu_ticks(self) -> int:
+        """User + system CPU the gateway process has used (clock ticks)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    async def settle(self, limit: float = 120.0) -> None:
+        """Wait until the gateway is quiet (ended sessions torn down) so the next measurement starts clean."""
+        deadline = time.monotonic() + limit
+        last = self.cpu_ticks()
+        while time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            now = self.cpu_ticks()
+            if now - last <= 2:  # <= 2 % of a core over the last second
+                return
+            last = now
 
     def stop(self) -> None:
         assert self.proc.stdin is not None
@@ -187,11 +208,12 @@ class Paths:
         self.sshd, self.gw_port, self.token = sshd, gw_port, token
         self.cipher = ["-o", f"Ciphers={cipher}"] if cipher else []
 
-    def ssh(self, via: str, *cmd: str) -> list[str]:
+    def ssh(self, via: str, *cmd: str, opts: tuple[str, ...] = ()) -> list[str]:
+        """`ssh [opts] host cmd...` on either path."""
         if via == "direct":
-            return ["ssh", *OPENSSH_OPTS, *self.cipher, "-i", str(self.sshd.client_key_path), "-p", str(self.sshd.port),
-                    f"{self.sshd.user}@{self.sshd.host}", *cmd]  # fmt: skip
-        return ["sshpass", "-P", "Approval token", "-p", self.token, "ssh", *OPENSSH_OPTS, *self.cipher,
+            return ["ssh", *OPENSSH_OPTS, *self.cipher, *opts, "-i", str(self.sshd.client_key_path),
+                    "-p", str(self.sshd.port), f"{self.sshd.user}@{self.sshd.host}", *cmd]  # fmt: skip
+        return ["sshpass", "-P", "Approval token", "-p", self.token, "ssh", *OPENSSH_OPTS, *self.cipher, *opts,
                 "-o", "PubkeyAuthentication=no", "-p", str(self.gw_port), f"{TARGET}@127.0.0.1", *cmd]  # fmt: skip
 
     def scp(self, via: str, remote_path: str, legacy: bool) -> list[str]:
@@ -292,32 +314,45 @@ async def bench(args: argparse.Namespace) -> None:
     try:
         config = write_config(base, sshd)
         token = await issue_token(config)
-        gw = GatewayProcess(config, recording=not args.no_recording)
+        gw = GatewayProcess(config, recording=recording_mode(args))
         paths = Paths(sshd, gw.port, token, args.cipher)
         print(f"gateway pid {gw.pid} (for py-spy/perf)", file=sys.stderr)
         big = sshd.scratch_dir / "big.txt"
         write_data(big, args.mb, random_bytes=args.random)
         os.chmod(big, 0o644)
         mb = args.mb * 1.048576
-        only = set(args.only.split(",")) if args.only else {"exec", "scp", "sftp", "echo", "setup", "memory"}
+        only = (
+            set(args.only.split(",")) if args.only else {"exec", "exec-gcm", "scp", "sftp", "echo", "setup", "memory"}
+        )
         before, after, alive = await idle_memory(paths, gw, args.sessions) if "memory" in only else (0, 0, 0)
+        await gw.settle()
         results: dict[str, dict[str, list[float]]] = {}
+        cpu_ms: dict[str, list[float]] = {}
 
         def add(name: str, via: str, value: float) -> None:
             results.setdefault(name, {}).setdefault(via, []).append(value)
+
+        def bulk(name: str, via: str, argv: list[str], stdin: str | None = None) -> None:
+            """One timed transfer; through the gateway also its CPU per MB (all its threads)."""
+            ticks = gw.cpu_ticks() if gw is not None else 0
+            add(name, via, mb / timed(argv, stdin))
+            if via == "gateway" and gw is not None:
+                cpu_ms.setdefault(name, []).append((gw.cpu_ticks() - ticks) * 1000 / os.sysconf("SC_CLK_TCK") / mb)
 
         for rnd in range(args.rounds):
             # Alternating: odd rounds run the gateway first, so a drift in the machine's load (or the page
             # cache filling with recordings) does not always land on the same side.
             for via in ("direct", "gateway") if rnd % 2 == 0 else ("gateway", "direct"):
                 if "exec" in only:
-                    add("exec cat MB/s", via, mb / timed(paths.ssh(via, "cat", str(big))))
+                    bulk("exec cat MB/s", via, paths.ssh(via, "cat", str(big)))
+                if "exec-gcm" in only:  # what a client preferring AES-GCM gets (stock OpenSSH picks chacha20)
+                    bulk("exec cat, AES-GCM MB/s", via, paths.ssh(via, "cat", str(big), opts=("-c", GCM)))
                 if "scp" in only:
-                    add("scp (sftp) MB/s", via, mb / timed(paths.scp(via, str(big), legacy=False)))
+                    bulk("scp (sftp) MB/s", via, paths.scp(via, str(big), legacy=False))
                 if "scp-O" in only:
-                    add("scp -O MB/s", via, mb / timed(paths.scp(via, str(big), legacy=True)))
+                    bulk("scp -O MB/s", via, paths.scp(via, str(big), legacy=True))
                 if "sftp" in only:
-                    add("sftp get MB/s", via, mb / timed(paths.sftp_get(via, str(big)), f"get {big} /dev/null\n"))
+                    bulk("sftp get MB/s", via, paths.sftp_get(via, str(big)), f"get {big} /dev/null\n")
                 if "echo" in only:
                     rtt = await echo_rtt(paths, via)
                     add("echo p50 ms", via, 1000 * pct(rtt, 0.5))
@@ -329,7 +364,7 @@ async def bench(args: argparse.Namespace) -> None:
             print(f"round {rnd + 1}: " + ", ".join(f"{k} {v['direct'][-1]:.1f}/{v['gateway'][-1]:.1f}"
                                                    for k, v in results.items()), file=sys.stderr)  # fmt: skip
         recorded = sum(f.stat().st_size for f in (base / "recordings").rglob("*") if f.is_file())
-        report(args, results, before, after, alive, recorded)
+        report(args, results, before, after, alive, recorded, cpu_ms)
     finally:
         if gw is not None:
             gw.stop()
@@ -338,7 +373,7 @@ async def bench(args: argparse.Namespace) -> None:
 
 
 def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]], before: int, after: int,
-           alive: int, recorded: int) -> None:  # fmt: skip
+           alive: int, recorded: int, cpu_ms: dict[str, list[float]]) -> None:  # fmt: skip
     print(f"\n{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, Linux {platform.release()}, "
           f"CPython {platform.python_version()}, asyncssh {asyncssh.__version__}, "
           f"{subprocess.run(['ssh', '-V'], capture_output=True, text=True).stderr.strip()}")  # fmt: skip
@@ -346,6 +381,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
           + (f" --cipher {args.cipher}" if args.cipher else "")
           + (f" --only {args.only}" if args.only else "")
           + (" --random" if args.random else "")
+          + (" --plain-recording" if args.plain_recording else "")
           + (" --no-recording" if args.no_recording else "") + "`\n")  # fmt: skip
     print("| measure | direct (median) | gateway (median) | gateway / direct (median of rounds) |")
     print("| --- | --- | --- | --- |")
@@ -359,6 +395,9 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
         by = results[name]
         print(f"\nSet-up overhead, {name.removesuffix(' p50 ms')} (gateway - direct, p50): "
               f"{statistics.median(by['gateway']) - statistics.median(by['direct']):.1f} ms")  # fmt: skip
+    for name, values in cpu_ms.items():
+        print(f"\nGateway CPU, {name.removesuffix(' MB/s')}: {statistics.median(values):.2f} ms per MB "
+              "(all threads; median of rounds)")  # fmt: skip
     bulk = sum(len(by["gateway"]) for name, by in results.items() if name.endswith("MB/s"))
     if bulk:
         print(f"\nRecordings written: {recorded / 2**20:.0f} MiB for {bulk} bulk transfers of {args.mb} MiB "
@@ -369,6 +408,11 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
           f"({alive} still open at measurement) -> {(after - before) / args.sessions:.0f} KiB per session")  # fmt: skip
 
 
+def recording_mode(args: argparse.Namespace) -> str:
+    """zstd (as deployed), plain or off."""
+    return "off" if args.no_recording else "plain" if args.plain_recording else "zstd"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--serve", help=argparse.SUPPRESS)
@@ -377,15 +421,21 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=500)
     parser.add_argument("--cipher", help="force one cipher on both paths (e.g. aes128-gcm@openssh.com)")
     parser.add_argument(
-        "--only", help="comma-separated subset of exec,scp,scp-O,sftp,echo,setup,memory (default: all but scp-O)"
+        "--only",
+        help="comma-separated subset of exec,exec-gcm,scp,scp-O,sftp,echo,setup,memory (default: all but scp-O)",
     )
     parser.add_argument("--random", action="store_true", help="random bytes (incompressible) instead of log text")
+    parser.add_argument(
+        "--plain-recording",
+        action="store_true",
+        help="recordings without compressed blocks (the CPU/disk trade-off, for comparison)",
+    )
     parser.add_argument("--no-recording", action="store_true", help="stub the recorder out (relay cost only)")
     args = parser.parse_args()
     if args.serve:
         import uvloop
 
-        uvloop.run(serve(args.serve, recording=not args.no_recording))
+        uvloop.run(serve(args.serve, recording=recording_mode(args)))
         return
     asyncio.run(bench(args))
 

@@ -33,8 +33,9 @@ def failed(reason: str) -> None:
     raise AssertionError(f"recording failed: {reason}")
 
 
-def open_rec(path: Path) -> BinaryStreamRecorder:
-    return BinaryStreamRecorder.open(path, title="cat", env={}, started_at=time.time(), on_failure=failed)
+def open_rec(path: Path, compression: str = "always") -> BinaryStreamRecorder:
+    return BinaryStreamRecorder.open(path, title="cat", env={}, started_at=time.time(), on_failure=failed,
+                                     compression=compression)  # fmt: skip
 
 
 def outer_frames(path: Path) -> list[tuple[bytes, int]]:
@@ -154,3 +155,42 @@ async def _settle(rec: BinaryStreamRecorder) -> None:
     while rec._backlog and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.1)
+
+
+async def test_auto_compresses_only_while_the_disk_is_slow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that keeps up gets plain frames (cheaper in CPU); a slow one compressed blocks (fewer bytes)."""
+    data = log_text(3 << 20)
+    for rate, expect_blocks in ((1e9, False), (50e6, True)):
+        disk = blocks.DiskRate()
+        disk.rate = rate
+        monkeypatch.setattr(blocks, "DISK", disk)
+        monkeypatch.setattr(blocks.DiskRate, "observe", lambda self, n, s: None)  # keep the simulated rate
+        path = tmp_path / f"{rate:.0f}.cast"
+        rec = open_rec(path, compression="auto")
+        for off in range(0, len(data), 32768):
+            rec.stdout(data[off : off + 32768])
+        await rec.close()
+        assert (blocks.STREAM in outer_streams(path)) is expect_blocks
+        _, frames = read_binary_stream(path)
+        assert b"".join(f.data for f in frames) == data
+
+
+async def test_never_writes_version_2_style_plain_files(tmp_path: Path) -> None:
+    path = tmp_path / "s.cast"
+    rec = open_rec(path, compression="never")
+    rec.stdout(log_text(2 << 20))
+    await rec.close()
+    header, _ = read_binary_stream(path)
+    assert "compression" not in header and set(outer_streams(path)) == {b"o"}
+
+
+def test_disk_rate_ignores_small_writes_and_averages() -> None:
+    d = blocks.DiskRate()
+    d.observe(100, 1.0)
+    assert d.rate == float("inf")
+    d.observe(1 << 20, 0.01)
+    assert d.rate == pytest.approx((1 << 20) / 0.01)
+    d.observe(1 << 20, 0.1)
+    assert d.rate == pytest.approx(0.8 * (1 << 20) / 0.01 + 0.2 * (1 << 20) / 0.1)
+    with pytest.raises(ValueError, match="compression policy"):
+        blocks.BlockPacker("sometimes")

@@ -27,8 +27,34 @@ SKIP_AFTER_INCOMPRESSIBLE = 8
 already-compressed archives: the attempt costs ~0.7 ns a byte, the plain write nothing)."""
 MAX_BLOCK = 64 << 20
 """Largest decompressed block a reader accepts (the writer's are ~1 MiB): a bigger claim is damage."""
+COMPRESS_BELOW = 250e6
+"""Bytes/s of recording writes below which runs are compressed (policy "auto"). Compressing costs ~2.8 ms
+of CPU a MB and saves 70 % of the write (log text); writing plain costs ~1 ms a MB (os.write + SHA-256) on a
+disk that keeps up. So compression pays once writes take longer than ~4 ms a MB: a slow or throttled disk
+(dirty page cache full, network volume). On a CPU-bound host with a fast disk it would take ~40 % off the
+relay's throughput (bench/ssh.py --plain-recording vs default, docs/benchmarks.md, SSH)."""
+POLICIES = ("auto", "always", "never")
 
 _local = threading.local()
+
+
+class DiskRate:
+    """Recent throughput of recording writes (bytes/s, moving average): every recording shares the disk."""
+
+    __slots__ = ("rate",)
+
+    def __init__(self) -> None:
+        self.rate = float("inf")  # nothing measured yet: assume a disk that keeps up
+
+    def observe(self, nbytes: int, seconds: float) -> None:
+        """One write of `nbytes` took `seconds` (small writes say nothing about the disk)."""
+        if nbytes < 1 << 16 or seconds <= 0:
+            return
+        now = nbytes / seconds
+        self.rate = now if self.rate == float("inf") else 0.8 * self.rate + 0.2 * now
+
+
+DISK = DiskRate()
 
 
 def _compressor() -> zstandard.ZstdCompressor:
@@ -40,16 +66,24 @@ def _compressor() -> zstandard.ZstdCompressor:
 
 
 class BlockPacker:
-    """Per recording: decides which runs are compressed, and compresses them (writer thread only)."""
+    """Per recording: decides which runs are compressed, and compresses them (writer thread only).
 
-    __slots__ = ("_skip",)
+    `policy`: "auto" compresses while recording writes run below COMPRESS_BELOW, "always" and "never" as named.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_policy", "_skip")
+
+    def __init__(self, policy: str = "auto") -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"compression policy {policy!r}: expected one of {POLICIES}")
+        self._policy = policy
         self._skip = 0
 
     def wants(self, size: int) -> bool:
         """Whether a run of `size` bytes of frames should be compressed (False: write it plain)."""
-        if size < MIN_BLOCK:
+        if size < MIN_BLOCK or self._policy == "never":
+            return False
+        if self._policy == "auto" and DISK.rate >= COMPRESS_BELOW:
             return False
         if self._skip:
             self._skip -= 1

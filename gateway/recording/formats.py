@@ -226,11 +226,18 @@ class BinaryStreamRecorder(Recorder):
         height: int = 24,
         max_backlog: int = DEFAULT_MAX_BACKLOG,
         clock: Callable[[], float] = time.monotonic,
+        compression: str = "auto",
     ) -> BinaryStreamRecorder:
-        """Create the file and write the JSON header line; raises RecordingError on failure."""
-        rec = cls(path, on_failure=on_failure, started_at=started_at, max_backlog=max_backlog, clock=clock)
+        """Create the file and write the JSON header line; raises RecordingError on failure.
+
+        `compression`: "auto" (compressed blocks while the disk is slow, `gateway.recording.blocks`), "always"
+        or "never"; the header says ``"compression": "zstd"`` unless "never" (a reader handles both either way).
+        """
+        rec = cls(path, on_failure=on_failure, started_at=started_at, max_backlog=max_backlog, clock=clock,
+                  compression=compression)  # fmt: skip
+        codec = None if compression == "never" else blocks.CODEC
         rec._write_header(schema.binary_header(width=width, height=height, timestamp=started_at, title=title, env=env,
-                                               streams=cls.STREAMS, compression=blocks.CODEC))  # fmt: skip
+                                               streams=cls.STREAMS, compression=codec))  # fmt: skip
         return rec
 
     def stdout(self, data: bytes) -> None:
@@ -260,9 +267,13 @@ class BinaryStreamRecorder(Recorder):
         data = label.encode("utf-8", "replace")
         self._append("m", data, len(data) + 16, False)
 
-    def __init__(self, path: Path, **kwargs: Any) -> None:
+    def __init__(self, path: Path, *, compression: str = "auto", **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
-        self._packer = BlockPacker()
+        self._packer = BlockPacker(compression)
+
+    def _wrote(self, nbytes: int, seconds: float) -> None:
+        """Feed the shared disk-rate estimate that "auto" compression follows."""
+        blocks.DISK.observe(nbytes, seconds)
 
     def _encode(self, batch: list[PendingEvent], final: bool) -> bytes:
         """One frame per event; a run of them (one write slice) as one compressed block when it pays."""

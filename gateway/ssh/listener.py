@@ -27,6 +27,7 @@ from gateway.keyfiles import ensure_ssh_host_key
 from gateway.recording import schema
 from gateway.services import Services
 from gateway.sessions import SessionEnded
+from gateway.ssh import chacha
 from gateway.ssh.asyncssh_compat import AuditedChannel, check_internals, cork
 from gateway.ssh.connection import SshConnection
 from gateway.ssh.forwarding import TcpRelay
@@ -254,6 +255,8 @@ class SshListener:
         ensure_ssh_host_key(cfg.ssh_host_key)
         for problem in check_internals():  # asyncssh still refuses (options below); only the audit record is lost
             log.error("asyncssh internals changed, agent/X11 requests may go unaudited: %s", problem)
+        if not chacha.install():
+            log.warning("asyncssh's cipher table changed: chacha20-poly1305 runs on asyncssh's own, slower shim")
         self._acceptor = await asyncssh.create_server(
             lambda: _Gate(self), cfg.listen_ssh.host, cfg.listen_ssh.port,
             server_host_keys=[str(cfg.ssh_host_key)],

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import asyncssh
@@ -22,6 +23,19 @@ CLIENT_CIPHERS = (*SERVER_CIPHERS, "aes128-ctr", "aes256-ctr")
 WINDOW = 8 * 1024 * 1024
 MAX_PACKET = 256 * 1024
 CONNECT_TIMEOUT = 10.0
+
+
+_KEYS: dict[Path, tuple[tuple[int, int, int], Sequence[asyncssh.SSHKeyPair]]] = {}
+
+
+def login_keys(path: Path) -> Sequence[asyncssh.SSHKeyPair]:
+    """The login's key, parsed once per file version (not once per session: set-up time and ~1.5 KiB each)."""
+    st = path.stat()
+    version = (st.st_ino, st.st_mtime_ns, st.st_size)
+    cached = _KEYS.get(path)
+    if cached is None or cached[0] != version:
+        cached = _KEYS[path] = (version, asyncssh.load_keypairs([str(path)]))
+    return cached[1]
 
 
 class UpstreamError(Exception):
@@ -44,6 +58,10 @@ async def connect_upstream(session: LiveSession, *, client_factory: Callable[[],
         raise UpstreamError(f"target {target.name} has an unreadable host_key in the configuration") from None
     if login.key_file is None:
         raise UpstreamError(f"target {target.name} has no key for login {login.user}")
+    try:
+        keys = login_keys(login.key_file)
+    except (OSError, asyncssh.KeyImportError, ValueError):
+        raise UpstreamError(f"target {target.name}: the key for login {login.user} cannot be read") from None
     options = tuning(server=False)
     options.pop("encoding")
     try:
@@ -53,7 +71,7 @@ async def connect_upstream(session: LiveSession, *, client_factory: Callable[[],
                 target.address.port,
                 username=login.user,
                 client_factory=client_factory,
-                client_keys=[str(login.key_file)],
+                client_keys=keys,
                 # Pinned, never trust-on-first-use and never known_hosts=None (which disables checking).
                 known_hosts=([pinned], [], []),
                 server_host_key_algs=pinned.sig_algorithms and [a.decode() for a in pinned.sig_algorithms],
