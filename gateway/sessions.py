@@ -238,11 +238,18 @@ class LiveSession:
                 log.exception("session %s: end-listener failed", self.id)
         if self._ended is not None and not self._ended.done():
             self._ended.set_result(end)
-        for work in self._after:
+        if self._after:
+            finishing = asyncio.get_running_loop().create_future()
+            self.registry.finishing.add(finishing)  # a shutdown waits for it before closing the store
             try:
-                await asyncio.wait_for(work(), END_LIMIT)
-            except Exception as exc:
-                log.error("session %s: after-end work failed: %r", self.id, exc)
+                for work in self._after:
+                    try:
+                        await asyncio.wait_for(work(), END_LIMIT)
+                    except Exception as exc:
+                        log.error("session %s: after-end work failed: %r", self.id, exc)
+            finally:
+                finishing.set_result(None)
+                self.registry.finishing.discard(finishing)
         pending = [t for t in self._tasks if t is not asyncio.current_task()]
         if pending:
             await asyncio.wait(pending, timeout=END_LIMIT)
@@ -344,6 +351,8 @@ class SessionRegistry:
         self._admitting: dict[str, tuple[asyncio.Lock, int]] = {}
         self.end_listeners: list[EndListener] = []
         """Called once per session, after its `session.end` is stored, with the final SessionEnd (receipts)."""
+        self.finishing: set[asyncio.Future[None]] = set()
+        """Ended sessions still doing their after-end work (the detached-process sweep)."""
 
     def __len__(self) -> int:
         return len(self._live)
@@ -435,8 +444,11 @@ class SessionRegistry:
         await self.revoke(gid, why, by=(g.revoked_by or "gateway") if g else "gateway")
 
     async def close_all(self, reason: str) -> None:
-        """Shutdown: end every live session (each through its own block's exit)."""
+        """Shutdown: end every live session (each through its own block's exit), then wait for their
+        after-end work, which still writes to the store."""
         await asyncio.gather(*(s.kill(reason) for s in list(self._live.values())), return_exceptions=True)
+        if self.finishing:
+            await asyncio.wait(list(self.finishing), timeout=END_LIMIT)
 
 
 def new_session_record(s: LiveSession) -> SessionRecord:
