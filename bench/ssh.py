@@ -1,17 +1,20 @@
-"""SSH through the gateway vs direct to sshd: bulk exec, scp, echo round trip, set-up time, idle-session memory.
+"""SSH through the gateway vs direct to sshd: bulk exec, scp, sftp, echo round trip, set-up time, idle-session memory.
 
-    .venv/bin/python bench/ssh.py [--rounds 3] [--mb 300] [--sessions 200] [--cipher CIPHER] [--only exec,scp]
+    .venv/bin/python bench/ssh.py [--rounds 5] [--mb 300] [--sessions 500] [--only exec,exec-gcm,scp,sftp,...]
+                                  [--cipher C] [--random] [--plain-recording | --no-recording]
 
 Starts a throwaway OpenSSH server (gateway.sandbox) and the gateway in its own process on uvloop
 (`gateway.app.App`, SSH front end only, recording on, the `ops` scope with command rules: exactly as
-deployed), then, alternating direct and gateway in every round:
+deployed); first the idle-session memory, then rounds alternating direct and gateway (odd rounds gateway first):
 
-* `ssh host cat <file>` of a random file (--mb) with stock OpenSSH, stdout to /dev/null;
-* `scp host:<file> /dev/null` (sftp protocol, OpenSSH's default) and `scp -O` (legacy protocol);
+* `ssh host cat <file>` of --mb MiB of seeded log text (--random: random bytes), stock OpenSSH, the client's
+  default cipher (chacha20-poly1305 for OpenSSH), and again with `-c aes128-gcm@openssh.com` (exec-gcm);
+* `scp host:<file> /dev/null` (sftp protocol, OpenSSH's default; scp-O: legacy protocol) and `sftp -b` get;
 * echo round trip: one byte into a PTY running `cat`, wait for its echo (asyncssh client, p50/p99);
-* session set-up: asyncssh connect + `true` + close (p50);
+* session set-up: asyncssh connect + auth, and to the first output byte of `echo ready` (p50);
 * gateway RSS per idle session: --sessions connections each with an idle PTY `cat`, RSS before/after.
-Medians over rounds; ratios gateway/direct in the same round.
+Medians over rounds; ratios gateway/direct in the same round; the gateway's CPU per MB of each bulk transfer;
+the bytes its recordings took. Prints a markdown table (docs/benchmarks.md, SSH).
 """
 
 from __future__ import annotations
