@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncssh
 
-from gateway.sessions import LiveSession
+from gateway.config import Login, Target
 
 # AES-GCM first: asyncssh runs it through OpenSSL's AEAD in one call per packet (~4.9 GB/s here).
 # chacha20-poly1305 takes ChaCha20 and Poly1305 passes plus Python glue per packet (~1.4 GB/s), but a
@@ -23,6 +23,16 @@ CLIENT_CIPHERS = (*SERVER_CIPHERS, "aes128-ctr", "aes256-ctr")
 WINDOW = 8 * 1024 * 1024
 MAX_PACKET = 256 * 1024
 CONNECT_TIMEOUT = 10.0
+
+
+class UpstreamLogin(Protocol):
+    """What a login to a target needs: a live session, or a surviving replica ending a lost one's leftovers."""
+
+    @property
+    def target(self) -> Target: ...
+
+    @property
+    def login(self) -> Login: ...
 
 
 _KEYS: dict[Path, tuple[tuple[int, int, int], Sequence[asyncssh.SSHKeyPair]]] = {}
@@ -48,7 +58,7 @@ def tuning(*, server: bool) -> dict[str, Any]:
             "max_pktsize": MAX_PACKET, "encoding": None, "compression_algs": None}  # fmt: skip
 
 
-async def connect_upstream(session: LiveSession, *, client_factory: Callable[[], asyncssh.SSHClient] | None = None,
+async def connect_upstream(session: UpstreamLogin, *, client_factory: Callable[[], asyncssh.SSHClient] | None = None,
                            limit: float = CONNECT_TIMEOUT) -> asyncssh.SSHClientConnection:  # fmt: skip
     """Log in to the session's target as the scope's login (credential injection), host key pinned."""
     target, login = session.target, session.login
