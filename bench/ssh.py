@@ -135,10 +135,10 @@ async def serve(config_path: str, recording: str = "zstd") -> None:
         from gateway.recording.writer import Recorder
 
         Recorder._append = lambda self, *a, **k: None  # type: ignore[method-assign]
-    elif recording == "plain":  # --plain-recording: every frame plain (as recording_version 2 wrote), to compare
-        from gateway.recording.blocks import BlockPacker
+    elif recording in ("plain", "compressed"):  # every frame plain (as version 2 wrote) / compressed: to compare
+        from gateway.recording import blocks
 
-        BlockPacker.wants = lambda self, size: False  # type: ignore[method-assign]
+        blocks.COMPRESS_BELOW = 0.0 if recording == "plain" else 1e30
 
     app = App(load_config(Path(config_path)), enable=("ssh",))
     await app.start()
@@ -151,7 +151,8 @@ class GatewayProcess:
     """`bench/ssh.py --serve CONFIG` in a child process."""
 
     def __init__(self, config: Path, *, recording: str = "zstd") -> None:
-        extra = {"zstd": [], "plain": ["--plain-recording"], "off": ["--no-recording"]}[recording]
+        extra = {"zstd": [], "plain": ["--plain-recording"], "compressed": ["--compressed-recording"],
+                 "off": ["--no-recording"]}[recording]  # fmt: skip
         self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(config), *extra], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)  # fmt: skip
         assert self.proc.stdout is not None
@@ -385,6 +386,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
           + (f" --only {args.only}" if args.only else "")
           + (" --random" if args.random else "")
           + (" --plain-recording" if args.plain_recording else "")
+          + (" --compressed-recording" if args.compressed_recording else "")
           + (" --no-recording" if args.no_recording else "") + "`\n")  # fmt: skip
     print("| measure | direct (median) | gateway (median) | gateway / direct (median of rounds) |")
     print("| --- | --- | --- | --- |")
@@ -412,8 +414,10 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
 
 
 def recording_mode(args: argparse.Namespace) -> str:
-    """zstd (as deployed), plain or off."""
-    return "off" if args.no_recording else "plain" if args.plain_recording else "zstd"
+    """zstd (as deployed: the auto policy), plain, compressed or off."""
+    if args.no_recording:
+        return "off"
+    return "plain" if args.plain_recording else "compressed" if args.compressed_recording else "zstd"
 
 
 def main() -> None:
@@ -432,6 +436,11 @@ def main() -> None:
         "--plain-recording",
         action="store_true",
         help="recordings without compressed blocks (the CPU/disk trade-off, for comparison)",
+    )
+    parser.add_argument(
+        "--compressed-recording",
+        action="store_true",
+        help="compress every bulk recording slice, however fast the disk (for comparison)",
     )
     parser.add_argument("--no-recording", action="store_true", help="stub the recorder out (relay cost only)")
     args = parser.parse_args()
