@@ -30,12 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.alerts import Alerts
 from gateway.detect.engine import Detector
-from gateway.detect.settings import parse_settings
+from gateway.detect.settings import NO_OVERRIDES, Overrides, parse_settings
 from gateway.detect.workflow import approval_findings
 from gateway.pg.sql.inspector import Inspection, inspect
+from gateway.policy import Decision
 from gateway.store import RequestRecord, SqliteStore
 
 DAY = 86_400.0
+ALLOW = Decision.allow()
 SCHEMAS = ("sales", "billing", "ops", "hr")
 TABLES = tuple(f"{s}.t{i}" for s in SCHEMAS for i in range(10))
 COMMANDS = ("ls", "cat", "tail", "grep", "less", "systemctl", "journalctl", "df", "du", "ps", "top", "vim", "curl")
@@ -52,6 +54,22 @@ class Target:
     name: str
 
 
+@dataclass(frozen=True)
+class Sql:
+    sensitive_tables: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Policy:
+    sql: Sql | None = None
+    detection: Overrides = NO_OVERRIDES
+
+
+@dataclass(frozen=True)
+class Claims:
+    jti: str = "g1"
+
+
 @dataclass(eq=False)
 class Sess:
     """What the detector sees of a live session."""
@@ -60,6 +78,13 @@ class Sess:
     started_at: float
     user: str
     target: Target
+    policy: Policy = field(default_factory=lambda: Policy(Sql()))
+    claims: Claims = field(default_factory=Claims)
+    client_addr: str = "10.0.0.7:50000"
+    killed: str = ""
+
+    def kill_soon(self, reason: str) -> None:
+        self.killed = reason
 
 
 @dataclass
@@ -116,7 +141,7 @@ async def run(users: int, days: int, seed: int) -> dict[str, Any]:
                 lines.insert(rng.randrange(len(lines)), f"sudo {rng.choice(RARE_COMMANDS)} -L")
             for line in lines:
                 now[0] += rng.uniform(1, 30)
-                w.command(line)
+                w.command(line, ALLOW)
         else:
             s = Sess(f"s{sid}", start, p.name, Target(p.db))
             w = detector.watch(s)
@@ -131,7 +156,7 @@ async def run(users: int, days: int, seed: int) -> dict[str, Any]:
                 sqls.insert(rng.randrange(len(sqls)), f"SELECT * FROM {other}.t0 WHERE id = 1")
             for sql in sqls:
                 now[0] += rng.uniform(1, 30)
-                w.sql(insp(sql))
+                w.sql(insp(sql), ALLOW)
         await detector.drain()
         events = await store.events(types=["detection"], session=s.id)
         rules = {e.data["rule"] for e in events if before is None or e.seq > before[0]}
@@ -189,19 +214,19 @@ async def run(users: int, days: int, seed: int) -> dict[str, Any]:
     w = detector.watch(Sess("cost", now[0], p.name, Target(p.db)))
     stmts = [insp(s.format(t=t, n=1)) for s in SHAPES for t in p.tables]
     for st in stmts:
-        w.sql(st)
+        w.sql(st, ALLOW)
     n = 200_000
     t0 = time.perf_counter()
     for i in range(n):
-        w.sql(stmts[i % len(stmts)])
+        w.sql(stmts[i % len(stmts)], ALLOW)
     per_statement = (time.perf_counter() - t0) / n * 1e6
     ws = detector.watch(Sess("cost2", now[0], p.name, Target(p.host)))
     lines = [f"{c} -l /var/log" for c in p.commands]
     for line in lines:
-        ws.command(line)
+        ws.command(line, ALLOW)
     t0 = time.perf_counter()
     for i in range(n):
-        ws.command(lines[i % len(lines)])
+        ws.command(lines[i % len(lines)], ALLOW)
     per_line = (time.perf_counter() - t0) / n * 1e6
     await detector.drain()
     await store.close(checkpoint=False)

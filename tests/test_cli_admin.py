@@ -237,12 +237,16 @@ def test_break_glass_grant_is_audited_and_alerted(gw: Gw) -> None:
     token = gw.grant()
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]
     events = gw.events()
-    assert [e.type for e in events] == ["grant.issued", "alert.break_glass"]
-    issued, alert = events
+    assert [e.type for e in events] == ["grant.issued", "detection", "alert.break_glass"]
+    issued, detection, alert = events
     assert (issued.grant, issued.severity, issued.data["break_glass"]) == (jti, "warning", True)
     assert issued.actor.startswith("cli")
+    # a detection like the others (listed by `gateway detections`), its alert still of type break_glass
+    assert (detection.data["rule"], detection.severity, detection.grant) == ("grant.break_glass", "critical", jti)
+    assert detection.data["explanation"].startswith(f"break-glass grant {jti}: alice on orders-db/read for 10m")
     assert (alert.grant, alert.severity, alert.target) == (jti, "critical", "orders-db")
     assert alert.data["user"] == "alice" and "break-glass" in alert.data["summary"]
+    assert alert.actor.startswith("cli") and alert.data["detection_seq"] == detection.seq
     assert token not in json.dumps([e.to_json() for e in events])
     lines = (gw.home / "var" / "alerts.jsonl").read_text().splitlines()
     assert [json.loads(line)["type"] for line in lines] == ["break_glass"]

@@ -100,7 +100,7 @@ class Relay:
         self.upstream_key = upstream.key
         self.inspector = inspector
         self.journal = journal
-        self._watch = watch(session)
+        self._watch = journal.watch = watch(session)  # the journal reports large results and failures to it
         sql = session.policy.sql
         # What the policy says, never the scope's name: a scope called "admin" may well be mode write.
         self.admin = sql is not None and sql.mode == "admin"
@@ -216,15 +216,14 @@ class Relay:
 
     def _check(self, sql: str) -> tuple[Inspection, Decision]:
         insp, decision = self.inspector.check(sql, self.prepared)
+        decision = self._watch.sql(insp, decision)  # a detection whose action is deny or kill replaces an allow
         if decision.verdict is _ALLOW and not decision.alerts:
-            self._watch.sql(insp)
             return insp, decision
         if decision.alerts:
             self._raise_alerts(insp, decision)
         if decision.verdict is Verdict.KILL:
             self._stop_client = True
             self._kill_soon(f"{denial_message(decision)}")
-        self._watch.sql(insp)  # after the kill: its teardown is not queued behind baseline writes
         return insp, decision
 
     def _on_query(self, chunk: bytes, start: int, end: int) -> bool:

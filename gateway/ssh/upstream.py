@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import asyncssh
 
-from gateway.sessions import LiveSession
+from gateway.config import Login, Target
 
 # AES-GCM only first: asyncssh runs it through OpenSSL's AEAD in one call per packet (~4.9 GB/s here);
 # chacha20-poly1305 takes two ChaCha20 passes plus Poly1305 in Python glue (~1.4 GB/s) and cost the
@@ -22,6 +22,15 @@ MAX_PACKET = 256 * 1024
 CONNECT_TIMEOUT = 10.0
 
 
+class Destination(Protocol):
+    """Where the gateway logs in: a live session, or the lingering-access sweep's (target, login)."""
+
+    @property
+    def target(self) -> Target: ...
+    @property
+    def login(self) -> Login: ...
+
+
 class UpstreamError(Exception):
     """The upstream login failed; str() is safe to show the engineer."""
 
@@ -32,7 +41,7 @@ def tuning(*, server: bool) -> dict[str, Any]:
             "max_pktsize": MAX_PACKET, "encoding": None, "compression_algs": None}  # fmt: skip
 
 
-async def connect_upstream(session: LiveSession, *, client_factory: Callable[[], asyncssh.SSHClient] | None = None,
+async def connect_upstream(session: Destination, *, client_factory: Callable[[], asyncssh.SSHClient] | None = None,
                            limit: float = CONNECT_TIMEOUT) -> asyncssh.SSHClientConnection:  # fmt: skip
     """Log in to the session's target as the scope's login (credential injection), host key pinned."""
     target, login = session.target, session.login
