@@ -109,7 +109,7 @@ def test_run_exits_at_once_when_its_port_is_taken(home: Path) -> None:
     assert proc.returncode != 0
     assert "cannot start" in proc.stderr and "address already in use" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert took < 5, f"exit took {took:.1f} s"
+    assert took < 10, f"exit took {took:.1f} s"  # ~0.4-1 s here; 5 s seen on a loaded machine; a hang is 20 s
     # the listeners that did start before the failure are closed again: the ports are free
     for name in ("ssh", "postgres"):
         with socket.socket() as s:
@@ -127,7 +127,7 @@ def test_run_exits_at_once_on_a_bad_policy(home: Path) -> None:
     took = time.monotonic() - started
     assert proc.returncode != 0
     assert "nope" in proc.stderr and "not a configured target" in proc.stderr, proc.stderr
-    assert took < 5, f"exit took {took:.1f} s"
+    assert took < 10, f"exit took {took:.1f} s"  # ~0.4-1 s here; 5 s seen on a loaded machine; a hang is 20 s
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

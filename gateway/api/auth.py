@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import aiohttp
 import jwt
 
 from gateway.api.errors import ApiError
@@ -21,6 +18,7 @@ from gateway.control.apikeys import API_KEY_PREFIX
 from gateway.control.apikeys import hash_api_key as hash_api_key
 from gateway.control.apikeys import new_api_key as new_api_key
 from gateway.control.caller import Caller
+from gateway.jwks import JwksCache, JwksError, KeyProblem
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +26,6 @@ log = logging.getLogger(__name__)
 __all__ = ["API_KEY_PREFIX", "ApiKeys", "AuthError", "Authenticator", "OidcVerifier", "hash_api_key", "new_api_key"]
 
 MAX_CREDENTIAL = 8192
-MAX_JWKS_BYTES = 1 << 20
 
 
 class AuthError(ApiError):
@@ -63,20 +60,15 @@ class OidcVerifier:
 
     def __init__(self, cfg: OidcConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
-        self.clock = clock
-        self._keys: dict[str, dict[str, Any]] = {}
-        self._fetched_at: float | None = None
-        self._lock = asyncio.Lock()
-        self._session: aiohttp.ClientSession | None = None
+        self._jwks = JwksCache(url=cfg.jwks_url, what="the identity provider", cache_seconds=cfg.jwks_cache_seconds,
+                               min_refresh_seconds=cfg.jwks_min_refresh_seconds, clock=clock)  # fmt: skip
 
     def __repr__(self) -> str:
-        return f"OidcVerifier(issuer={self.cfg.issuer!r}, keys={len(self._keys)})"
+        return f"OidcVerifier(issuer={self.cfg.issuer!r}, keys={len(self._jwks)})"
 
     async def close(self) -> None:
         """Close the HTTP client used for the JWKS."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._jwks.close()
 
     async def verify(self, token: str) -> tuple[str, frozenset[str], dict[str, Any]]:
         """(user, groups, claims) of a valid token; AuthError otherwise."""
@@ -120,50 +112,19 @@ class OidcVerifier:
         return user, _groups(claims.get(self.cfg.groups_claim)), claims
 
     async def _key(self, kid: Any) -> dict[str, Any]:
-        if kid is not None and not isinstance(kid, str):
-            raise AuthError("token key id (kid) is malformed")
-        async with self._lock:
-            now = self.clock()
-            stale = self._fetched_at is None or now - self._fetched_at > self.cfg.jwks_cache_seconds
-            # An unknown kid may mean the IdP rotated keys; refetch, but not on every forged kid.
-            unknown = kid is not None and kid not in self._keys
-            may_refresh = self._fetched_at is None or now - self._fetched_at > self.cfg.jwks_min_refresh_seconds
-            if stale or (unknown and may_refresh):
-                self._keys = await self._fetch()
-                self._fetched_at = now
-        if kid is None:
-            if len(self._keys) != 1:
-                raise AuthError("token has no key id (kid) and the identity provider has several keys")
-            return next(iter(self._keys.values()))
-        jwk = self._keys.get(kid)
-        if jwk is None:
-            raise AuthError("token was signed by a key the identity provider does not publish")
-        return jwk
-
-    async def _fetch(self) -> dict[str, dict[str, Any]]:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         try:
-            async with self._session.get(self.cfg.jwks_url) as resp:
-                if resp.status != 200:
-                    raise ValueError(f"HTTP {resp.status}")
-                raw = await resp.content.read(MAX_JWKS_BYTES + 1)
-            if len(raw) > MAX_JWKS_BYTES:
-                raise ValueError("JWKS too large")
-            doc = json.loads(raw)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            log.error("cannot fetch the identity provider's JWKS: %s", type(exc).__name__)
-            if self._keys:
-                return self._keys  # keep verifying with the keys we have rather than lock everyone out
-            raise ApiError("idp-unavailable", "cannot fetch the identity provider's keys; try again") from None
-        keys = doc.get("keys") if isinstance(doc, dict) else None
-        if not isinstance(keys, list):
-            raise ApiError("idp-unavailable", "the identity provider's JWKS has no keys")
-        out: dict[str, dict[str, Any]] = {}
-        for i, k in enumerate(keys):
-            if isinstance(k, dict) and k.get("use", "sig") == "sig":
-                out[str(k.get("kid", f"#{i}"))] = k
-        return out
+            return await self._jwks.key(kid)
+        except JwksError as e:
+            raise _OIDC_KEY_ERRORS[e.problem]() from None
+
+
+_OIDC_KEY_ERRORS: dict[KeyProblem, Callable[[], ApiError]] = {
+    KeyProblem.MALFORMED_KID: lambda: AuthError("token key id (kid) is malformed"),
+    KeyProblem.UNAVAILABLE: lambda: ApiError("idp-unavailable", "cannot fetch the identity provider's keys; try again"),
+    KeyProblem.NO_KEYS: lambda: ApiError("idp-unavailable", "the identity provider's JWKS has no keys"),
+    KeyProblem.AMBIGUOUS: lambda: AuthError("token has no key id (kid) and the identity provider has several keys"),
+    KeyProblem.UNKNOWN_KID: lambda: AuthError("token was signed by a key the identity provider does not publish"),
+}
 
 
 def _groups(value: Any) -> frozenset[str]:

@@ -12,6 +12,7 @@ This is a tripwire, not a sandbox: it sees what a line says, not what the progra
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ from gateway.ssh.shellwords import (
     shell_script,
     unwrap,
 )
+
+log = logging.getLogger(__name__)
 
 MAX_TEXT = 64 * 1024
 # tree-sitter's error recovery is superlinear on some inputs (40 ms for 2 KiB of `x )x )...`, 90 ms for
@@ -48,6 +51,12 @@ _ANSI_SIMPLE = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "e": "\x1
                 "v": "\v", "\\": "\\", "'": "'", '"': '"', "?": "?"}  # fmt: skip
 
 _PARSER = Parser(Language(tree_sitter_bash.language()))
+# tree-sitter-bash's external scanner (src/scanner.c, BRACE_START, 0.25.1) calls ctype's isdigit() on the
+# lookahead code point after `{`, `{12` and `{1..2`: a code point above U+00FF indexes past glibc's table,
+# and `{` followed by such a character (one line: `{\U0010ffff`) crashed the whole gateway process. Only
+# that character is swapped, for a same-length ASCII run, in the bytes the parser reads; words are still
+# read from the original bytes (the offsets match).
+_SCANNER_CRASH = re.compile(r"\{[0-9]*(?:\.\.[0-9]*)?([^\x00-\xff])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +141,22 @@ def analyse(text: str, variables: dict[str, str | None] | None = None,
     except RecursionError:
         out.unresolved.append("too deeply nested to analyse")
     except _Budget:
-        # Too much to walk on the event loop: say so, and still give the rules every piece of the line
-        # (split roughly at the control operators), so padding a line does not hide a command in it.
-        out.unresolved.append("line too complex to analyse fully")
-        out.commands.extend(rough_commands(text))
+        _rough(out, text, "line too complex to analyse fully")
+    except Exception as e:  # a bug here must not end the session's task: the rules still see the pieces
+        tb = e.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        # The message can quote the line (a secret on a command line): only the type and the place.
+        log.error("shell analysis failed: %s at line %s", type(e).__name__, tb.tb_lineno if tb else "?")
+        _rough(out, text, "the shell analysis failed on this line")
     return out
+
+
+def _rough(out: Analysis, text: str, why: str) -> None:
+    """Say why the line was not analysed, and give the rules every piece of it all the same."""
+    # Split roughly at the control operators: padding a line or tripping the parser hides no command.
+    out.unresolved.append(why)
+    out.commands.extend(rough_commands(text))
 
 
 class _Budget(Exception):
@@ -193,6 +213,7 @@ class _Walker:
     def __init__(self, out: Analysis) -> None:
         self.out = out
         self.visits = 0
+        self.source = b""  # the bytes of the tree being walked (nodes are read from these, see program)
 
     def spend(self, n: int = 1) -> None:
         """Count work; past the budget the walk stops (see analyse)."""
@@ -210,13 +231,17 @@ class _Walker:
         self.spend(len(text) // 16)  # re-parses (eval, bash -c, aliases) cost their length too
         if len(text) > MAX_PARSE:
             raise _Budget
-        tree = _PARSER.parse(text.encode("utf-8", "surrogatepass"))
-        root = tree.root_node
-        if root.has_error:
-            self.out.incomplete = True
-        if _HISTORY.search(text) and _has_history(root):
-            self.out.unresolved.append("history expansion")
-        self.node(root, depth, piped=False)
+        source = text.encode("utf-8", "surrogatepass")
+        root = _PARSER.parse(scanner_safe(text) if _SCANNER_CRASH.search(text) else source).root_node
+        outer, self.source = self.source, source
+        try:
+            if root.has_error:
+                self.out.incomplete = True
+            if _HISTORY.search(text) and self.has_history(root):
+                self.out.unresolved.append("history expansion")
+            self.node(root, depth, piped=False)
+        finally:
+            self.source = outer
 
     def node(self, n: Node, depth: int, *, piped: bool) -> None:
         """Any node: commands are analysed, everything else is searched for commands."""
@@ -234,16 +259,16 @@ class _Walker:
                 if c.type == "variable_assignment":
                     self.assign(c, depth)
                 elif c.type == "variable_name":
-                    self.out.variables.setdefault(_text(c), None)
+                    self.out.variables.setdefault(self.text(c), None)
                 else:
                     self.node(c, depth + 1, piped=False)
         elif t == "unset_command":
             for c in n.named_children:
-                self.out.variables.pop(_text(c), None)
+                self.out.variables.pop(self.text(c), None)
         elif t in ("for_statement", "c_style_for_statement", "select_statement"):
             var = n.child_by_field_name("variable")
             if var is not None:
-                self.out.variables[_text(var)] = None
+                self.out.variables[self.text(var)] = None
             self.children(n, depth, piped=False)
         elif t == "pipeline":
             first = True
@@ -280,7 +305,7 @@ class _Walker:
         for c in scripts:
             for b in c.named_children:
                 if b.type == "heredoc_body":
-                    self.program(_text(b), depth + 8)
+                    self.program(self.text(b), depth + 8)
                 elif c.type == "herestring_redirect":
                     value = self.word(b)
                     if value is None:
@@ -296,7 +321,7 @@ class _Walker:
             self.node(value, depth + 1, piped=False)  # $(...) in the value runs
         if name is None:
             return
-        key = _text(name)
+        key = self.text(name)
         if n.children and len(n.children) > 1 and n.children[1].type == "+=":
             old = self.out.variables.get(key, "")
             new = self.word(value) if value is not None else ""
@@ -328,20 +353,20 @@ class _Walker:
             return
         head = name_node.named_children[0] if name_node.named_children else name_node
         if head.type == "word" and name_node.named_child_count == 1:
-            alias = self.out.aliases.get(_text(head))
+            alias = self.out.aliases.get(self.text(head))
             if alias is not None:
-                rest = _text(n)[name_node.end_byte - n.start_byte :] if n.end_byte >= name_node.end_byte else ""
+                rest = self.text(n)[name_node.end_byte - n.start_byte :] if n.end_byte >= name_node.end_byte else ""
                 self.program(alias + rest, depth + 8)
                 return
         name = self.fields(name_node, command=True)
         if name is None or not name:
             if name is None:
-                self.out.unresolved.append(f"command name not known before it runs: {_text(name_node)[:80]}")
+                self.out.unresolved.append(f"command name not known before it runs: {self.text(name_node)[:80]}")
             return
         args: list[str] = name[1:]
         for w in words:
             got = self.fields(w)
-            args.extend(got if got is not None else [_text(w)])
+            args.extend(got if got is not None else [self.text(w)])
         self.simple(name[0], args, depth, piped=piped)
         base = name[0].rsplit("/", 1)[-1]
         if herestrings and base in SHELLS and reads_stdin(base, args):
@@ -413,9 +438,9 @@ class _Walker:
         """A word's value after expansion and word splitting; None when only run time can tell."""
         if n.type == "command_name":
             if n.named_child_count != 1:
-                return None if n.named_child_count else [_unescape(_text(n))]
+                return None if n.named_child_count else [_unescape(self.text(n))]
             n = n.named_children[0]
-        if command and n.type == "word" and _GLOB.search(_text(n)):
+        if command and n.type == "word" and _GLOB.search(self.text(n)):
             return None  # `/???/shutdown`, `shut*`: a glob picks the program
         value = self.word(n)
         if value is None:
@@ -429,14 +454,14 @@ class _Walker:
         self.spend()
         t = n.type
         if t == "word":
-            text = _text(n)
+            text = self.text(n)
             return _unescape(text) if "\\" in text else text
         if t in ("number", "string_content"):
-            return _text(n)
+            return self.text(n)
         if t == "raw_string":
-            return _text(n)[1:-1]
+            return self.text(n)[1:-1]
         if t == "ansi_c_string":
-            return _ansi_c(_text(n)[2:-1])
+            return _ansi_c(self.text(n)[2:-1])
         if t in ("string", "translated_string"):
             return self._string(n)
         if t == "concatenation":
@@ -456,15 +481,15 @@ class _Walker:
 
     def _string(self, n: Node) -> str | None:
         """A double-quoted string: escapes \\$ \\` \\" \\\\ removed, expansions substituted."""
-        text = _text(n)
+        text = self.text(n)
         parts: list[str] = []
         pos = n.start_byte + (2 if text.startswith("$") else 1)
         end = n.end_byte - 1
-        raw, base = n.text or b"", n.start_byte
+        raw, base = self.source[n.start_byte : n.end_byte], n.start_byte
         for c in n.named_children:
             if c.start_byte > pos:
                 parts.append(_dq_unescape(raw[pos - base : c.start_byte - base].decode("utf-8", "replace")))
-            value = self.word(c) if c.type != "string_content" else _dq_unescape(_text(c))
+            value = self.word(c) if c.type != "string_content" else _dq_unescape(self.text(c))
             if value is None:
                 return None
             parts.append(value)
@@ -477,7 +502,7 @@ class _Walker:
         """$name: its value when this shell set it earlier, else unknown."""
         if name is None or name.type != "variable_name":
             return None
-        return self.out.variables.get(_text(name))
+        return self.out.variables.get(self.text(name))
 
     def _echo_substitution(self, n: Node) -> str | None:
         """$(echo WORDS) / $(printf WORD): the text is known; any other substitution is not."""
@@ -499,7 +524,7 @@ class _Walker:
             if got is None:
                 return None
             words.extend(got)
-        is_printf = _text(name).endswith("printf")
+        is_printf = self.text(name).endswith("printf")
         while words and not is_printf and words[0] in ("-n", "-e", "-E", "-ne", "-en"):
             words.pop(0)
         if is_printf and (len(words) != 1 or "%" in words[0] or "\\" in words[0]):
@@ -517,21 +542,24 @@ class _Walker:
         if not got:
             return False
         base = got[0].rsplit("/", 1)[-1]
-        args = [self.word(c) or _text(c) for c in n.named_children if c.id != name.id]
+        args = [self.word(c) or self.text(c) for c in n.named_children if c.id != name.id]
         return base in SHELLS and reads_stdin(base, args)
 
+    def has_history(self, root: Node) -> bool:
+        """Whether a `!` that history expansion would act on is outside single quotes."""
+        stack = [root]
+        while stack:
+            n = stack.pop()
+            if n.type in ("raw_string", "ansi_c_string", "heredoc_body", "comment"):
+                continue
+            if n.type in ("word", "string_content") and _HISTORY.search(self.text(n)):
+                return True
+            stack.extend(n.children)
+        return False
 
-def _has_history(root: Node) -> bool:
-    """Whether a `!` that history expansion would act on is outside single quotes."""
-    stack = [root]
-    while stack:
-        n = stack.pop()
-        if n.type in ("raw_string", "ansi_c_string", "heredoc_body", "comment"):
-            continue
-        if n.type in ("word", "string_content") and _HISTORY.search(_text(n)):
-            return True
-        stack.extend(n.children)
-    return False
+    def text(self, n: Node) -> str:
+        """A node's source text."""
+        return self.source[n.start_byte : n.end_byte].decode("utf-8", "replace")
 
 
 def _bounded(value: str | None) -> str | None:
@@ -539,9 +567,13 @@ def _bounded(value: str | None) -> str | None:
     return None if value is None or len(value) > MAX_VALUE else value
 
 
-def _text(n: Node) -> str:
-    """A node's source text."""
-    return (n.text or b"").decode("utf-8", "replace")
+def scanner_safe(text: str) -> bytes:
+    """`text` as UTF-8 with every character the bash scanner would crash on swapped for as many `+`."""
+
+    def swap(m: re.Match[str]) -> str:
+        return m[0][:-1] + "+" * len(m[1].encode("utf-8", "surrogatepass"))
+
+    return _SCANNER_CRASH.sub(swap, text).encode("utf-8", "surrogatepass")
 
 
 def _unescape(text: str) -> str:
@@ -559,7 +591,7 @@ def _ansi_c(body: str) -> str:
 
     def one(m: re.Match[str]) -> str:
         e = m.group(1)
-        if e[0] in "xuU":
+        if e[0] in "xuU" and len(e) > 1:  # `\x` with no hex digit after it stays as written
             return chr(min(int(e[1:], 16), 0x10FFFF))
         if e[0] in "01234567":
             return chr(int(e, 8) & 0xFF)

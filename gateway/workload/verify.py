@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import json
 import logging
 import re
 import time
@@ -12,15 +10,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import jwt
 
 from gateway.config import WorkloadIssuer
+from gateway.jwks import JwksCache, JwksError, KeyProblem
 
 log = logging.getLogger(__name__)
 
 MAX_TOKEN = 16384
-MAX_JWKS_BYTES = 1 << 20
 JWKS_CACHE_SECONDS = 300.0
 JWKS_MIN_REFRESH_SECONDS = 30.0  # an unknown kid refetches at most this often: forged kids cannot hammer the IdP
 # Claims kept on the grant and in every audit event: enough for a reviewer to find the pipeline run.
@@ -100,19 +97,20 @@ class WorkloadVerifier:
     def __init__(self, cfg: WorkloadIssuer, *, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.clock = clock
-        self._keys: dict[str, dict[str, Any]] = {}
-        self._fetched_at: float | None = None
-        self._lock = asyncio.Lock()
-        self._session: aiohttp.ClientSession | None = None
+        self._jwks = JwksCache(
+            url=cfg.jwks_url,
+            file=cfg.jwks_file,
+            what=f"workload issuer {cfg.name}",
+            cache_seconds=JWKS_CACHE_SECONDS,
+            min_refresh_seconds=JWKS_MIN_REFRESH_SECONDS,
+        )
 
     def __repr__(self) -> str:
         return f"WorkloadVerifier({self.cfg.name!r}, issuer={self.cfg.issuer!r})"
 
     async def close(self) -> None:
         """Close the JWKS client."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._jwks.close()
 
     async def verify(self, token: str) -> WorkloadIdentity:
         """A verified identity, or WorkloadRefused saying why."""
@@ -164,53 +162,16 @@ class WorkloadVerifier:
         return WorkloadIdentity(cfg.name, subject_of(cfg.subject, claims), claims, token_key, float(exp))
 
     async def _key(self, kid: Any) -> dict[str, Any]:
-        if kid is not None and not isinstance(kid, str):
-            raise WorkloadRefused("malformed", "the token's key id (kid) is malformed")
-        async with self._lock:
-            now = self.clock()
-            age = None if self._fetched_at is None else now - self._fetched_at
-            stale = age is None or age > JWKS_CACHE_SECONDS
-            unknown = kid is not None and kid not in self._keys
-            if stale or (unknown and (age is None or age > JWKS_MIN_REFRESH_SECONDS)):
-                self._keys = await self._load()
-                self._fetched_at = now
-        if kid is None:
-            if len(self._keys) != 1:
-                raise WorkloadRefused("key", "the token has no key id (kid) and the issuer has several keys")
-            return next(iter(self._keys.values()))
-        jwk = self._keys.get(kid)
-        if jwk is None:
-            raise WorkloadRefused("key", "the token was signed by a key the issuer does not publish")
-        return jwk
-
-    async def _load(self) -> dict[str, dict[str, Any]]:
         try:
-            raw = await self._read()
-            doc = json.loads(raw)
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            log.error("workload %s: cannot load the issuer's JWKS: %s", self.cfg.name, type(exc).__name__)
-            if self._keys:
-                return self._keys  # keep the keys we have rather than stop every pipeline
-            raise WorkloadRefused("issuer-unavailable", "cannot load the issuer's keys; try again") from None
-        keys = doc.get("keys") if isinstance(doc, dict) else None
-        if not isinstance(keys, list):
-            raise WorkloadRefused("issuer-unavailable", "the issuer's JWKS has no keys")
-        return {
-            str(k.get("kid", f"#{i}")): k
-            for i, k in enumerate(keys)
-            if isinstance(k, dict) and k.get("use", "sig") == "sig"
-        }
+            return await self._jwks.key(kid)
+        except JwksError as e:
+            raise WorkloadRefused(*_KEY_REFUSALS[e.problem]) from None
 
-    async def _read(self) -> bytes:
-        if self.cfg.jwks_file is not None:
-            data = await asyncio.to_thread(self.cfg.jwks_file.read_bytes)
-        else:
-            if self._session is None:
-                self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-            async with self._session.get(self.cfg.jwks_url) as resp:
-                if resp.status != 200:
-                    raise ValueError(f"HTTP {resp.status}")
-                data = await resp.content.read(MAX_JWKS_BYTES + 1)
-        if len(data) > MAX_JWKS_BYTES:
-            raise ValueError("JWKS too large")
-        return data
+
+_KEY_REFUSALS: dict[KeyProblem, tuple[str, str]] = {
+    KeyProblem.MALFORMED_KID: ("malformed", "the token's key id (kid) is malformed"),
+    KeyProblem.UNAVAILABLE: ("issuer-unavailable", "cannot load the issuer's keys; try again"),
+    KeyProblem.NO_KEYS: ("issuer-unavailable", "the issuer's JWKS has no keys"),
+    KeyProblem.AMBIGUOUS: ("key", "the token has no key id (kid) and the issuer has several keys"),
+    KeyProblem.UNKNOWN_KID: ("key", "the token was signed by a key the issuer does not publish"),
+}

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -11,7 +15,7 @@ from hypothesis import strategies as st
 from gateway.policy import CommandRule, SshPolicy, Verdict
 from gateway.ssh.cmdmatch import command_matches
 from gateway.ssh.scope import UNRESOLVED, check_line
-from gateway.ssh.shellparse import ShellState, SimpleCommand, analyse
+from gateway.ssh.shellparse import ShellState, SimpleCommand, analyse, scanner_safe
 
 SHUTDOWN = CommandRule("no-shutdown", Verdict.DENY, "regex:^(shutdown|reboot|halt)\\b")
 SHUTDOWN_GLOB = CommandRule("no-shutdown-glob", Verdict.DENY, "shutdown")
@@ -231,7 +235,7 @@ def test_analysis_never_fails_and_is_bounded(text: str) -> None:
 @settings(max_examples=100, deadline=None)
 @given(st.text(max_size=300))
 def test_analysis_of_any_text(text: str) -> None:
-    analyse(text)
+    assert "the shell analysis failed on this line" not in analyse(text).unresolved
 
 
 @pytest.mark.parametrize("unit", ["x )", "a|", "a=(a;", "&[[ a ", "$(", "eval ", "true;", "'"])
@@ -253,3 +257,70 @@ def test_pathological_nesting_is_bounded() -> None:
     assert analyse(evals).unresolved or any(c.name == "shutdown" for c in analyse(evals).commands)
     aliases = ShellState(aliases={"a": "b", "b": "a"})
     assert aliases.analyse("a").unresolved  # alias loops end
+
+
+# tree-sitter-bash's scanner called isdigit() on a wide code point after `{`: one such line crashed the
+# process (every session of the gateway). A crash cannot be caught in-process, so these run in a child.
+_WIDE_AFTER_BRACE = """
+import random, sys
+from gateway.ssh.shellparse import analyse
+rnd = random.Random(7)
+wide = [0x100, 0x3000, 0xFFFD, 0x10FFFF, 0xDC80] + [rnd.randint(0x100, 0x10FFFF) for _ in range(300)]
+for cp in wide:
+    if 0xD800 <= cp < 0xE000 and cp != 0xDC80:
+        continue
+    c = chr(cp)
+    for line in ("{" + c, "echo {" + c + "}", "{12" + c, "x {1.." + c, "a {1..2" + c + " b", "{{" + c):
+        analyse(line)
+        analyse("bash -c '" + line + "'")
+print("ok")
+"""
+
+
+def test_wide_characters_after_a_brace_do_not_crash_the_parser() -> None:
+    # The out-of-bounds read lands on unmapped memory only in some layouts (about 6 runs in 10 of the old
+    # code crashed under C.UTF-8), so the child runs several times.
+    env = {**os.environ, "LC_ALL": "C.UTF-8"}
+    for _ in range(6):
+        got = subprocess.run([sys.executable, "-c", _WIDE_AFTER_BRACE], capture_output=True, text=True,
+                             timeout=120, env=env)  # fmt: skip
+        assert (got.returncode, got.stdout.strip()) == (0, "ok"), got.stderr[-2000:]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("{}.0123 xé\u0100\u3000\U0010ffff\udc80"), max_size=40))
+def test_the_parser_never_reads_a_wide_character_where_the_scanner_calls_isdigit(text: str) -> None:
+    safe = scanner_safe(text)
+    assert len(safe) == len(text.encode("utf-8", "surrogatepass"))
+    assert not re.search(rb"\{[0-9]*(?:\.\.[0-9]*)?[\xc4-\xff]", safe)  # lead bytes of U+0100 and above
+
+
+@pytest.mark.parametrize("line", ["echo {\U0010ffff}", "echo {12\u0101 x", "echo {1..2é€ y"])
+def test_words_keep_the_characters_the_scanner_never_sees(line: str) -> None:
+    assert analyse(line).commands == [SimpleCommand("echo", tuple(line.split()[1:]), "echo")]
+
+
+def test_a_wide_character_after_a_brace_hides_no_command() -> None:
+    assert verdict("echo {\U0010ffff; shutdown -h now")[0] == "deny"
+
+
+@pytest.mark.parametrize(
+    ("line", "word"), [("echo $'\\x'z", "\\xz"), ("echo $'\\u'", "\\u"), ("echo $'\\U\\x41'", "\\UA")]
+)
+def test_an_ansi_c_escape_without_digits_stays_as_written(line: str, word: str) -> None:
+    assert analyse(line).commands == [SimpleCommand("echo", (word,), "echo")]
+
+
+def test_a_bug_in_the_analysis_leaves_the_rules_the_rough_pieces_and_logs_no_text(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gateway.ssh import shellparse
+
+    def broken(self: object, text: str, depth: int) -> None:
+        raise ValueError(f"cannot read {text}")
+
+    monkeypatch.setattr(shellparse._Walker, "program", broken)
+    line = "echo s3cr3t-pw; shutdown -h now"
+    assert verdict(line)[0] == "deny"
+    assert "the shell analysis failed on this line" in analyse(line).unresolved
+    assert "ValueError" in caplog.text and "s3cr3t" not in caplog.text

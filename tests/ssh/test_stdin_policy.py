@@ -112,3 +112,25 @@ async def test_unresolved_line_raises_an_alert(gateway: Gateway) -> None:
     assert r.stdout.strip() == "hi"
     alerts = await gateway.events(rec.id, types=("alert.ssh.command",))
     assert [a.data["rule"] for a in alerts] == ["unresolved"]
+
+
+async def test_a_line_that_crashed_the_bash_scanner_is_judged_and_the_gateway_lives_on(gateway: Gateway) -> None:
+    # `{` then a code point above U+00FF crashed tree-sitter-bash (isdigit on a wide character), taking
+    # down the gateway process and every session on it; the next session proves the process is alive.
+    path = canary(gateway)
+    line = "echo {\U0010ffff}"
+    r = await asyncio.to_thread(gateway.ssh, await gateway.token(), "-T", input=f"{line}\ntouch {path}\n")
+    rec = await gateway.settle()
+    assert "{\U0010ffff}" in r.stdout and "no-canary" in r.stderr
+    assert (await command_verdicts(gateway, rec.id))[line] == "allow"
+    r = await asyncio.to_thread(gateway.ssh, await gateway.token(), "echo {12\u0101..3}; echo alive")
+    assert "alive" in r.stdout, r.stderr
+
+
+async def test_an_escape_without_its_digits_is_read_as_bash_reads_it(gateway: Gateway) -> None:
+    # `$'\x'` once raised out of the analysis (int('', 16)); bash keeps such an escape as written.
+    path = canary(gateway)
+    r = await asyncio.to_thread(gateway.ssh, await gateway.token(), "-T", input=f"echo $'\\x'z\ntouch {path}\n")
+    rec = await gateway.settle()
+    assert r.stdout.strip() == "\\xz" and "no-canary" in r.stderr
+    assert (await command_verdicts(gateway, rec.id))["echo $'\\x'z"] == "allow"
