@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -209,25 +210,47 @@ async def run(users: int, days: int, seed: int) -> dict[str, Any]:
                 seeded[label] += 1
                 caught[label] += label in rules
 
-    # Cost: a warm watch on statements and command lines it has seen (the steady state on the hot path).
+    # Cost: a warm watch on statements and command lines it has seen (the steady state on the hot path):
+    # everything the relay calls per statement (Watch.sql with the policy's decision, and the journal's
+    # large-result check), with and without sensitive tables (the exfiltration shapes run only with them),
+    # in alternating rounds so that a busy machine slows all variants alike; the median round is reported.
     p = people[0]
     w = detector.watch(Sess("cost", now[0], p.name, Target(p.db)))
+    ws_sens = detector.watch(Sess("cost-s", now[0], p.name, Target(p.db), Policy(Sql(frozenset(p.tables[:2])))))
     stmts = [insp(s.format(t=t, n=1)) for s in SHAPES for t in p.tables]
     for st in stmts:
         w.sql(st, ALLOW)
-    n = 200_000
-    t0 = time.perf_counter()
-    for i in range(n):
-        w.sql(stmts[i % len(stmts)], ALLOW)
-    per_statement = (time.perf_counter() - t0) / n * 1e6
+        ws_sens.sql(st, ALLOW)
     ws = detector.watch(Sess("cost2", now[0], p.name, Target(p.host)))
     lines = [f"{c} -l /var/log" for c in p.commands]
     for line in lines:
         ws.command(line, ALLOW)
-    t0 = time.perf_counter()
-    for i in range(n):
-        ws.command(lines[i % len(lines)], ALLOW)
-    per_line = (time.perf_counter() - t0) / n * 1e6
+    n = 100_000
+    rows = 10
+
+    def per_sql(watch: Any) -> float:
+        t0 = time.perf_counter()
+        for i in range(n):
+            st = stmts[i % len(stmts)]
+            watch.sql(st, ALLOW)
+            if rows >= watch.large_rows:  # the journal's check on CommandComplete
+                watch.large_result(st.fingerprint, (), rows)
+        return (time.perf_counter() - t0) / n * 1e6
+
+    def per_cmd() -> float:
+        t0 = time.perf_counter()
+        for i in range(n):
+            ws.command(lines[i % len(lines)], ALLOW)
+        return (time.perf_counter() - t0) / n * 1e6
+
+    rounds: dict[str, list[float]] = {"plain": [], "sensitive": [], "command": []}
+    for _ in range(5):
+        rounds["plain"].append(per_sql(w))
+        rounds["sensitive"].append(per_sql(ws_sens))
+        rounds["command"].append(per_cmd())
+    per_statement = statistics.median(rounds["plain"])
+    per_statement_sensitive = statistics.median(rounds["sensitive"])
+    per_line = statistics.median(rounds["command"])
     await detector.drain()
     await store.close(checkpoint=False)
     return {
@@ -239,6 +262,7 @@ async def run(users: int, days: int, seed: int) -> dict[str, Any]:
         "flagged_normal_approvals": flagged_approvals,
         "recall": {rule: (caught[rule], seeded[rule]) for rule in sorted(seeded)},
         "us_per_statement": per_statement,
+        "us_per_statement_sensitive": per_statement_sensitive,
         "us_per_command_line": per_line,
     }
 
@@ -262,7 +286,11 @@ def main() -> None:
     na, fa = r["normal_approvals"], r["flagged_normal_approvals"]
     print(f"false positives: {fs}/{ns} normal sessions = {100 * fs / max(ns, 1):.2f}%")
     print(f"false positives: {fa}/{na} normal approvals = {100 * fa / max(na, 1):.2f}%")
-    print(f"cost: {r['us_per_statement']:.2f} us per statement, {r['us_per_command_line']:.2f} us per command line")
+    print(
+        f"cost (median of 5 alternating rounds): {r['us_per_statement']:.2f} us per statement, "
+        f"{r['us_per_statement_sensitive']:.2f} us with sensitive tables, "
+        f"{r['us_per_command_line']:.2f} us per command line"
+    )
 
 
 if __name__ == "__main__":

@@ -407,7 +407,7 @@ def test_audit_export_since(gw: Gw) -> None:
     assert rc == 0, err
     lines = out.splitlines()
     events = [json.loads(line) for line in lines]
-    assert [e["type"] for e in events] == ["grant.issued", "alert.break_glass"] * 2
+    assert [e["type"] for e in events] == ["grant.issued", "detection", "alert.break_glass"] * 2
     for e in events:
         assert set(e) == {
             "seq",
@@ -424,12 +424,12 @@ def test_audit_export_since(gw: Gw) -> None:
             "node",
         }
         assert re.fullmatch(r"[0-9a-f]{64}", e["hash"])
-    assert [e["seq"] for e in events] == [1, 2, 3, 4]
+    assert [e["seq"] for e in events] == [1, 2, 3, 4, 5, 6]
     # everything, and filtered by type
     rc, out, _ = gw("audit", "export", "--since", "3h")
     assert [json.loads(line)["type"] for line in out.splitlines()][-1] == "test.old"
     rc, out, _ = gw("audit", "export")
-    assert len(out.splitlines()) == 5
+    assert len(out.splitlines()) == 7
     rc, out, _ = gw("audit", "export", "--type", "alert.break_glass", "--type", "test.old")
     assert [json.loads(line)["type"] for line in out.splitlines()] == [
         "alert.break_glass",
@@ -456,14 +456,14 @@ def test_audit_verify_after_cli_use(gw: Gw) -> None:
     gw("keys", "rotate")
     gw.grant(user="bob")
     rc, out, _ = gw("audit", "verify")
-    assert rc == 0 and "audit chain intact: 4 events; last signed checkpoint at event #4 (" in out
+    assert rc == 0 and "audit chain intact: 6 events; last signed checkpoint at event #6 (" in out
     assert "every event is covered by a signature" in out
 
 
 def test_audit_verify_says_what_the_signatures_do_not_cover(gw: Gw) -> None:
     """Events after the last signed checkpoint can be deleted with write access to the store, and verify
     still passes: the README and the output say so, with the count, instead of promising otherwise."""
-    gw.grant()  # 2 events, signed at exit
+    gw.grant()  # 3 events (the grant, its detection, its alert), signed at exit
 
     async def unsigned_events() -> None:
         s = await gw.store().open()
@@ -476,8 +476,8 @@ def test_audit_verify_says_what_the_signatures_do_not_cover(gw: Gw) -> None:
     assert rc == 0, out
     line = out.splitlines()[0]
     assert re.fullmatch(
-        r"audit chain intact: 9 events; last signed checkpoint at event #2 \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\); "
-        r"events after #2 \(7 of them\) are not covered by a signature \(deleting or rewriting them is not detected\); "
+        r"audit chain intact: 10 events; last signed checkpoint at event #3 \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\); "
+        r"events after #3 \(7 of them\) are not covered by a signature \(deleting or rewriting them is not detected\); "
         r"0 recordings match their hashes",
         line,
     ), line
@@ -485,9 +485,9 @@ def test_audit_verify_says_what_the_signatures_do_not_cover(gw: Gw) -> None:
     import sqlite3
 
     with sqlite3.connect(gw.config.store_path) as db:
-        db.executescript("DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq > 4;")
+        db.executescript("DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq > 5;")
     rc, out, _ = gw("audit", "verify")
-    assert rc == 0 and "4 events; last signed checkpoint at event #2" in out and "(2 of them)" in out, out
+    assert rc == 0 and "5 events; last signed checkpoint at event #3" in out and "(2 of them)" in out, out
 
 
 # --- plumbing ------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from gateway.detect import exfil
 from gateway.detect.baseline import ANY_TARGET, Seen
 from gateway.detect.model import FIRST_COMMAND, FIRST_SCHEMA, FIRST_SHAPE, FIRST_TABLE, FIRST_TARGET, Detection
 from gateway.detect.settings import DENY, KILL, NO_OVERRIDES, Overrides, Rules
-from gateway.policy import Decision
+from gateway.policy import Decision, Verdict
 
 if TYPE_CHECKING:
     from gateway.detect.engine import Detector
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 _KNOWN = Seen.KNOWN
 _NOVEL = Seen.NOVEL
+_PASS = (Verdict.ALLOW, Verdict.ALERT)  # Decision.allowed, without the property call
 NEVER = sys.maxsize  # large_rows of a watch that does not look at results
 _WHAT = {
     FIRST_TABLE: "read or wrote table",
@@ -78,7 +79,8 @@ class Watched(Protocol):
 class Watch:
     """One session's view of its baselines, windows and shapes."""
 
-    __slots__ = ("__weakref__", "detector", "large_rows", "limits", "rules", "sensitive", "session", "target", "user")
+    __slots__ = ("__weakref__", "_shapes", "detector", "large_rows", "limits", "rules", "seen", "sensitive", "session",
+                 "target", "user")  # fmt: skip
 
     def __init__(self, detector: Detector, s: Watched) -> None:
         self.detector = detector
@@ -90,6 +92,8 @@ class Watch:
         self.rules: Rules = detector.settings.rules(scope)
         sql = policy.sql
         self.sensitive = sql.sensitive_tables if sql is not None else frozenset()
+        self._shapes: dict[str, tuple[Detection, ...]] = {}  # exfiltration findings per statement shape
+        self.seen = detector.baselines.seen
         self.large_rows = detector.settings.large_rows if self.rules.on(exfil.SELECT_STAR_LARGE) else NEVER
         now = detector.clock()
         b = detector.baselines
@@ -111,25 +115,32 @@ class Watch:
 
     def sql(self, insp: Inspection, decision: Decision) -> Decision:
         """A statement text the relay inspected, with its policy decision; returns the decision to enforce."""
-        note = self.detector.baselines.note
+        seen = self.seen  # the baselines' set, looked up inline: the hot path is three lookups a statement
         user, target = self.user, self.target
         flagged: list[Detection] | None = None
-        if note(user, target, "shape", insp.fingerprint) is not _KNOWN:
-            flagged = self._new(FIRST_SHAPE, "shape", insp.fingerprint, "info", flagged)
+        fp = insp.fingerprint
+        if (user, target, "shape", fp) not in seen:
+            flagged = self._new(FIRST_SHAPE, "shape", fp, "info", flagged)
         for st in insp.statements:
             for table in st.tables:
-                if note(user, target, "table", table) is not _KNOWN:
+                if (user, target, "table", table) not in seen:
                     flagged = self._new(FIRST_TABLE, "table", table, "warning", flagged)
                 schema, dot, _ = table.rpartition(".")
-                if dot and note(user, target, "schema", schema) is not _KNOWN:
+                if dot and (user, target, "schema", schema) not in seen:
                     flagged = self._new(FIRST_SCHEMA, "schema", schema, "warning", flagged)
         if self.sensitive:
-            tables = [t for st in insp.statements for t in st.tables]
-            for d in exfil.before_run(insp.fingerprint, tables, self.sensitive, user=user, target=target,
-                                      session=self.session.id):  # fmt: skip
-                if self.rules.on(d.rule):
-                    flagged = [*(flagged or ()), d]
-        if not decision.allowed:
+            shapes = self._shapes
+            found = shapes.get(fp)
+            if found is None:  # judged once per statement shape of the session (its tables come with the shape)
+                tables = [t for st in insp.statements for t in st.tables]
+                found = shapes[fp] = tuple(
+                    d for d in exfil.before_run(fp, tables, self.sensitive, user=user, target=target,
+                                                session=self.session.id)
+                    if self.rules.on(d.rule)
+                )  # fmt: skip
+            if found:
+                flagged = [*(flagged or ()), *found]
+        if decision.verdict not in _PASS:
             self.denied()
         return decision if flagged is None else self._judge(flagged, decision)
 
@@ -137,9 +148,9 @@ class Watch:
         """A shell command line the SSH relay judged: its command name (argv[0] without its path)."""
         name = command_name(line)
         flagged = None
-        if name and self.detector.baselines.note(self.user, self.target, "command", name) is not _KNOWN:
+        if name and (self.user, self.target, "command", name) not in self.seen:
             flagged = self._new(FIRST_COMMAND, "command", name, "warning", None)
-        if not decision.allowed:
+        if decision.verdict not in _PASS:
             self.denied()
         return decision if flagged is None else self._judge(flagged, decision)
 
@@ -166,6 +177,7 @@ class Watch:
     ) -> list[Detection] | None:
         """Something new to this user here: remember it; after warm-up (and when the rule is on) flag it."""
         d = self.detector
+        self.seen.add((self.user, self.target, kind, value))
         d.remember(self.user, self.target, kind, value)
         h = d.baselines.of(self.user, self.target)
         if h.sessions <= d.baselines.warmup or not self.rules.on(rule):

@@ -119,7 +119,8 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
 
     def exec_requested(self, command: str) -> bool:
         """A command (also scp's server side)."""
-        return self._admit("exec", check_exec(self.policy, command), command=command)
+        d = watch(self.host.session).command(command, check_exec(self.policy, command))  # detection: its baselines
+        return self._admit("exec", d, command=command)
 
     def subsystem_requested(self, subsystem: str) -> bool:
         """Only sftp."""
