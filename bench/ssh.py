@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import shutil
 import socket
 import statistics
@@ -38,6 +39,7 @@ import asyncssh
 from gateway.sandbox.sshd import SshServer
 
 TARGET = "rig"
+GCM = "aes128-gcm@openssh.com"
 POLICY = """
 target: rig
 scopes:
@@ -50,6 +52,38 @@ scopes:
 """
 OPENSSH_OPTS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                 "-o", "GSSAPIAuthentication=no", "-o", "IdentityAgent=none", "-o", "LogLevel=ERROR"]  # fmt: skip
+
+
+def write_data(path: Path, mb: int, *, random_bytes: bool, seed: int = 14) -> None:
+    """`mb` MiB of log-like text (what `cat` of a server's logs sends), or of random bytes (incompressible)."""
+    target = mb << 20
+    if random_bytes:
+        with open(path, "wb") as f:
+            for _ in range(mb):
+                f.write(os.urandom(1 << 20))
+        return
+    rng = random.Random(seed)  # the same text every run: compression ratios are comparable between runs
+    verbs, codes = ("GET", "POST", "PUT", "DELETE"), (200, 200, 200, 304, 404, 500)
+    urls = ("/api/v1/orders", "/api/v1/users", "/healthz", "/static/app.js", "/login", "/api/v2/invoices")
+    procs = ("postgres", "sshd", "cron", "kernel", "systemd", "app-worker", "billing-api")
+    msgs = ("connection accepted", "checkpoint complete", "session opened for user", "job finished", "cache miss")
+    t, written = 1764720000.0, 0
+    with open(path, "w") as f:
+        while written < target:
+            lines = []
+            for _ in range(2000):
+                t += rng.random() * 0.01
+                ip = f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}"
+                if rng.random() < 0.6:
+                    lines.append(f'{t:.6f} web{rng.randrange(40):02d} nginx: {ip} "{rng.choice(verbs)} '
+                                 f'{rng.choice(urls)}/{rng.randrange(10**6)} HTTP/1.1" {rng.choice(codes)} '
+                                 f"{rng.randrange(100000)} {rng.random():.4f}\n")  # fmt: skip
+                else:
+                    lines.append(f"{t:.6f} db{rng.randrange(8)} {rng.choice(procs)}[{rng.randrange(1, 65535)}]: "
+                                 f"{rng.choice(msgs)} id={rng.getrandbits(64):016x} from {ip}\n")  # fmt: skip
+            chunk = "".join(lines)
+            f.write(chunk)
+            written += len(chunk)
 
 
 def free_port() -> int:
@@ -89,15 +123,19 @@ key_file = "{sshd.client_key_path}"
 # --- the gateway, in its own process -----------------------------------------------------------------
 
 
-async def serve(config_path: str, recording: bool = True) -> None:
+async def serve(config_path: str, recording: str = "zstd") -> None:
     """Run the SSH front end of the composition root until stdin closes; print the port when ready."""
     from gateway.app import App
     from gateway.config import load_config
 
-    if not recording:  # --no-recording: the relay's own cost, for comparison only (never a deployment mode)
+    if recording == "off":  # --no-recording: the relay's own cost, for comparison only (never a deployment mode)
         from gateway.recording.writer import Recorder
 
         Recorder._append = lambda self, *a, **k: None  # type: ignore[method-assign]
+    elif recording == "plain":  # --plain-recording: every frame plain (as recording_version 2 wrote), to compare
+        from gateway.recording.blocks import BlockPacker
+
+        BlockPacker.wants = lambda self, size: False  # type: ignore[method-assign]
 
     app = App(load_config(Path(config_path)), enable=("ssh",))
     await app.start()
@@ -109,8 +147,8 @@ async def serve(config_path: str, recording: bool = True) -> None:
 class GatewayProcess:
     """`bench/ssh.py --serve CONFIG` in a child process."""
 
-    def __init__(self, config: Path, *, recording: bool = True) -> None:
-        extra = [] if recording else ["--no-recording"]
+    def __init__(self, config: Path, *, recording: str = "zstd") -> None:
+        extra = {"zstd": [], "plain": ["--plain-recording"], "off": ["--no-recording"]}[recording]
         self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(config), *extra], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)  # fmt: skip
         assert self.proc.stdout is not None
@@ -123,6 +161,22 @@ class GatewayProcess:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         raise RuntimeError("no VmRSS")
+
+    def cpu_ticks(self) -> int:
+        """User + system CPU the gateway process has used (clock ticks)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    async def settle(self, limit: float = 120.0) -> None:
+        """Wait until the gateway is quiet (ended sessions torn down) so the next measurement starts clean."""
+        deadline = time.monotonic() + limit
+        last = self.cpu_ticks()
+        while time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            now = self.cpu_ticks()
+            if now - last <= 2:  # <= 2 % of a core over the last second
+                return
+            last = now
 
     def stop(self) -> None:
         assert self.proc.stdin is not None
@@ -154,11 +208,12 @@ class Paths:
         self.sshd, self.gw_port, self.token = sshd, gw_port, token
         self.cipher = ["-o", f"Ciphers={cipher}"] if cipher else []
 
-    def ssh(self, via: str, *cmd: str) -> list[str]:
+    def ssh(self, via: str, *cmd: str, opts: tuple[str, ...] = ()) -> list[str]:
+        """`ssh [opts] host cmd...` on either path."""
         if via == "direct":
-            return ["ssh", *OPENSSH_OPTS, *self.cipher, "-i", str(self.sshd.client_key_path), "-p", str(self.sshd.port),
-                    f"{self.sshd.user}@{self.sshd.host}", *cmd]  # fmt: skip
-        return ["sshpass", "-P", "Approval token", "-p", self.token, "ssh", *OPENSSH_OPTS, *self.cipher,
+            return ["ssh", *OPENSSH_OPTS, *self.cipher, *opts, "-i", str(self.sshd.client_key_path),
+                    "-p", str(self.sshd.port), f"{self.sshd.user}@{self.sshd.host}", *cmd]  # fmt: skip
+        return ["sshpass", "-P", "Approval token", "-p", self.token, "ssh", *OPENSSH_OPTS, *self.cipher, *opts,
                 "-o", "PubkeyAuthentication=no", "-p", str(self.gw_port), f"{TARGET}@127.0.0.1", *cmd]  # fmt: skip
 
     def scp(self, via: str, remote_path: str, legacy: bool) -> list[str]:
@@ -170,6 +225,15 @@ class Paths:
                 "-o", "PubkeyAuthentication=no", "-P", str(self.gw_port), f"{TARGET}@127.0.0.1:{remote_path}",
                 "/dev/null"]  # fmt: skip
 
+    def sftp_get(self, via: str, remote_path: str) -> list[str]:
+        """`sftp -b -`: one `get` to /dev/null (BatchMode=no first: -b turns it on, which refuses password auth)."""
+        batch = ["-o", "BatchMode=no", "-b", "-"]
+        if via == "direct":
+            return ["sftp", *batch, *OPENSSH_OPTS, *self.cipher, "-i", str(self.sshd.client_key_path), "-P",
+                    str(self.sshd.port), f"{self.sshd.user}@{self.sshd.host}"]  # fmt: skip
+        return ["sshpass", "-P", "Approval token", "-p", self.token, "sftp", *batch, *OPENSSH_OPTS, *self.cipher,
+                "-o", "PubkeyAuthentication=no", "-P", str(self.gw_port), f"{TARGET}@127.0.0.1"]  # fmt: skip
+
     async def connect(self, via: str) -> asyncssh.SSHClientConnection:
         opts: dict[str, Any] = {"known_hosts": None, "config": None, "agent_path": None}
         if via == "direct":
@@ -179,9 +243,10 @@ class Paths:
                                       client_keys=None, preferred_auth="password", **opts)  # fmt: skip
 
 
-def timed(argv: list[str]) -> float:
+def timed(argv: list[str], stdin: str | None = None) -> float:
+    """Seconds one client command took (it must succeed)."""
     started = time.perf_counter()
-    r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
+    r = subprocess.run(argv, input=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
     elapsed = time.perf_counter() - started
     if r.returncode != 0:
         raise RuntimeError(f"{argv[argv.index('ssh') if 'ssh' in argv else 0]} failed ({r.returncode}): {r.stderr}")
@@ -249,30 +314,45 @@ async def bench(args: argparse.Namespace) -> None:
     try:
         config = write_config(base, sshd)
         token = await issue_token(config)
-        gw = GatewayProcess(config, recording=not args.no_recording)
+        gw = GatewayProcess(config, recording=recording_mode(args))
         paths = Paths(sshd, gw.port, token, args.cipher)
         print(f"gateway pid {gw.pid} (for py-spy/perf)", file=sys.stderr)
-        big = sshd.scratch_dir / "big.bin"
-        with open(big, "wb") as f:
-            for _ in range(args.mb):
-                f.write(os.urandom(1 << 20))
+        big = sshd.scratch_dir / "big.txt"
+        write_data(big, args.mb, random_bytes=args.random)
         os.chmod(big, 0o644)
         mb = args.mb * 1.048576
-        only = set(args.only.split(",")) if args.only else {"exec", "scp", "scp-O", "echo", "setup", "memory"}
+        only = (
+            set(args.only.split(",")) if args.only else {"exec", "exec-gcm", "scp", "sftp", "echo", "setup", "memory"}
+        )
         before, after, alive = await idle_memory(paths, gw, args.sessions) if "memory" in only else (0, 0, 0)
+        await gw.settle()
         results: dict[str, dict[str, list[float]]] = {}
+        cpu_ms: dict[str, list[float]] = {}
 
         def add(name: str, via: str, value: float) -> None:
             results.setdefault(name, {}).setdefault(via, []).append(value)
 
+        def bulk(name: str, via: str, argv: list[str], stdin: str | None = None) -> None:
+            """One timed transfer; through the gateway also its CPU per MB (all its threads)."""
+            ticks = gw.cpu_ticks() if gw is not None else 0
+            add(name, via, mb / timed(argv, stdin))
+            if via == "gateway" and gw is not None:
+                cpu_ms.setdefault(name, []).append((gw.cpu_ticks() - ticks) * 1000 / os.sysconf("SC_CLK_TCK") / mb)
+
         for rnd in range(args.rounds):
-            for via in ("direct", "gateway"):
+            # Alternating: odd rounds run the gateway first, so a drift in the machine's load (or the page
+            # cache filling with recordings) does not always land on the same side.
+            for via in ("direct", "gateway") if rnd % 2 == 0 else ("gateway", "direct"):
                 if "exec" in only:
-                    add("exec cat MB/s", via, mb / timed(paths.ssh(via, "cat", str(big))))
+                    bulk("exec cat MB/s", via, paths.ssh(via, "cat", str(big)))
+                if "exec-gcm" in only:  # what a client preferring AES-GCM gets (stock OpenSSH picks chacha20)
+                    bulk("exec cat, AES-GCM MB/s", via, paths.ssh(via, "cat", str(big), opts=("-c", GCM)))
                 if "scp" in only:
-                    add("scp (sftp) MB/s", via, mb / timed(paths.scp(via, str(big), legacy=False)))
+                    bulk("scp (sftp) MB/s", via, paths.scp(via, str(big), legacy=False))
                 if "scp-O" in only:
-                    add("scp -O MB/s", via, mb / timed(paths.scp(via, str(big), legacy=True)))
+                    bulk("scp -O MB/s", via, paths.scp(via, str(big), legacy=True))
+                if "sftp" in only:
+                    bulk("sftp get MB/s", via, paths.sftp_get(via, str(big)), f"get {big} /dev/null\n")
                 if "echo" in only:
                     rtt = await echo_rtt(paths, via)
                     add("echo p50 ms", via, 1000 * pct(rtt, 0.5))
@@ -283,7 +363,8 @@ async def bench(args: argparse.Namespace) -> None:
                     add("to first output p50 ms", via, 1000 * pct(first, 0.5))
             print(f"round {rnd + 1}: " + ", ".join(f"{k} {v['direct'][-1]:.1f}/{v['gateway'][-1]:.1f}"
                                                    for k, v in results.items()), file=sys.stderr)  # fmt: skip
-        report(args, results, before, after, alive)
+        recorded = sum(f.stat().st_size for f in (base / "recordings").rglob("*") if f.is_file())
+        report(args, results, before, after, alive, recorded, cpu_ms)
     finally:
         if gw is not None:
             gw.stop()
@@ -292,13 +373,15 @@ async def bench(args: argparse.Namespace) -> None:
 
 
 def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]], before: int, after: int,
-           alive: int) -> None:  # fmt: skip
+           alive: int, recorded: int, cpu_ms: dict[str, list[float]]) -> None:  # fmt: skip
     print(f"\n{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, Linux {platform.release()}, "
           f"CPython {platform.python_version()}, asyncssh {asyncssh.__version__}, "
           f"{subprocess.run(['ssh', '-V'], capture_output=True, text=True).stderr.strip()}")  # fmt: skip
     print(f"Command: `.venv/bin/python bench/ssh.py --rounds {args.rounds} --mb {args.mb} --sessions {args.sessions}"
           + (f" --cipher {args.cipher}" if args.cipher else "")
           + (f" --only {args.only}" if args.only else "")
+          + (" --random" if args.random else "")
+          + (" --plain-recording" if args.plain_recording else "")
           + (" --no-recording" if args.no_recording else "") + "`\n")  # fmt: skip
     print("| measure | direct (median) | gateway (median) | gateway / direct (median of rounds) |")
     print("| --- | --- | --- | --- |")
@@ -312,26 +395,47 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
         by = results[name]
         print(f"\nSet-up overhead, {name.removesuffix(' p50 ms')} (gateway - direct, p50): "
               f"{statistics.median(by['gateway']) - statistics.median(by['direct']):.1f} ms")  # fmt: skip
+    for name, values in cpu_ms.items():
+        print(f"\nGateway CPU, {name.removesuffix(' MB/s')}: {statistics.median(values):.2f} ms per MB "
+              "(all threads; median of rounds)")  # fmt: skip
+    bulk = sum(len(by["gateway"]) for name, by in results.items() if name.endswith("MB/s"))
+    if bulk:
+        print(f"\nRecordings written: {recorded / 2**20:.0f} MiB for {bulk} bulk transfers of {args.mb} MiB "
+              f"({bulk * args.mb / max(recorded / 2**20, 1e-9):.1f}x smaller than the data relayed)")  # fmt: skip
     if not before:
         return
     print(f"\nGateway RSS: {before / 1024:.1f} MiB idle, {after / 1024:.1f} MiB with {args.sessions} idle PTY sessions "
           f"({alive} still open at measurement) -> {(after - before) / args.sessions:.0f} KiB per session")  # fmt: skip
 
 
+def recording_mode(args: argparse.Namespace) -> str:
+    """zstd (as deployed), plain or off."""
+    return "off" if args.no_recording else "plain" if args.plain_recording else "zstd"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--serve", help=argparse.SUPPRESS)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--mb", type=int, default=300)
-    parser.add_argument("--sessions", type=int, default=200)
+    parser.add_argument("--sessions", type=int, default=500)
     parser.add_argument("--cipher", help="force one cipher on both paths (e.g. aes128-gcm@openssh.com)")
-    parser.add_argument("--only", help="comma-separated subset of exec,scp,scp-O,echo,setup,memory (default: all)")
+    parser.add_argument(
+        "--only",
+        help="comma-separated subset of exec,exec-gcm,scp,scp-O,sftp,echo,setup,memory (default: all but scp-O)",
+    )
+    parser.add_argument("--random", action="store_true", help="random bytes (incompressible) instead of log text")
+    parser.add_argument(
+        "--plain-recording",
+        action="store_true",
+        help="recordings without compressed blocks (the CPU/disk trade-off, for comparison)",
+    )
     parser.add_argument("--no-recording", action="store_true", help="stub the recorder out (relay cost only)")
     args = parser.parse_args()
     if args.serve:
         import uvloop
 
-        uvloop.run(serve(args.serve, recording=not args.no_recording))
+        uvloop.run(serve(args.serve, recording=recording_mode(args)))
         return
     asyncio.run(bench(args))
 

@@ -17,6 +17,7 @@ import signal
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,8 @@ from gateway.sandbox import SandboxStartError, SandboxUnavailable, is_root, port
 from gateway.sandbox.postgres import PG_OS_USER, SAMPLE_COUNTS, PgCluster
 from gateway.sandbox.procs import USER_LOCK
 from gateway.sandbox.sshd import SSH_OS_USER, SSHD_BIN, SshServer
-from gateway.services import load_policies
+from gateway.services import Services, load_policies
+from gateway.web.links import LINK_TTL, console_url, sign_in_link
 
 HOST = "127.0.0.1"
 ENGINEER, APPROVER = "alice", "bob"
@@ -138,11 +140,11 @@ class Demo:
                 return _interrupted(self.say)
             config = self.load(self.write_config())
             app = App(config)
-            await self.start_gateway(app)
+            svc = await self.start_gateway(app)
             await self.check_users(f"http://{HOST}:{self.opts.http_port}")
             self.say(await self.target_check(config))
             self.write_known_hosts(config.ssh_host_key.with_name(config.ssh_host_key.name + ".pub"))
-            self.say(self.ready_text(config))
+            self.say(self.ready_text(config, sign_in_link(svc.ring, config, APPROVER, now=time.time())))
             await stop.wait()
             self.say("\ngateway demo: stopping ...")
             return 0
@@ -270,12 +272,12 @@ class Demo:
         except ConfigError as exc:  # a bug in the demo, not the user's doing: say so
             raise DemoError(f"the demo wrote an invalid config: {exc}") from None
 
-    async def start_gateway(self, app: App) -> None:
+    async def start_gateway(self, app: App) -> Services:
         """Start the gateway in this process on the demo's ports."""
         o = self.opts
         self.say(f"gateway demo: starting the gateway (ssh {o.ssh_port}, postgres {o.pg_port}, http {o.http_port}) ...")
         try:
-            await app.start()
+            return await app.start()
         except OSError as exc:  # a port taken since check_ports, or a folder we cannot write
             raise DemoError(f"the gateway did not start: {exc}") from None
 
@@ -314,8 +316,8 @@ class Demo:
             neutralise(render(target.name, reports)),
         ])  # fmt: skip
 
-    def ready_text(self, config: Config) -> str:
-        """The block a newcomer reads: what runs, who the users are, what to paste, in order."""
+    def ready_text(self, config: Config, link: str) -> str:
+        """The block a newcomer reads: what runs, who the users are, the console, what to paste, in order."""
         assert self.pg is not None
         o, d = self.opts, self.dir
         out = [
@@ -331,6 +333,14 @@ class Demo:
         out += [
             "",
             f"Two users: {ENGINEER} (engineer: asks for access) and {APPROVER} (approver and admin: approves, revokes)",
+            "",
+            f"The web console is {console_url(config)} . Open this link in a browser to sign in as {APPROVER}",
+            f"(it works once, for {int(LINK_TTL // 60)} minutes; "
+            f"gateway --config {shlex.quote(str(config.path))} console-link {APPROVER} prints a new one):",
+            f"  {link}",
+            f"As {APPROVER} there: approve {ENGINEER}'s requests (Waiting for me), watch her sessions (Live),",
+            "revoke them (Grants) and replay them (Sessions).",
+            "",
             "Be both: paste these into another terminal, in order. Each step says what it shows.",
             "",
             *(f"  {line}" if line else "" for line in self.flow_lines(config)),

@@ -92,6 +92,7 @@ class LiveSession:
     _ended: asyncio.Future[SessionEnd] | None = None
     _timers: list[asyncio.TimerHandle] = field(default_factory=list)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _after: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def __repr__(self) -> str:
         return f"LiveSession({self.id}, {self.claims.sub}@{self.target.name}/{self.claims.scope})"
@@ -130,6 +131,10 @@ class LiveSession:
             self.recording = recording
         if warn is not None:
             self._warn = warn
+
+    def after_end(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run `work` once the end is recorded and waiters are told (checks that must not delay the end)."""
+        self._after.append(work)
 
     def ending(self, reason: str) -> None:
         """Say why the block is about to return (client left, upstream closed); the first reason given wins."""
@@ -229,6 +234,11 @@ class LiveSession:
                 log.exception("session %s: end-listener failed", self.id)
         if self._ended is not None and not self._ended.done():
             self._ended.set_result(end)
+        for work in self._after:
+            try:
+                await asyncio.wait_for(work(), END_LIMIT)
+            except Exception as exc:
+                log.error("session %s: after-end work failed: %r", self.id, exc)
         pending = [t for t in self._tasks if t is not asyncio.current_task()]
         if pending:
             await asyncio.wait(pending, timeout=END_LIMIT)

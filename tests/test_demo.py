@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,6 +166,16 @@ def test_demo_lines_pasted_in_order_teach_the_flow_and_ctrl_c_cleans_up(demo: Ru
     started = [postmaster_pid, *descendants(postmaster_pid), *descendants(demo.proc.pid)]
 
     lines = _flow(demo.text)
+    # bob's one-time console link: printed beside the console's URL, outside the block to paste (a URL is
+    # no shell line), signs him in once and is refused the second time
+    link = demo.line(r"^http://127\.0\.0\.1:\d+/signin\?t=\S+$")
+    assert link is not None and not [x for x in lines if "/signin?t=" in x], demo.text
+    assert f"The web console is {link.split('signin?', 1)[0]} ." in demo.text
+    with urllib.request.urlopen(link, timeout=10) as resp:
+        assert resp.status == 200 and "gw_console=" in resp.headers["Set-Cookie"]
+    with pytest.raises(urllib.error.HTTPError) as again:
+        urllib.request.urlopen(link, timeout=10)
+    assert again.value.code == 403 and "already used" in again.value.read().decode()
     results = _paste_in_order(lines, tmp_path)
     said = {}  # the first line containing each fragment -> its result
     for fragment in ("alice.credentials", "login --server", "$B gateway login", "request orders-db",

@@ -28,6 +28,7 @@ from gateway.recording import (
     StatementRecorder,
     binary_to_asciicast,
     read_binary_stream,
+    schema,
 )
 
 
@@ -413,7 +414,8 @@ async def test_statement_recorder_lines(tmp_path: Path) -> None:
     rec.record({"type": "end", "odd": {1, 2} and b"bytes"})
     digest = await rec.close()
     header, first, second, third = lines(path)
-    assert header == {"type": "header", "recording_version": 2, "session": "s1", "user": "alice", "target": "orders-db"}
+    assert header == {"type": "header", "recording_version": schema.RECORDING_VERSION, "session": "s1",
+                      "user": "alice", "target": "orders-db"}  # fmt: skip
     assert first == {"t": 1.5, "type": "statement", "sql": "SELECT 'é', 1", "verdict": "allowed", "rows": 1}
     assert second["t"] == 9.0 and second["rule"] == "read-only"
     assert third["type"] == "end" and third["odd"] == "b'bytes'"

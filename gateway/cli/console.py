@@ -8,7 +8,7 @@ import time
 from gateway.cli.common import CliError, Commands, config_from
 from gateway.config import Config
 from gateway.tokens import KeyRing
-from gateway.web.links import LINK_TTL, make_link_token
+from gateway.web.links import LINK_TTL, sign_in_link
 
 
 def register(sub: Commands) -> None:
@@ -23,11 +23,8 @@ def console_link(config: Config, user: str, *, base: str | None = None, now: flo
     """The sign-in link for `user` (valid LINK_TTL seconds, once); raises CliError for an unknown user."""
     if user not in config.users:
         raise CliError(f"no user {user!r} in the [users] table of the config", 2)
-    token = make_link_token(KeyRing.load_or_create(config.keys_dir), user, now=time.time() if now is None else now)
-    addr = config.listen_http
-    host = "127.0.0.1" if addr.host in ("0.0.0.0", "::", "") else addr.host
-    root = (base or f"http://{host}:{addr.port}").rstrip("/")
-    return f"{root}/signin?t={token}"
+    ring = KeyRing.load_or_create(config.keys_dir)
+    return sign_in_link(ring, config, user, now=time.time() if now is None else now, base=base)
 
 
 def cmd_console_link(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import json
 import sys
 
 from gateway.cli.common import Commands, iso, services_from, since_arg
+from gateway.review.detections import detections
 from gateway.review.sanitize import printable
 
 
@@ -24,11 +25,9 @@ async def cmd_detections(args: argparse.Namespace) -> int:
     """Print the matching `detection` audit events."""
     since = since_arg(args.since)
     async with services_from(args, read_only=True) as svc:
-        events = await svc.store.events(since=since, types=["detection"])
+        events = await detections(svc.store, since=since, user=args.user, rules=args.rule)
     for ev in events:
         d = ev.data
-        if (args.user and ev.actor != args.user) or (args.rule and d.get("rule") not in args.rule):
-            continue
         if args.json:
             row = {"ts": ev.ts, "seq": ev.seq, **d}
             sys.stdout.write(json.dumps(row, sort_keys=True, ensure_ascii=True) + "\n")

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from gateway.recording import schema
+from gateway.recording import blocks, schema
+from gateway.recording.blocks import BlockPacker
 from gateway.recording.reader import FRAME, binary_to_asciicast
 from gateway.recording.sidecar import Sidecar, sidecar_path
 from gateway.recording.writer import DEFAULT_MAX_BACKLOG, FLUSH_DELAY, PendingEvent, Recorder, RecordingError
@@ -225,11 +226,18 @@ class BinaryStreamRecorder(Recorder):
         height: int = 24,
         max_backlog: int = DEFAULT_MAX_BACKLOG,
         clock: Callable[[], float] = time.monotonic,
+        compression: str = "auto",
     ) -> BinaryStreamRecorder:
-        """Create the file and write the JSON header line; raises RecordingError on failure."""
-        rec = cls(path, on_failure=on_failure, started_at=started_at, max_backlog=max_backlog, clock=clock)
+        """Create the file and write the JSON header line; raises RecordingError on failure.
+
+        `compression`: "auto" (compressed blocks while the disk is slow, `gateway.recording.blocks`), "always"
+        or "never"; the header says ``"compression": "zstd"`` unless "never" (a reader handles both either way).
+        """
+        rec = cls(path, on_failure=on_failure, started_at=started_at, max_backlog=max_backlog, clock=clock,
+                  compression=compression)  # fmt: skip
+        codec = None if compression == "never" else blocks.CODEC
         rec._write_header(schema.binary_header(width=width, height=height, timestamp=started_at, title=title, env=env,
-                                               streams=cls.STREAMS))  # fmt: skip
+                                               streams=cls.STREAMS, compression=codec))  # fmt: skip
         return rec
 
     def stdout(self, data: bytes) -> None:
@@ -259,17 +267,34 @@ class BinaryStreamRecorder(Recorder):
         data = label.encode("utf-8", "replace")
         self._append("m", data, len(data) + 16, False)
 
+    def __init__(self, path: Path, *, compression: str = "auto", **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self._packer = BlockPacker(compression)
+
+    def _wrote(self, nbytes: int, seconds: float) -> None:
+        """Feed the shared disk-rate estimate that "auto" compression follows."""
+        blocks.DISK.observe(nbytes, seconds)
+
     def _encode(self, batch: list[PendingEvent], final: bool) -> bytes:
-        """One frame per event."""
+        """One frame per event; a run of them (one write slice) as one compressed block when it pays."""
         out: list[bytes] = []
+        size = 0
         for ev in batch:
-            data = ev.parts[0] if len(ev.parts) == 1 else b"".join(ev.parts)
-            t_ms = min(int(ev.t * 1000), 0xFFFFFFFF)
-            out.append(FRAME.pack(ev.kind.encode(), t_ms, len(data)))
-            out.append(data)
-        return b"".join(out)
+            n = ev.size if ev.kind in "oei" else sum(map(len, ev.parts))  # markers count 16 more in ev.size
+            out.append(FRAME.pack(ev.kind.encode(), _ms(ev.t), n))
+            out += ev.parts
+            size += FRAME.size + n
+        if not self._packer.wants(size):
+            return b"".join(out)
+        packed = self._packer.pack(out, size)
+        return FRAME.pack(blocks.STREAM, _ms(batch[0].t), len(packed)) + packed
 
     @staticmethod
     def to_asciicast(src: Path, out: IO[str]) -> bool:
         """Convert a binary stream recording to asciicast v2; see ``binary_to_asciicast``."""
         return binary_to_asciicast(src, out)
+
+
+def _ms(t: float) -> int:
+    """A frame's time field: milliseconds since the start, saturating."""
+    return min(int(t * 1000), 0xFFFFFFFF)

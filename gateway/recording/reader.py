@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from gateway.recording import schema
+from gateway.recording import blocks, schema
 from gateway.recording.schema import SqlEvent, SqlHeader, Statement, TermEvent, TermHeader
 from gateway.recording.writer import RecordingError
 
@@ -98,14 +98,16 @@ def _binary_header(path: Path) -> tuple[dict[str, Any], int] | None:
 
 
 def read_binary_stream(src: Path) -> tuple[dict[str, Any], Iterator[Frame]]:
-    """Open a binary stream recording: its header and an iterator of frames.
+    """Open a binary stream recording: its header and an iterator of frames (compressed blocks opened).
 
-    The iterator raises RecordingError after the last whole frame if the file ends in a torn one.
+    The iterator raises RecordingError after the last whole frame if the file ends in a torn one, or at a
+    compressed block that does not decompress (or whose codec this reader does not know).
     """
     found = _binary_header(src)
     if found is None:
         raise RecordingError("not a binary stream recording")
     header, start = found
+    codec = header.get("compression")
 
     def frames() -> Iterator[Frame]:
         with open(src, "rb") as f:
@@ -120,10 +122,34 @@ def read_binary_stream(src: Path) -> tuple[dict[str, Any], Iterator[Frame]]:
                 data = f.read(length)
                 if len(data) < length:
                     raise RecordingError(f"torn frame at offset {offset}")
+                if stream == blocks.STREAM:
+                    yield from _block_frames(data, codec, offset)
+                else:
+                    yield Frame(stream.decode("latin-1"), t_ms / 1000, data)
                 offset += FRAME.size + length
-                yield Frame(stream.decode("latin-1"), t_ms / 1000, data)
 
     return header, frames()
+
+
+def _block_frames(data: bytes, codec: object, offset: int) -> Iterator[Frame]:
+    """The frames of one compressed block (at `offset` in the file)."""
+    if codec != blocks.CODEC:
+        raise RecordingError(f"compressed block at offset {offset} with unknown compression {codec!r}")
+    try:
+        raw = blocks.unpack(data)
+    except ValueError as exc:
+        raise RecordingError(f"damaged compressed block at offset {offset}: {exc}") from None
+    view = memoryview(raw)
+    pos = 0
+    while pos < len(raw):
+        if pos + FRAME.size > len(raw):
+            raise RecordingError(f"torn frame header inside the block at offset {offset}")
+        stream, t_ms, length = FRAME.unpack_from(raw, pos)
+        pos += FRAME.size
+        if stream == blocks.STREAM or pos + length > len(raw):
+            raise RecordingError(f"malformed frame inside the block at offset {offset}")
+        yield Frame(stream.decode("latin-1"), t_ms / 1000, bytes(view[pos : pos + length]))
+        pos += length
 
 
 def is_binary(path: Path) -> bool:

@@ -35,7 +35,8 @@ Three file formats (written by ``gateway.recording.formats``, read by ``gateway.
   so ``asciinema play`` works: a header object (asciicast's own ``"version": 2`` plus ``recording_version``),
   then ``[t, code, data]`` lines, codes ``o`` output, ``i`` input, ``r`` resize (``"WxH"``), ``m`` marker.
 * SSH channels without a terminal: a binary stream (see ``gateway.recording``), whose JSON header carries
-  ``recording_version`` too; its frames read as the same ``[t, code, data]`` events.
+  ``recording_version`` too; its frames (plain, or inside compressed ``z`` blocks) read as the same
+  ``[t, code, data]`` events.
 
 Markers (``m``) are how the SSH front end annotates a terminal recording; their labels are made by the
 functions below and parsed by `parse_marker`, nowhere else: ``command: LINE`` is every command line (and exec
@@ -44,8 +45,10 @@ command) the policy judged, exactly as judged; ``blocked: ...``, ``sftp: ...``, 
 
 Versions: a header without ``recording_version`` is version 1 (files written before the field existed; they
 may spell verdicts ``allowed``/``denied``/``killed``, name a transaction event ``tx``, and leave ``type`` out
-of statement lines). Version 2 is this schema. A reader meeting a newer version reads what it knows, warns,
-and ignores the rest.
+of statement lines). Version 2 is this schema with plain binary streams; version 3 (this gateway) lets a binary
+stream hold zstd-compressed blocks of frames (``gateway.recording.blocks``; the header says
+``"compression": "zstd"``, frame format ``"version": 2``), the other formats unchanged. Every older version
+is still read. A reader meeting a newer version reads what it knows, warns, and ignores the rest.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _js
 from typing import Any, NamedTuple, Protocol
 
-RECORDING_VERSION = 2
+RECORDING_VERSION = 3
 """The schema version this gateway writes."""
 VERSION_KEY = "recording_version"
 """The header key that holds it, in every format."""
@@ -65,7 +68,8 @@ LEGACY_VERSION = 1
 
 ASCIICAST_VERSION = 2
 BINARY_FORMAT = "gateway-binary-stream"
-BINARY_FRAME_VERSION = 1
+BINARY_FRAME_VERSION = 2
+"""1: plain frames only; 2: runs of frames may be compressed ``z`` blocks (header ``"compression"``)."""
 
 # -- markers (SSH) -------------------------------------------------------------------------------------------
 
@@ -172,11 +176,13 @@ def cast_header(*, width: int, height: int, timestamp: float, title: str, env: M
 
 
 def binary_header(*, width: int, height: int, timestamp: float, title: str, env: Mapping[str, str],
-                  streams: Mapping[str, str]) -> str:  # fmt: skip
-    """The JSON header line of a new binary stream recording."""
-    head = {"format": BINARY_FORMAT, "version": BINARY_FRAME_VERSION, VERSION_KEY: RECORDING_VERSION,
-            "width": int(width), "height": int(height), "timestamp": int(timestamp), "title": title,
-            "env": dict(env), "streams": dict(streams)}  # fmt: skip
+                  streams: Mapping[str, str], compression: str | None = None) -> str:  # fmt: skip
+    """The JSON header line of a new binary stream recording (`compression`: the codec of its ``z`` blocks)."""
+    head: dict[str, Any] = {"format": BINARY_FORMAT, "version": BINARY_FRAME_VERSION, VERSION_KEY: RECORDING_VERSION,
+                            "width": int(width), "height": int(height), "timestamp": int(timestamp), "title": title,
+                            "env": dict(env), "streams": dict(streams)}  # fmt: skip
+    if compression is not None:
+        head["compression"] = compression
     return json.dumps(head) + "\n"
 
 

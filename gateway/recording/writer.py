@@ -247,6 +247,9 @@ class Recorder:
         """Turn queued events into whole lines (or frames); `final` flushes decoder state."""
         raise NotImplementedError
 
+    def _wrote(self, nbytes: int, seconds: float) -> None:
+        """How long a write took (writer thread); a recorder that adapts to the disk overrides it."""
+
     def _write_all(self, data: bytes) -> None:
         """Append `data` (looping over short writes) and hash exactly what reached the file."""
         assert self._fd is not None
@@ -308,7 +311,9 @@ class Recorder:
         try:
             data = self._encode(batch, final)
             if data:
+                started = time.monotonic()
                 self._write_all(data)
+                self._wrote(len(data), time.monotonic() - started)
                 # Writes to an unlinked file succeed and vanish: removal is a failure too.
                 if os.fstat(self._fd).st_nlink == 0:
                     raise OSError(errno.ENOENT, "recording file was removed")

@@ -1,4 +1,4 @@
-"""The one place that leans on asyncssh's internals: auditing the agent and X11 requests it answers on its own.
+"""The one place that leans on asyncssh's internals: auditing agent and X11 requests, corking socket writes.
 
 asyncssh answers these session channel requests inside the channel, with no application hook (there is
 none in ``SSHServerSession`` nor ``SSHServer``), and its server grants agent forwarding by default. The
@@ -7,10 +7,17 @@ asyncssh refuses them whatever happens here; this module adds the audit record (
 overriding asyncssh's private per-request handlers on the channel. `check_internals` says whether those
 internals still look as expected; ``tests/ssh/test_asyncssh_compat.py`` fails loudly on an asyncssh
 upgrade that changes them, and the listener logs it at start.
+
+Corking: asyncssh writes every packet to its transport as it is made (``SSHConnection._send``), and sends an
+``MSG_IGNORE`` before each one, so a relayed 256 KiB read becomes ~16 ``send()`` calls on the other leg,
+each running loopback TCP in the sender's context (the largest single cost of the relay in py-spy, see
+docs/benchmarks.md, SSH). `cork` swaps the connection's transport for a `CorkedTransport` that gathers the
+writes of one event-loop pass and hands them to the real transport in one ``writelines`` (one ``writev``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from typing import Any, cast
 
@@ -20,6 +27,8 @@ from gateway.sessions import LiveSession
 
 AGENT_HANDLER = "_process_auth_agent_req_at_openssh_dot_com_request"
 X11_HANDLER = "_process_x11_req_request"
+SEND = "_send"
+"""asyncssh writes each packet with ``self._transport.write(data)`` here (what `cork` batches)."""
 DISPATCH = "_service_next_request"
 """asyncssh calls ``_process_<request type>_request(packet)`` from here and reports a bool result itself."""
 
@@ -43,6 +52,9 @@ def check_internals() -> list[str]:
         source = inspect.getsource(dispatch)
         if "_process_" not in source or "_request" not in source:
             problems.append(f"asyncssh.channel.SSHChannel.{DISPATCH} no longer dispatches to _process_*_request")
+    send = getattr(asyncssh.connection.SSHConnection, SEND, None)
+    if send is None or "self._transport.write(" not in inspect.getsource(send):
+        problems.append(f"asyncssh.connection.SSHConnection.{SEND} no longer writes to self._transport")
     create = getattr(asyncssh.SSHServerConnection, "create_server_channel", None)
     if create is None:
         problems.append("asyncssh.SSHServerConnection.create_server_channel is gone")
@@ -80,3 +92,56 @@ class AuditedChannel(asyncssh.SSHServerChannel[bytes]):
         """ssh -X / -Y: refused."""
         self._gw_session.audit_soon("ssh.forward", severity="warning", kind="x11", allowed=False)
         return False
+
+
+class CorkedTransport:
+    """A transport whose writes within one event-loop pass go out together (everything else delegated)."""
+
+    __slots__ = ("_loop", "_out", "_t")
+
+    def __init__(self, transport: asyncio.WriteTransport, loop: asyncio.AbstractEventLoop) -> None:
+        self._t = transport
+        self._loop = loop
+        self._out: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        """Queue `data`; the first write of a pass schedules the flush (after this pass's callbacks)."""
+        if not self._out:
+            self._loop.call_soon(self.flush)
+        self._out.append(data)
+
+    def flush(self) -> None:
+        """Hand the queued writes to the real transport, in order, in one call."""
+        out, self._out = self._out, []
+        if out and not self._t.is_closing():
+            self._t.writelines(out)
+
+    def get_write_buffer_size(self) -> int:
+        """The real transport's buffer plus what is queued here."""
+        return self._t.get_write_buffer_size() + sum(map(len, self._out))
+
+    def write_eof(self) -> None:
+        """Queued data first."""
+        self.flush()
+        self._t.write_eof()
+
+    def close(self) -> None:
+        """Queued data first (a disconnect message is usually among it)."""
+        self.flush()
+        self._t.close()
+
+    def abort(self) -> None:
+        """As the real transport's abort, after handing over what is queued (as uncorked writes would have)."""
+        self.flush()
+        self._t.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._t, name)
+
+
+def cork(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> None:
+    """Batch `conn`'s packet writes per event-loop pass (call from the connection_made callback)."""
+    transport = getattr(conn, "_transport", None)
+    # uvloop's transports are not asyncio.Transport subclasses: what matters is that writelines exists.
+    if transport is not None and not isinstance(transport, CorkedTransport) and hasattr(transport, "writelines"):
+        conn._transport = CorkedTransport(transport, asyncio.get_running_loop())  # type: ignore[assignment]

@@ -119,9 +119,10 @@ class SshConnection:
         self.session.stats.update(channels=len(self.channels))
         policy = self.session.policy.ssh
         if policy is not None and policy.detached != "off":
-            # Whatever the session detached (setsid nohup ... &) would keep its access: the session
-            # is not over until that is ended too, so the sweep runs before the end is recorded.
-            await reap_after(self.session, mode=policy.detached)
+            # Whatever the session detached (setsid nohup ... &) is ended by a sweep that takes a second
+            # or more (a new login): it runs once the end is recorded, so a kill or revoke is seen at once.
+            mode = policy.detached
+            self.session.after_end(lambda: reap_after(self.session, mode=mode))
 
     async def seal(self, reason: str) -> str | None:
         """Seal every channel's recording; the session's recording hash."""

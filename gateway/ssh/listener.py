@@ -27,7 +27,8 @@ from gateway.keyfiles import ensure_ssh_host_key
 from gateway.recording import schema
 from gateway.services import Services
 from gateway.sessions import SessionEnded
-from gateway.ssh.asyncssh_compat import AuditedChannel, check_internals
+from gateway.ssh import chacha
+from gateway.ssh.asyncssh_compat import AuditedChannel, check_internals, cork
 from gateway.ssh.connection import SshConnection
 from gateway.ssh.forwarding import TcpRelay
 from gateway.ssh.relay import ChannelRelay
@@ -66,6 +67,7 @@ class _Gate(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         """Remember the peer; nothing is served before authentication completes (asyncssh enforces it)."""
         self.conn = conn
+        cork(conn)
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.client_addr = f"{peer[0]}:{peer[1]}"
         self.listener._gates.add(self)
@@ -228,6 +230,10 @@ class _UpstreamWatch(asyncssh.SSHClient):
         """asyncssh's client_factory: this watcher is the one client object."""
         return self
 
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        """The gateway's login writes packets in batches too."""
+        cork(conn)
+
     def connection_lost(self, exc: Exception | None) -> None:
         """The target's side is gone."""
         if self.owner is not None:
@@ -249,6 +255,8 @@ class SshListener:
         ensure_ssh_host_key(cfg.ssh_host_key)
         for problem in check_internals():  # asyncssh still refuses (options below); only the audit record is lost
             log.error("asyncssh internals changed, agent/X11 requests may go unaudited: %s", problem)
+        if not chacha.install():
+            log.warning("asyncssh's cipher table changed: chacha20-poly1305 runs on asyncssh's own, slower shim")
         self._acceptor = await asyncssh.create_server(
             lambda: _Gate(self), cfg.listen_ssh.host, cfg.listen_ssh.port,
             server_host_keys=[str(cfg.ssh_host_key)],

@@ -148,7 +148,8 @@ def _is_loopback(host: str) -> bool:
 
 
 async def reap_after(session: LiveSession, *, mode: str) -> None:
-    """Run at the end of a session: sweep the login, alert (critical) and audit what was found."""
+    """Run after a session's end is recorded: sweep the login, audit the outcome (one of ssh.detached,
+    ssh.detached.none, ssh.detached.unchecked), alert on what was found or could not be checked."""
     if mode == "off":
         return
     target, login = session.target.name, session.login.user
@@ -161,7 +162,7 @@ async def reap_after(session: LiveSession, *, mode: str) -> None:
     try:
         live.update(r.id for r in await session.store.list_sessions(target=target, live=True))
         result = await sweep(session, live - {session.id}, kill=mode == "kill")
-    except Exception as exc:  # never lets a failed check keep the session's end from being recorded
+    except Exception as exc:  # never raises: a failed check is itself audited
         if not isinstance(exc, (UpstreamError, asyncssh.Error, OSError, TimeoutError)):
             log.exception("session %s: detached-process sweep failed", session.id)
         why = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
@@ -169,8 +170,8 @@ async def reap_after(session: LiveSession, *, mode: str) -> None:
         summary = f"could not check {login}@{target} for processes left by session {session.id}: {why}"
         await session.registry.alert(session, "ssh.detached.unchecked", summary, "warning", {"reason": why})
         return
-    session.stats["detached"] = len(result.found)  # recorded with session.end: the check ran, found this many
-    if not result.found:
+    if not result.found:  # the audit shows the check ran (the end is already recorded)
+        await session.audit("ssh.detached.none", login=login, mode=mode)
         return
     procs = [{"pid": d.pid, "args": d.args[:300], "session": d.marker or None} for d in result.found]
     ended = "ended" if mode == "kill" else "NOT ended (detached: alert)"

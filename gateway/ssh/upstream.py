@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import asyncssh
 
 from gateway.config import Login, Target
 
-# AES-GCM only first: asyncssh runs it through OpenSSL's AEAD in one call per packet (~4.9 GB/s here);
-# chacha20-poly1305 takes two ChaCha20 passes plus Poly1305 in Python glue (~1.4 GB/s) and cost the
-# relay ~30 % of its bulk throughput (bench/ssh.py). The client's preference order decides, and
-# OpenSSH's is chacha20, aes-ctr (+ a separate MAC), then aes-gcm: so the listener offers AES-GCM only
-# (every OpenSSH since 6.2, PuTTY since 0.76). As a client the gateway chooses, so CTR may stay last.
-SERVER_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+# AES-GCM first: asyncssh runs it through OpenSSL's AEAD in one call per packet (~4.9 GB/s here).
+# chacha20-poly1305 takes ChaCha20 and Poly1305 passes plus Python glue per packet (~1.4 GB/s), but a
+# client without AES-GCM (or one configured for chacha20 only) must not be locked out, so the listener
+# offers it too. The client's order decides, and stock OpenSSH puts chacha20 first: it gets chacha20
+# (its cost, measured: docs/benchmarks.md, SSH). A client that prefers AES-GCM (`-c aes128-gcm@openssh.com`,
+# PuTTY, most libraries) gets AES-GCM. No CTR/CBC on the listener: they need a separate MAC pass.
+# As a client, to the target, the gateway chooses: AES-GCM first, then chacha20, CTR last.
+SERVER_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com")
 CLIENT_CIPHERS = (*SERVER_CIPHERS, "aes128-ctr", "aes256-ctr")
 WINDOW = 8 * 1024 * 1024
 MAX_PACKET = 256 * 1024
@@ -29,6 +32,19 @@ class Destination(Protocol):
     def target(self) -> Target: ...
     @property
     def login(self) -> Login: ...
+
+
+_KEYS: dict[Path, tuple[tuple[int, int, int], Sequence[asyncssh.SSHKeyPair]]] = {}
+
+
+def login_keys(path: Path) -> Sequence[asyncssh.SSHKeyPair]:
+    """The login's key, parsed once per file version (not once per session: set-up time and ~1.5 KiB each)."""
+    st = path.stat()
+    version = (st.st_ino, st.st_mtime_ns, st.st_size)
+    cached = _KEYS.get(path)
+    if cached is None or cached[0] != version:
+        cached = _KEYS[path] = (version, asyncssh.load_keypairs([str(path)]))
+    return cached[1]
 
 
 class UpstreamError(Exception):
@@ -51,6 +67,10 @@ async def connect_upstream(session: Destination, *, client_factory: Callable[[],
         raise UpstreamError(f"target {target.name} has an unreadable host_key in the configuration") from None
     if login.key_file is None:
         raise UpstreamError(f"target {target.name} has no key for login {login.user}")
+    try:
+        keys = login_keys(login.key_file)
+    except (OSError, asyncssh.KeyImportError, ValueError):
+        raise UpstreamError(f"target {target.name}: the key for login {login.user} cannot be read") from None
     options = tuning(server=False)
     options.pop("encoding")
     try:
@@ -60,7 +80,7 @@ async def connect_upstream(session: Destination, *, client_factory: Callable[[],
                 target.address.port,
                 username=login.user,
                 client_factory=client_factory,
-                client_keys=[str(login.key_file)],
+                client_keys=keys,
                 # Pinned, never trust-on-first-use and never known_hosts=None (which disables checking).
                 known_hosts=([pinned], [], []),
                 server_host_key_algs=pinned.sig_algorithms and [a.decode() for a in pinned.sig_algorithms],

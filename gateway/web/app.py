@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.api.context import ApiContext
-from gateway.web import mine, pages, review, signin, stream
+from gateway.web import mine, pages, review, search, signin, stream
 from gateway.web.core import CONSOLE, HERE, Console, is_console_path
 from gateway.web.headers import security_headers
 from gateway.web.oidc import OidcSignIn
@@ -24,7 +24,7 @@ def mount(app: web.Application, api: ApiContext) -> Console:
             await c.oidc.close()
 
     app.on_cleanup.append(close)
-    for module in (signin, pages, review, stream, mine):
+    for module in (signin, pages, review, search, stream, mine):
         app.add_routes(module.routes)
     app.router.add_static("/static/", HERE / "static", append_version=False)
     app.on_response_prepare.append(security_headers(is_console_path))

@@ -7,6 +7,7 @@ import json
 import secrets
 from dataclasses import dataclass, field
 
+from gateway.config import Config
 from gateway.tokens import KeyRing
 
 LINK_TTL = 300.0
@@ -33,6 +34,18 @@ def make_link_token(ring: KeyRing, user: str, *, now: float, ttl: float = LINK_T
     payload = _b64(json.dumps({"sub": user, "exp": now + ttl, "jti": secrets.token_urlsafe(16)}).encode())
     kid, sig = ring.sign_bytes(_CONTEXT + payload.encode())
     return f"{payload}.{kid}.{sig}"
+
+
+def console_url(config: Config, base: str | None = None) -> str:
+    """The console's root as a browser on this machine reaches it (`base` when given)."""
+    addr = config.listen_http
+    host = "127.0.0.1" if addr.host in ("0.0.0.0", "::", "") else addr.host
+    return (base or f"http://{host}:{addr.port}").rstrip("/") + "/"
+
+
+def sign_in_link(ring: KeyRing, config: Config, user: str, *, now: float, base: str | None = None) -> str:
+    """The one-time sign-in URL for `user` (valid LINK_TTL seconds, once)."""
+    return f"{console_url(config, base)}signin?t={make_link_token(ring, user, now=now)}"
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -9,10 +10,15 @@ from aiohttp import web
 from gateway.control.actions import revoke_grant
 from gateway.control.caller import Caller
 from gateway.control.rules import approver_refusal
+from gateway.review.detections import detections
+from gateway.store import AuditEvent, RequestRecord, SessionRecord
 from gateway.web.core import Console, console, form_text, see_other, signed_in
+from gateway.web.queries import SessionFilter, page_sessions, violations
 from gateway.web.websessions import WebSession
 
 routes = web.RouteTableDef()
+HISTORY = 30 * 86400.0  # how far back a request's background looks (seconds)
+HISTORY_ROWS = 5
 
 
 @routes.get("/")
@@ -35,12 +41,38 @@ async def _waiting(c: Console, who: Caller, now: float) -> list[tuple[Any, str |
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Background:
+    """What an approver weighs beside a request: the requester's recent requests, sessions and detections."""
+
+    requests: list[RequestRecord]
+    sessions: list[SessionRecord] | None  # None: the caller may not list the requester's sessions (not an admin)
+    detections: list[AuditEvent]
+
+
+async def background(c: Console, who: Caller, r: RequestRecord, recent: list[AuditEvent], now: float) -> Background:
+    """The requester's last requests the caller may see; their sessions and recent detections for admins (the
+    API's rule), for others only the detections about this request."""
+    store = c.api.services.store
+    earlier = [x for x in await c.api.workflow.visible(who, now=now, requester=r.requester) if x.id != r.id]
+    about = [d for d in recent if d.data.get("request") == r.id or (who.admin and d.actor == r.requester)]
+    sessions = None
+    if who.admin:
+        sessions = await page_sessions(store, SessionFilter(user=r.requester), offset=0, limit=HISTORY_ROWS)
+    return Background(earlier[:HISTORY_ROWS], sessions, about[-HISTORY_ROWS:])
+
+
 @routes.get("/requests")
 @signed_in
 async def requests_page(request: web.Request, ws: WebSession) -> web.StreamResponse:
-    """Pending requests the caller may see; a button where they may decide, the reason where not."""
+    """Pending requests the caller may see, each with its background; a button where they may decide, the
+    reason where not."""
     c = console(request)
-    return c.render("requests.html", ws, rows=await _waiting(c, ws.caller, c.clock()))
+    now = c.clock()
+    waiting = await _waiting(c, ws.caller, now)
+    recent = await detections(c.api.services.store, since=now - HISTORY) if waiting else []
+    rows = [(r, why, await background(c, ws.caller, r, recent, now)) for r, why in waiting]
+    return c.render("requests.html", ws, rows=rows, violations=violations)
 
 
 @routes.post("/requests/{id}/{action:approve|deny}")

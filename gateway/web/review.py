@@ -6,7 +6,6 @@ import calendar
 import io
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -16,25 +15,15 @@ from aiohttp import web
 from gateway.control.actions import default_kill_reason, kill_session
 from gateway.control.caller import Caller
 from gateway.control.errors import invalid, not_found
-from gateway.recording.reader import binary_to_asciicast, commands, is_binary, statements
-from gateway.recording.schema import Statement
+from gateway.recording.reader import binary_to_asciicast, is_binary, statements
 from gateway.store import SessionRecord
 from gateway.web.core import Console, console, form_text, see_other, signed_in
 from gateway.web.queries import PAGE, SessionFilter, page_sessions, violations
+from gateway.web.timeline import keystrokes, offset_of, timeline
 from gateway.web.websessions import WebSession
 
 routes = web.RouteTableDef()
 MAX_STATEMENTS = 5000  # a transcript page shows this many; the download has them all
-
-
-@dataclass(frozen=True, slots=True)
-class Moment:
-    """One line of a session's timeline."""
-
-    t: float
-    kind: str
-    text: str
-    verdict: str = ""
 
 
 async def visible_session(c: Console, who: Caller, sid: str) -> SessionRecord:
@@ -127,63 +116,33 @@ async def sessions_page(request: web.Request, ws: WebSession) -> web.StreamRespo
     )
 
 
-def _statement_text(st: Statement) -> str:
-    parts = [st.sql]
-    if st.rows is not None:
-        parts.append(f"({st.rows} rows)")
-    if st.reason:
-        parts.append(f"— {st.reason}")
-    return " ".join(parts)
-
-
-async def timeline(c: Console, s: SessionRecord, path: Path | None) -> list[Moment]:
-    """Request, approvals, grant, connect, what ran (with verdicts), alerts, end: one list in time order."""
-    store = c.api.services.store
-    out: list[Moment] = []
-    g = await store.get_grant(s.grant_id)
-    if g is not None:
-        req = await store.get_request(g.request_id) if g.request_id else None
-        if req is not None:
-            out.append(Moment(req.created_at, "request", f"{req.requester} asked for {req.scope}: {req.reason}"))
-            for a in req.approvals:
-                out.append(Moment(float(a.get("at", 0)), "approval", f"{a.get('by')} approved: {a.get('comment', '')}"))
-        what = "break-glass grant" if g.break_glass else "grant issued"
-        out.append(
-            Moment(g.issued_at, "grant", f"{what} {g.id} until {time.strftime('%H:%M:%S', time.gmtime(g.expires_at))}")
-        )
-    for e in await store.events(session=s.id):
-        if e.type in ("session.start", "session.end"):
-            continue  # shown from the session row itself
-        detail = e.data.get("reason") or e.data.get("message") or e.data.get("command") or ""
-        out.append(Moment(e.ts, e.type, f"{e.actor}: {detail}" if detail else e.actor, e.severity))
-    out.append(Moment(s.started_at, "connect", f"{s.user} connected from {s.client_addr}"))
-    if path is not None:
-        if s.protocol == "postgres":
-            for st in statements(path):
-                out.append(Moment(st.t, "statement", _statement_text(st), "DENIED" if st.refused else st.verdict))
-        else:
-            for t, line in commands(path):
-                out.append(Moment(s.started_at + t, "command", line))
-    if s.ended_at is not None:
-        out.append(Moment(s.ended_at, "end", s.end_reason or "ended"))
-    return sorted(out, key=lambda m: m.t)
-
-
 @routes.get("/sessions/{id}")
 @signed_in
 async def session_page(request: web.Request, ws: WebSession) -> web.StreamResponse:
-    """One session: the timeline beside the player (SSH) or the transcript (Postgres)."""
+    """One session: the timeline beside the player (SSH) or the transcript (Postgres); ?t=SECONDS opens
+    the recording at that moment (the player starts there, the transcript scrolls to that statement)."""
     c = console(request)
     s = await visible_session(c, ws.caller, request.match_info["id"])
     path = recording_file(c, s)
+    try:
+        at = max(0.0, float(request.query.get("t", "0"))) if "t" in request.query else None
+    except ValueError:
+        raise invalid("t must be a number of seconds") from None
     transcript = list(statements(path))[:MAX_STATEMENTS] if path is not None and s.protocol == "postgres" else []
+    offsets = [offset_of(st.t, s.started_at) for st in transcript]
+    # The statement a link points at: the first at or after `at` (offsets are in the recording's order).
+    target = next((i for i, o in enumerate(offsets) if at is not None and o >= at - 1e-6), None)
+    typed = keystrokes(path) if path is not None and s.protocol == "ssh" and not is_binary(path) else []
     return c.render(
         "session.html",
         ws,
         s=s,
         recorded=path is not None,
-        moments=await timeline(c, s, path),
-        transcript=transcript,
+        moments=await timeline(c.api.services.store, s, path),
+        transcript=list(zip(transcript, offsets, strict=True)),
+        target=target,
+        start=at,
+        keystrokes=typed,
         violations=violations(s),
     )
 

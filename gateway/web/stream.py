@@ -1,8 +1,9 @@
 """Live view: Server-Sent Events following a running session's recording as the recorder writes it.
 
 The viewer reads the recording file, never the session: a slow or stuck browser cannot slow what it watches.
-Each viewer has a bounded queue between the file follower and its socket; when the browser does not keep
-up and the queue fills, that viewer is dropped (told so, then closed), and the session goes on unaware.
+Each viewer has a bounded queue between its file follower and its socket: while the queue is full the
+follower stops reading (the session writes on, unaware), and a viewer that takes nothing for STALL seconds
+is dropped (the stream ends).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from gateway.web.websessions import WebSession
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
-QUEUE = 256  # messages a viewer may be behind before it is dropped
+QUEUE = 256  # messages buffered for a viewer; when full, its reading of the file waits
+STALL = 5.0  # a viewer whose full queue does not move for this long is dropped
 POLL = 0.1  # how often the file is read for new lines
 SETTLE = 1.0  # after the session ended, how long to wait for the recorder's last lines
 MAX_VIEWERS = 100
@@ -133,14 +135,17 @@ async def live(request: web.Request, ws: WebSession) -> web.StreamResponse:
     source = terminal_messages(c, s.id, path) if s.protocol == "ssh" else sql_messages(c, s.id, path)
 
     async def produce() -> None:
+        # Waiting here only pauses this viewer's reading of the file (a burst of statements is more than
+        # QUEUE messages at once); a viewer that takes none of them for STALL seconds is dropped.
         try:
             async for msg in source:
-                queue.put_nowait(msg)  # QueueFull: this viewer is too slow
-            queue.put_nowait(None)
-        except asyncio.QueueFull:
-            log.warning("live viewer %s of session %s dropped: it fell %d messages behind", ws.caller.name, s.id, QUEUE)
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(None)
+                await asyncio.wait_for(queue.put(msg), STALL)
+            await asyncio.wait_for(queue.put(None), STALL)
+        except TimeoutError:
+            log.warning("live viewer %s of session %s dropped: it read nothing for %.0f s with %d messages waiting",
+                        ws.caller.name, s.id, STALL, QUEUE)  # fmt: skip
+            if request.transport is not None:
+                request.transport.close()  # the handler's stuck write fails now, and its stream ends
 
     _viewers += 1
     producer = asyncio.create_task(produce())
@@ -148,7 +153,7 @@ async def live(request: web.Request, ws: WebSession) -> web.StreamResponse:
         while (msg := await queue.get()) is not None:
             await resp.write(msg)
         await resp.write(b"event: done\ndata: {}\n\n")
-    except (ConnectionResetError, asyncio.CancelledError):
+    except (ConnectionError, asyncio.CancelledError):
         pass
     finally:
         _viewers -= 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+from typing import Any
 
 from gateway.ssh import asyncssh_compat
 from gateway.ssh.asyncssh_compat import AGENT_HANDLER, X11_HANDLER, AuditedChannel, check_internals
@@ -34,3 +35,56 @@ def test_check_names_what_changed(monkeypatch: object) -> None:
         mp.undo()
     assert any("_process_x11_req_request is gone" in p for p in problems), problems
     assert any("expected (self, packet)" in p for p in problems), problems
+
+
+async def test_corked_transport_sends_one_pass_in_one_writelines() -> None:
+    """Real sockets: the writes of one loop pass arrive in order and reach the transport as one call."""
+    import asyncio
+
+    from gateway.ssh.asyncssh_compat import CorkedTransport
+
+    got = bytearray()
+    done = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        got.extend(await reader.read(-1))
+        done.set()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    _, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    real = writer.transport
+    calls: list[int] = []
+    writelines = real.writelines
+
+    def counting(data: Any) -> None:
+        data = list(data)
+        calls.append(len(data))
+        writelines(data)
+
+    real.writelines = counting  # type: ignore[method-assign,assignment]
+    corked = CorkedTransport(real, asyncio.get_running_loop())
+    for i in range(10):
+        corked.write(b"%d," % i)
+    assert calls == [] and corked.get_write_buffer_size() >= 20
+    await asyncio.sleep(0)
+    assert calls == [10]
+    corked.write(b"last")
+    corked.close()  # queued data goes before the close
+    await asyncio.wait_for(done.wait(), 5)
+    assert bytes(got) == b"0,1,2,3,4,5,6,7,8,9,last"
+    server.close()
+    await server.wait_closed()
+
+
+def test_check_notices_when_send_stops_using_the_transport() -> None:
+    import asyncssh
+    import pytest
+
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setattr(asyncssh.connection.SSHConnection, "_send", lambda self, data: None)
+        problems = check_internals()
+    finally:
+        mp.undo()
+    assert any("no longer writes to self._transport" in p for p in problems), problems

@@ -61,14 +61,33 @@ async def wait_for(pred: Any, timeout: float, what: str) -> None:
     raise AssertionError(what)
 
 
+SWEPT = ("ssh.detached", "ssh.detached.none", "ssh.detached.unchecked")
+"""One of these follows every swept session's `session.end`: its sweep is over."""
+
+
+async def swept(gateway: Gateway, sid: str, timeout: float = 20) -> Any:
+    """Wait until the session's sweep (which runs after its end is recorded) has finished; its outcome event."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = await gateway.events(sid, types=SWEPT)
+        if found:
+            return found[0]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the sweep of session {sid} did not finish")
+
+
 async def sweeps_done(gateway: Gateway, own: str, timeout: float = 15) -> None:
-    """Wait until every other session has ended: a session's sweep runs before its end is recorded."""
+    """Wait until every other session has ended and its sweep has finished (no sweep is still running)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if set(gateway.live()) <= {own}:
-            return
+            break
         await asyncio.sleep(0.1)
-    raise AssertionError("a session did not end")
+    else:
+        raise AssertionError("a session did not end")
+    ends = await gateway.events(types=("session.end",))
+    for sid in {str(e.session) for e in ends} - {own}:
+        await swept(gateway, sid, timeout)
 
 
 async def detach(gateway: Gateway, conn: Any, sleep: str, *, strip_marker: bool = False) -> None:
@@ -83,8 +102,12 @@ async def end_one_session(gateway: Gateway) -> str:
     async with await gateway.connect(await gateway.token()) as conn:
         await conn.run("true")
         sid = str((await gateway.last_session()).id)
-    rec = await gateway.wait_closed(sid)
-    assert rec.stats["detached"] >= 0  # the sweep ran before the end was recorded
+    t0 = time.monotonic()
+    await gateway.wait_closed(sid)
+    ended_in = time.monotonic() - t0
+    outcome = await swept(gateway, sid)
+    assert outcome.type in ("ssh.detached", "ssh.detached.none"), outcome
+    assert ended_in < 1.0, f"the end was recorded {ended_in:.2f} s after the client left: the sweep held it"
     return sid
 
 
@@ -115,6 +138,7 @@ async def test_detached_process_ends_with_its_session(gateway: Gateway, how: str
         other = await end_one_session(gateway)
         assert remote_pids(sleep), "the sweep of another session ended a live session's process"
         assert [e.data["processes"] for e in await sweep_events(gateway, other, "ssh.detached")] == []
+        t0 = time.monotonic()
         if how == "kill":
             await gateway.run(gateway.services.registry.kill(sid, "enough", by="carol"))
         elif how == "revoke":
@@ -122,6 +146,8 @@ async def test_detached_process_ends_with_its_session(gateway: Gateway, how: str
                                                                   now=time.time()))  # fmt: skip
             await gateway.run(gateway.services.registry.sweep())
         await gateway.wait_closed(sid, timeout=15)
+        if how != "expiry":  # the end is recorded at once; the sweep follows it
+            assert time.monotonic() - t0 < 1.0, f"{how}: the end was recorded {time.monotonic() - t0:.2f} s later"
         await wait_for(lambda: not remote_pids(sleep), 8, f"{sleep} outlived its session ({how})")
         event = await detached_event(gateway, sleep)
         assert event.session == sid
@@ -220,6 +246,7 @@ async def test_a_sweep_that_cannot_log_in_is_an_alert(gateway: Gateway) -> None:
         await gateway.run(gateway.services.registry.kill(sid, "enough", by="carol"))
         rec = await gateway.wait_closed(sid, timeout=20)
         assert rec.end_reason == "enough"
+        await swept(gateway, sid)  # the sweep runs after the end: keep the key refused until it is over
     finally:
         keys.write_text(saved)
         conn.close()
