@@ -153,7 +153,7 @@ async def test_exfiltration_shapes(gw: Running) -> None:
 
 async def test_bursts_of_denials_errors_and_sessions(gw: Running) -> None:
     await gw.approved_grant("alice", "bob", "orders-db", "read")
-    code, _, _ = await psql(gw, "delete from orders", "delete from orders", "delete from orders", "select 1")
+    code, _, _ = await psql(gw, "delete from orders", "delete from orders", "delete from orders", "select pg_sleep(5)")
     assert code != 0
     (burst,) = await found(gw, "burst.denials")
     sid = (await last_session(gw)).id
