@@ -7,7 +7,8 @@ tables and query shapes, and a usual SSH host with a usual set of commands; one 
 In the second half of the period anomalies are seeded, each labelled with the rule that should flag it:
 a table never read before, a schema never used, a command never run, a target never used (first_use.*),
 and on the request workflow an approval seconds after filing, one approver waving one requester through
-again and again, a reason without a ticket. Sessions are replayed through the real Detector (baselines,
+again and again, a reason without a ticket, an approval at 03:00 by an approver who works 09-18, a request
+for admin after a read session. Sessions are replayed through the real Detector (baselines,
 watches, the SQLite store for persistence and the audit events) with a clock passed in, statements
 through the real SQL inspector; approvals through the real workflow rules. Prints recall per rule, the
 share of normal sessions that raised anything, and the per-statement / per-command-line cost of a watch.
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gateway.alerts import Alerts
 from gateway.detect.engine import Detector
 from gateway.detect.settings import NO_OVERRIDES, Overrides, parse_settings
-from gateway.detect.workflow import approval_findings
+from gateway.detect.workflow import approval_findings, approver_hours
 from gateway.pg.sql.inspector import Inspection, inspect
 from gateway.policy import Decision
 from gateway.store import RequestRecord, SqliteStore
@@ -180,29 +181,45 @@ async def run(users: int, days: int, seed: int) -> dict[str, Any]:
             if day >= days // 2 and rng.random() < 0.1 and warm:
                 await session(p, day * DAY + 15 * 3600, seeded_kind)
 
-    # The workflow: a request a week per user, approved after minutes to hours by one of eight approvers,
-    # reason with a ticket; seeded: rubber stamps, missing tickets, one approver approving four in a row.
+    # The workflow: a request a week per user on a weekday between 09:00 and 15:00 UTC, approved after
+    # minutes to hours by one of eight approvers, reason with a ticket, the scope of their last session;
+    # every approver also has a background of 20 approvals for other teams in their working hours (09-18).
+    # Seeded: rubber stamps, missing tickets, one approver approving four in a row, an approval at 03:00,
+    # a request for admin after a read session.
     requests: dict[str, list[RequestRecord]] = {p.name: [] for p in people}
+    background = [
+        _req(Person("other", "db-x", "", [], []), -rng.uniform(1, 30) * DAY // DAY * DAY + rng.uniform(9, 18) * 3600,
+             a, "CHG-2")
+        for a in names for _ in range(20)
+    ]  # fmt: skip
+    ranks = {"read": 0, "write": 1, "admin": 2}
     approvals = 0
     flagged_approvals = 0
+    kinds_wf = ("approval.rubber_stamp", "approval.no_ticket", "approval.same_approver", "approval.outside_hours",
+                "approval.wider_scope")  # fmt: skip
     for p in people:
         for week in range(days // 7 + 1):
-            t = week * 7 * DAY + rng.uniform(0, 5 * DAY)
-            label = (
-                rng.choice(("approval.rubber_stamp", "approval.no_ticket", "approval.same_approver"))
-                if (week >= 2 and rng.random() < 0.3)
-                else None
-            )
+            day0 = week * 7 * DAY + rng.randrange(5) * DAY
+            t = day0 + 9 * 3600 + rng.uniform(0, 6 * 3600)
+            label = rng.choice(kinds_wf) if (week >= 2 and rng.random() < 0.3) else None
             approver = rng.choice(p.approvers)
             if label == "approval.same_approver":
                 approver = p.approvers[0]
                 for j in range(settings.same_approver_count):  # the earlier ones, also by approvers[0]
                     requests[p.name].append(_req(p, t - (j + 1) * 3600, approver, "CHG-1"))
-            waited = rng.uniform(1, 5) if label == "approval.rubber_stamp" else rng.uniform(120, 4 * 3600)
+            waited = rng.uniform(1, 5) if label == "approval.rubber_stamp" else rng.uniform(120, 3 * 3600)
+            if label == "approval.outside_hours":
+                t, waited = day0 + 2 * 3600 + rng.uniform(0, 1800), 3600.0  # approved between 03:00 and 03:30
             reason = "quick look" if label == "approval.no_ticket" else f"INC-{rng.randint(1, 9999)}: fix"
-            req = _req(p, t, "", reason)
-            rules = {d.rule for d in approval_findings(settings, req, approver, t + waited, requests[p.name])}
-            requests[p.name].append(_req(p, t, approver, reason))
+            scope = "admin" if label == "approval.wider_scope" else "read"
+            req = _req(p, t, "", reason, scope)
+            at = t + waited
+            everyone = [*background, *(r for rs in requests.values() for r in rs)]
+            found = approval_findings(settings, req, approver, at, requests[p.name],
+                                      hours=approver_hours(everyone, approver, before=at), last_scope="read",
+                                      rank=lambda target, sc: ranks.get(sc))  # fmt: skip
+            rules = {d.rule for d in found}
+            requests[p.name].append(_req(p, t, approver, reason, scope, waited))
             if label is None:
                 approvals += 1
                 flagged_approvals += bool(rules)
@@ -267,9 +284,9 @@ async def run(users: int, days: int, seed: int) -> dict[str, Any]:
     }
 
 
-def _req(p: Person, t: float, approver: str, reason: str) -> RequestRecord:
-    approvals = ({"by": approver, "at": t + 60},) if approver else ()
-    return RequestRecord(f"r_{p.name}_{t:.0f}", p.name, p.db, "read", reason, 900.0, t, "pending", approvals)
+def _req(p: Person, t: float, approver: str, reason: str, scope: str = "read", waited: float = 60) -> RequestRecord:
+    approvals = ({"by": approver, "at": t + waited},) if approver else ()
+    return RequestRecord(f"r_{p.name}_{t:.0f}", p.name, p.db, scope, reason, 900.0, t, "pending", approvals)
 
 
 def main() -> None:
