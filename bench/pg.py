@@ -1,11 +1,24 @@
-"""pgbench -S through the gateway vs direct vs pgbouncer (session mode), alternating rounds; medians and ratios.
+"""The Postgres path against direct and pgbouncer (plain and with client TLS), alternating rounds; medians and ratios.
 
-    .venv/bin/python bench/pg.py [--rounds 3] [--seconds 10] [--scale 10]
+    .venv/bin/python bench/pg.py --rounds 5 [--seconds 10] [--bulk-mb 1024] [--markdown out.md]
+    .venv/bin/python bench/pg.py --rounds 2 --seconds 5 --bulk-mb 100 --burst 100     # a quick look
 
-Starts a throwaway PostgreSQL (gateway.sandbox), initialises pgbench tables (owned by app_admin, readable by the
-SELECT-only app_ro), starts pgbouncer (session pooling, as the unprivileged sandbox user when root) and the gateway
-(a separate process on uvloop, policy and statement recording on, `read` scope) and runs
-`pgbench -n -S -M simple|prepared -c 8 -j 2 -T <seconds>` against each, alternating, for several rounds.
+Starts a throwaway PostgreSQL (gateway.sandbox; max_connections raised for the burst), initialises pgbench tables
+(owned by app_admin, readable by the SELECT-only app_ro), two pgbouncers 1.18 in session mode (one plain, one with
+client_tls_sslmode=require and a self-signed pair made by openssl) and the gateway (its own process on uvloop, TLS
+required, policy and statement recording on; `read` scope for pgbench, `admin` scope for COPY and pg_dump).
+Every round runs every test against every target in turn (the order rotates each round):
+
+- tps-simple / tps-prepared: `pgbench -n -S -M simple|prepared -c 8 -j 2 -T <seconds>`; also the proxy's CPU
+  per transaction (utime+stime of its process over the run / transactions).
+- latency: `pgbench -n -S -M prepared -c 1 -j 1 -T <seconds> -l`: p50 / p99 of the per-statement latencies.
+- bulk: `psql -c "COPY (SELECT * FROM pgbench_accounts) TO STDOUT" ... | wc -c`, the COPY repeated in one session
+  to about --bulk-mb MB (~100-byte rows), MB/s.
+- dump: `pg_dump` (plain format) of the bench database to /dev/null, seconds and MB/s.
+- setup: --connects sequential connections (connect, TLS, auth, SELECT 1, close) with libpq (psycopg): p50/p99.
+- burst: --burst connections opened at once (asyncio, psycopg), each SELECT 1; all must succeed.
+
+Ratios are of the medians over the rounds; "gateway / pgbouncer-tls" is the equal-terms comparison.
 """
 
 from __future__ import annotations
@@ -23,6 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.sandbox.postgres import PG_OS_USER, PgCluster
 
-MODES = ("simple", "prepared")
+TESTS = ("tps-simple", "tps-prepared", "latency", "bulk", "dump", "setup", "burst")
+TARGETS = ("direct", "pgbouncer", "pgbouncer-tls", "gateway")
 
 
 def free_port() -> int:
@@ -42,11 +58,18 @@ def free_port() -> int:
         return port
 
 
+class BenchCluster(PgCluster):
+    """The sandbox cluster with room for the burst (its default max_connections is 200) and quiet logs."""
+
+    def _conf(self) -> str:
+        return super()._conf() + "max_connections = 700\nlog_connections = off\n"
+
+
 # --- the gateway, in its own process -----------------------------------------------------------------
 
 
 async def serve(spec: dict[str, Any]) -> None:
-    """Run a gateway for the cluster in `spec`; print its port and a read-scope token; serve until stdin closes."""
+    """Run a gateway for the cluster in `spec`; print its port and read/admin tokens; serve until stdin closes."""
     from gateway.config import Address, Config, Login, Target
     from gateway.grants import issue_grant
     from gateway.pg.listener import PostgresListener
@@ -54,8 +77,12 @@ async def serve(spec: dict[str, Any]) -> None:
     from gateway.services import build_services
 
     base = Path(spec["base"])
-    target = Target(name="orders", kind="postgres", address=Address("127.0.0.1", spec["pg_port"]),
-                    logins={"read": Login("read", "app_ro", Secret(spec["password"]))}, database="orders")  # fmt: skip
+    logins = {
+        "read": Login("read", "app_ro", Secret(spec["ro"])),
+        "admin": Login("admin", "app_admin", Secret(spec["admin"])),
+    }
+    target = Target(name="orders", kind="postgres", address=Address("127.0.0.1", spec["pg_port"]), logins=logins,
+                    database="orders")  # fmt: skip
     config = Config(path=None, base_dir=base, listen_postgres=Address("127.0.0.1", 0),
                     store_url=f"sqlite:///{base}/gateway.db", keys_dir=base / "keys", policies_dir=base / "policies",
                     recordings_dir=base / "recordings", tls_cert=base / "keys/tls.crt", tls_key=base / "keys/tls.key",
@@ -63,25 +90,39 @@ async def serve(spec: dict[str, Any]) -> None:
     services = await build_services(config)
     listener = PostgresListener(services)
     await listener.start()
-    issued = await issue_grant(config, services.ring, services.store, services.policies, user="bench", target="orders",
-                               scope="read", ttl=3600, reason="BENCH", approvers=("ops",), now=time.time())  # fmt: skip
-    print(json.dumps({"port": listener.port, "token": issued.token}), flush=True)
+    tokens = {}
+    for scope in ("read", "admin"):
+        issued = await issue_grant(config, services.ring, services.store, services.policies, user="bench",
+                                   target="orders", scope=scope, ttl=3600, reason="BENCH", approvers=("ops",),
+                                   now=time.time())  # fmt: skip
+        tokens[scope] = issued.token
+    print(json.dumps({"port": listener.port, "tokens": tokens}), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await listener.close()
     await services.close()
 
 
-def start_gateway(cluster: PgCluster, base: Path, *, require_tls: bool) -> tuple[subprocess.Popen[str], int, str]:
-    spec = {"base": str(base), "pg_port": cluster.port, "password": cluster.passwords["app_ro"],
-            "require_tls": require_tls}  # fmt: skip
+def start_gateway(
+    cluster: PgCluster, base: Path, *, require_tls: bool
+) -> tuple[subprocess.Popen[str], int, dict[str, str]]:
+    spec = {"base": str(base), "pg_port": cluster.port, "ro": cluster.passwords["app_ro"],
+            "admin": cluster.passwords["app_admin"], "require_tls": require_tls}  # fmt: skip
     proc = subprocess.Popen([sys.executable, __file__, "--serve", json.dumps(spec)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
     assert proc.stdout is not None
     info = json.loads(proc.stdout.readline())
-    return proc, int(info["port"]), str(info["token"])
+    return proc, int(info["port"]), dict(info["tokens"])
 
 
 # --- pgbouncer -------------------------------------------------------------------------------------------
+
+
+def self_signed(base: Path) -> tuple[Path, Path]:
+    """A self-signed pair made by openssl, as an operator would for pgbouncer."""
+    crt, key = base / "tls.crt", base / "tls.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(crt),
+                    "-days", "2", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)  # fmt: skip
+    return crt, key
 
 
 def start_pgbouncer(cluster: PgCluster, *, tls: bool = False) -> tuple[subprocess.Popen[bytes], int]:
@@ -90,8 +131,9 @@ def start_pgbouncer(cluster: PgCluster, *, tls: bool = False) -> tuple[subproces
         subprocess.run(["apt-get", "install", "-y", "pgbouncer"], check=True)
     base = Path(tempfile.mkdtemp(prefix="gw-bouncer-"))
     port = free_port()
-    (base / "users.txt").write_text(f'"app_ro" "{cluster.passwords["app_ro"]}"\n')
-    (base / "pgbouncer.ini").write_text(f"""[databases]
+    (base / "users.txt").write_text(f'"app_ro" "{cluster.passwords["app_ro"]}"\n'
+                                    f'"app_admin" "{cluster.passwords["app_admin"]}"\n')  # fmt: skip
+    ini = f"""[databases]
 orders = host=127.0.0.1 port={cluster.port} dbname=orders
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -100,20 +142,17 @@ unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = {base}/users.txt
 pool_mode = session
-max_client_conn = 200
+max_client_conn = 1000
 default_pool_size = 20
 logfile = {base}/pgbouncer.log
 pidfile = {base}/pgbouncer.pid
 log_connections = 0
 log_disconnections = 0
-""")
+"""
     if tls:
-        from gateway.keyfiles import ensure_tls_cert
-
-        ensure_tls_cert(base / "tls.crt", base / "tls.key")
-        with (base / "pgbouncer.ini").open("a") as f:
-            f.write(f"client_tls_sslmode = require\nclient_tls_cert_file = {base}/tls.crt\n"
-                    f"client_tls_key_file = {base}/tls.key\n")  # fmt: skip
+        crt, key = self_signed(base)
+        ini += f"client_tls_sslmode = require\nclient_tls_cert_file = {crt}\nclient_tls_key_file = {key}\n"
+    (base / "pgbouncer.ini").write_text(ini)
     kwargs: dict[str, Any] = {}
     if os.geteuid() == 0:  # pgbouncer refuses to run as root
         import pwd
@@ -129,19 +168,152 @@ log_disconnections = 0
     return proc, port
 
 
-# --- pgbench ---------------------------------------------------------------------------------------------
+# --- the tests ---------------------------------------------------------------------------------------------
 
 
-def pgbench(port: int, user: str, password: str, mode: str, seconds: int, *, sslmode: str = "prefer") -> float:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update(PGPASSWORD=password, PGSSLMODE=sslmode)
-    cmd = ["pgbench", "-n", "-S", "-M", mode, "-c", "8", "-j", "2", "-T", str(seconds), "-h", "127.0.0.1",
-           "-p", str(port), "-U", user, "orders"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 60)
+@dataclass
+class Endpoint:
+    """How to reach one target: port, read and admin credentials, sslmode, and the proxy's pid (CPU)."""
+
+    name: str
+    port: int
+    user: str
+    password: str
+    admin_user: str
+    admin_password: str
+    sslmode: str
+    pid: int | None
+
+    def env(self, *, admin: bool = False) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env.update(PGPASSWORD=self.admin_password if admin else self.password, PGSSLMODE=self.sslmode,
+                   PGHOST="127.0.0.1", PGPORT=str(self.port), PGUSER=self.admin_user if admin else self.user,
+                   PGDATABASE="orders")  # fmt: skip
+        return env
+
+    def conninfo(self) -> str:
+        return (f"host=127.0.0.1 port={self.port} user={self.user} password={self.password} dbname=orders "
+                f"sslmode={self.sslmode}")  # fmt: skip
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """utime + stime of a process (0 when there is none to watch: direct)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pgbench(ep: Endpoint, mode: str, seconds: int, clients: int, log_dir: Path | None = None) -> tuple[float, int]:
+    """TPS and transactions of one pgbench -S run."""
+    cmd = ["pgbench", "-n", "-S", "-M", mode, "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds)]
+    if log_dir is not None:
+        cmd += ["-l", f"--log-prefix={log_dir}/tx"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ep.env(), timeout=seconds + 60, cwd=log_dir)
     m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", proc.stdout)
-    if proc.returncode != 0 or m is None:
-        raise RuntimeError(f"pgbench failed on port {port}: {proc.stdout[-500:]} {proc.stderr[-1500:]}")
-    return float(m.group(1))
+    n = re.search(r"number of transactions actually processed: (\d+)", proc.stdout)
+    if proc.returncode != 0 or m is None or n is None:
+        raise RuntimeError(f"pgbench failed on {ep.name}: {proc.stdout[-500:]} {proc.stderr[-1500:]}")
+    return float(m.group(1)), int(n.group(1))
+
+
+def test_tps(ep: Endpoint, args: argparse.Namespace, mode: str) -> dict[str, float]:
+    cpu0 = cpu_seconds(ep.pid)
+    tps, n = pgbench(ep, mode, args.seconds, 8)
+    out = {"tps": tps}
+    if ep.pid is not None:
+        out["cpu_us_per_tx"] = (cpu_seconds(ep.pid) - cpu0) / n * 1e6
+    return out
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p * len(values)))]
+
+
+def test_latency(ep: Endpoint, args: argparse.Namespace) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="gw-pgbench-log-") as d:
+        pgbench(ep, "prepared", args.seconds, 1, Path(d))
+        lat = [float(line.split()[2]) for p in Path(d).iterdir() for line in p.open()]
+    return {"p50_us": pct(lat, 0.5), "p99_us": pct(lat, 0.99)}
+
+
+def test_bulk(ep: Endpoint, args: argparse.Namespace) -> dict[str, float]:
+    # pgbench_accounts is ~100-byte rows, about 12 MB a scale unit: repeated in one session to reach --bulk-mb
+    times = max(1, round(args.bulk_mb / (12.1 * args.scale)))
+    cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+    cmd += ["-c", "COPY (SELECT * FROM pgbench_accounts) TO STDOUT"] * times
+    t0 = time.perf_counter()
+    proc = subprocess.run(["sh", "-c", '"$@" | wc -c', "sh", *cmd], env=ep.env(admin=True), capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    dt = time.perf_counter() - t0
+    size = int(proc.stdout.strip() or 0)
+    if size < times * args.scale * 9_000_000 or proc.stderr.strip():
+        raise RuntimeError(f"COPY through {ep.name} returned {size} bytes: {proc.stderr[-800:]}")
+    return {"mb_s": size / dt / 1e6, "seconds": dt}
+
+
+def test_dump(ep: Endpoint, args: argparse.Namespace) -> dict[str, float]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(["sh", "-c", "pg_dump --no-password orders | wc -c"], env=ep.env(admin=True),
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dt = time.perf_counter() - t0
+    size = int(proc.stdout.strip() or 0)
+    if size < 1_000_000:
+        raise RuntimeError(f"pg_dump through {ep.name} returned {size} bytes: {proc.stderr[-800:]}")
+    return {"mb_s": size / dt / 1e6, "seconds": dt}
+
+
+def test_setup(ep: Endpoint, args: argparse.Namespace) -> dict[str, float]:
+    import psycopg
+
+    times = []
+    info = ep.conninfo()
+    for _ in range(args.connects):
+        t0 = time.perf_counter()
+        with psycopg.connect(info, autocommit=True) as conn:
+            conn.execute("SELECT 1").fetchone()
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"p50_ms": pct(times, 0.5), "p99_ms": pct(times, 0.99)}
+
+
+def test_burst(ep: Endpoint, args: argparse.Namespace) -> dict[str, float]:
+    import psycopg
+
+    async def one(info: str) -> float:
+        t0 = time.perf_counter()
+        async with await psycopg.AsyncConnection.connect(info, autocommit=True) as conn:
+            await (await conn.execute("SELECT 1")).fetchone()
+        return (time.perf_counter() - t0) * 1000
+
+    async def burst() -> tuple[list[float], int, float]:
+        t0 = time.perf_counter()
+        got = await asyncio.gather(*(one(ep.conninfo()) for _ in range(args.burst)), return_exceptions=True)
+        wall = time.perf_counter() - t0
+        ok = [g for g in got if isinstance(g, float)]
+        failed = [g for g in got if not isinstance(g, float)]
+        if failed:
+            print(f"  {ep.name}: {len(failed)} of {args.burst} failed, e.g. {failed[0]!r}"[:400], flush=True)
+        return ok, len(failed), wall
+
+    ok, failed, wall = asyncio.run(burst())
+    return {"ok": float(len(ok)), "failed": float(failed), "wall_s": wall, "p99_ms": pct(ok, 0.99) if ok else 0.0}
+
+
+RUNNERS: dict[str, Callable[[Endpoint, argparse.Namespace], dict[str, float]]] = {
+    "tps-simple": lambda ep, a: test_tps(ep, a, "simple"),
+    "tps-prepared": lambda ep, a: test_tps(ep, a, "prepared"),
+    "latency": test_latency,
+    "bulk": test_bulk,
+    "dump": test_dump,
+    "setup": test_setup,
+    "burst": test_burst,
+}
+HEADLINE = {"tps-simple": "tps", "tps-prepared": "tps", "latency": "p50_us", "bulk": "mb_s", "dump": "mb_s",
+            "setup": "p50_ms", "burst": "ok"}  # fmt: skip
+
+
+# --- the report ------------------------------------------------------------------------------------------
 
 
 def versions() -> dict[str, str]:
@@ -153,22 +325,71 @@ def versions() -> dict[str, str]:
 
     return {"python": platform.python_version(), "uvloop": importlib.metadata.version("uvloop"),
             "pgbench": out("pgbench", "--version"), "pgbouncer": out("pgbouncer", "--version"),
-            "kernel": platform.release(),
-            "cpu": out("sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
+            "kernel": platform.release(), "compiled": compiled(),
+            "cpu": out("sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip(),
             "cores": str(os.cpu_count())}  # fmt: skip
+
+
+def compiled() -> str:
+    """Whether the gateway runs the mypyc-built modules (bench/README: scripts/build-mypyc) or pure Python."""
+    import gateway.pg.machine as m
+
+    return "mypyc" if not m.__file__ or not m.__file__.endswith(".py") else "pure-python"
+
+
+Results = dict[tuple[str, str], list[dict[str, float]]]
+
+
+def medians(results: Results, test: str, target: str) -> dict[str, float]:
+    runs = results.get((test, target), [])
+    if not runs:
+        return {}
+    return {k: statistics.median(r[k] for r in runs if k in r) for k in runs[0]}
+
+
+def report(results: Results, tests: list[str], targets: list[str]) -> list[str]:
+    """The markdown table: medians per target, then the gateway against each of the others."""
+    head = " | ".join(targets) + " | gateway / pgbouncer-tls | gateway / pgbouncer | gateway / direct"
+    lines = [f"| test | {head} |", "| --- " * (len(targets) + 4) + "|"]
+    for test in tests:
+        key = HEADLINE[test]
+        med = {t: medians(results, test, t) for t in targets}
+        cells = []
+        for t in targets:
+            m = med[t]
+            if not m:
+                cells.append("failed")
+                continue
+            cell = f"{m[key]:.0f}" if m[key] >= 100 else f"{m[key]:.2f}"
+            extra = [f"{k} {v:.0f}" if v >= 100 else f"{k} {v:.2f}" for k, v in m.items() if k != key]
+            cells.append(cell + (f" ({', '.join(extra)})" if extra else ""))
+        ratios = []
+        g = med.get("gateway", {})
+        for other in ("pgbouncer-tls", "pgbouncer", "direct"):
+            o = med.get(other, {})
+            if not g or not o or not o.get(key):
+                ratios.append("")
+            elif test == "latency":
+                ratios.append(f"{g[key] - o[key]:+.0f} us (p99 {g['p99_us'] - o['p99_us']:+.0f})")
+            elif test == "burst":
+                ratios.append(f"{g['ok']:.0f} ok / {o['ok']:.0f} ok")
+            else:
+                ratios.append(f"{g[key] / o[key]:.2f}x")
+        lines.append(f"| {test} ({key}) | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    return lines
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=10, help="length of each pgbench run")
     ap.add_argument("--scale", type=int, default=10)
-    ap.add_argument(
-        "--targets",
-        default="direct,pgbouncer,pgbouncer-tls,gateway,gateway-notls",
-        help="comma-separated subset of the targets to run (ratios need pgbouncer and gateway)",
-    )
-    ap.add_argument("--modes", default=",".join(MODES), help="simple, prepared or both")
+    ap.add_argument("--bulk-mb", type=float, default=1024, help="size of the COPY TO STDOUT (MB)")
+    ap.add_argument("--connects", type=int, default=200, help="sequential connections per setup run")
+    ap.add_argument("--burst", type=int, default=500, help="connections opened at once")
+    ap.add_argument("--tests", default=",".join(TESTS), help="comma-separated subset of " + ",".join(TESTS))
+    ap.add_argument("--targets", default=",".join(TARGETS), help="subset of " + ",".join(TARGETS) + ",gateway-notls")
+    ap.add_argument("--markdown", type=Path, help="also write the table (and the run's details) here")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -177,54 +398,58 @@ def main() -> int:
         uvloop.run(serve(json.loads(args.serve)))
         return 0
 
-    cluster = PgCluster().start()
+    tests = [t for t in TESTS if t in args.tests.split(",")]
+    wanted = args.targets.split(",")
+    cluster = BenchCluster().start()
     procs: list[subprocess.Popen[Any]] = []
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     try:
         admin = cluster.passwords["app_admin"]
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("PG")}, "PGPASSWORD": admin}
         subprocess.run(["pgbench", "-i", "-q", "-s", str(args.scale), "-h", "127.0.0.1", "-p", str(cluster.port),
                         "-U", "app_admin", "orders"], check=True, env=env, capture_output=True)  # fmt: skip
-        bouncer, bouncer_port = start_pgbouncer(cluster)
-        procs.append(bouncer)
-        bouncer_tls, bouncer_tls_port = start_pgbouncer(cluster, tls=True)
-        procs.append(bouncer_tls)
-        base = Path(tempfile.mkdtemp(prefix="gw-bench-"))
-        gw, gw_port, token = start_gateway(cluster, base / "tls", require_tls=True)
-        procs.append(gw)
-        gwp, gwp_port, token_p = start_gateway(cluster, base / "plain", require_tls=False)
-        procs.append(gwp)
         ro = cluster.passwords["app_ro"]
-        targets = {
-            "direct": (cluster.port, "app_ro", ro, "disable"),
-            "pgbouncer": (bouncer_port, "app_ro", ro, "disable"),
-            "pgbouncer-tls": (bouncer_tls_port, "app_ro", ro, "require"),
-            "gateway": (gw_port, "bench", token, "require"),
-            "gateway-notls": (gwp_port, "bench", token_p, "disable"),
-        }
-        wanted = args.targets.split(",")
-        targets = {k: v for k, v in targets.items() if k in wanted}
-        modes = [m for m in MODES if m in args.modes.split(",")]
-        for name in ("gateway", "gateway-notls"):
-            if name in targets:
-                print(f"{name} pid {procs[2 if name == 'gateway' else 3].pid}", flush=True)
-        results: dict[tuple[str, str], list[float]] = {}
+        eps: list[Endpoint] = []
+        if "direct" in wanted:
+            eps.append(Endpoint("direct", cluster.port, "app_ro", ro, "app_admin", admin, "disable", None))
+        for name, tls in (("pgbouncer", False), ("pgbouncer-tls", True)):
+            if name in wanted:
+                proc, port = start_pgbouncer(cluster, tls=tls)
+                procs.append(proc)
+                eps.append(Endpoint(name, port, "app_ro", ro, "app_admin", admin, "require" if tls else "disable",
+                                    proc.pid))  # fmt: skip
+        base = Path(tempfile.mkdtemp(prefix="gw-bench-"))
+        for name, tls in (("gateway", True), ("gateway-notls", False)):
+            if name in wanted:
+                gw, port, tokens = start_gateway(cluster, base / name, require_tls=tls)
+                procs.append(gw)
+                eps.append(Endpoint(name, port, "bench", tokens["read"], "bench", tokens["admin"],
+                                    "require" if tls else "disable", gw.pid))  # fmt: skip
+                print(f"{name} pid {gw.pid}", flush=True)
+        results: Results = {}
         for r in range(args.rounds):
-            for mode in modes:
-                for name, (port, user, pw, sslmode) in targets.items():
-                    tps = pgbench(port, user, pw, mode, args.seconds, sslmode=sslmode)
-                    results.setdefault((name, mode), []).append(tps)
-                    print(f"round {r + 1} {mode:8} {name:14} {tps:9.0f} tps", flush=True)
-        print("\nmedians (tps) and ratios")
-        print(json.dumps(versions()))
-        for mode in modes:
-            med = {name: statistics.median(results[(name, mode)]) for name in targets}
-            line = "  ".join(f"{n}={v:.0f}" for n, v in med.items())
-            ratios = [(a, b) for a, b in (("gateway", "pgbouncer"), ("gateway", "direct"), ("gateway", "pgbouncer-tls"),
-                                          ("gateway-notls", "pgbouncer")) if a in med and b in med]  # fmt: skip
-            print(f"{mode:8} {line}  " + "  ".join(f"{a}/{b}={med[a] / med[b]:.2f}" for a, b in ratios))
-        recs = sorted((base / "tls" / "recordings").rglob("*.sql.jsonl"))
-        lines = sum(1 for p in recs for _ in p.open())
-        print(f"gateway recordings: {len(recs)} files, {lines} lines")
+            order = eps[r % len(eps) :] + eps[: r % len(eps)]
+            for test in tests:
+                for ep in order:
+                    try:
+                        res = RUNNERS[test](ep, args)
+                    except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+                        print(f"round {r + 1} {test:12} {ep.name:14} FAILED: {exc}"[:1000], flush=True)
+                        continue
+                    results.setdefault((test, ep.name), []).append(res)
+                    shown = "  ".join(f"{k}={v:.1f}" for k, v in res.items())
+                    print(f"round {r + 1} {test:12} {ep.name:14} {shown}", flush=True)
+        names = [ep.name for ep in eps]
+        table = report(results, tests, names)
+        recs = sorted(base.rglob("*.sql.jsonl"))
+        nlines = sum(1 for p in recs for _ in p.open())
+        info = versions()
+        cmd = "python bench/pg.py " + " ".join(a for a in sys.argv[1:])
+        print(f"\nmedians of {args.rounds} rounds ({started}); {json.dumps(info)}")
+        print("\n".join(table))
+        print(f"gateway recordings: {len(recs)} files, {nlines} lines")
+        if args.markdown:
+            args.markdown.write_text(f"Run {started}: `{cmd}`\n\n{json.dumps(info)}\n\n" + "\n".join(table) + "\n")
     finally:
         for p in procs:
             if p.stdin:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,11 @@ from gateway.policy import Policies
 from gateway.sessions import LiveSession, SessionRegistry, new_session_record
 from gateway.store import Store
 from gateway.tokens import Claims, KeyRing, TokenError, unverified_claims, verify_token
+
+log = logging.getLogger(__name__)
+
+STORE_DOWN = "store-unavailable"
+"""The code of a connection refused because the store did not answer (fail closed: no grant check, no session)."""
 
 RECORDING_SUFFIX = {"postgres": ".sql.jsonl", "ssh": ".cast"}
 
@@ -75,7 +81,7 @@ class Access:
             tgt = self._target(claims, target, protocol)
             if user is not None and user != claims.sub:
                 raise AccessDenied("wrong-user", f"this token is for {claims.sub!r}, not {user!r}")
-            await self._check_grant(claims)
+            await self._stored(self._check_grant(claims))
             upstream = self._login(tgt, claims, login)
             policy = self.policies.scope(tgt.name, claims.scope)
             if policy is None:
@@ -95,11 +101,29 @@ class Access:
                 store=self.store,
                 registry=self.registry,
             )
-            await self._admit(session)
+            await self._stored(self._admit(session))
         except AccessDenied as denied:
-            await self._audit_rejection(token, target, protocol, client_addr, denied)
+            try:
+                await self._audit_rejection(token, target, protocol, client_addr, denied)
+            except Exception as exc:
+                if denied.code != STORE_DOWN:
+                    raise
+                log.error("refused connection: audit not written now (the store is down): %s", type(exc).__name__)
             raise
         return session
+
+    @staticmethod
+    async def _stored(step: Coroutine[Any, Any, None]) -> None:
+        """A step that needs the store: one that fails refuses the connection, saying why (never the store URL)."""
+        try:
+            await step
+        except AccessDenied:
+            raise
+        except Exception as exc:
+            log.error("store unavailable while admitting a connection: %s", type(exc).__name__)
+            raise AccessDenied(
+                STORE_DOWN, "the gateway cannot reach its store: new sessions are refused until it is back"
+            ) from None
 
     @staticmethod
     async def _started(s: LiveSession) -> None:

@@ -53,6 +53,11 @@ class App:
         svc = self.services = await build_services(self.config)
         await svc.store.append("gateway.start", data={"listen": self._addresses(), "kid": svc.ring.active_kid})
         self._webhooks = install_webhooks(svc)
+        # Every store, SQLite too: heartbeats for `gateway nodes`, what a previous process left open ended
+        # before anything is admitted, pushed revocations and reaping of a silent replica on PostgreSQL.
+        replica = Replica(svc)
+        await replica.start()  # refuses a node id a running replica holds: only then is the row this one's
+        self._replica = replica
         for name in ("postgres", "ssh", "http"):
             if name in self.enable:
                 # Registered before it starts: one that fails half-way (bound, then an error) is still closed.
@@ -63,11 +68,7 @@ class App:
         svc.scheduler.every(5.0, "grant-expiry", self._expire_grants)
         every = svc.anchors.settings.interval  # first after one interval: start and stop sign checkpoints already
         svc.scheduler.every(every, "audit-anchors", svc.anchors.tick, first=every)
-        if self.config.shared_store:
-            # Several replicas: pushed revocations, heartbeats, and reaping the sessions of a replica that died.
-            self._replica = Replica(svc)
-            await self._replica.start()
-            svc.scheduler.every(self.config.heartbeat, "replica-heartbeat", self._replica.tick)
+        svc.scheduler.every(self.config.heartbeat, "replica-heartbeat", replica.tick)
         every = self.config.detection.sweep_every
         # Backends and processes of the injected logins that no live session owns: flagged, ended.
         if "postgres" in self.enable:

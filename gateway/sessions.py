@@ -90,6 +90,7 @@ class LiveSession:
     _cancelled = False  # we cancelled the owner (a kill): that cancellation ends here, not in the caller
     _ending = False  # the owner is in _end: a late kill must not cancel the teardown
     _ended: asyncio.Future[SessionEnd] | None = None
+    _kill_audit: asyncio.Future[None] | None = None  # session.kill being written; session.end waits for it
     _timers: list[asyncio.TimerHandle] = field(default_factory=list)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _after: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -216,6 +217,11 @@ class LiveSession:
         }
         try:
             await self.store.end_session(self.id, ended_at=now, reason=reason, recording_sha256=sha, stats=self.stats)
+        except Exception as exc:  # a shared store keeps it in its spool; the event is still tried on its own
+            log.error("session %s: could not store its end: %s", self.id, type(exc).__name__)
+        if self._kill_audit is not None:
+            await asyncio.shield(self._kill_audit)
+        try:
             await self.store.append(
                 "session.end",
                 actor=self.user,
@@ -234,11 +240,18 @@ class LiveSession:
                 log.exception("session %s: end-listener failed", self.id)
         if self._ended is not None and not self._ended.done():
             self._ended.set_result(end)
-        for work in self._after:
+        if self._after:
+            finishing = asyncio.get_running_loop().create_future()
+            self.registry.finishing.add(finishing)  # a shutdown waits for it before closing the store
             try:
-                await asyncio.wait_for(work(), END_LIMIT)
-            except Exception as exc:
-                log.error("session %s: after-end work failed: %r", self.id, exc)
+                for work in self._after:
+                    try:
+                        await asyncio.wait_for(work(), END_LIMIT)
+                    except Exception as exc:
+                        log.error("session %s: after-end work failed: %r", self.id, exc)
+            finally:
+                finishing.set_result(None)
+                self.registry.finishing.discard(finishing)
         pending = [t for t in self._tasks if t is not asyncio.current_task()]
         if pending:
             await asyncio.wait(pending, timeout=END_LIMIT)
@@ -286,23 +299,28 @@ class LiveSession:
         """Kill from a callback (a verdict, a tripwire, a failed recording) without waiting."""
         self._spawn(self.kill(reason))
 
+    async def _audit_kill(self, reason: str, by: str) -> None:
+        try:
+            await self.store.append(
+                "session.kill",
+                actor=by,
+                session=self.id,
+                grant=self.claims.jti,
+                target=self.target.name,
+                severity="warning",
+                data=self._with_workload({"reason": reason, "user": self.user}),
+            )
+        except Exception as exc:
+            # The kill goes ahead without its audit row: failing open here would leave the session running.
+            log.error("session %s: kill could not be audited: %s", self.id, type(exc).__name__)
+
     async def kill(self, reason: str, *, by: str = "gateway") -> None:
         """End the session now: audit the kill, cancel the session's task; returns once it has ended."""
         if self.end_reason is None:
             self.end_reason, self.killed_by = reason, by
-            try:
-                await self.store.append(
-                    "session.kill",
-                    actor=by,
-                    session=self.id,
-                    grant=self.claims.jti,
-                    target=self.target.name,
-                    severity="warning",
-                    data=self._with_workload({"reason": reason, "user": self.user}),
-                )
-            except Exception as exc:
-                # The kill goes ahead without its audit row: failing open here would leave the session running.
-                log.error("session %s: kill could not be audited: %s", self.id, type(exc).__name__)
+            # The cut does not wait for the audit chain (many kills at once queue on its lock); session.end
+            # waits for this row, so the chain still reads kill, then end.
+            self._kill_audit = asyncio.ensure_future(self._audit_kill(reason, by))
             self.alert("session.killed", f"session {self.id} of {self.user} on {self.target.name} killed: {reason}",
                        reason=reason)  # fmt: skip
             if self._owner is not None and not self._ending and not self._owner.done():
@@ -335,6 +353,8 @@ class SessionRegistry:
         self._admitting: dict[str, tuple[asyncio.Lock, int]] = {}
         self.end_listeners: list[EndListener] = []
         """Called once per session, after its `session.end` is stored, with the final SessionEnd (receipts)."""
+        self.finishing: set[asyncio.Future[None]] = set()
+        """Ended sessions still doing their after-end work (the detached-process sweep)."""
 
     def __len__(self) -> int:
         return len(self._live)
@@ -414,16 +434,23 @@ class SessionRegistry:
         if not self._live:
             return
         grants = {s.claims.jti for s in self._live.values()}
-        for gid in await self.store.revoked_grant_ids(grants):
-            g = await self.store.get_grant(gid)
-            why = f"grant revoked: {g.revoke_reason}" if g and g.state == "revoked" else "grant ended"
-            await self.revoke(gid, why, by=(g.revoked_by or "gateway") if g else "gateway")
-        for sid, reason in (await self.store.kill_requests(list(self._live))).items():
-            await self.kill(sid, reason, by="gateway")
+        revoked = sorted(await self.store.revoked_grant_ids(grants))
+        kills = await self.store.kill_requests(list(self._live))
+        # All at once: one at a time, a hundred revocations would wait on each other's session ends.
+        await asyncio.gather(*(self._revoked(gid) for gid in revoked))
+        await asyncio.gather(*(self.kill(sid, reason, by="gateway") for sid, reason in kills.items()))
+
+    async def _revoked(self, gid: str) -> None:
+        g = await self.store.get_grant(gid)
+        why = f"grant revoked: {g.revoke_reason}" if g and g.state == "revoked" else "grant ended"
+        await self.revoke(gid, why, by=(g.revoked_by or "gateway") if g else "gateway")
 
     async def close_all(self, reason: str) -> None:
-        """Shutdown: end every live session (each through its own block's exit)."""
+        """Shutdown: end every live session (each through its own block's exit), then wait for their
+        after-end work, which still writes to the store."""
         await asyncio.gather(*(s.kill(reason) for s in list(self._live.values())), return_exceptions=True)
+        if self.finishing:
+            await asyncio.wait(list(self.finishing), timeout=END_LIMIT)
 
 
 def new_session_record(s: LiveSession) -> SessionRecord:

@@ -176,6 +176,9 @@ def test_demo_lines_pasted_in_order_teach_the_flow_and_ctrl_c_cleans_up(demo: Ru
     with pytest.raises(urllib.error.HTTPError) as again:
         urllib.request.urlopen(link, timeout=10)
     assert again.value.code == 403 and "already used" in again.value.read().decode()
+    # the block is shell and nothing else: one stray prose line (an apostrophe in "bob's") would swallow the rest
+    syntax = subprocess.run(["bash", "-n"], input="\n".join(lines), capture_output=True, text=True, timeout=10)
+    assert syntax.returncode == 0, syntax.stderr
     results = _paste_in_order(lines, tmp_path)
     said = {}  # the first line containing each fragment -> its result
     for fragment in ("alice.credentials", "login --server", "$B gateway login", "request orders-db",

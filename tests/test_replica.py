@@ -1,19 +1,23 @@
-"""Replicas on one real PostgreSQL store: heartbeats, `gateway nodes`, a silent replica reaped by a survivor."""
+"""Replicas on one store (real PostgreSQL, and SQLite): heartbeats, `gateway nodes`, a silent replica reaped by a
+survivor, a restarted replica ending what its previous process left open, one node id per running replica."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from gateway.cli import main
 from gateway.config import load_config
-from gateway.replica import Replica
+from gateway.replica import Replica, ReplicaError
 from gateway.services import build_services
 from gateway.store import REPLICA_LOST
 from tests.rig.postgres import PgCluster
-from tests.storekit import Backend
+from tests.storekit import KINDS, Backend, backend_for
 from tests.test_store import grant, session
 
 
@@ -65,3 +69,63 @@ async def test_heartbeats_nodes_and_reaping(pg_cluster: PgCluster, tmp_path: Pat
     finally:
         await a.close()
         await b.close()
+
+
+@pytest.fixture(params=KINDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    return backend_for(request, tmp_path)
+
+
+def _fast(home: Path) -> Path:
+    """Heartbeat every 0.2 s (a silent replica is lost after 1 s)."""
+    cfg = home / "gateway.toml"
+    cfg.write_text(cfg.read_text().replace("[store]\n", "[store]\nheartbeat = 0.2\nlost_after = 1\n", 1))
+    return cfg
+
+
+async def test_a_restarted_replica_ends_what_its_previous_process_left(backend: Backend, tmp_path: Path) -> None:
+    """kill -9 and a restart before any survivor reaped it (or a single node on SQLite): nothing stays live."""
+    cfg = _fast(_home(tmp_path, "gw-a", backend.url))
+    first = await build_services(load_config(cfg, need_secrets=False))
+    try:
+        await Replica(first).beat(time.time())
+        await first.store.add_grant(grant())
+        await first.store.add_session(session("s_left_open"))
+    finally:
+        await first.close()  # no stop recorded: as if killed
+    again = await build_services(load_config(cfg, need_secrets=False))
+    try:
+        await Replica(again).start()
+        rec = await again.store.get_session("s_left_open")
+        assert rec is not None and rec.end_reason == REPLICA_LOST
+        ends = await again.store.events(types=["session.end"], session="s_left_open")
+        assert [(e.data["reason"], e.node) for e in ends] == [(REPLICA_LOST, "gw-a")]
+        assert [n.id for n in await again.store.list_nodes()] == ["gw-a"]  # SQLite heartbeats too
+        assert (await again.store.verify()).ok
+    finally:
+        await again.close()
+
+
+async def test_a_node_id_a_running_replica_holds_is_refused(backend: Backend, tmp_path: Path) -> None:
+    cfg = _fast(_home(tmp_path, "gw-a", backend.url))
+    running = await build_services(load_config(cfg, need_secrets=False))
+    twin = await build_services(load_config(cfg, need_secrets=False))
+    beating = Replica(running)
+
+    async def beat() -> None:
+        while True:
+            await beating.beat(time.time())
+            await asyncio.sleep(0.1)
+
+    task = asyncio.create_task(beat())
+    try:
+        await asyncio.sleep(0.2)
+        with pytest.raises(ReplicaError, match="in use by a running replica"):
+            await Replica(twin).start()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await Replica(twin).start()  # the same id after its process stopped beating: taken over
+    finally:
+        task.cancel()
+        await running.close()
+        await twin.close()

@@ -408,6 +408,33 @@ async def test_close_all(env: Env) -> None:
     assert len(await env.events("session.end")) == 3
 
 
+async def test_after_end_work_runs_once_the_end_is_recorded_and_shutdown_waits_for_it(env: Env) -> None:
+    """The detached-process sweep's slot: a kill returns (and session.end is stored) before it finishes, and
+    close_all waits for it, so its audit event is written before the store closes."""
+    s = await env.session("s1", "g1", T0 + 600)
+    seen: list[int] = []
+    release = asyncio.Event()
+
+    async def work() -> None:
+        seen.append(len(await env.events("session.end", "s1")))
+        await release.wait()
+        await s.audit("test.after_end")
+
+    s.after_end(work)
+    await asyncio.wait_for(env.registry.kill("s1", "enough", by="dave"), 2)  # does not wait for the work
+    for _ in range(100):
+        if seen:
+            break
+        await asyncio.sleep(0.01)
+    assert seen == [1] and await env.events("test.after_end") == []  # it began after the end was stored
+    closing = asyncio.ensure_future(env.registry.close_all("gateway shutting down"))
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # waiting for the after-end work
+    release.set()
+    await asyncio.wait_for(closing, 2)
+    assert len(await env.events("test.after_end", "s1")) == 1 and not env.registry.finishing
+
+
 async def test_audit_failure_ends_the_session(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail closed: when an audit event cannot be written, the front end is told to close the connection,
     even though the `session.kill` event itself cannot be written either."""

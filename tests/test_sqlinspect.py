@@ -243,7 +243,19 @@ BYPASSES = [
     ("SET standard_conforming_strings TO 'false'", ENC, ENC, ENC),
     ("SELECT set_config('client_encoding', 'SJIS', false)", ENC, ENC, ENC),
     ("SELECT set_config('Standard_Conforming_Strings', 'off', false)", ENC, ENC, ENC),
-    ("SELECT set_config(name, 'x', false) FROM settings_to_apply", ENC, ENC, ENC),
+    ("SELECT set_config(name, 'x', false) FROM settings_to_apply", FN, FN, A),  # 'x' is unsafe for neither
+    # pg_dump 15.8+ (CVE-2024-7348): the name is a column, the value a literal no lexing setting takes
+    ("SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings WHERE name = 'x'", FN, FN, A),
+    ("SELECT set_config(name, 'SJIS', false) FROM pg_settings", ENC, ENC, ENC),
+    ("SELECT set_config(name, 'Shift-JIS', false) FROM pg_settings", ENC, ENC, ENC),
+    ("SELECT set_config(name, 'euc_tw', false) FROM pg_settings", ENC, ENC, ENC),
+    ("SELECT set_config(name, 'OFF', false) FROM pg_settings", ENC, ENC, ENC),
+    ("SELECT set_config(name, 'fal', false) FROM pg_settings", ENC, ENC, ENC),
+    ("SELECT set_config(name, ' 0', false) FROM pg_settings", ENC, ENC, ENC),
+    ("SELECT set_config(lower(name), 'n', false) FROM pg_settings", ENC, ENC, ENC),
+    ("SELECT set_config(name, value, false) FROM pg_settings", ENC, ENC, ENC),
+    ("SELECT set_config(name, 'a' || 'b', false) FROM pg_settings", ENC, ENC, ENC),
+    ("SELECT set_config(name, 'latin1', false) FROM pg_settings", FN, FN, A),
     ("SET client_encoding TO DEFAULT", RO, A, A),
     ("RESET client_encoding", RO, A, A),
     # unparseable: fail closed below admin

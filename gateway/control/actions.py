@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from gateway.alerts import Alerts
 from gateway.config import Config
 from gateway.control.caller import Caller
@@ -87,6 +89,10 @@ async def break_glass(
     return issued
 
 
+async def _none() -> int:
+    return 0
+
+
 async def revoke_grant(
     store: Store,
     registry: SessionRegistry | None,
@@ -108,17 +114,21 @@ async def revoke_grant(
         revoked = await store.revoke_grant(grant.id, by=caller.name, reason=reason, now=now)
     except StoreError as exc:
         raise conflict(str(exc)) from None
-    await store.append(
-        "grant.revoked",
-        actor=caller.name,
-        grant=grant.id,
-        target=grant.target,
-        severity="warning",
-        data={"reason": reason, "user": grant.user, "own": caller.name == grant.user},
+    # The sessions here are cut while the revocation is written: the cut never queues behind the audit chain.
+    killing = asyncio.ensure_future(
+        registry.revoke(grant.id, f"grant revoked: {reason}", by=caller.name) if registry is not None else _none()
     )
-    killed = 0
-    if registry is not None:
-        killed = await registry.revoke(grant.id, f"grant revoked: {reason}", by=caller.name)
+    try:
+        await store.append(
+            "grant.revoked",
+            actor=caller.name,
+            grant=grant.id,
+            target=grant.target,
+            severity="warning",
+            data={"reason": reason, "user": grant.user, "own": caller.name == grant.user},
+        )
+    finally:
+        killed = await killing
     await alerts.emit(
         "revocation",
         f"{caller.name} revoked grant {grant.id} of {grant.user} on {grant.target}/{grant.scope}: {reason}",

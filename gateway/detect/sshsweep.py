@@ -85,7 +85,7 @@ class SshSweeper:
             for login in target.logins.values():
                 where = (target.address.host, target.address.port, login.user)
                 mode = self.mode(target, login)
-                if where in seen or mode == "off" or own_account(login.user, target.address.host):
+                if where in seen or mode == "off" or own_account(Destination(target, login)):
                     continue
                 seen.add(where)
                 found += await self._one(Destination(target, login), live, ended, mode)

@@ -9,13 +9,14 @@ alert, end it on a protocol error) comes back as an event, in the order it was d
 from __future__ import annotations
 
 import secrets
+import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.pg import encodings
-from gateway.pg.codec import DEFAULT_FRONTEND_CAP, FRONTEND_CAPS, Framer, ProtocolError
+from gateway.pg.codec import BACKEND_CAP, DEFAULT_FRONTEND_CAP, FRONTEND_CAPS, Framer, ProtocolError
 from gateway.pg.fastdecode import decode_bind, decode_execute
 from gateway.pg.journal import SUSPENDED, Journal, describe_params
 from gateway.pg.messages import Close, ErrorResponse, ParameterStatus, Query, error_response
@@ -43,6 +44,7 @@ _ALLOW = Verdict.ALLOW
 
 _NO_PORTAL: tuple[str, None, None] = ("", None, None)
 _PREPARE_COMMANDS = frozenset({"PREPARE", "DEALLOCATE"})
+_LEN = struct.Struct("!I")
 _WATCHED = frozenset(b"CEISZs")  # the upstream messages server_data looks at; the rest go by untouched
 
 
@@ -139,7 +141,8 @@ class SessionMachine:
         self.bytes_in = 0
         self.bytes_out = 0
         self._cf = Framer(FRONTEND_CAPS, DEFAULT_FRONTEND_CAP, "message")
-        self._sf = Framer(name="upstream message")
+        self._held = b""  # upstream bytes held back: a header cut by the read, or a watched message not yet whole
+        self._skip = 0  # bytes still to come of an unwatched upstream message, passed on as they arrive
         # Denials standing in for a server error still to come: (the batch's number, the 42501 to send).
         self._denials: deque[tuple[int, bytes]] = deque()
         self.marker = f"gateway_denied_{secrets.token_hex(8)}"  # never shown: its error is replaced
@@ -177,6 +180,10 @@ class SessionMachine:
     def busy(self) -> bool:
         """True while the upstream owes us a ReadyForQuery (a query may be running)."""
         return self._z_seen < self._z_sent or self._batch_forwarded
+
+    def mid_message(self) -> bool:
+        """True when part of an upstream message has been passed on and the rest not (a FATAL now would garble)."""
+        return self._skip > 0
 
     def stop(self) -> None:
         """Forward nothing more either way (the session is ending)."""
@@ -412,55 +419,90 @@ class SessionMachine:
     # --- upstream -> client ------------------------------------------------------------------------------
 
     def server_data(self, data: bytes) -> Actions:
-        """Bytes from the upstream: pass whole messages on; look only at C, E, I, s, S and Z."""
+        """Bytes from the upstream: pass them on as they come; look only at C, E, I, s, S and Z.
+
+        The scan walks message headers only. A message it does not watch (DataRow, CopyData, RowDescription...)
+        is passed on as far as it has arrived, so a run of them goes out as the very bytes read, in one write,
+        with nothing copied or allocated per message; only a watched message (small) or a header cut by the
+        read is held back until whole.
+        """
         if self.stop_server:
             return b"", b"", _NO_EVENTS
         self.bytes_out += len(data)
-        try:
-            chunk, frames = self._sf.feed(data)
-        except ProtocolError as exc:
-            return b"", self._broken(exc, upstream=True), self._take_events()
-        if not frames:
-            return b"", b"", _NO_EVENTS
+        if self._held:
+            data = self._held + data
+            self._held = b""
+        n = len(data)
+        pos = self._skip  # the rest of an unwatched message begun in an earlier read
+        if pos:
+            if pos >= n:
+                self._skip = pos - n
+                return b"", data, _NO_EVENTS
+            self._skip = 0
         pieces: list[bytes] | None = None
         fwd_from = 0
-        journal = self.journal
-        for tag, start, end in frames:
-            if tag not in _WATCHED:  # DataRow, RowDescription, BindComplete...: passed on as they are
+        unpack = _LEN.unpack_from
+        watched = _WATCHED
+        while n - pos >= 5:
+            tag = data[pos]
+            length = unpack(data, pos + 1)[0]
+            if length < 4 or length > BACKEND_CAP:
+                return b"", self._broken(ProtocolError(f"invalid upstream message length {length}"), upstream=True), \
+                    self._take_events()  # fmt: skip
+            end = pos + 1 + length
+            if tag not in watched:  # passed on as it is, even if only part of it is here yet
+                if end > n:
+                    self._skip = end - n
+                    pos = n
+                    break
+                pos = end
                 continue
-            if tag == 90:  # Z ReadyForQuery
-                self._on_ready_for_query(chr(chunk[start + 5]))
-            elif tag == 67:  # C CommandComplete: 'SELECT 1', 'INSERT 0 5'; the last word is the row count
-                cc = chunk[start + 5 : end - 1]
-                last = cc[cc.rfind(b" ") + 1 :]
-                journal.completed(int(last) if last.isdigit() else None, cc.decode("utf-8", "replace"))
-            elif tag == 69:  # E ErrorResponse
-                err = ErrorResponse.decode(chunk[start + 5 : end])
-                if self._denials and self.marker in err.message:
-                    # The failure standing in for a denial (recorded as refused already): the client gets ours.
-                    if pieces is None:
-                        pieces = []
-                    pieces.append(chunk[fwd_from:start])
-                    pieces.append(self._denials.popleft()[1])
-                    fwd_from = end
-                else:
-                    journal.failed(err.sqlstate, err.message, self._z_seen + 1)
-            elif tag == 73:  # I EmptyQueryResponse
-                journal.completed(None, "")
-            elif tag == 115:  # s PortalSuspended
-                journal.completed(None, SUSPENDED)
-            elif tag == 83:  # S ParameterStatus
-                if self._on_parameter_status(ParameterStatus.decode(chunk[start + 5 : end])):
-                    # The wall was breached: nothing from this message on reaches the client.
-                    head = chunk[fwd_from:start]
-                    if pieces:
-                        head = b"".join(pieces) + head
-                    return b"", head, self._take_events()
+            if end > n:
+                break  # a watched message is read whole before any of it is passed on
+            if self._watched(data, tag, pos, end):
+                # The message replaced: the denial in place of its stand-in error.
+                if pieces is None:
+                    pieces = []
+                pieces.append(data[fwd_from:pos])
+                pieces.append(self._denials.popleft()[1])
+                fwd_from = end
+            elif self.stop_server:
+                # A tripwire: nothing from this message on reaches the client.
+                head = data[fwd_from:pos]
+                if pieces:
+                    head = b"".join(pieces) + head
+                return b"", head, self._take_events()
+            pos = end
+        if pos < n:
+            self._held = data[pos:]
         if pieces is None:
-            return b"", chunk, self._take_events()
-        if fwd_from < len(chunk):
-            pieces.append(chunk[fwd_from:])
-        return b"", b"".join(pieces), self._take_events()
+            out = data if pos == n and fwd_from == 0 else data[fwd_from:pos]
+        else:
+            pieces.append(data[fwd_from:pos])
+            out = b"".join(pieces)
+        events = self._events
+        return b"", out, self._take_events() if events else _NO_EVENTS
+
+    def _watched(self, data: bytes, tag: int, start: int, end: int) -> bool:
+        """One watched upstream message; True when it is the stand-in error of a denial (the caller swaps it)."""
+        if tag == 90:  # Z ReadyForQuery
+            self._on_ready_for_query(chr(data[start + 5]))
+        elif tag == 67:  # C CommandComplete: 'SELECT 1', 'INSERT 0 5'; the last word is the row count
+            cc = data[start + 5 : end - 1]
+            last = cc[cc.rfind(b" ") + 1 :]
+            self.journal.completed(int(last) if last.isdigit() else None, cc.decode("utf-8", "replace"))
+        elif tag == 69:  # E ErrorResponse
+            err = ErrorResponse.decode(data[start + 5 : end])
+            if self._denials and self.marker in err.message:
+                return True  # recorded as refused already: the client gets our denial instead
+            self.journal.failed(err.sqlstate, err.message, self._z_seen + 1)
+        elif tag == 73:  # I EmptyQueryResponse
+            self.journal.completed(None, "")
+        elif tag == 115:  # s PortalSuspended
+            self.journal.completed(None, SUSPENDED)
+        else:  # S ParameterStatus
+            self._on_parameter_status(ParameterStatus.decode(data[start + 5 : end]))
+        return False
 
     def _on_ready_for_query(self, status: str) -> None:
         """A batch ended upstream: its status, and its denial if an earlier error in it made the server skip ours."""

@@ -128,7 +128,7 @@ class Relay:
     def server_lost(self) -> None:
         """The upstream's connection closed."""
         if not self._closing and not self.done.done():
-            if not self.machine.client_gone:
+            if not self.machine.client_gone and not self.machine.mid_message():
                 self._write_client(error_response("FATAL", "08006", "the upstream server closed the connection"))
             # After a client's Terminate the upstream closes too; whichever close arrives first, the
             # session ended because the client left.

@@ -43,6 +43,25 @@ def _hmac(key: bytes, data: bytes) -> bytes:
     return hmac.new(key, data, hashlib.sha256).digest()
 
 
+# SaltedPassword by (password digest, salt, iterations). PBKDF2 at PostgreSQL's 4096 iterations takes
+# milliseconds of the event loop on every upstream login, and a role's salt changes only with its password;
+# pgbouncer keeps the same keys for the same reason. Process memory only, bounded, never logged.
+_SALTED: dict[tuple[bytes, bytes, int], bytes] = {}
+_SALTED_MAX = 256
+
+
+def salted_password(password: bytes, salt: bytes, rounds: int) -> bytes:
+    """Hi(password, salt, rounds) of RFC 5802, computed once per password, salt and iteration count."""
+    key = (hashlib.sha256(password).digest(), salt, rounds)
+    salted = _SALTED.get(key)
+    if salted is None:
+        salted = hashlib.pbkdf2_hmac("sha256", password, salt, rounds)
+        if len(_SALTED) >= _SALTED_MAX:
+            _SALTED.clear()
+        _SALTED[key] = salted
+    return salted
+
+
 class ScramClient:
     """One SCRAM-SHA-256 exchange: client_first() -> client_final(server_first) -> verify(server_final)."""
 
@@ -74,7 +93,7 @@ class ScramClient:
             raise ProtocolError("malformed SCRAM salt or iteration count") from None
         if not 1 <= rounds <= 10_000_000:
             raise AuthFailed(f"SCRAM: unreasonable iteration count {rounds}")
-        salted = hashlib.pbkdf2_hmac("sha256", self._password, salt, rounds)
+        salted = salted_password(self._password, salt, rounds)
         client_key = _hmac(salted, b"Client Key")
         stored_key = _h(client_key)
         without_proof = b"c=" + base64.b64encode(_GS2_HEADER) + b",r=" + nonce.encode("ascii")

@@ -100,7 +100,10 @@ class SshConnection:
         if self.session.killed:
             self.recordings.marker(schema.kill_marker(reason))
             for relay in self.channels:
-                relay.write_notice(f"{reason} - session closed")
+                # A channel that is closing already (its command just exited) cannot take the notice; the
+                # teardown below must run regardless.
+                with contextlib.suppress(OSError):
+                    relay.write_notice(f"{reason} - session closed")
         started = [r for r in self.channels if r.started]
         for relay in started:
             relay.stop_input()

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import asyncssh
 
 from gateway.sessions import LiveSession
-from gateway.ssh.upstream import Destination, UpstreamError, connect_upstream
+from gateway.ssh.upstream import UpstreamError, UpstreamLogin, connect_upstream
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def parse_output(text: str) -> SweepResult:
     return SweepResult(tuple(found.values()), tuple(dict.fromkeys(killed)), tuple(dict.fromkeys(forced)))
 
 
-async def sweep(session: Destination, live_ids: Iterable[str], *, kill: bool) -> SweepResult:
+async def sweep(session: UpstreamLogin, live_ids: Iterable[str], *, kill: bool) -> SweepResult:
     """Log in again as the session's login and run the script; raises UpstreamError or asyncssh.Error."""
     ids = sorted({i for i in live_ids if _ID.match(i)})
     conn = await connect_upstream(session, limit=SWEEP_TIMEOUT / 2)
@@ -129,14 +129,6 @@ async def sweep(session: Destination, live_ids: Iterable[str], *, kill: bool) ->
     return parse_output(str(r.stdout or ""))
 
 
-def own_account(login: str, host: str) -> bool:
-    """Whether a login is the gateway's own account on this machine (a demo, a test): never swept.
-
-    Its detached processes are the developer's tmux, agents and jobs, not a session's leftovers.
-    """
-    return login == getpass.getuser() and _is_loopback(host)
-
-
 def _is_loopback(host: str) -> bool:
     """Whether a target address is this machine."""
     if host == "localhost":
@@ -147,13 +139,20 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def own_account(session: UpstreamLogin) -> bool:
+    """Whether the login is the account the gateway runs as, on this machine (a demo, a test as a normal user)."""
+    return session.login.user == getpass.getuser() and _is_loopback(session.target.address.host)
+
+
 async def reap_after(session: LiveSession, *, mode: str) -> None:
     """Run after a session's end is recorded: sweep the login, audit the outcome (one of ssh.detached,
     ssh.detached.none, ssh.detached.unchecked), alert on what was found or could not be checked."""
     if mode == "off":
         return
     target, login = session.target.name, session.login.user
-    if own_account(login, session.target.address.host):
+    if own_account(session):
+        # The gateway's own account (a demo or a test as a normal user): its detached processes are the
+        # developer's tmux, agents and jobs, not a session's leftovers. Never sweep those.
         await session.audit(
             "ssh.detached.unchecked", severity="warning", reason="the login is the gateway's own account"
         )

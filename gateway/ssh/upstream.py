@@ -25,11 +25,12 @@ MAX_PACKET = 256 * 1024
 CONNECT_TIMEOUT = 10.0
 
 
-class Destination(Protocol):
-    """Where the gateway logs in: a live session, or the lingering-access sweep's (target, login)."""
+class UpstreamLogin(Protocol):
+    """What a login to a target needs: a live session, or a surviving replica ending a lost one's leftovers."""
 
     @property
     def target(self) -> Target: ...
+
     @property
     def login(self) -> Login: ...
 
@@ -57,7 +58,7 @@ def tuning(*, server: bool) -> dict[str, Any]:
             "max_pktsize": MAX_PACKET, "encoding": None, "compression_algs": None}  # fmt: skip
 
 
-async def connect_upstream(session: Destination, *, client_factory: Callable[[], asyncssh.SSHClient] | None = None,
+async def connect_upstream(session: UpstreamLogin, *, client_factory: Callable[[], asyncssh.SSHClient] | None = None,
                            limit: float = CONNECT_TIMEOUT) -> asyncssh.SSHClientConnection:  # fmt: skip
     """Log in to the session's target as the scope's login (credential injection), host key pinned."""
     target, login = session.target, session.login

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.store.chain import Checkpoint, Verdict
-from gateway.store.records import AuditEvent, GrantRecord, RequestRecord, SessionRecord
+from gateway.store.records import AuditEvent, GrantRecord, RequestRecord, SessionRecord, WebSignIn
 
 SEVERITIES = ("info", "warning", "critical")
 
@@ -135,3 +135,7 @@ class Store(Protocol):
     async def claim_lost_nodes(self, *, older_than: float, now: float) -> dict[str, list[SessionRecord]]: ...
 
     async def listen(self, wake: Wake) -> None: ...
+
+    async def add_web_session(self, key: str, s: WebSignIn, *, now: float) -> None: ...
+    async def get_web_session(self, key: str, *, now: float) -> WebSignIn | None: ...
+    async def drop_web_session(self, key: str) -> None: ...

@@ -70,6 +70,14 @@ MIGRATIONS: tuple[str, ...] = (
         first_at double precision NOT NULL, PRIMARY KEY ("user", target, kind, value)
     );
     """,
+    # 3: console sign-ins, shared by replicas behind a load balancer (the key is the cookie's SHA-256).
+    """
+    CREATE TABLE web_sessions (
+        key text PRIMARY KEY, "user" text NOT NULL, groups text NOT NULL, admin boolean NOT NULL, via text NOT NULL,
+        csrf text NOT NULL, expires_at double precision NOT NULL
+    );
+    CREATE INDEX web_sessions_expiry ON web_sessions(expires_at);
+    """,
 )
 
 SCHEMA_LOCK = 0x67770001

@@ -17,14 +17,24 @@ from gateway.store.audit import judge, mirror_checkpoint
 from gateway.store.base import REPLICA_LOST, SEVERITIES, Counts, NodeRecord, StoreConflict, StoreError, Wake
 from gateway.store.chain import GENESIS, Checkpoint, Verdict, chain_hash, checkpoint_message, event_body
 from gateway.store.pgschema import CHAIN_LOCK, CHANNEL, MIGRATIONS, SCHEMA_LOCK
-from gateway.store.records import AuditEvent, GrantRecord, RequestRecord, SessionRecord
-from gateway.store.schema import event_row, grant_row, node_row, request_row, session_row
+from gateway.store.records import AuditEvent, GrantRecord, RequestRecord, SessionRecord, WebSignIn
+from gateway.store.schema import event_row, grant_row, node_row, request_row, session_row, web_signin_row
+from gateway.store.spool import Spool
 from gateway.tokens import KeyRing
 
 log = logging.getLogger(__name__)
 
 COMMAND_TIMEOUT = 10.0
 """Seconds one statement may take: an unreachable store fails the operation rather than hanging it."""
+
+UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,  # the connection is gone
+    asyncpg.PostgresConnectionError,  # class 08
+    asyncpg.OperatorInterventionError,  # 57: admin or crash shutdown, cannot connect now
+)
+"""What an unreachable store (not a refused statement) looks like to asyncpg."""
 
 LISTEN_KEEPALIVE = 2.0
 """Seconds between liveness checks of the LISTEN connection (a silent network loss is noticed this fast)."""
@@ -62,6 +72,12 @@ class PgStore:
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncio.Task[None] | None = None
         self._wake_tasks: set[asyncio.Task[Any]] = set()
+        # Audit events and session ends the store could not take, until it can (store/spool.py).
+        self.spool = Spool(checkpoint_file.with_name("audit.spool.jsonl")) if checkpoint_file is not None else None
+        self._draining = asyncio.Lock()
+        # One append of this process at a time waits on the chain's advisory lock: the others wait here,
+        # without holding a pool connection that revocations and admissions need meanwhile.
+        self._appending = asyncio.Lock()
         # Called with every new checkpoint (gateway.anchors publishes them off the host).
         self.checkpoint_listeners: list[Callable[[Checkpoint], Awaitable[None]]] = []
 
@@ -129,12 +145,29 @@ class PgStore:
         data: dict[str, Any] | None = None,
         ts: float | None = None,
     ) -> AuditEvent:
-        """Append one event; a transaction-level advisory lock makes every replica's appends one at a time."""
+        """Append one event; a transaction-level advisory lock makes every replica's appends one at a time.
+
+        An unreachable store raises StoreError after the event is kept in the spool (written when it is back)."""
         if severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {SEVERITIES}")
         ts = time.time() if ts is None else float(ts)
         data = data or {}
-        async with self.pool.acquire() as con, con.transaction():
+        try:
+            await self.drain()
+            event = await self._append(type_, actor, session, grant, target, severity, data, ts)
+        except UNREACHABLE as exc:
+            self._keep("append", {"type": type_, "actor": actor, "session": session, "grant": grant,
+                                  "target": target, "severity": severity, "data": data, "ts": ts})  # fmt: skip
+            raise self._unreachable(exc, f"{type_} event") from None
+        if self.ring is not None and event.seq % self.checkpoint_every == 0:
+            await self.checkpoint()
+        return event
+
+    async def _append(
+        self, type_: str, actor: str, session: str, grant: str, target: str, severity: str, data: dict[str, Any],
+        ts: float,
+    ) -> AuditEvent:  # fmt: skip
+        async with self._appending, self.pool.acquire() as con, con.transaction():
             # The lock first, then the head: under READ COMMITTED the head is read by a later statement, so
             # it sees every append committed before the lock was granted.
             await con.execute("SELECT pg_advisory_xact_lock($1)", CHAIN_LOCK)
@@ -157,9 +190,46 @@ class PgStore:
                 digest,
                 self.node,
             )
-        if self.ring is not None and seq % self.checkpoint_every == 0:
-            await self.checkpoint()
         return AuditEvent(seq, ts, type_, actor, session, grant, target, severity, data, prev, digest, self.node)
+
+    def _keep(self, kind: str, fields: dict[str, Any]) -> None:
+        """Spool a write the store could not take; without a spool (or a disk) it is logged as lost, loudly."""
+        try:
+            if self.spool is None:
+                raise OSError("no spool file configured")
+            self.spool.keep(kind, fields)
+        except OSError as exc:
+            log.critical("store unreachable and the spool refused a %s (%s): %s", kind, exc, fields.get("type", ""))
+
+    def _unreachable(self, exc: BaseException, what: str) -> StoreError:
+        # The exception's text, never the URL: asyncpg's messages name host and port, not the password.
+        kept = f"kept in {self.spool.path} until it is back" if self.spool is not None else "NOT kept (no spool)"
+        return StoreError(f"the store {redact(self._url)} is unreachable ({type(exc).__name__}); the {what} is {kept}")
+
+    async def drain(self) -> int:
+        """Write what the spool holds, in order (a no-op when empty); how many writes went in."""
+        if self.spool is None or not self.spool.pending:
+            return 0
+        written = 0
+        async with self._draining:
+            for path, entries in self.spool.take():
+                for i, e in enumerate(entries):
+                    try:
+                        if e["kind"] == "end_session":
+                            await self._end_session(e["id"], e["ended_at"], e["reason"], e["sha"], e["stats"])
+                        else:
+                            data = {**e["data"], "spooled": True}
+                            await self._append(e["type"], e["actor"], e["session"], e["grant"], e["target"],
+                                               e["severity"], data, float(e["ts"]))  # fmt: skip
+                    except BaseException:
+                        self.spool.put_back(entries[i:])
+                        path.unlink(missing_ok=True)
+                        raise
+                    written += 1
+                path.unlink(missing_ok=True)
+        if written:
+            log.warning("wrote %d spooled store write(s) now that the store is reachable again", written)
+        return written
 
     async def checkpoint(self) -> Checkpoint | None:
         """Sign the current head with this replica's key; stored in the DB and mirrored to the side file."""
@@ -317,13 +387,23 @@ class PgStore:
     async def end_session(
         self, session_id: str, *, ended_at: float, reason: str, recording_sha256: str | None, stats: dict[str, Any]
     ) -> None:
-        """Record a session's end (the first end wins)."""
+        """Record a session's end (the first end wins); spooled when the store is unreachable."""
+        try:
+            await self._end_session(session_id, ended_at, reason, recording_sha256, stats)
+        except UNREACHABLE as exc:
+            self._keep("end_session", {"id": session_id, "ended_at": ended_at, "reason": reason,
+                                       "sha": recording_sha256, "stats": stats})  # fmt: skip
+            raise self._unreachable(exc, f"end of session {session_id}") from None
+
+    async def _end_session(
+        self, session_id: str, ended_at: float, reason: str, sha: str | None, stats: dict[str, Any]
+    ) -> None:
         await self.pool.execute(
             "UPDATE sessions SET ended_at=$1, end_reason=$2, recording_sha256=$3, stats=$4 "
             "WHERE id=$5 AND ended_at IS NULL",
             ended_at,
             reason,
-            recording_sha256,
+            sha,
             json.dumps(stats),
             session_id,
         )
@@ -467,7 +547,8 @@ class PgStore:
     # --- replicas ----------------------------------------------------------------------------------
 
     async def heartbeat(self, node: NodeRecord) -> None:
-        """Record that a replica is alive (insert or refresh its row)."""
+        """Record that a replica is alive (insert or refresh its row); first, write what was spooled."""
+        await self.drain()
         await self.pool.execute(
             "INSERT INTO nodes VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (id) DO UPDATE SET version=excluded.version, "
             "started_at=excluded.started_at, heartbeat_at=excluded.heartbeat_at, "
@@ -544,6 +625,25 @@ class PgStore:
             task = asyncio.ensure_future(result)
             self._wake_tasks.add(task)
             task.add_done_callback(self._wake_tasks.discard)
+
+    # --- console sign-ins ----------------------------------------------------------------------------
+
+    async def add_web_session(self, key: str, s: WebSignIn, *, now: float) -> None:
+        """Store a sign-in (every replica behind the load balancer sees it; expired ones are dropped)."""
+        await self.pool.execute("DELETE FROM web_sessions WHERE expires_at <= $1", now)
+        await self.pool.execute(
+            "INSERT INTO web_sessions VALUES ($1,$2,$3,$4,$5,$6,$7)",
+            key, s.user, json.dumps(list(s.groups)), s.admin, s.via, s.csrf, s.expires_at,
+        )  # fmt: skip
+
+    async def get_web_session(self, key: str, *, now: float) -> WebSignIn | None:
+        """The sign-in under this key, unless it has expired."""
+        r = await self.pool.fetchrow("SELECT * FROM web_sessions WHERE key = $1 AND expires_at > $2", key, now)
+        return web_signin_row(r) if r else None
+
+    async def drop_web_session(self, key: str) -> None:
+        """Sign out (on every replica at once)."""
+        await self.pool.execute("DELETE FROM web_sessions WHERE key = $1", key)
 
     # --- moving an embedded store in -----------------------------------------------------------------
 

@@ -109,3 +109,18 @@ class AuditEvent:
             "hash": self.hash,
             "node": self.node,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class WebSignIn:
+    """A console sign-in as stored (by the SHA-256 of its cookie, never the cookie itself)."""
+
+    user: str
+    groups: tuple[str, ...]
+    admin: bool
+    via: str
+    csrf: str
+    expires_at: float
+
+    def __repr__(self) -> str:
+        return f"WebSignIn({self.user!r}, expires_at={self.expires_at})"

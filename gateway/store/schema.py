@@ -8,7 +8,7 @@ from typing import Any
 
 from gateway.store.base import NodeRecord
 from gateway.store.chain import Checkpoint
-from gateway.store.records import AuditEvent, GrantRecord, RequestRecord, SessionRecord
+from gateway.store.records import AuditEvent, GrantRecord, RequestRecord, SessionRecord, WebSignIn
 
 # Each entry upgrades the schema by one version (PRAGMA user_version); never edit a shipped entry.
 MIGRATIONS: tuple[str, ...] = (
@@ -78,6 +78,14 @@ MIGRATIONS: tuple[str, ...] = (
         user TEXT NOT NULL, target TEXT NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL, first_at REAL NOT NULL,
         PRIMARY KEY (user, target, kind, value)
     );
+    """,
+    # 5: console sign-ins, shared by replicas behind a load balancer (the key is the cookie's SHA-256).
+    """
+    CREATE TABLE web_sessions (
+        key TEXT PRIMARY KEY, user TEXT NOT NULL, groups TEXT NOT NULL, admin INTEGER NOT NULL, via TEXT NOT NULL,
+        csrf TEXT NOT NULL, expires_at REAL NOT NULL
+    );
+    CREATE INDEX web_sessions_expiry ON web_sessions(expires_at);
     """,
 )
 
@@ -198,3 +206,9 @@ def request_row(r: Any) -> RequestRecord:
 
 def _json_or_none(value: Any) -> Any:
     return None if value is None else json.loads(value)
+
+
+def web_signin_row(r: Any) -> WebSignIn:
+    """A web_sessions row (either backend)."""
+    groups = tuple(str(g) for g in json.loads(r["groups"]))
+    return WebSignIn(str(r["user"]), groups, bool(r["admin"]), str(r["via"]), str(r["csrf"]), float(r["expires_at"]))

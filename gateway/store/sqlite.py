@@ -24,7 +24,7 @@ from gateway.store.base import (
     Wake,
 )
 from gateway.store.chain import GENESIS, Checkpoint, Verdict, chain_hash, checkpoint_message, event_body
-from gateway.store.records import AuditEvent, GrantRecord, RequestRecord, SessionRecord
+from gateway.store.records import AuditEvent, GrantRecord, RequestRecord, SessionRecord, WebSignIn
 from gateway.store.schema import (
     MIGRATIONS,
     event_row,
@@ -33,6 +33,7 @@ from gateway.store.schema import (
     request_row,
     session_row,
     split_script,
+    web_signin_row,
 )
 from gateway.tokens import KeyRing
 
@@ -569,6 +570,15 @@ class SqliteStore:
     async def claim_lost_nodes(self, *, older_than: float, now: float) -> dict[str, list[SessionRecord]]:
         """Mark replicas silent since `older_than` lost and end their live sessions (reason replica_lost), in
         one transaction, so exactly one survivor claims each; returns the sessions it ended, per replica."""
+        sql = "SELECT count(*) FROM nodes WHERE state='up' AND heartbeat_at < ? AND id != ?"
+        async with self.db.execute(sql, (older_than, self.node)) as cur:
+            row = await cur.fetchone()
+        if not row or not row[0]:
+            return {}  # the usual case, every heartbeat: no write transaction for nothing
+        # A cancellation (the scheduler stopping) must not land between BEGIN and COMMIT.
+        return await asyncio.shield(self._claim_lost(older_than, now))
+
+    async def _claim_lost(self, older_than: float, now: float) -> dict[str, list[SessionRecord]]:
         out: dict[str, list[SessionRecord]] = {}
         async with self._lock:
             await self.db.execute("BEGIN IMMEDIATE")
@@ -595,6 +605,27 @@ class SqliteStore:
 
     async def listen(self, wake: Wake) -> None:
         """SQLite has no push: other processes' revocations and kills arrive through the watcher's poll."""
+
+    # --- console sign-ins ----------------------------------------------------------------------------
+
+    async def add_web_session(self, key: str, s: WebSignIn, *, now: float) -> None:
+        """Store a sign-in (expired ones are dropped on the way)."""
+        await self._write("DELETE FROM web_sessions WHERE expires_at <= ?", (now,))
+        await self._write(
+            "INSERT INTO web_sessions VALUES (?,?,?,?,?,?,?)",
+            (key, s.user, json.dumps(list(s.groups)), int(s.admin), s.via, s.csrf, s.expires_at),
+        )
+
+    async def get_web_session(self, key: str, *, now: float) -> WebSignIn | None:
+        """The sign-in under this key, unless it has expired."""
+        sql = "SELECT * FROM web_sessions WHERE key = ? AND expires_at > ?"
+        async with self.db.execute(sql, (key, now)) as cur:
+            r = await cur.fetchone()
+        return web_signin_row(r) if r else None
+
+    async def drop_web_session(self, key: str) -> None:
+        """Sign out."""
+        await self._write("DELETE FROM web_sessions WHERE key = ?", (key,))
 
 
 _INSERT_SESSION = (

@@ -42,8 +42,8 @@ class Console:
 
     api: ApiContext
     clock: Callable[[], float] = time.time
-    sessions: WebSessions = field(default_factory=WebSessions)
-    links: UsedLinks = field(default_factory=UsedLinks)
+    sessions: WebSessions = field(init=False)
+    links: UsedLinks = field(init=False)
     oidc: OidcSignIn | None = None
     env: jinja2.Environment = field(
         default_factory=lambda: jinja2.Environment(
@@ -52,6 +52,9 @@ class Console:
     )
 
     def __post_init__(self) -> None:
+        # Sign-ins and used links live in the store: every replica behind a load balancer shares them.
+        self.sessions = WebSessions(self.api.services.store)
+        self.links = UsedLinks(self.api.services.store)
         self.env.filters["when"] = lambda ts: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if ts else "-"
 
     def render(self, name: str, ws: WebSession | None, status: int = 200, **values: Any) -> web.Response:
@@ -79,7 +82,7 @@ class Console:
         resp = self.render("signedin.html", None)
         resp.set_cookie(
             COOKIE,
-            self.sessions.open(who, now=self.clock()),
+            await self.sessions.open(who, now=self.clock()),
             httponly=True,
             samesite="Strict",
             secure=request.secure,
@@ -104,7 +107,7 @@ def signed_in(handler: Page) -> Callable[[web.Request], Awaitable[web.StreamResp
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         c = console(request)
-        ws = c.sessions.get(request.cookies.get(COOKIE), now=c.clock())
+        ws = await c.sessions.get(request.cookies.get(COOKIE), now=c.clock())
         if ws is None:
             if request.method != "GET":
                 return c.render("error.html", None, 401, message="sign in first")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gateway.config import Config
+from gateway.store import Store
 from gateway.tokens import KeyRing
 
 LINK_TTL = 300.0
@@ -50,11 +51,11 @@ def sign_in_link(ring: KeyRing, config: Config, user: str, *, now: float, base: 
 
 @dataclass
 class UsedLinks:
-    """The ids of links already used, kept until they would have expired anyway."""
+    """Which links were used: in the store, so a link used on one replica is used on all of them."""
 
-    _used: dict[str, float] = field(default_factory=dict)
+    store: Store
 
-    def redeem(self, ring: KeyRing, token: str, *, now: float) -> str:
+    async def redeem(self, ring: KeyRing, token: str, *, now: float) -> str:
         """The user the link signs in, marking it used; raises LinkRefused."""
         if len(token) > MAX_LINK or token.count(".") != 2:
             raise LinkRefused("this sign-in link is malformed")
@@ -66,10 +67,9 @@ class UsedLinks:
             user, exp, jti = str(claims["sub"]), float(claims["exp"]), str(claims["jti"])
         except (ValueError, KeyError, TypeError):
             raise LinkRefused("this sign-in link is malformed") from None
-        self._used = {j: e for j, e in self._used.items() if e > now}
         if now >= exp:
             raise LinkRefused("this sign-in link has expired; ask for a new one (gateway console-link USER)")
-        if jti in self._used:
+        # The one-time store the workload tokens use: one insert, so two replicas cannot both accept it.
+        if not await self.store.use_workload_token(f"console-link:{jti}", expires_at=exp, now=now, used_for=user):
             raise LinkRefused("this sign-in link was already used; ask for a new one")
-        self._used[jti] = exp
         return user

@@ -20,7 +20,7 @@ async def signin(request: web.Request) -> web.Response:
     """Redeem a one-time sign-in link: a session cookie, then home."""
     c = console(request)
     try:
-        user = c.links.redeem(c.api.services.ring, request.query.get("t", ""), now=c.clock())
+        user = await c.links.redeem(c.api.services.ring, request.query.get("t", ""), now=c.clock())
     except LinkRefused as exc:
         return c.render("error.html", None, 403, message=str(exc))
     who = c.caller_for(user)
@@ -66,7 +66,7 @@ async def signin_callback(request: web.Request) -> web.Response:
 @signed_in
 async def signout(request: web.Request, ws: WebSession) -> web.StreamResponse:
     """Forget the session server-side and the cookie client-side."""
-    console(request).sessions.close(request.cookies.get(COOKIE))
+    await console(request).sessions.close(request.cookies.get(COOKIE))
     resp = see_other("/")
     resp.del_cookie(COOKIE, path="/")
     return resp

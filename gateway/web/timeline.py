@@ -21,6 +21,7 @@ VIOLATION = "violation"
 """The kind of a moment that is a refusal or a kill (what 'next violation' jumps to)."""
 _SSH_MOMENTS = {schema.COMMAND: "command", schema.BLOCKED: VIOLATION, schema.KILL: VIOLATION,
                 schema.WARNING: "warning", schema.SFTP: "sftp"}  # fmt: skip
+AUDIT_SQL = 2000  # how much of a refused statement its `statement.denied` audit event keeps
 MAX_KEYSTROKE_LINES = 2000
 MAX_LINE = 500
 
@@ -73,9 +74,12 @@ async def timeline(store: Store, s: SessionRecord, path: Path | None) -> list[Mo
         out.append(
             Moment(g.issued_at, "grant", f"{what} {g.id} until {time.strftime('%H:%M:%S', time.gmtime(g.expires_at))}")
         )
+    recorded, refused = recording_moments(s, path) if path is not None else ([], set())
     for e in await store.events(session=s.id):
         if e.type in ("session.start", "session.end"):
             continue  # shown from the session row itself
+        if recorded and (e.type == "command" or (e.type == "statement.denied" and str(e.data.get("sql")) in refused)):
+            continue  # what ran is listed once, from the recording, in order and with its verdict
         if e.type == DETECTION:
             at = e.data.get("offset")
             offset = float(at) if isinstance(at, (int, float)) else None
@@ -86,29 +90,32 @@ async def timeline(store: Store, s: SessionRecord, path: Path | None) -> list[Mo
         detail = e.data.get("reason") or e.data.get("message") or e.data.get("command") or ""
         out.append(Moment(e.ts, e.type, f"{e.actor}: {detail}" if detail else e.actor, e.severity))
     out.append(Moment(s.started_at, "connect", f"{s.user} connected from {s.client_addr}", offset=0.0))
-    if path is not None:
-        out += recording_moments(s, path)
+    out += recorded
     if s.ended_at is not None:
         out.append(Moment(s.ended_at, "end", s.end_reason or "ended"))
     return sorted(out, key=lambda m: m.t)
 
 
-def recording_moments(s: SessionRecord, path: Path) -> list[Moment]:
-    """What ran, from the recording: statements with verdicts, or the SSH front end's markers."""
+def recording_moments(s: SessionRecord, path: Path) -> tuple[list[Moment], set[str]]:
+    """What ran, from the recording: statements with verdicts, or the SSH front end's markers; and the refused
+    statements' text as their audit events hold it (its first AUDIT_SQL characters)."""
     out: list[Moment] = []
+    refused: set[str] = set()
     if s.protocol == "postgres":
         for st in statements(path):
             at = offset_of(st.t, s.started_at)
             what = VIOLATION if st.refused else "statement"
             out.append(Moment(s.started_at + at, what, statement_text(st), "DENIED" if st.refused else st.verdict, at))
-        return out
+            if st.refused:
+                refused.add(st.sql[:AUDIT_SQL])
+        return out, refused
     for ev in terminal_events(path, []):
         m = ev.marker
         kind = _SSH_MOMENTS.get(m.kind) if m is not None else None
         if m is not None and kind is not None:
             verdict = "DENIED" if m.kind == schema.BLOCKED else "KILL" if m.kind == schema.KILL else ""
             out.append(Moment(s.started_at + ev.t, kind, m.text, verdict, ev.t))
-    return out
+    return out, refused
 
 
 def keystrokes(path: Path) -> list[Keystrokes]:

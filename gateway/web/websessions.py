@@ -1,16 +1,23 @@
-"""Console sign-in sessions: random ids held server-side with an absolute expiry and a per-session CSRF token."""
+"""Console sign-in sessions: random ids held server-side with an absolute expiry and a per-session CSRF token.
+
+They live in the store, so a browser signed in through one replica is signed in on every replica behind a
+load balancer (and signing out ends it on all). The store keeps only the SHA-256 of the cookie: someone who
+can read the database cannot use a row to sign in.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gateway.control.caller import Caller
+from gateway.store import Store
+from gateway.store.records import WebSignIn
 
 SESSION_TTL = 8 * 3600.0
 COOKIE = "gw_console"
-MAX_SESSIONS = 10_000  # a flood of sign-ins cannot grow memory without bound: the oldest go first
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,33 +38,37 @@ class WebSession:
 
 @dataclass
 class WebSessions:
-    """Signed-in browsers by session id; expiry is checked here, not trusted to the cookie."""
+    """Signed-in browsers by session id, in the store; expiry is checked there, not trusted to the cookie."""
 
+    store: Store
     ttl: float = SESSION_TTL
-    _by_id: dict[str, WebSession] = field(default_factory=dict)
 
     def __repr__(self) -> str:
-        return f"WebSessions({len(self._by_id)} signed in)"
+        return f"WebSessions({self.store!r})"
 
-    def open(self, caller: Caller, *, now: float) -> str:
+    async def open(self, caller: Caller, *, now: float) -> str:
         """Sign `caller` in; the new session id (the cookie's value)."""
-        while len(self._by_id) >= MAX_SESSIONS:
-            self._by_id.pop(next(iter(self._by_id)))
         sid = secrets.token_urlsafe(32)
-        self._by_id[sid] = WebSession(caller, now + self.ttl, secrets.token_urlsafe(32))
+        row = WebSignIn(caller.name, tuple(sorted(caller.groups)), caller.admin, caller.via,
+                        secrets.token_urlsafe(32), now + self.ttl)  # fmt: skip
+        await self.store.add_web_session(_key(sid), row, now=now)
         return sid
 
-    def get(self, sid: str | None, *, now: float) -> WebSession | None:
-        """The live session of this id, or None (unknown or expired: an expired one is forgotten)."""
+    async def get(self, sid: str | None, *, now: float) -> WebSession | None:
+        """The live session of this id, or None (unknown or expired)."""
         if not sid:
             return None
-        ws = self._by_id.get(sid)
-        if ws is not None and now >= ws.expires_at:
-            del self._by_id[sid]
+        row = await self.store.get_web_session(_key(sid), now=now)
+        if row is None:
             return None
-        return ws
+        caller = Caller(row.user, frozenset(row.groups), admin=row.admin, via=row.via)
+        return WebSession(caller, row.expires_at, row.csrf)
 
-    def close(self, sid: str | None) -> None:
+    async def close(self, sid: str | None) -> None:
         """Sign out."""
         if sid:
-            self._by_id.pop(sid, None)
+            await self.store.drop_web_session(_key(sid))
+
+
+def _key(sid: str) -> str:
+    return hashlib.sha256(sid.encode()).hexdigest()

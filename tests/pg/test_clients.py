@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -159,3 +162,18 @@ async def test_big_result_and_big_query(gateway: Gateway, read_token: str) -> No
 @pytest.fixture
 async def read_token(gateway: Gateway) -> str:
     return await gateway.token()
+
+
+async def test_pg_dump_through_the_admin_scope(gateway: Gateway) -> None:
+    # pg_dump 15.8+ runs set_config(name, 'view, foreign-table', false) FROM pg_settings (CVE-2024-7348):
+    # a computed setting name, which the encoding wall must let through when the value cannot be unsafe.
+    token = await gateway.token("admin")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")} | {"PGPASSWORD": token}
+    pg_dump = str(Path(gateway.cluster.psql_bin).with_name("pg_dump"))
+    got = await asyncio.to_thread(
+        subprocess.run, [pg_dump, "--no-password", gateway.conninfo(token).replace(f"password={token} ", "")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    assert "CREATE TABLE public.orders" in got.stdout and "COPY public.orders" in got.stdout
+    assert token not in got.stdout + got.stderr

@@ -328,3 +328,17 @@ def test_untouched_server_traffic_comes_out_byte_for_byte(server: list[bytes], c
     data = b"".join(server)
     out = b"".join(r.server(c)[1] for c in _cuts(data, cuts))
     assert out == data and r.lines.lines == []
+
+
+def test_an_unwatched_message_is_passed_on_as_it_arrives_and_a_watched_one_only_whole() -> None:
+    r = Rig()
+    big = row(b"x" * 100_000)
+    assert r.server(big[:3]) == (b"", b"", [])  # a header cut by the read is held
+    assert r.server(big[3:50_000]) == (b"", big[:50_000], [])  # then the row goes out as far as it came
+    assert r.m.mid_message()
+    assert r.server(big[50_000:]) == (b"", big[50_000:], [])
+    assert not r.m.mid_message()
+    wall = param("default_transaction_read_only", "off")
+    assert r.server(wall[:-1]) == (b"", b"", [])  # a watched message waits until whole: it may not go at all
+    _, to_client, events = r.server(wall[-1:], ready())
+    assert to_client == b"" and Kill in [type(e) for e in events]

@@ -263,6 +263,17 @@ def test_scram_against_reference() -> None:
     c.verify(b"v=" + base64.b64encode(hmac.new(server_key, auth, "sha256").digest()))
 
 
+def test_scram_keys_are_derived_once_per_password_and_salt() -> None:
+    from gateway.pg import scram
+
+    scram._SALTED.clear()
+    for _ in range(2):  # the second login reuses the derived key, and still proves and verifies
+        test_scram_against_reference()
+    assert len(scram._SALTED) == 1
+    assert scram.salted_password(b"pencil", b"other salt", 4096) != scram.salted_password(b"pencil", b"salty", 4096)
+    assert scram.salted_password(b"pen", b"salty", 4096) == hashlib.pbkdf2_hmac("sha256", b"pen", b"salty", 4096)
+
+
 def test_scram_rejects_forged_server() -> None:
     c = ScramClient("pencil")
     _, server_first, _ = _server_side("pencil", c.client_first(), b"salt", 4096, "x")

@@ -123,3 +123,32 @@ async def test_vendored_assets_served_with_licenses(gw: Running) -> None:
         for escape in ("/static/..%2fgateway.toml", "/static/%2e%2e/gateway.toml"):
             async with s.get(yarl.URL(gw.url + escape, encoded=True)) as resp:
                 assert resp.status in (403, 404), escape
+
+
+async def test_every_console_route_has_the_headers_and_every_form_needs_csrf(gw: Running, config: Config) -> None:
+    """Walk the console's route tables: each page carries the CSP (signed in or not); each POST is refused
+    without a session and, signed in, without the CSRF token, before its handler runs."""
+    from aiohttp import web as aioweb
+
+    from gateway.web import mine, pages, review, search, signin, stream
+
+    defs = [r for m in (mine, pages, review, search, signin, stream) for r in m.routes]
+    routes = [(r.method, r.path) for r in defs if isinstance(r, aioweb.RouteDef)]
+    posts = [p for m, p in routes if m == "POST"]
+    gets = [p for m, p in routes if m == "GET"]
+    assert "/search" in gets and "/requests/{id}/{action:approve|deny}" in posts and len(posts) >= 6
+
+    def concrete(path: str) -> str:
+        return re.sub(r"\{(\w+)(:[^}]*)?\}", lambda m: "approve" if m.group(1) == "action" else "x1", path)
+
+    erin = await browser(gw, config, "erin")
+    async with erin, aiohttp.ClientSession() as anon:
+        for path in gets:
+            async with erin.get(gw.url + concrete(path), allow_redirects=False) as resp:
+                assert "script-src 'self' 'wasm-unsafe-eval'" in resp.headers["Content-Security-Policy"], path
+                assert resp.headers["X-Frame-Options"] == "DENY", path
+        for path in posts:
+            async with anon.post(gw.url + concrete(path), data={"csrf": "x"}, allow_redirects=False) as resp:
+                assert resp.status == 401, path
+            async with erin.post(gw.url + concrete(path), data={}, allow_redirects=False) as resp:
+                assert resp.status == 403 and "CSRF" in await resp.text(), path

@@ -40,6 +40,8 @@ async def test_search_links_to_the_moment(recorded: Recorded) -> None:
         # the player starts at the hit; the timeline's command links to the same moment
         assert f'data-start="{at:.6f}"' in session
         assert f'class="seek" href="/sessions/{recorded.ssh_sid}?t={at:.6f}#at"' in session
+        timeline = session.split('<ol id="timeline">', 1)[1].split("</ol>", 1)[0]
+        assert timeline.count("echo hello-review") == 1  # from the recording, not again from the audit log
         assert 'id="next-violation"' in session and 'id="player-controls" hidden' in session  # JS shows them
         # keystrokes: a closed <details> (hidden until opened), each line linking into the recording
         keys = session.split('<details id="keystrokes">', 1)[1].split("</details>", 1)[0]
@@ -53,6 +55,8 @@ async def test_search_links_to_the_moment(recorded: Recorded) -> None:
         row = re.search(r'<tr class="statement target" id="at"[^>]*>(.*?)</tr>', transcript, re.S)
         assert row and "DELETE FROM orders" in row.group(1) and "DENIED" in row.group(1)
         assert re.search(r'<li class="moment violation" data-t=', transcript)  # 'next violation' jumps here
+        timeline = transcript.split('<ol id="timeline">', 1)[1].split("</ol>", 1)[0]
+        assert timeline.count("DELETE FROM orders") == 1
 
         # case, regex (admins only: Python's re has no time bound), and what a non-admin may see
         async with erin.get(gw.url + "/search", params={"q": "delete from ORDERS", "case": "on"}) as resp:

@@ -165,7 +165,11 @@ def lexing_calls(t: list[Token]) -> str | None:
     for i in range(len(t) - 2):
         if t[i][0] in (IDENT, QIDENT) and t[i][1] == "set_config" and punct(t, i + 1, "("):
             raw = string_value(t[i + 2][1]) if t[i + 2][0] == STRING else None
-            if raw is None or not punct(t, i + 3, ","):
+            if raw is None:
+                if (why := _unknown_name_value(t, i + 2)) is not None:
+                    return why
+                continue
+            if not punct(t, i + 3, ","):
                 return "set_config() with a setting name that is not a plain literal might change client_encoding"
             var = fold(raw)
             if var in ("client_encoding", "standard_conforming_strings"):
@@ -173,4 +177,31 @@ def lexing_calls(t: list[Token]) -> str | None:
                 facts = _lexing_setting("set_config", var, value, False)
                 if facts.needs == "never":
                     return facts.reason
+    return None
+
+
+# Every spelling PostgreSQL's parse_bool reads as false: "off", "false", "no", "0" and their prefixes.
+_OFF = frozenset({"0", "o", "of", "off", "n", "no"} | {"false"[:n] for n in range(1, 6)})
+
+
+def _unknown_name_value(t: list[Token], at: int) -> str | None:
+    """Why set_config(<computed name>, value, ...) could break the lexer, or None when no setting it names could.
+
+    pg_dump 15.8+ runs `set_config(name, 'view, foreign-table', false) FROM pg_settings WHERE name = ...`: the
+    name is a column. Whatever it turns out to be, a literal value that is neither an encoding the lexer
+    cannot follow nor a false boolean cannot make client_encoding or standard_conforming_strings unsafe (the
+    server refuses the value for either), and a ParameterStatus turning either unsafe still ends the session.
+    """
+    j, depth = at, 0
+    while j < len(t) and not (depth == 0 and punct(t, j, ",")):  # skip the name expression, nested calls too
+        depth += punct(t, j, "(") - punct(t, j, ")")
+        if depth < 0:
+            break
+        j += 1
+    value = string_value(t[j + 1][1]) if j + 1 < len(t) and t[j + 1][0] == STRING and punct(t, j, ",") else None
+    if value is None or not (punct(t, j + 2, ",") or punct(t, j + 2, ")")):
+        return "set_config() with a computed setting name and a computed value might change client_encoding"
+    if (encodings.canonical(value) is not None and encodings.codec(value) is None) or fold(value.strip()) in _OFF:
+        return (f"set_config() with a computed setting name and the value {value[:40]!r} might make client_encoding"
+                " or standard_conforming_strings unsafe")  # fmt: skip
     return None
