@@ -148,8 +148,6 @@ class LiveSession:
         self._ended = asyncio.get_running_loop().create_future()
         if self.end_reason is None:
             self.registry._arm(self)
-            if self.registry.detector is not None:
-                self.registry.detector.watch(self)  # its start is judged now (usual hours, bursts, new target)
         else:  # killed during admission, before anything could be cancelled: end at the first await
             self._cancelled = True
             assert self._owner is not None
