@@ -1,17 +1,20 @@
-"""SSH through the gateway vs direct to sshd: bulk exec, scp, echo round trip, set-up time, idle-session memory.
+"""SSH through the gateway vs direct to sshd: bulk exec, scp, sftp, echo round trip, set-up time, idle-session memory.
 
-    .venv/bin/python bench/ssh.py [--rounds 3] [--mb 300] [--sessions 200] [--cipher CIPHER] [--only exec,scp]
+    .venv/bin/python bench/ssh.py [--rounds 5] [--mb 300] [--sessions 500] [--only exec,exec-gcm,scp,sftp,...]
+                                  [--cipher C] [--random] [--plain-recording | --no-recording]
 
 Starts a throwaway OpenSSH server (gateway.sandbox) and the gateway in its own process on uvloop
 (`gateway.app.App`, SSH front end only, recording on, the `ops` scope with command rules: exactly as
-deployed), then, alternating direct and gateway in every round:
+deployed); first the idle-session memory, then rounds alternating direct and gateway (odd rounds gateway first):
 
-* `ssh host cat <file>` of a random file (--mb) with stock OpenSSH, stdout to /dev/null;
-* `scp host:<file> /dev/null` (sftp protocol, OpenSSH's default) and `scp -O` (legacy protocol);
+* `ssh host cat <file>` of --mb MiB of seeded log text (--random: random bytes), stock OpenSSH, the client's
+  default cipher (chacha20-poly1305 for OpenSSH), and again with `-c aes128-gcm@openssh.com` (exec-gcm);
+* `scp host:<file> /dev/null` (sftp protocol, OpenSSH's default; scp-O: legacy protocol) and `sftp -b` get;
 * echo round trip: one byte into a PTY running `cat`, wait for its echo (asyncssh client, p50/p99);
-* session set-up: asyncssh connect + `true` + close (p50);
+* session set-up: asyncssh connect + auth, and to the first output byte of `echo ready` (p50);
 * gateway RSS per idle session: --sessions connections each with an idle PTY `cat`, RSS before/after.
-Medians over rounds; ratios gateway/direct in the same round.
+Medians over rounds; ratios gateway/direct in the same round; the gateway's CPU per MB of each bulk transfer;
+the bytes its recordings took. Prints a markdown table (docs/benchmarks.md, SSH).
 """
 
 from __future__ import annotations
@@ -132,10 +135,10 @@ async def serve(config_path: str, recording: str = "zstd") -> None:
         from gateway.recording.writer import Recorder
 
         Recorder._append = lambda self, *a, **k: None  # type: ignore[method-assign]
-    elif recording == "plain":  # --plain-recording: every frame plain (as recording_version 2 wrote), to compare
-        from gateway.recording.blocks import BlockPacker
+    elif recording in ("plain", "compressed"):  # every frame plain (as version 2 wrote) / compressed: to compare
+        from gateway.recording import blocks
 
-        BlockPacker.wants = lambda self, size: False  # type: ignore[method-assign]
+        blocks.COMPRESS_BELOW = 0.0 if recording == "plain" else 1e30
 
     app = App(load_config(Path(config_path)), enable=("ssh",))
     await app.start()
@@ -148,7 +151,8 @@ class GatewayProcess:
     """`bench/ssh.py --serve CONFIG` in a child process."""
 
     def __init__(self, config: Path, *, recording: str = "zstd") -> None:
-        extra = {"zstd": [], "plain": ["--plain-recording"], "off": ["--no-recording"]}[recording]
+        extra = {"zstd": [], "plain": ["--plain-recording"], "compressed": ["--compressed-recording"],
+                 "off": ["--no-recording"]}[recording]  # fmt: skip
         self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(config), *extra], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)  # fmt: skip
         assert self.proc.stdout is not None
@@ -382,6 +386,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
           + (f" --only {args.only}" if args.only else "")
           + (" --random" if args.random else "")
           + (" --plain-recording" if args.plain_recording else "")
+          + (" --compressed-recording" if args.compressed_recording else "")
           + (" --no-recording" if args.no_recording else "") + "`\n")  # fmt: skip
     print("| measure | direct (median) | gateway (median) | gateway / direct (median of rounds) |")
     print("| --- | --- | --- | --- |")
@@ -409,8 +414,10 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
 
 
 def recording_mode(args: argparse.Namespace) -> str:
-    """zstd (as deployed), plain or off."""
-    return "off" if args.no_recording else "plain" if args.plain_recording else "zstd"
+    """zstd (as deployed: the auto policy), plain, compressed or off."""
+    if args.no_recording:
+        return "off"
+    return "plain" if args.plain_recording else "compressed" if args.compressed_recording else "zstd"
 
 
 def main() -> None:
@@ -429,6 +436,11 @@ def main() -> None:
         "--plain-recording",
         action="store_true",
         help="recordings without compressed blocks (the CPU/disk trade-off, for comparison)",
+    )
+    parser.add_argument(
+        "--compressed-recording",
+        action="store_true",
+        help="compress every bulk recording slice, however fast the disk (for comparison)",
     )
     parser.add_argument("--no-recording", action="store_true", help="stub the recorder out (relay cost only)")
     args = parser.parse_args()

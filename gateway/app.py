@@ -137,6 +137,7 @@ class App:
         if self._replica is not None:
             try:
                 await self._replica.stopped()
+                await self._replica.upstreams_done(limit=STOP_GRACE / 2)
             except Exception as exc:
                 log.error("could not record this replica's stop: %s", type(exc).__name__)
         if self.services is not None:

@@ -38,6 +38,9 @@ class Replica:
         self.started_at = clock()
         self._sweeping: asyncio.Task[None] | None = None
         self._again = False
+        # Ending a lost replica's upstream sides logs in to targets (seconds each): never inside the tick,
+        # where it would delay this replica's own heartbeat until the others think it lost too.
+        self._upstream_work: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Claim this node id, end what its previous process left open, and listen for other replicas'
@@ -116,7 +119,14 @@ class Replica:
                 severity="warning",
                 data={"reason": REPLICA_LOST, "node": node, "recording": s.recording_path},
             )
-        await self.end_upstreams(sessions, now)
+        task = asyncio.ensure_future(self.end_upstreams(sessions, now))
+        self._upstream_work.add(task)
+        task.add_done_callback(self._upstream_work.discard)
+
+    async def upstreams_done(self, limit: float = 30.0) -> None:
+        """Wait for the upstream ends under way (a stop, and tests)."""
+        if self._upstream_work:
+            await asyncio.wait(list(self._upstream_work), timeout=limit)
 
     async def end_upstreams(self, sessions: list[SessionRecord], now: float) -> None:
         """End what a lost replica's sessions still hold upstream (Postgres backends, SSH processes)."""

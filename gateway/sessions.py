@@ -213,15 +213,20 @@ class LiveSession:
             "recording": str(self.recording_path),
             "recording_sha256": sha,
         }
+        first = True
         try:
-            await self.store.end_session(self.id, ended_at=now, reason=reason, recording_sha256=sha, stats=self.stats)
+            first = await self.store.end_session(
+                self.id, ended_at=now, reason=reason, recording_sha256=sha, stats=self.stats
+            )
         except Exception as exc:  # a shared store keeps it in its spool; the event is still tried on its own
             log.error("session %s: could not store its end: %s", self.id, type(exc).__name__)
         if self._kill_audit is not None:
             await asyncio.shield(self._kill_audit)
         try:
+            # Ended already: a surviving replica reaped it while this one was cut off (frozen, partitioned).
+            # One session.end per session; this replica's own teardown (its recording hash) is session.closed.
             await self.store.append(
-                "session.end",
+                "session.end" if first else "session.closed",
                 actor=self.user,
                 session=self.id,
                 grant=self.claims.jti,

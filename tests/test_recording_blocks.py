@@ -194,3 +194,10 @@ def test_disk_rate_ignores_small_writes_and_averages() -> None:
     assert d.rate == pytest.approx(0.8 * (1 << 20) / 0.01 + 0.2 * (1 << 20) / 0.1)
     with pytest.raises(ValueError, match="compression policy"):
         blocks.BlockPacker("sometimes")
+
+
+def test_runqueue_wait_is_read_or_zero() -> None:
+    from gateway.recording.writer import _runqueue_ns
+
+    first = _runqueue_ns()
+    assert first >= 0 and _runqueue_ns() >= first

@@ -55,6 +55,7 @@ async def test_heartbeats_nodes_and_reaping(pg_cluster: PgCluster, tmp_path: Pat
         assert float(lines[2].split()[2].rstrip("s")) >= 59
         assert await rb.reap(now) == 1
         assert await rb.reap(now) == 0  # claimed once
+        await rb.upstreams_done()
         ended = await b.store.get_session("s_held_by_a")
         assert ended is not None and ended.end_reason == REPLICA_LOST
         ends = await b.store.events(types=["session.end"], session="s_held_by_a")
@@ -95,7 +96,9 @@ async def test_a_restarted_replica_ends_what_its_previous_process_left(backend: 
         await first.close()  # no stop recorded: as if killed
     again = await build_services(load_config(cfg, need_secrets=False))
     try:
-        await Replica(again).start()
+        restarted = Replica(again)
+        await restarted.start()
+        await restarted.upstreams_done()
         rec = await again.store.get_session("s_left_open")
         assert rec is not None and rec.end_reason == REPLICA_LOST
         ends = await again.store.events(types=["session.end"], session="s_left_open")

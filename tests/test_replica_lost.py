@@ -1,12 +1,14 @@
 """kill -9 of a replica mid-session, on real processes: the survivor marks its sessions ended (replica_lost, a
 critical alert) and ends their upstream sides (the Postgres backend by its tag, the SSH command by the
-detached-process sweep); the replica that comes back resurrects nothing, and the chain verifies."""
+detached-process sweep); the replica that comes back resurrects nothing, and the chain verifies. And a replica
+frozen past lost_after (SIGSTOP) that resumes: reaped meanwhile, it ends what it held without a second end."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import random
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import asyncpg
 import pytest
 
 from gateway.sandbox.procs import ensure_user, is_root
-from tests.replicas import ReplicaSet, stop_client, wait_until
+from tests.replicas import ReplicaSet, exited, stop_client, wait_until
 from tests.rig.postgres import PgCluster
 from tests.rig.sshd import SshServer
 from tests.storekit import Backend
@@ -125,6 +127,50 @@ async def test_kill9_replica_survivor_reaps_sessions_and_upstreams(
     finally:
         for c in clients:
             stop_client(c)
+        await db.close()
+        rs.stop_all()
+    rs.verify("gw-b")
+
+
+async def test_a_frozen_replica_that_comes_back_resurrects_nothing(pg_cluster: PgCluster, tmp_path: Path) -> None:
+    """SIGSTOP (a partition, a frozen VM) for longer than lost_after, then SIGCONT: B has reaped A's session
+    and ended its backend; A, back, ends what it still held without a second session.end, and serves again."""
+    backend = Backend("postgresql", tmp_path, pg_cluster)
+    rs = ReplicaSet(tmp_path, backend.url, pg_cluster, lost_after=3.0)
+    rs.add("gw-a")
+    rs.add("gw-b")
+    db = await asyncpg.connect(backend.url)
+    psql = None
+    try:
+        rs.start("gw-a")
+        rs.start("gw-b")
+        token, grant = rs.grant("gw-b", "orders", "read")
+        psql = rs.psql("gw-a", token, "SELECT pg_sleep(120)")
+        for _ in range(400):
+            sid = await db.fetchval("SELECT id FROM sessions WHERE grant_id=$1 AND ended_at IS NULL", grant)
+            if sid is not None and backends(pg_cluster, str(sid)):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"no session through A: {stop_client(psql)}")
+        rs.replicas["gw-a"].proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+        try:
+            wait_until(lambda: backends(pg_cluster, str(sid)) == 0, 15, "B did not end the frozen replica's backend")
+            assert await db.fetchval("SELECT end_reason FROM sessions WHERE id=$1", sid) == "replica_lost"
+        finally:
+            rs.replicas["gw-a"].proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+        wait_until(lambda: exited(psql), 10, "the client of the frozen replica did not end once it came back")
+        time.sleep(1.0)  # A's end of its session is written by now
+        ends = await db.fetch("SELECT type, node FROM audit WHERE session=$1 AND type IN "
+                              "('session.end', 'session.closed') ORDER BY seq", sid)  # fmt: skip
+        assert [(r["type"], r["node"]) for r in ends] == [("session.end", "gw-b"), ("session.closed", "gw-a")]
+        assert await db.fetchval("SELECT end_reason FROM sessions WHERE id=$1", sid) == "replica_lost"
+        assert await db.fetchval("SELECT state FROM nodes WHERE id='gw-a'") == "up"  # beating again
+        again = rs.psql("gw-a", rs.grant("gw-b", "orders", "read")[0], "SELECT 1")  # and serving
+        assert again.wait(timeout=30) == 0, stop_client(again)
+    finally:
+        if psql is not None:
+            stop_client(psql)
         await db.close()
         rs.stop_all()
     rs.verify("gw-b")

@@ -150,6 +150,9 @@ def test_compose_file_and_replica_config_hang_together(monkeypatch: pytest.Monke
         cfg.shared_store and cfg.keys_dir == Path("/shared/keys") and cfg.recordings_dir == Path("/shared/recordings")
     )
     assert cfg.tls_cert.parent == cfg.ssh_host_key.parent == cfg.keys_dir  # one identity behind the balancer
+    # nothing is written next to the read-only config file (/etc/gateway): every path is in a volume
+    written = [cfg.keys_dir, cfg.recordings_dir, cfg.alerts_file, cfg.anchors.folder]
+    assert all(p is not None and p.parts[1] in ("shared", "data") for p in written), written
     assert (cfg.listen_ssh.port, cfg.listen_postgres.port, cfg.listen_http.port) == (2222, 6432, 8080)
     proxy = (DOCKER / "haproxy.cfg").read_text()
     for port in (2222, 6432, 8080):

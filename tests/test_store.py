@@ -363,7 +363,7 @@ async def test_session_lifecycle(store: Store) -> None:
     assert (await store.get_session("s_000")) is None  # prefixes shorter than 6 characters are not looked up
     assert (await store.get_session("s_0000")) == s  # a unique prefix of >= 6 characters
     assert [x.id for x in await store.list_sessions(live=True)] == ["s_000001"]
-    await store.end_session(
+    assert await store.end_session(
         "s_000001", ended_at=NOW + 50, reason="client closed", recording_sha256="ab" * 32, stats={"statements": 3}
     )
     ended = await store.get_session("s_000001")
@@ -374,8 +374,8 @@ async def test_session_lifecycle(store: Store) -> None:
         "ab" * 32,
         {"statements": 3},
     )
-    # a second end does not overwrite the first
-    await store.end_session("s_000001", ended_at=NOW + 99, reason="other", recording_sha256=None, stats={})
+    # a second end does not overwrite the first, and says so
+    assert not await store.end_session("s_000001", ended_at=NOW + 99, reason="other", recording_sha256=None, stats={})
     assert (await store.get_session("s_000001")).end_reason == "client closed"  # type: ignore[union-attr]
     assert await store.list_sessions(live=True) == []
     assert [x.id for x in await store.list_sessions(live=False)] == ["s_000001"]

@@ -21,9 +21,10 @@ encoder of each line; ``gateway.recording.reader`` is the one reader (replay, sh
       data:   length bytes
 
   A frame with stream ``b"z"`` is a compressed block (``gateway.recording.blocks``): its data is one zstd
-  frame holding a run of the frames above, its ``t_ms`` that of the run's first. The writer compresses each
-  ~1 MiB write slice of a bulk stream (header ``"compression": "zstd"``); small runs and incompressible data
-  stay plain frames. The reader opens blocks transparently, so replay, search and the console see frames.
+  frame holding a run of the frames above, its ``t_ms`` that of the run's first. The writer compresses a
+  ~1 MiB write slice of a bulk stream while the recordings disk is slow (policy ``auto``, see ``blocks``;
+  header ``"compression": "zstd"``); small runs and incompressible data stay plain frames. The reader opens
+  blocks transparently, so replay, search and the console see frames either way.
   ``binary_to_asciicast`` converts such a file for replay (stdout and stderr both become ``o``).
 
 How writing works (the relay must never block on a disk):

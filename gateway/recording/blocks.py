@@ -39,7 +39,8 @@ _local = threading.local()
 
 
 class DiskRate:
-    """Recent throughput of recording writes (bytes/s, moving average): every recording shares the disk."""
+    """Recent throughput of recording writes (bytes/s, moving average, waits for a CPU not counted): every
+    recording shares the disk."""
 
     __slots__ = ("rate",)
 

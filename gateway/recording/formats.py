@@ -209,6 +209,7 @@ class BinaryStreamRecorder(Recorder):
     # may go on; it is asked to pause only at 16 MiB behind (down to 8 MiB), which rides out the kernel's
     # dirty-page throttling of the writer (bench/ssh.py; see docs/benchmarks.md, SSH front end).
     urgent_backlog = 1 << 20
+    measure_writes = True  # the "auto" compression policy follows the disk's speed
     drain_high_water = 16 << 20
     drain_low_water = 8 << 20
     write_slice = 1 << 20

@@ -386,10 +386,11 @@ class PgStore:
 
     async def end_session(
         self, session_id: str, *, ended_at: float, reason: str, recording_sha256: str | None, stats: dict[str, Any]
-    ) -> None:
-        """Record a session's end (the first end wins); spooled when the store is unreachable."""
+    ) -> bool:
+        """Record a session's end; False when it had ended already (the first end wins: a survivor may have
+        reaped it while this replica was cut off). Spooled when the store is unreachable."""
         try:
-            await self._end_session(session_id, ended_at, reason, recording_sha256, stats)
+            return await self._end_session(session_id, ended_at, reason, recording_sha256, stats)
         except UNREACHABLE as exc:
             self._keep("end_session", {"id": session_id, "ended_at": ended_at, "reason": reason,
                                        "sha": recording_sha256, "stats": stats})  # fmt: skip
@@ -397,8 +398,8 @@ class PgStore:
 
     async def _end_session(
         self, session_id: str, ended_at: float, reason: str, sha: str | None, stats: dict[str, Any]
-    ) -> None:
-        await self.pool.execute(
+    ) -> bool:
+        status = await self.pool.execute(
             "UPDATE sessions SET ended_at=$1, end_reason=$2, recording_sha256=$3, stats=$4 "
             "WHERE id=$5 AND ended_at IS NULL",
             ended_at,
@@ -407,6 +408,7 @@ class PgStore:
             json.dumps(stats),
             session_id,
         )
+        return bool(status == "UPDATE 1")
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         """One session by id (a unique prefix of at least 6 characters works too)."""

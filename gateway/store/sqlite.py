@@ -381,12 +381,13 @@ class SqliteStore:
 
     async def end_session(
         self, session_id: str, *, ended_at: float, reason: str, recording_sha256: str | None, stats: dict[str, Any]
-    ) -> None:
-        """Record a session's end."""
-        await self._write(
+    ) -> bool:
+        """Record a session's end; False when it had ended already (the first end wins)."""
+        cur = await self._write(
             "UPDATE sessions SET ended_at=?, end_reason=?, recording_sha256=?, stats=? WHERE id=? AND ended_at IS NULL",
             (ended_at, reason, recording_sha256, json.dumps(stats), session_id),
         )
+        return bool(cur.rowcount)
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         """One session by id (a unique prefix of at least 6 characters works too)."""
