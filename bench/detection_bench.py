@@ -7,7 +7,8 @@ tables and query shapes, and a usual SSH host with a usual set of commands; one 
 In the second half of the period anomalies are seeded, each labelled with the rule that should flag it:
 a table never read before, a schema never used, a command never run, a target never used (first_use.*),
 and on the request workflow an approval seconds after filing, one approver waving one requester through
-again and again, a reason without a ticket. Sessions are replayed through the real Detector (baselines,
+again and again, a reason without a ticket, an approval at 03:00 by an approver who works 09-18, a request
+for admin after a read session. Sessions are replayed through the real Detector (baselines,
 watches, the SQLite store for persistence and the audit events) with a clock passed in, statements
 through the real SQL inspector; approvals through the real workflow rules. Prints recall per rule, the
 share of normal sessions that raised anything, and the per-statement / per-command-line cost of a watch.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -30,12 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.alerts import Alerts
 from gateway.detect.engine import Detector
-from gateway.detect.settings import parse_settings
-from gateway.detect.workflow import approval_findings
+from gateway.detect.settings import NO_OVERRIDES, Overrides, parse_settings
+from gateway.detect.workflow import approval_findings, approver_hours
 from gateway.pg.sql.inspector import Inspection, inspect
+from gateway.policy import Decision
 from gateway.store import RequestRecord, SqliteStore
 
 DAY = 86_400.0
+ALLOW = Decision.allow()
 SCHEMAS = ("sales", "billing", "ops", "hr")
 TABLES = tuple(f"{s}.t{i}" for s in SCHEMAS for i in range(10))
 COMMANDS = ("ls", "cat", "tail", "grep", "less", "systemctl", "journalctl", "df", "du", "ps", "top", "vim", "curl")
@@ -52,6 +56,22 @@ class Target:
     name: str
 
 
+@dataclass(frozen=True)
+class Sql:
+    sensitive_tables: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Policy:
+    sql: Sql | None = None
+    detection: Overrides = NO_OVERRIDES
+
+
+@dataclass(frozen=True)
+class Claims:
+    jti: str = "g1"
+
+
 @dataclass(eq=False)
 class Sess:
     """What the detector sees of a live session."""
@@ -60,6 +80,13 @@ class Sess:
     started_at: float
     user: str
     target: Target
+    policy: Policy = field(default_factory=lambda: Policy(Sql()))
+    claims: Claims = field(default_factory=Claims)
+    client_addr: str = "10.0.0.7:50000"
+    killed: str = ""
+
+    def kill_soon(self, reason: str) -> None:
+        self.killed = reason
 
 
 @dataclass
@@ -116,7 +143,7 @@ async def run(users: int, days: int, seed: int) -> dict[str, Any]:
                 lines.insert(rng.randrange(len(lines)), f"sudo {rng.choice(RARE_COMMANDS)} -L")
             for line in lines:
                 now[0] += rng.uniform(1, 30)
-                w.command(line)
+                w.command(line, ALLOW)
         else:
             s = Sess(f"s{sid}", start, p.name, Target(p.db))
             w = detector.watch(s)
@@ -131,7 +158,7 @@ async def run(users: int, days: int, seed: int) -> dict[str, Any]:
                 sqls.insert(rng.randrange(len(sqls)), f"SELECT * FROM {other}.t0 WHERE id = 1")
             for sql in sqls:
                 now[0] += rng.uniform(1, 30)
-                w.sql(insp(sql))
+                w.sql(insp(sql), ALLOW)
         await detector.drain()
         events = await store.events(types=["detection"], session=s.id)
         rules = {e.data["rule"] for e in events if before is None or e.seq > before[0]}
@@ -154,29 +181,45 @@ async def run(users: int, days: int, seed: int) -> dict[str, Any]:
             if day >= days // 2 and rng.random() < 0.1 and warm:
                 await session(p, day * DAY + 15 * 3600, seeded_kind)
 
-    # The workflow: a request a week per user, approved after minutes to hours by one of eight approvers,
-    # reason with a ticket; seeded: rubber stamps, missing tickets, one approver approving four in a row.
+    # The workflow: a request a week per user on a weekday between 09:00 and 15:00 UTC, approved after
+    # minutes to hours by one of eight approvers, reason with a ticket, the scope of their last session;
+    # every approver also has a background of 20 approvals for other teams in their working hours (09-18).
+    # Seeded: rubber stamps, missing tickets, one approver approving four in a row, an approval at 03:00,
+    # a request for admin after a read session.
     requests: dict[str, list[RequestRecord]] = {p.name: [] for p in people}
+    background = [
+        _req(Person("other", "db-x", "", [], []), -rng.uniform(1, 30) * DAY // DAY * DAY + rng.uniform(9, 18) * 3600,
+             a, "CHG-2")
+        for a in names for _ in range(20)
+    ]  # fmt: skip
+    ranks = {"read": 0, "write": 1, "admin": 2}
     approvals = 0
     flagged_approvals = 0
+    kinds_wf = ("approval.rubber_stamp", "approval.no_ticket", "approval.same_approver", "approval.outside_hours",
+                "approval.wider_scope")  # fmt: skip
     for p in people:
         for week in range(days // 7 + 1):
-            t = week * 7 * DAY + rng.uniform(0, 5 * DAY)
-            label = (
-                rng.choice(("approval.rubber_stamp", "approval.no_ticket", "approval.same_approver"))
-                if (week >= 2 and rng.random() < 0.3)
-                else None
-            )
+            day0 = week * 7 * DAY + rng.randrange(5) * DAY
+            t = day0 + 9 * 3600 + rng.uniform(0, 6 * 3600)
+            label = rng.choice(kinds_wf) if (week >= 2 and rng.random() < 0.3) else None
             approver = rng.choice(p.approvers)
             if label == "approval.same_approver":
                 approver = p.approvers[0]
                 for j in range(settings.same_approver_count):  # the earlier ones, also by approvers[0]
                     requests[p.name].append(_req(p, t - (j + 1) * 3600, approver, "CHG-1"))
-            waited = rng.uniform(1, 5) if label == "approval.rubber_stamp" else rng.uniform(120, 4 * 3600)
+            waited = rng.uniform(1, 5) if label == "approval.rubber_stamp" else rng.uniform(120, 3 * 3600)
+            if label == "approval.outside_hours":
+                t, waited = day0 + 2 * 3600 + rng.uniform(0, 1800), 3600.0  # approved between 03:00 and 03:30
             reason = "quick look" if label == "approval.no_ticket" else f"INC-{rng.randint(1, 9999)}: fix"
-            req = _req(p, t, "", reason)
-            rules = {d.rule for d in approval_findings(settings, req, approver, t + waited, requests[p.name])}
-            requests[p.name].append(_req(p, t, approver, reason))
+            scope = "admin" if label == "approval.wider_scope" else "read"
+            req = _req(p, t, "", reason, scope)
+            at = t + waited
+            everyone = [*background, *(r for rs in requests.values() for r in rs)]
+            found = approval_findings(settings, req, approver, at, requests[p.name],
+                                      hours=approver_hours(everyone, approver, before=at), last_scope="read",
+                                      rank=lambda target, sc: ranks.get(sc))  # fmt: skip
+            rules = {d.rule for d in found}
+            requests[p.name].append(_req(p, t, approver, reason, scope, waited))
             if label is None:
                 approvals += 1
                 flagged_approvals += bool(rules)
@@ -184,25 +227,47 @@ async def run(users: int, days: int, seed: int) -> dict[str, Any]:
                 seeded[label] += 1
                 caught[label] += label in rules
 
-    # Cost: a warm watch on statements and command lines it has seen (the steady state on the hot path).
+    # Cost: a warm watch on statements and command lines it has seen (the steady state on the hot path):
+    # everything the relay calls per statement (Watch.sql with the policy's decision, and the journal's
+    # large-result check), with and without sensitive tables (the exfiltration shapes run only with them),
+    # in alternating rounds so that a busy machine slows all variants alike; the median round is reported.
     p = people[0]
     w = detector.watch(Sess("cost", now[0], p.name, Target(p.db)))
+    ws_sens = detector.watch(Sess("cost-s", now[0], p.name, Target(p.db), Policy(Sql(frozenset(p.tables[:2])))))
     stmts = [insp(s.format(t=t, n=1)) for s in SHAPES for t in p.tables]
     for st in stmts:
-        w.sql(st)
-    n = 200_000
-    t0 = time.perf_counter()
-    for i in range(n):
-        w.sql(stmts[i % len(stmts)])
-    per_statement = (time.perf_counter() - t0) / n * 1e6
+        w.sql(st, ALLOW)
+        ws_sens.sql(st, ALLOW)
     ws = detector.watch(Sess("cost2", now[0], p.name, Target(p.host)))
     lines = [f"{c} -l /var/log" for c in p.commands]
     for line in lines:
-        ws.command(line)
-    t0 = time.perf_counter()
-    for i in range(n):
-        ws.command(lines[i % len(lines)])
-    per_line = (time.perf_counter() - t0) / n * 1e6
+        ws.command(line, ALLOW)
+    n = 100_000
+    rows = 10
+
+    def per_sql(watch: Any) -> float:
+        t0 = time.perf_counter()
+        for i in range(n):
+            st = stmts[i % len(stmts)]
+            watch.sql(st, ALLOW)
+            if rows >= watch.large_rows:  # the journal's check on CommandComplete
+                watch.large_result(st.fingerprint, (), rows)
+        return (time.perf_counter() - t0) / n * 1e6
+
+    def per_cmd() -> float:
+        t0 = time.perf_counter()
+        for i in range(n):
+            ws.command(lines[i % len(lines)], ALLOW)
+        return (time.perf_counter() - t0) / n * 1e6
+
+    rounds: dict[str, list[float]] = {"plain": [], "sensitive": [], "command": []}
+    for _ in range(5):
+        rounds["plain"].append(per_sql(w))
+        rounds["sensitive"].append(per_sql(ws_sens))
+        rounds["command"].append(per_cmd())
+    per_statement = statistics.median(rounds["plain"])
+    per_statement_sensitive = statistics.median(rounds["sensitive"])
+    per_line = statistics.median(rounds["command"])
     await detector.drain()
     await store.close(checkpoint=False)
     return {
@@ -214,13 +279,14 @@ async def run(users: int, days: int, seed: int) -> dict[str, Any]:
         "flagged_normal_approvals": flagged_approvals,
         "recall": {rule: (caught[rule], seeded[rule]) for rule in sorted(seeded)},
         "us_per_statement": per_statement,
+        "us_per_statement_sensitive": per_statement_sensitive,
         "us_per_command_line": per_line,
     }
 
 
-def _req(p: Person, t: float, approver: str, reason: str) -> RequestRecord:
-    approvals = ({"by": approver, "at": t + 60},) if approver else ()
-    return RequestRecord(f"r_{p.name}_{t:.0f}", p.name, p.db, "read", reason, 900.0, t, "pending", approvals)
+def _req(p: Person, t: float, approver: str, reason: str, scope: str = "read", waited: float = 60) -> RequestRecord:
+    approvals = ({"by": approver, "at": t + waited},) if approver else ()
+    return RequestRecord(f"r_{p.name}_{t:.0f}", p.name, p.db, scope, reason, 900.0, t, "pending", approvals)
 
 
 def main() -> None:
@@ -237,7 +303,11 @@ def main() -> None:
     na, fa = r["normal_approvals"], r["flagged_normal_approvals"]
     print(f"false positives: {fs}/{ns} normal sessions = {100 * fs / max(ns, 1):.2f}%")
     print(f"false positives: {fa}/{na} normal approvals = {100 * fa / max(na, 1):.2f}%")
-    print(f"cost: {r['us_per_statement']:.2f} us per statement, {r['us_per_command_line']:.2f} us per command line")
+    print(
+        f"cost (median of 5 alternating rounds): {r['us_per_statement']:.2f} us per statement, "
+        f"{r['us_per_statement_sensitive']:.2f} us with sensitive tables, "
+        f"{r['us_per_command_line']:.2f} us per command line"
+    )
 
 
 if __name__ == "__main__":

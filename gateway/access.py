@@ -237,6 +237,8 @@ class Admission:
         self._session = await s.__aenter__()  # no await since registering: a kill always finds the block
         try:
             await self._access._started(s)
+            if s.registry.detector is not None:  # its start judged (usual hours, bursts): a kill lands below
+                s.registry.detector.watch(s)
             await asyncio.sleep(0)  # a kill during the start audit is delivered here, before the body runs
         except BaseException as exc:
             if not await s._exit(exc):

@@ -69,11 +69,18 @@ class App:
         every = svc.anchors.settings.interval  # first after one interval: start and stop sign checkpoints already
         svc.scheduler.every(every, "audit-anchors", svc.anchors.tick, first=every)
         svc.scheduler.every(self.config.heartbeat, "replica-heartbeat", replica.tick)
-        if "postgres" in self.enable:  # backends of the injected logins that no live session owns: flagged, ended
-            from gateway.detect.pgsweep import SWEEP_EVERY, PgSweeper
+        every = self.config.detection.sweep_every
+        # Backends and processes of the injected logins that no live session owns: flagged, ended.
+        if "postgres" in self.enable:
+            from gateway.detect.pgsweep import PgSweeper
 
-            svc.scheduler.every(SWEEP_EVERY, "lingering-sweep", PgSweeper(self.config, svc.store, svc.alerts).once,
-                                first=SWEEP_EVERY)  # fmt: skip
+            sweeper = PgSweeper(self.config, svc.store, svc.alerts)
+            svc.scheduler.every(every, "lingering-sweep", sweeper.once, first=every)
+        if "ssh" in self.enable and svc.registry.detector is not None:
+            from gateway.detect.sshsweep import SshSweeper
+
+            ssh_sweeper = SshSweeper(self.config, svc.policies, svc.registry.detector)
+            svc.scheduler.every(every, "lingering-sweep-ssh", ssh_sweeper.once, first=every)
         svc.scheduler.start()
         return svc
 
@@ -100,8 +107,12 @@ class App:
         """Mark grants past their end as expired (audited); their sessions end at their own deadline."""
         assert self.services is not None
         store = self.services.store
+        detector = self.services.registry.detector
         for gid in await store.expire_grants(now):
             await store.append("grant.expired", grant=gid)
+            grant = await store.get_grant(gid) if detector is not None else None
+            if detector is not None and grant is not None:
+                await detector.grant_expired(grant)  # approved and never used?
 
     async def reload_policies(self) -> bool:
         """SIGHUP: reload policies; a bad file keeps the old ones. The result is audited either way."""

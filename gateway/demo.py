@@ -374,6 +374,8 @@ class Demo:
             "#    gateway psql fetches the token of her newest grant itself, and says which grant it uses.",
             "#    The delete is refused: the grant is read-only. (Leave out -- -c ... for an interactive psql.)",
             f"{alice} psql orders-db -- -c 'select count(*) from customers' -c 'delete from orders'",  # noqa: S608
+            "#    A detection to trigger by hand: read the sensitive table customers whole (exfil.sensitive_whole),",
+            f"#    {alice} psql orders-db -- -c 'select * from customers'    then see it in gateway detections",  # noqa: S608
         ]
         if self.sshd is not None:
             known = q(str(self.dir / "known_hosts"))
@@ -402,7 +404,8 @@ class Demo:
         ]
         if self.sshd is not None:
             lines.append(f"{gw} replay $REQ2          # an SSH session at real speed: space pauses, q quits")
-        lines.append(f"{gw} audit verify")
+        lines += [f"{gw} detections --since 1h   # what detection flagged (step 3's hint, a quick approval)",
+                  f"{gw} audit verify"]  # fmt: skip
         return lines
 
     def cleanup(self) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from gateway.detect.settings import NO_OVERRIDES, Overrides, SettingsError, parse_overrides
 from gateway.durations import parse_duration
 from gateway.workload.rules import RuleError, WorkloadRule, load_rules
 
@@ -242,6 +243,7 @@ class ScopePolicy:
     auto_approve: bool = False
     sql: SqlPolicy | None = None
     ssh: SshPolicy | None = None
+    detection: Overrides = NO_OVERRIDES  # this scope's own rules off, actions, working hours
 
     def may_request(self, user: str, groups: Iterable[str]) -> bool:
         """Anyone may request when no requesters are listed."""
@@ -280,7 +282,7 @@ def _scope_defaults(name: str, kind: str) -> ScopePolicy:
 
 # --- Loading ---------------------------------------------------------------------------------------
 
-_SCOPE_KEYS = {"max_ttl", "requesters", "approvals", "auto_approve", "sql", "ssh"}
+_SCOPE_KEYS = {"max_ttl", "requesters", "approvals", "auto_approve", "sql", "ssh", "detection"}
 _SQL_KEYS = {"mode", "allow_functions", "rules", "max_rows", "sensitive_tables", "alert_write_without_where"}
 _SQL_RULE_KEYS = {"name", "action", "kinds", "tables", "functions", "pattern"}
 _SSH_KEYS = {
@@ -400,6 +402,10 @@ def _load_scope(ctx: _Ctx, name: str, kind: str, body: Any, key: str) -> ScopePo
         if "sql" in body:
             raise ctx.fail(f"{key}.sql", "an ssh target's scopes take `ssh`, not `sql`")
         ssh = _load_ssh(ctx, body.get("ssh"), f"{key}.ssh")
+    try:
+        detection = parse_overrides(body.get("detection"))
+    except SettingsError as exc:
+        raise ctx.fail(f"{key}.detection" + (f".{exc.key}" if exc.key else ""), str(exc)) from None
     return ScopePolicy(
         name,
         max_ttl,
@@ -409,6 +415,7 @@ def _load_scope(ctx: _Ctx, name: str, kind: str, body: Any, key: str) -> ScopePo
         ctx.boolean(body.get("auto_approve"), f"{key}.auto_approve", False),
         sql,
         ssh,
+        detection,
     )
 
 

@@ -94,6 +94,7 @@ async def build_services(config: Config, *, clock: Callable[[], float] = time.ti
 
     registry = SessionRegistry(store, clock=clock, warn_before=config.warn_before, alert=alert)
     registry.detector = await Detector(config.detection, store, alerts, clock=clock).load()
+    registry.end_listeners.append(registry.detector.on_session_end)
     receipts = ReceiptIssuer(store, ring, issuer=config.issuer, origin=config.anchor_origin)
     registry.end_listeners.append(receipts.on_session_end)
     access = Access(config, ring, store, policies, registry, clock)

@@ -237,12 +237,16 @@ def test_break_glass_grant_is_audited_and_alerted(gw: Gw) -> None:
     token = gw.grant()
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]
     events = gw.events()
-    assert [e.type for e in events] == ["grant.issued", "alert.break_glass"]
-    issued, alert = events
+    assert [e.type for e in events] == ["grant.issued", "detection", "alert.break_glass"]
+    issued, detection, alert = events
     assert (issued.grant, issued.severity, issued.data["break_glass"]) == (jti, "warning", True)
     assert issued.actor.startswith("cli")
+    # a detection like the others (listed by `gateway detections`), its alert still of type break_glass
+    assert (detection.data["rule"], detection.severity, detection.grant) == ("grant.break_glass", "critical", jti)
+    assert detection.data["explanation"].startswith(f"break-glass grant {jti}: alice on orders-db/read for 10m")
     assert (alert.grant, alert.severity, alert.target) == (jti, "critical", "orders-db")
     assert alert.data["user"] == "alice" and "break-glass" in alert.data["summary"]
+    assert alert.actor.startswith("cli") and alert.data["detection_seq"] == detection.seq
     assert token not in json.dumps([e.to_json() for e in events])
     lines = (gw.home / "var" / "alerts.jsonl").read_text().splitlines()
     assert [json.loads(line)["type"] for line in lines] == ["break_glass"]
@@ -403,7 +407,7 @@ def test_audit_export_since(gw: Gw) -> None:
     assert rc == 0, err
     lines = out.splitlines()
     events = [json.loads(line) for line in lines]
-    assert [e["type"] for e in events] == ["grant.issued", "alert.break_glass"] * 2
+    assert [e["type"] for e in events] == ["grant.issued", "detection", "alert.break_glass"] * 2
     for e in events:
         assert set(e) == {
             "seq",
@@ -420,12 +424,12 @@ def test_audit_export_since(gw: Gw) -> None:
             "node",
         }
         assert re.fullmatch(r"[0-9a-f]{64}", e["hash"])
-    assert [e["seq"] for e in events] == [1, 2, 3, 4]
+    assert [e["seq"] for e in events] == [1, 2, 3, 4, 5, 6]
     # everything, and filtered by type
     rc, out, _ = gw("audit", "export", "--since", "3h")
     assert [json.loads(line)["type"] for line in out.splitlines()][-1] == "test.old"
     rc, out, _ = gw("audit", "export")
-    assert len(out.splitlines()) == 5
+    assert len(out.splitlines()) == 7
     rc, out, _ = gw("audit", "export", "--type", "alert.break_glass", "--type", "test.old")
     assert [json.loads(line)["type"] for line in out.splitlines()] == [
         "alert.break_glass",
@@ -452,14 +456,14 @@ def test_audit_verify_after_cli_use(gw: Gw) -> None:
     gw("keys", "rotate")
     gw.grant(user="bob")
     rc, out, _ = gw("audit", "verify")
-    assert rc == 0 and "audit chain intact: 4 events; last signed checkpoint at event #4 (" in out
+    assert rc == 0 and "audit chain intact: 6 events; last signed checkpoint at event #6 (" in out
     assert "every event is covered by a signature" in out
 
 
 def test_audit_verify_says_what_the_signatures_do_not_cover(gw: Gw) -> None:
     """Events after the last signed checkpoint can be deleted with write access to the store, and verify
     still passes: the README and the output say so, with the count, instead of promising otherwise."""
-    gw.grant()  # 2 events, signed at exit
+    gw.grant()  # 3 events (the grant, its detection, its alert), signed at exit
 
     async def unsigned_events() -> None:
         s = await gw.store().open()
@@ -472,8 +476,8 @@ def test_audit_verify_says_what_the_signatures_do_not_cover(gw: Gw) -> None:
     assert rc == 0, out
     line = out.splitlines()[0]
     assert re.fullmatch(
-        r"audit chain intact: 9 events; last signed checkpoint at event #2 \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\); "
-        r"events after #2 \(7 of them\) are not covered by a signature \(deleting or rewriting them is not detected\); "
+        r"audit chain intact: 10 events; last signed checkpoint at event #3 \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\); "
+        r"events after #3 \(7 of them\) are not covered by a signature \(deleting or rewriting them is not detected\); "
         r"0 recordings match their hashes",
         line,
     ), line
@@ -481,9 +485,9 @@ def test_audit_verify_says_what_the_signatures_do_not_cover(gw: Gw) -> None:
     import sqlite3
 
     with sqlite3.connect(gw.config.store_path) as db:
-        db.executescript("DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq > 4;")
+        db.executescript("DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq > 5;")
     rc, out, _ = gw("audit", "verify")
-    assert rc == 0 and "4 events; last signed checkpoint at event #2" in out and "(2 of them)" in out, out
+    assert rc == 0 and "5 events; last signed checkpoint at event #3" in out and "(2 of them)" in out, out
 
 
 # --- plumbing ------------------------------------------------------------------------------------------

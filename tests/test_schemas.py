@@ -16,6 +16,7 @@ from gateway import config as config_mod
 from gateway import policy as policy_mod
 from gateway.cli.templates import EXAMPLE_POLICIES, config_template
 from gateway.config import ConfigError, load_config
+from gateway.detect import settings as detect_settings
 from gateway.policy import PolicyError, load_policy_file
 from gateway.workload import rules as rules_mod
 from tests.control import conftest as control_conf
@@ -92,6 +93,7 @@ def test_schema_keys_are_the_loaders_keys() -> None:
     assert set(ssh["commands"]["items"]["properties"]) == policy_mod._CMD_RULE_KEYS
     assert set(scope["properties"]["requesters"]["properties"]) == {"users", "groups"}
     assert set(scope["properties"]["approvals"]["properties"]) == {"count", "users", "groups"}
+    assert set(scope["properties"]["detection"]["properties"]) == detect_settings.SCOPE_KEYS
     assert set(p["workloads"]["items"]["properties"]) == rules_mod._RULE_KEYS
     c = CONFIG_SCHEMA["properties"]
     assert set(c) == config_mod._SCHEMA[""]
@@ -119,6 +121,9 @@ BAD_POLICIES = {
     "unknown sql key": "target: orders-db\nscopes: {read: {sql: {mode: read, limit: 5}}}\n",
     "bad sftp": "target: web-1\nscopes: {shell: {ssh: {sftp: writeonly}}}\n",
     "agent forwarding on": "target: web-1\nscopes: {shell: {ssh: {agent_forwarding: true}}}\n",
+    "detection unknown key": "target: orders-db\nscopes: {read: {detection: {action: kill}}}\n",
+    "detection bad action": "target: orders-db\nscopes: {read: {detection: {actions: {usual.hour: block}}}}\n",
+    "detection bad hours": "target: orders-db\nscopes: {read: {detection: {hours: 8}}}\n",
     "command rule without pattern": "target: web-1\nscopes: {shell: {ssh: {commands: [{action: deny}]}}}\n",
     "workload without claims": (
         "target: orders-db\nscopes: {read: {}}\nworkloads: [{issuer: ci, scopes: [read], max_ttl: 5m}]\n"
@@ -140,6 +145,10 @@ GOOD_POLICIES = {
     "nulls mean defaults": "target: orders-db\nscopes:\n  read:\n    requesters:\n    approvals:\n    sql:\n",
     "strings for lists": (
         "target: orders-db\nscopes: {read: {requesters: {groups: dba}, sql: {allow_functions: lower}}}\n"
+    ),
+    "detection overrides": (
+        "target: orders-db\nscopes: {read: {detection: {disabled: [first_use.shape], hours: '8-19', "
+        "actions: {exfil.copy_sensitive: deny, usual.hour: kill}}}}\n"
     ),
     "detached off": "target: web-1\nscopes: {shell: {ssh: {detached: off, allowed_commands: 'uptime'}}}\n",
     "allowlist entries": (
@@ -186,6 +195,8 @@ BAD_CONFIGS = {
     "workload both keys": (
         "[workloads.ci]\nissuer = 'https://i'\naudience = 'a'\njwks_url = 'https://i/k'\njwks_file = 'k.json'\n"
     ),
+    "detection bad action": "[detection]\nactions = { 'exfil.copy_sensitive' = 'block' }\n",
+    "detection sweep zero": "[detection]\nsweep_every = 0\n",
     "anchor interval": "[anchors]\ninterval = 'often'\n",
     "anchor origin with space": "[anchors]\norigin = 'my gateway'\n",
 }

@@ -10,6 +10,8 @@ from gateway.control.caller import Caller
 from gateway.control.errors import conflict, invalid, not_found
 from gateway.control.grants import Issued, issue_grant
 from gateway.control.rules import may_manage_grant
+from gateway.detect.engine import Detector
+from gateway.detect.model import BREAK_GLASS, Detection
 from gateway.durations import format_duration
 from gateway.policy import Policies
 from gateway.review.sanitize import MAX_FREE_TEXT, free_text_problem, printable
@@ -74,15 +76,16 @@ async def break_glass(
         max_sessions=max_sessions,
     )
     g = issued.grant
-    await alerts.emit(
-        "break_glass",
-        f"break-glass grant {g.id}: {g.user} on {g.target}/{g.scope} for {format_duration(ttl)}: {g.reason}",
-        severity="critical",
-        actor=caller.name,
-        grant=g.id,
-        target=g.target,
-        data={"user": g.user, "scope": g.scope, "expires_at": g.expires_at, "reason": g.reason},
-    )
+    # A detection like any other (audited, listed by `gateway detections`); its alert keeps the type break_glass.
+    why = f"break-glass grant {g.id}: {g.user} on {g.target}/{g.scope} for {format_duration(ttl)}: {g.reason}"
+    data = {"user": g.user, "scope": g.scope, "expires_at": g.expires_at, "reason": g.reason}
+    if config.detection.on(BREAK_GLASS):
+        found = Detection(BREAK_GLASS, "critical", why, g.user, g.target)
+        detector = Detector(config.detection, store, alerts)
+        await detector.emit(found, grant=g.id, alert="break_glass", actor=caller.name, data=data)
+    else:
+        await alerts.emit("break_glass", why, severity="critical", actor=caller.name, grant=g.id, target=g.target,
+                          data=data)  # fmt: skip
     return issued
 
 

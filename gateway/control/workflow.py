@@ -32,6 +32,7 @@ from gateway.control.rules import (
     with_approval,
 )
 from gateway.detect.hooks import check_approval
+from gateway.detect.workflow import scope_rank
 from gateway.durations import format_duration
 from gateway.policy import Policies, ScopePolicy
 from gateway.store import GrantRecord, RequestRecord, Store
@@ -132,17 +133,20 @@ class Workflow:
             if refusal is not None:
                 raise forbidden(refusal)
             new = with_approval(req, caller, comment, now)
-            await check_approval(self.config.detection, self.store, self.alerts, req, caller.name, now)
             needed = approvals_needed(policy)
             approval = {"request": req.id, "comment": comment, "approvals": len(new.approvals), "needs": needed}
             if len(new.approvals) >= needed:
                 approvers = tuple(str(a["by"]) for a in new.approvals)
-                return await self._grant(
+                new = await self._grant(
                     req, new, actor=caller.name, approvers=approvers, now=now, comment=comment, approval=approval
                 )
-            if not await self._cas(new, req):
-                raise conflict(f"request {req.id} changed while approving; try again")
-            await self.store.append("request.approval", actor=caller.name, target=req.target, data=approval)
+            else:
+                if not await self._cas(new, req):
+                    raise conflict(f"request {req.id} changed while approving; try again")
+                await self.store.append("request.approval", actor=caller.name, target=req.target, data=approval)
+            # Only an approval that was saved is judged: one that lost the compare-and-set above flags nothing.
+            await check_approval(self.config.detection, self.store, self.alerts, new, caller.name, now,
+                                 rank=self._rank)  # fmt: skip
             return new
 
     async def deny(self, caller: Caller, request_id: str, *, comment: str, now: float) -> RequestRecord:
@@ -194,6 +198,15 @@ class Workflow:
                 "grant.token_fetched", actor=caller.name, grant=grant.id, target=grant.target, data={"via": caller.via}
             )
         return grant, token
+
+    def _rank(self, target: str, scope: str) -> int | None:
+        """How wide a scope of a target is (None: not in the policy)."""
+        p = self.policies.scope(target, scope)
+        if p is None:
+            return None
+        ssh = p.ssh
+        allowlist = ssh is not None and ssh.allowed_commands is not None
+        return scope_rank(p.sql.mode if p.sql else None, allowlist, len(ssh.command_rules) if ssh else 0)
 
     def _policy_of(self, req: RequestRecord) -> ScopePolicy:
         policy = self.policies.scope(req.target, req.scope)

@@ -61,6 +61,10 @@ class Bursts:
             )
         ]
 
+    def address_of(self, grant: str, client: str) -> str:
+        """The first client host the grant was used from (this one, when it is the first)."""
+        return self.grant_addresses.setdefault(grant, _host(client))
+
     def denied(self, user: str, target: str, session: str, now: float) -> list[Detection]:
         """A statement or command line was denied (someone probing a wall?)."""
         return self._count(DENIALS, self.settings.denials, user, target, session, now)
@@ -72,9 +76,8 @@ class Bursts:
     def opened(self, user: str, target: str, session: str, grant: str, client: str, now: float) -> list[Detection]:
         """A session opened: many quickly, or its grant used from another client host than before."""
         out = self._count(SESSIONS, self.settings.sessions, user, target, session, now)
-        host, _, port = client.rpartition(":")  # the front ends write host:port
-        host = host if host and port.isdigit() else client
-        first = self.grant_addresses.setdefault(grant, host)
+        host = _host(client)
+        first = self.address_of(grant, client)
         if first != host:
             out.append(
                 Detection(
@@ -87,3 +90,9 @@ class Bursts:
                 )
             )
         return out
+
+
+def _host(client: str) -> str:
+    """The host of a front end's `host:port` (`[::1]:5432` too)."""
+    host, _, port = client.rpartition(":")
+    return host.strip("[]") if host and port.isdigit() else client

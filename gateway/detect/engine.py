@@ -6,52 +6,38 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from gateway.alerts import Alerts
-from gateway.detect.baseline import ANY_TARGET, Baselines, Seen
-from gateway.detect.model import (
-    FIRST_COMMAND,
-    FIRST_SCHEMA,
-    FIRST_SHAPE,
-    FIRST_TABLE,
-    FIRST_TARGET,
-    Detection,
-)
+from gateway.detect.baseline import Baselines
+from gateway.detect.bursts import Bursts, BurstSettings
+from gateway.detect.model import NEVER_USED, Detection
 from gateway.detect.settings import DetectionSettings
-from gateway.store import Store
+from gateway.detect.usual import Usual, UsualSettings
+from gateway.detect.watch import Watch, Watched
+from gateway.store import GrantRecord, Store
 
 if TYPE_CHECKING:
-    from gateway.pg.sql.inspector import Inspection
+    from gateway.sessions import SessionEnd
 
 log = logging.getLogger(__name__)
 
-_KNOWN = Seen.KNOWN
 FLUSH_DELAY = 1.0  # seconds new baseline rows wait, to be written together
-_WHAT = {
-    FIRST_TABLE: "read or wrote table",
-    FIRST_SCHEMA: "used schema",
-    FIRST_SHAPE: "ran a statement shaped like",
-    FIRST_COMMAND: "ran",
-}
+HISTORY_DAYS = 60.0  # how far back a start reads ended sessions to learn hours, volumes and grant addresses
 
 
-class _Target(Protocol):
-    @property
-    def name(self) -> str: ...
-
-
-class Watched(Protocol):
-    """What the detector needs of a live session."""
-
-    id: str
-    started_at: float
-
-    @property
-    def user(self) -> str: ...
-    @property
-    def target(self) -> _Target: ...
+def volumes(protocol: str, stats: Mapping[str, Any], duration: float) -> dict[str, float]:
+    """A session's volumes: rows returned and bytes out (Postgres), statements or command lines a minute, length."""
+    minutes = max(duration / 60.0, 1.0)  # a 5-second session of 3 statements is not 36 a minute
+    if protocol == "postgres":
+        return {
+            "rows": float(stats.get("rows") or 0),
+            "bytes": float(stats.get("bytes_out") or 0),
+            "rate": float(stats.get("statements") or 0) / minutes,
+            "duration": duration,
+        }
+    return {"rate": float(stats.get("commands") or 0) / minutes, "duration": duration}
 
 
 class Detector:
@@ -65,14 +51,24 @@ class Detector:
         self.alerts = alerts
         self.clock = clock
         self.baselines = Baselines(settings.warmup_sessions)
+        self.usual = Usual(UsualSettings(factor=settings.volume_factor))
+        self.bursts = Bursts(BurstSettings(settings.burst_denials, settings.burst_errors, settings.burst_sessions,
+                                           settings.burst_window))  # fmt: skip
         self._watches: weakref.WeakKeyDictionary[Any, Watch] = weakref.WeakKeyDictionary()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._unsaved: list[tuple[str, str, str, str, float]] = []
         self._flush: asyncio.TimerHandle | None = None
 
     async def load(self) -> Detector:
-        """Read the baselines the store holds (sessions per user and target, everything seen)."""
+        """Read what the store holds: sessions per user and target, everything seen, recent sessions' shape."""
         self.baselines.load(await self.store.session_history(), await self.store.baseline_seen())
+        # Hours, volumes and grant addresses are learned again from the sessions' own records (oldest first).
+        recent = await self.store.list_sessions(since=self.clock() - HISTORY_DAYS * 86_400)
+        for r in reversed(recent):
+            self.usual.started(r.user, r.target, r.id, r.started_at)
+            self.bursts.address_of(r.grant_id, r.client_addr)
+            if r.ended_at is not None:
+                self.usual.ended(r.user, r.target, r.id, volumes(r.protocol, r.stats, r.ended_at - r.started_at))
         return self
 
     def watch(self, s: Watched) -> Watch:
@@ -82,24 +78,57 @@ class Detector:
             w = self._watches[s] = Watch(self, s)
         return w
 
+    async def on_session_end(self, end: SessionEnd) -> None:
+        """An end-listener: compare the session's volumes with the limits it started with, then learn them."""
+        s = end.session
+        w = self._watches.get(s)
+        if w is None:
+            return
+        found = self.usual.ended(
+            w.user, w.target, s.id, volumes(s.protocol, s.stats, end.ended_at - s.started_at), w.limits
+        )
+        for d in found:
+            if w.rules.on(d.rule):
+                await self.emit(Detection(d.rule, d.severity, d.explanation, d.user, d.target, s.id,
+                                          round(end.ended_at - s.started_at, 3)), grant=s.claims.jti)  # fmt: skip
+
+    async def grant_expired(self, g: GrantRecord) -> None:
+        """A grant ran out: one approved (or break-glass) and never used was access that was not needed."""
+        if not self.settings.on(NEVER_USED) or await self.store.list_sessions(grant_id=g.id):
+            return
+        hours = (g.expires_at - g.issued_at) / 3600
+        how = "break-glass grant" if g.break_glass else f"grant approved by {', '.join(g.approvers) or 'nobody'}"
+        why = f"{g.user}'s {how} {g.id} for {g.target}/{g.scope} expired after {hours:.1f} h without being used"
+        await self.emit(Detection(NEVER_USED, "info", why, g.user, g.target, request=g.request_id or ""), grant=g.id)
+
     def found(self, d: Detection) -> None:
         """Audit and alert a detection without waiting (the hot path never awaits)."""
         self._spawn(self.emit(d))
 
-    async def emit(self, d: Detection, *, grant: str = "") -> None:
-        """One `detection` audit event, then the alert (which the sinks and alert file get)."""
+    async def emit(
+        self,
+        d: Detection,
+        *,
+        grant: str = "",
+        alert: str = "detection",
+        actor: str = "",
+        data: dict[str, Any] | None = None,
+    ) -> int | None:
+        """One `detection` audit event, then the alert (type `alert`; the sinks and alert file get it); its seq."""
         try:
             ev = await self.store.append(
                 "detection", actor=d.user, session=d.session, grant=grant, target=d.target, severity=d.severity,
-                data=d.data(),
+                data={**d.data(), **(data or {})},
             )  # fmt: skip
         except Exception as exc:
             log.error("detection %s could not be audited: %s", d.rule, type(exc).__name__)
-            return
+            return None
+        extra = {"rule": d.rule, "detection_seq": ev.seq, "offset": d.offset, "link": d.link(), **(data or {})}
         await self.alerts.emit(
-            "detection", d.explanation, severity=d.severity, actor=d.user, session=d.session, grant=grant,
-            target=d.target, data={"rule": d.rule, "detection_seq": ev.seq, "offset": d.offset},
+            alert, d.explanation, severity=d.severity, actor=actor or d.user, session=d.session, grant=grant,
+            target=d.target, data=extra,
         )  # fmt: skip
+        return ev.seq
 
     def remember(self, user: str, target: str, kind: str, value: str) -> None:
         """Persist something new in a baseline (so a restart keeps it), batched off the hot path."""
@@ -133,80 +162,3 @@ class Detector:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-class Watch:
-    """One session's view of its baseline: every statement or command line is a few set lookups."""
-
-    __slots__ = ("__weakref__", "detector", "session", "target", "user")
-
-    def __init__(self, detector: Detector, s: Watched) -> None:
-        self.detector = detector
-        self.session = s
-        self.user = s.user
-        self.target = s.target.name
-        b = detector.baselines
-        found = b.start(self.user, self.target, detector.clock())
-        if found is not _KNOWN:
-            detector.remember(self.user, ANY_TARGET, "target", self.target)
-        if found is Seen.NOVEL and detector.settings.on(FIRST_TARGET):
-            targets = sum(1 for k in b.seen if k[0] == self.user and k[1] == ANY_TARGET) - 1
-            before = b.of(self.user, ANY_TARGET).sessions - 1
-            why = f"first time {self.user} used {self.target}, after {before} sessions on {targets} other targets"
-            self._flag(FIRST_TARGET, "warning", why)
-
-    def sql(self, insp: Inspection) -> None:
-        """A statement text the relay inspected: its shape, tables and schemas."""
-        note = self.detector.baselines.note
-        user, target = self.user, self.target
-        found = note(user, target, "shape", insp.fingerprint)
-        if found is not _KNOWN:
-            self._new(FIRST_SHAPE, "shape", insp.fingerprint, "info", found)
-        for st in insp.statements:
-            for table in st.tables:
-                found = note(user, target, "table", table)
-                if found is not _KNOWN:
-                    self._new(FIRST_TABLE, "table", table, "warning", found)
-                schema, dot, _ = table.rpartition(".")
-                if dot:
-                    found = note(user, target, "schema", schema)
-                    if found is not _KNOWN:
-                        self._new(FIRST_SCHEMA, "schema", schema, "warning", found)
-
-    def command(self, line: str) -> None:
-        """A shell command line the SSH relay judged: its command name (argv[0] without its path)."""
-        name = command_name(line)
-        if name:
-            found = self.detector.baselines.note(self.user, self.target, "command", name)
-            if found is not _KNOWN:
-                self._new(FIRST_COMMAND, "command", name, "warning", found)
-
-    def _new(self, rule: str, kind: str, value: str, severity: str, found: Seen) -> None:
-        d = self.detector
-        d.remember(self.user, self.target, kind, value)
-        if found is Seen.NOVEL and d.settings.on(rule):
-            h = d.baselines.of(self.user, self.target)
-            days = (d.clock() - (h.since or d.clock())) / 86_400
-            shown = value if len(value) <= 120 else value[:117] + "..."
-            why = (
-                f"first time {self.user} {_WHAT[rule]} {shown!r} on {self.target} "
-                f"in {h.sessions - 1} sessions over {days:.0f} days"
-            )
-            self._flag(rule, severity, why)
-
-    def _flag(self, rule: str, severity: str, why: str) -> None:
-        s = self.session
-        offset = round(self.detector.clock() - s.started_at, 3)
-        self.detector.found(Detection(rule, severity, why, self.user, self.target, s.id, offset))
-
-
-def command_name(line: str) -> str:
-    """argv[0] of a command line without its folder, skipping VAR=value prefixes and sudo/env wrappers."""
-    for word in line.split():
-        if "=" in word.split("/")[0] and not word.startswith(("=", "/")):
-            continue
-        name = word.rsplit("/", 1)[-1]
-        if name in ("sudo", "env", "nohup", "time", "exec") or name.startswith("-"):  # a wrapper or its flags
-            continue
-        return name
-    return ""

@@ -27,8 +27,6 @@ from gateway.store import Store
 log = logging.getLogger(__name__)
 
 SWEEP_TAG = "gateway:sweep"
-SWEEP_EVERY = 30.0
-"""Seconds between passes (the default of `[detection] sweep_every`)."""
 _TERMINATE = b"X\x00\x00\x00\x04"
 _BACKENDS_SQL = (
     "SELECT pid, coalesce(application_name, ''), extract(epoch FROM backend_start)::float8, "

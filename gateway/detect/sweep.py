@@ -20,7 +20,9 @@ from gateway.detect.model import Detection
 ENDED_SESSION_BACKEND = "lingering.ended_session_backend"
 UNTAGGED_BACKEND = "lingering.untagged_backend"
 STALE_HELPER_BACKEND = "lingering.stale_helper_backend"
-RULES = (ENDED_SESSION_BACKEND, UNTAGGED_BACKEND, STALE_HELPER_BACKEND)
+ENDED_SESSION_PROCESS = "lingering.ended_session_process"
+UNOWNED_PROCESS = "lingering.unowned_process"
+RULES = (ENDED_SESSION_BACKEND, UNTAGGED_BACKEND, STALE_HELPER_BACKEND, ENDED_SESSION_PROCESS, UNOWNED_PROCESS)
 
 HELPER_TAGS = frozenset({"gateway:catalog", "gateway:sweep", "gateway:target-check"})
 HELPER_GRACE = 120.0  # a catalogue load is bounded by seconds; one this old is stuck or forged

@@ -18,6 +18,7 @@ UNUSUAL_HOUR = "usual.hour"
 UNUSUAL_DAY = "usual.day"
 VOLUMES = ("rows", "bytes", "rate", "duration")  # rows returned, bytes out, statements/min, seconds
 RULES = (UNUSUAL_HOUR, UNUSUAL_DAY, *(f"usual.volume.{v}" for v in VOLUMES))
+ANY_USER = ""  # the target's own volumes: every user's sessions there
 _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _UNITS = {"rows": "rows", "bytes": "bytes out", "rate": "statements a minute", "duration": "s long"}
 
@@ -49,14 +50,19 @@ class Usual:
         self.times: dict[str, _Times] = {}
         self.volumes: dict[tuple[str, str], dict[str, LogHistogram]] = {}
 
-    def started(self, user: str, target: str, session: str, now: float) -> list[Detection]:
-        """A session opened: is this an hour or weekday this user does not work? Then learn it."""
+    def started(
+        self, user: str, target: str, session: str, now: float, *, hours: tuple[int, int] | None = None
+    ) -> list[Detection]:
+        """A session opened: is this an hour or weekday this user does not work? Then learn it.
+
+        `hours`: a policy's fixed working hours for this session, over the settings' own.
+        """
         t = self.times.setdefault(user, _Times())
         tm = time.gmtime(now)
         hour, day = tm.tm_hour, tm.tm_wday
         total = sum(t.hours)
         out: list[Detection] = []
-        fixed = self.settings.hours
+        fixed = hours or self.settings.hours
         if fixed is not None:
             lo, hi = fixed
             if not (lo <= hour < hi if lo <= hi else hour >= lo or hour < hi):
@@ -102,22 +108,27 @@ class Usual:
         return out
 
     def limits(self, user: str, target: str) -> dict[str, float]:
-        """Per volume, the level over which this user's session on this target is unusual (empty while warming up)."""
-        hists = self.volumes.get((user, target), {})
+        """Per volume, the level over which this user's session on this target is unusual.
+
+        From the user's own sessions there once they are past warm-up, else from everyone's on the target
+        (negative: the target's); nothing while both are warming up.
+        """
         s = self.settings
-        out = {}
-        for name, h in hists.items():
-            if h.total >= s.warmup_sessions:
-                out[name] = max(s.floors.get(name, 0.0), s.factor * h.quantile(0.95))
+        out: dict[str, float] = {}
+        for key, sign in (((ANY_USER, target), -1.0), ((user, target), 1.0)):
+            for name, h in self.volumes.get(key, {}).items():
+                if h.total >= s.warmup_sessions:
+                    out[name] = sign * max(s.floors.get(name, 0.0), s.factor * h.quantile(0.95))
         return out
 
     def over(self, user: str, target: str, session: str, name: str, value: float, limit: float) -> Detection:
-        """The detection for one volume over its limit."""
+        """The detection for one volume over its limit (a negative limit is the target's, see `limits`)."""
+        whose = "their p95 there" if limit > 0 else f"the p95 of all sessions on {target}"
         return Detection(
             f"usual.volume.{name}",
             "warning",
             f"session {session} of {user} on {target} was {value:.0f} "
-            f"{_UNITS[name]}, over {limit:.0f} ({self.settings.factor:g}x their p95)",
+            f"{_UNITS[name]}, over {abs(limit):.0f} ({self.settings.factor:g}x {whose})",
             user,
             target,
             session,
@@ -128,10 +139,13 @@ class Usual:
     ) -> list[Detection]:
         """A session closed: compare its volumes with the limits it started with, then learn them."""
         lim = self.limits(user, target) if limits is None else limits
-        out = [self.over(user, target, session, n, v, lim[n]) for n, v in volumes.items() if n in lim and v > lim[n]]
-        hists = self.volumes.setdefault((user, target), {})
-        for name, value in volumes.items():
-            hists.setdefault(name, LogHistogram()).add(value)
+        out = [
+            self.over(user, target, session, n, v, lim[n]) for n, v in volumes.items() if n in lim and v > abs(lim[n])
+        ]
+        for key in ((user, target), (ANY_USER, target)):
+            hists = self.volumes.setdefault(key, {})
+            for name, value in volumes.items():
+                hists.setdefault(name, LogHistogram()).add(value)
         return out
 
     def to_json(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -26,6 +27,26 @@ class Recorder(Protocol):
     def record_line(self, line: str) -> None: ...
 
     def elapsed(self) -> float: ...
+
+
+class Watcher(Protocol):
+    """What the journal tells detection (gateway/detect/watch.py): results of `large_rows` rows or more, failures."""
+
+    large_rows: int
+
+    def large_result(self, fingerprint: str, tables: Any, rows: int) -> None: ...
+
+    def failed(self) -> None: ...
+
+
+class _Unwatched:
+    large_rows = sys.maxsize
+
+    def large_result(self, fingerprint: str, tables: Any, rows: int) -> None:
+        """Nobody looks."""
+
+    def failed(self) -> None:
+        """Nobody counts."""
 
 
 class Stmt:
@@ -108,6 +129,7 @@ class Journal:
         # Finished, waiting for ReadyForQuery to learn the tx state: (stmt, rows, ms, sqlstate, error, tag).
         self._done: list[tuple[Stmt, int | None, float, str | None, str | None, str | None]] = []
         self._encoder = schema.StatementEncoder()
+        self.watch: Watcher = _Unwatched()
 
     def started(self, sql: str, params: list[str] | None, fingerprint: str, kind: str, tables: Any,
                 decision: Decision, batch: int, tx: str, limit: int = 0,
@@ -140,12 +162,15 @@ class Journal:
             if self.max_rows is not None and rows > self.max_rows and tag.startswith(("SELECT", "COPY", "FETCH")):
                 self._alert("sql.max_rows", f"statement returned {rows} rows (policy max_rows {self.max_rows})",
                             rows=rows, fingerprint=s.fingerprint)  # fmt: skip
+            if rows >= self.watch.large_rows:
+                self.watch.large_result(s.fingerprint, s.tables, rows)
         self.statements += 1
         self._done.append((s, rows, (time.perf_counter() - s.t0) * 1000.0, None, None, tag))
 
     def failed(self, sqlstate: str, message: str, batch: int) -> None:
         """ErrorResponse in batch `batch`: its oldest pending statement failed (the server skips the rest)."""
         self.errors += 1
+        self.watch.failed()
         if self.pending and self.pending[0].batch == batch:
             self._finish(self.pending.popleft(), sqlstate, message)
 

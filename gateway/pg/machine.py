@@ -82,6 +82,7 @@ class Observe:
     """Hand a statement to detection later than usual (after a Kill, so the kill is not queued behind it)."""
 
     inspection: Inspection
+    decision: Decision
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +129,7 @@ class SessionMachine:
     """One session's protocol state: frames both directions, enforces the policy, keeps the journal."""
 
     def __init__(self, facts: SessionFacts, inspector: Inspector, journal: Journal,
-                 observe: Callable[[Inspection], None]) -> None:  # fmt: skip
+                 observe: Callable[[Inspection, Decision], Decision]) -> None:  # fmt: skip
         self.facts = facts
         self.inspector = inspector
         self.journal = journal
@@ -248,17 +249,21 @@ class SessionMachine:
 
     def _check(self, sql: str) -> tuple[Inspection, Decision]:
         insp, decision = self.inspector.check(sql, self.prepared)
-        if decision.verdict is _ALLOW and not decision.alerts:
-            self._observe(insp)
-            return insp, decision
+        if decision.verdict is not Verdict.KILL:
+            # Detection sees every statement; a rule whose action is deny or kill replaces an allowing decision.
+            decision = self._observe(insp, decision)
+            if decision.verdict is _ALLOW and not decision.alerts:
+                return insp, decision
+            observed = True
+        else:
+            observed = False
         if decision.alerts:
             self._raise_alerts(insp, decision)
         if decision.verdict is Verdict.KILL:
             self.stop_client = True
             self._events.append(Kill(denial_message(decision)))
-            self._events.append(Observe(insp))  # after the kill: its teardown is not queued behind baseline writes
-        else:
-            self._observe(insp)
+            if not observed:  # after the kill: its teardown is not queued behind baseline writes
+                self._events.append(Observe(insp, decision))
         return insp, decision
 
     def _on_query(self, chunk: bytes, start: int, end: int) -> bool:

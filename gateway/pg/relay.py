@@ -56,7 +56,8 @@ class Relay:
         facts = facts_of(session.id, session.user, session.login.user, session.scope, session.target.name,
                          sql.mode if sql is not None else None, decide_function_call(sql), upstream.parameters,
                          upstream.status)  # fmt: skip
-        self._observe = watch(session).sql
+        w = journal.watch = watch(session)  # the journal reports large results and failures to it
+        self._observe = w.sql
         self.machine = SessionMachine(facts, inspector, journal, self._observe)
         # Resolved with the reason when a side leaves or breaks the protocol: the session's block returns then.
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -102,7 +103,7 @@ class Relay:
             if isinstance(e, Kill):
                 s.kill_soon(e.reason)
             elif isinstance(e, Observe):
-                self._observe(e.inspection)
+                self._observe(e.inspection, e.decision)
             elif isinstance(e, Audit):
                 s.audit_soon(e.type, severity=e.severity, **e.data)
             elif isinstance(e, Alert):

@@ -119,7 +119,8 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
 
     def exec_requested(self, command: str) -> bool:
         """A command (also scp's server side)."""
-        return self._admit("exec", check_exec(self.policy, command), command=command)
+        d = watch(self.host.session).command(command, check_exec(self.policy, command))  # detection: its baselines
+        return self._admit("exec", d, command=command)
 
     def subsystem_requested(self, subsystem: str) -> bool:
         """Only sftp."""
@@ -295,8 +296,8 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         """Decide a command line, and count, audit, mark and alert it (shared by terminal and stdin lines)."""
         s = self.host.session
         d = check_line(self.policy, candidates, truncated=truncated, state=self.shell_state)
+        d = watch(s).command(shown, d)  # a detection whose action is deny or kill replaces an allow
         s.stats["commands"] = s.stats.get("commands", 0) + 1
-        watch(s).command(shown)
         if not d.allowed:
             s.stats["violations"] = s.stats.get("violations", 0) + 1
         s.audit_soon("command", severity="info" if d.allowed else "warning", line=shown, channel=self.n,

@@ -6,7 +6,9 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 
 from gateway.config import load_config
 from gateway.detect.engine import Detector
+from gateway.store import RequestRecord, SessionRecord
 from tests.control.conftest import Running, start_gateway, write_config, write_rig_config
 from tests.rig.postgres import PgCluster
 from tests.rig.sshd import SshServer
@@ -168,3 +171,87 @@ async def test_cli_lists_detections(detect_gw: Running) -> None:
     assert len(text.splitlines()) == 1
     assert "warning  approval.rubber_stamp  r_" in text and "bob approved alice's request" in text
     assert await cli("--since", "1h", "--rule", "first_use.table") == ""
+
+
+async def test_an_approval_that_loses_its_race_flags_nothing(detect_gw: Running) -> None:
+    """Another replica changes the request between this approval's read and its compare-and-set: no detection."""
+    gw = detect_gw
+    body = {"target": "orders-db", "scope": "read", "ttl": "15m", "reason": "just looking"}  # a rubber stamp, no ticket
+    req = await gw.ok("alice", "POST", "/v1/requests", body)
+    store = gw.services.store
+    real = store.update_request
+
+    async def racing(new: RequestRecord, **expect: Any) -> bool:
+        # the other replica's approval lands first (the same store, written as that replica would)
+        other = await store.get_request(req["id"])
+        assert other is not None
+        await real(replace(other, approvals=({"by": "dave", "at": time.time(), "comment": "x"},)),
+                   expect_state="pending", expect_approvals=0)  # fmt: skip
+        return await real(new, **expect)
+
+    store.update_request = racing  # type: ignore[method-assign,assignment]
+    try:
+        status, _ = await gw.call("bob", "POST", f"/v1/requests/{req['id']}/approve", {"comment": "ok"})
+    finally:
+        store.update_request = real  # type: ignore[method-assign]
+    assert status == 409
+    assert await _detections(gw) == []
+
+
+async def test_approval_outside_the_approvers_hours_and_a_wider_scope(detect_gw: Running) -> None:
+    gw = detect_gw
+    store = gw.services.store
+    now = time.time()
+    away = now - 86_400 + 12 * 3600  # bob has always approved half a day away from this hour
+    for i in range(12):
+        at = away - i * 86_400
+        approval = {"by": "bob", "at": at + 60}
+        await store.add_request(RequestRecord(f"r_old{i}", "carol", "orders-db", "read", "INC-1", 900.0, at, "approved",
+                                              (approval,)))  # fmt: skip
+    # alice's last session on orders-db was under `stats` (read-only); she now asks for `write`
+    await store.add_session(SessionRecord("s_last", "g_x", "alice", "orders-db", "stats", "postgres", "127.0.0.1:1",
+                                          now - 3600))  # fmt: skip
+    body = {"target": "orders-db", "scope": "write", "ttl": "15m", "reason": "INC-9: fix a refund"}
+    req = await gw.ok("alice", "POST", "/v1/requests", body)
+    await asyncio.sleep(0.1)
+    await gw.ok("carol", "POST", f"/v1/requests/{req['id']}/approve", {"comment": "ok"})  # 1 of 2: saved, judged
+    found = {d["rule"]: d for d in await _detections(gw) if d.get("request") == req["id"]}
+    assert "approval.wider_scope" in found
+    assert found["approval.wider_scope"]["explanation"].endswith(
+        "wider than 'stats', the scope of their last session there"
+    )
+    await gw.ok("dave", "POST", f"/v1/requests/{req['id']}/approve", {"comment": "ok"})
+    before = {d["rule"] for d in await _detections(gw) if d.get("request") == req["id"]}
+    assert "approval.outside_hours" not in before  # dave has no history: nothing to compare with
+    req2 = await gw.ok("carol", "POST", "/v1/requests", {**body, "scope": "read"})
+    await gw.ok("bob", "POST", f"/v1/requests/{req2['id']}/approve", {"comment": "ok"})
+    (late,) = [d for d in await _detections(gw) if d["rule"] == "approval.outside_hours"]
+    assert late["request"] == req2["id"] and late["link"] == f"/requests/{req2['id']}"
+    assert "of bob's 12 approvals were within an hour of that" in late["explanation"]
+
+
+async def test_a_grant_approved_and_never_used(detect_gw: Running) -> None:
+    gw = detect_gw
+    req_id, grant_id, _ = await gw.approved_grant()
+    store, detector = gw.services.store, gw.services.registry.detector
+    assert detector is not None
+    later = time.time() + 3600
+    assert grant_id in await store.expire_grants(later)  # what the grant-expiry job does, an hour on
+    grant = await store.get_grant(grant_id)
+    assert grant is not None
+    await detector.grant_expired(grant)
+    (unused,) = [d for d in await _detections(gw) if d["rule"] == "grant.never_used"]
+    assert unused["request"] == req_id and unused["severity"] == "info"
+    assert (
+        unused["explanation"]
+        == f"alice's grant approved by bob {grant_id} for orders-db/read expired after 0.2 h without being used"
+    )
+
+
+async def test_sweep_every_schedules_the_sweeps(tmp_path: Path, api_keys: dict[str, str]) -> None:
+    config = load_config(write_config(tmp_path, api_keys, extra="[detection]\nsweep_every = 7\n"), need_secrets=False)
+    svc, _, stop = await start_gateway(config, enable=("http", "postgres"))
+    try:
+        assert svc.scheduler.jobs["lingering-sweep"].every == 7
+    finally:
+        await stop()

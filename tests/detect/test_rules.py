@@ -7,9 +7,9 @@ import re
 import pytest
 
 from gateway.detect.baseline import ANY_TARGET, Baselines, Seen
-from gateway.detect.engine import command_name
 from gateway.detect.model import NO_TICKET, RUBBER_STAMP, SAME_APPROVER
 from gateway.detect.settings import DetectionSettings, SettingsError, parse_settings
+from gateway.detect.watch import command_name
 from gateway.detect.workflow import approval_findings
 from gateway.store import RequestRecord
 

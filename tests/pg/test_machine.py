@@ -13,7 +13,7 @@ from gateway.pg.journal import Journal
 from gateway.pg.machine import Alert, Audit, Broken, Event, Kill, Observe, SessionMachine, facts_of
 from gateway.pg.messages import ErrorResponse, ParameterStatus, Query, error_response
 from gateway.pg.sql.inspector import Inspection, Inspector, decide_function_call
-from gateway.policy import SqlPolicy, SqlRule, Verdict
+from gateway.policy import Decision, SqlPolicy, SqlRule, Verdict
 
 FUZZ = settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 READ = SqlPolicy("read")
@@ -109,8 +109,9 @@ class Rig:
         journal = Journal(self.lines, max_rows=None, alert=lambda *a, **k: None)
         self.m = SessionMachine(facts, inspector, journal, self._observe)
 
-    def _observe(self, insp: Inspection) -> None:
+    def _observe(self, insp: Inspection, decision: Decision) -> Decision:
         self.observed.append(insp.fingerprint)
+        return decision
 
     def client(self, *data: bytes) -> tuple[bytes, bytes, list[Event]]:
         to_server, to_client, events = self.m.client_data(b"".join(data))

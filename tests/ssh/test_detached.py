@@ -8,6 +8,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,11 +16,13 @@ from typing import Any
 
 import pytest
 
+from gateway.detect.sshsweep import SshSweeper
+from gateway.detect.sweep import ENDED_SESSION_PROCESS, UNOWNED_PROCESS
 from gateway.sandbox.procs import ensure_user, is_root
 from gateway.ssh import SshListener
 from gateway.ssh.reaper import _is_loopback, parse_output
 from tests.rig.sshd import SshServer
-from tests.ssh.conftest import POLICY, Gateway, make_config, remote_pids
+from tests.ssh.conftest import POLICY, USER, Gateway, make_config, remote_pids
 from tests.threaded import serve_in_thread
 
 
@@ -194,6 +197,34 @@ async def test_alert_mode_reports_without_ending(gateway: Gateway) -> None:
     finally:
         for pid in remote_pids(sleep):  # the process this test started, by its pid
             os.kill(pid, signal.SIGKILL)
+
+
+async def test_the_periodic_sweep_ends_what_outlived_its_session_or_never_had_one(gateway: Gateway) -> None:
+    """`[detection] sweep_every`: processes of the injected login found between sessions' ends, flagged, ended.
+
+    Started outside the gateway as the login (what a session's end could not reach: a replica that died,
+    a target down at the end): one carrying the marker of a session that has ended, one with no marker.
+    """
+    ended = await end_one_session(gateway)
+    lingering, outsider = unique_sleep(), unique_sleep()
+    user = gateway.sshd.user
+    for sleep, env in ((lingering, [f"LC_GATEWAY_SESSION={ended}"]), (outsider, [])):
+        subprocess.run(["runuser", "-u", user, "--", "env", *env, "setsid", "-f", *sleep.split()], check=True)
+        await wait_for(lambda s=sleep: remote_pids(s), 5, f"{sleep} did not start")
+    detector = gateway.services.registry.detector
+    assert detector is not None
+    sweeper = SshSweeper(gateway.config, gateway.services.policies, detector)
+    found = await gateway.run(sweeper.once())
+    by_args = {d.explanation.split("'")[1]: d for d in found if "'" in d.explanation}
+    late, stray = by_args[lingering], by_args[outsider]
+    assert (late.rule, late.severity, late.session, late.user) == (ENDED_SESSION_PROCESS, "critical", ended, USER)
+    assert late.explanation.startswith(f"session {ended} of {USER} on rig ended (client disconnected) but process ")
+    assert late.explanation.endswith(("was still running; terminated", "was still running; killed (SIGKILL)"))
+    assert (stray.rule, stray.severity) == (UNOWNED_PROCESS, "critical")
+    await wait_for(lambda: not remote_pids(lingering) and not remote_pids(outsider), 8, "the sweep left them")
+    events = [e for e in await gateway.events(types=("detection",)) if e.data.get("rule") == ENDED_SESSION_PROCESS]
+    assert events and events[-1].session == ended and events[-1].data["terminated"] is True
+    assert events[-1].data["link"].startswith(f"/sessions/{ended}")
 
 
 def test_sweep_output_parsing() -> None:
