@@ -529,3 +529,25 @@ async def test_admissions_from_two_processes_respect_the_limit(backend: Backend,
     assert sum(int(out.strip()) for out, _ in outs) == 3
     assert len(await s.list_sessions(grant_id="g_1", live=True)) == 3
     await s.close()
+
+
+async def test_writers_cancelled_mid_transaction_leave_the_store_writable(store: Store) -> None:
+    # A kill cancels the session's task wherever it is, also between BEGIN and COMMIT (a cancelled await
+    # does not stop aiosqlite's thread from running the BEGIN): the store must not be left inside a
+    # transaction that every later write then fails on ("cannot start a transaction within a transaction").
+    await store.add_grant(grant("g_c"))
+    for i in range(40):
+        tasks = [
+            asyncio.ensure_future(store.append("x.cancelled", data={"i": i})),
+            asyncio.ensure_future(store.admit_session(session(f"s_c{i:05d}", "g_c"), max_live=1000)),
+        ]
+        for _ in range(i % 7):
+            await asyncio.sleep(0)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    last = await store.append("x.after")
+    assert last.type == "x.after"
+    assert await store.admit_session(session("s_after", "g_c"), max_live=1000)
+    verdict = await store.verify()
+    assert verdict.ok, verdict.problem

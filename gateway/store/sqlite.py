@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -36,6 +36,8 @@ from gateway.store.schema import (
     web_signin_row,
 )
 from gateway.tokens import KeyRing
+
+T = TypeVar("T")
 
 __all__ = ["SEVERITIES", "SqliteStore", "StoreError"]
 
@@ -87,6 +89,20 @@ class SqliteStore:
         await self._db.close()
         self._db = None
 
+    async def _atomically(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Run `work` (BEGIN ... COMMIT) under the write lock to its end, even when the caller is cancelled.
+
+        A kill cancels a session's task wherever it is; a cancelled await does not stop aiosqlite's thread
+        from running the statement, so a cancel right after BEGIN left the connection inside a transaction
+        that every later write failed on ("cannot start a transaction within a transaction").
+        """
+
+        async def run() -> T:
+            async with self._lock:
+                return await work()
+
+        return await asyncio.shield(run())
+
     async def _write(self, sql: str, args: Iterable[Any] = ()) -> aiosqlite.Cursor:
         """One autocommitted write statement, never inside another coroutine's transaction."""
         async with self._lock:
@@ -132,8 +148,9 @@ class SqliteStore:
             raise ValueError(f"severity must be one of {SEVERITIES}")
         ts = time.time() if ts is None else float(ts)  # hashed as read back from the REAL column
         data = data or {}
-        async with self._lock:
-            seq, prev, digest = await self._append_locked(ts, type_, actor, session, grant, target, severity, data)
+        seq, prev, digest = await self._atomically(
+            lambda: self._append_locked(ts, type_, actor, session, grant, target, severity, data)
+        )
         if self.ring is not None and seq % self.checkpoint_every == 0:
             await self.checkpoint()
         return AuditEvent(seq, ts, type_, actor, session, grant, target, severity, data, prev, digest, self.node)
@@ -362,21 +379,23 @@ class SqliteStore:
         file) can insert between them. A PostgreSQL store does the same in one transaction that first
         takes `pg_advisory_xact_lock(hashtext('sessions:' || grant_id))`, then counts, inserts, commits.
         """
-        async with self._lock:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                if max_live is not None:
-                    sql = "SELECT count(*) FROM sessions WHERE grant_id = ? AND ended_at IS NULL"
-                    async with self.db.execute(sql, (s.grant_id,)) as cur:
-                        row = await cur.fetchone()
-                    if row is not None and int(row[0]) >= max_live:
-                        await self.db.execute("ROLLBACK")
-                        return False
-                await self.db.execute(_INSERT_SESSION, _session_args(s, self.node))
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
+        return await self._atomically(lambda: self._admit_locked(s, max_live))
+
+    async def _admit_locked(self, s: SessionRecord, max_live: int | None) -> bool:
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            if max_live is not None:
+                sql = "SELECT count(*) FROM sessions WHERE grant_id = ? AND ended_at IS NULL"
+                async with self.db.execute(sql, (s.grant_id,)) as cur:
+                    row = await cur.fetchone()
+                if row is not None and int(row[0]) >= max_live:
+                    await self.db.execute("ROLLBACK")
+                    return False
+            await self.db.execute(_INSERT_SESSION, _session_args(s, self.node))
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
         return True
 
     async def end_session(
