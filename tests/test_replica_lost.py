@@ -19,6 +19,7 @@ import pytest
 
 from gateway.sandbox.procs import ensure_user, is_root
 from tests.replicas import ReplicaSet, exited, stop_client, wait_until
+from tests.rig import needs
 from tests.rig.postgres import PgCluster
 from tests.rig.sshd import SshServer
 from tests.storekit import Backend
@@ -29,8 +30,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def own_sshd() -> Iterator[SshServer]:
     """An sshd logging in a login of this test alone: the sweep ends that login's detached processes."""
-    if not is_root():
-        pytest.skip("a dedicated login user can only be created as root")
+    needs(is_root(), "a dedicated login user can only be created as root")
     user = "gwl" + hashlib.sha256(str(Path(__file__).resolve()).encode()).hexdigest()[:8]
     ensure_user(user, ["--create-home", "--user-group", "--shell", "/bin/bash"], ["--password", "*"])
     with SshServer(user) as sshd:

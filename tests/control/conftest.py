@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -223,3 +225,33 @@ async def gw(config: Config, api_keys: dict[str, str]) -> AsyncIterator[Running]
     async with aiohttp.ClientSession() as session:
         yield Running(svc, port, api_keys, session, stop)
     await stop()
+
+
+def rig_passwords(monkeypatch: pytest.MonkeyPatch, pg: Any) -> None:
+    """The upstream logins' passwords, where write_rig_config's config reads them."""
+    monkeypatch.setenv("GW_TEST_RO_PASSWORD", pg.passwords["app_ro"])
+    monkeypatch.setenv("GW_TEST_RW_PASSWORD", pg.passwords["app_rw"])
+
+
+@contextlib.asynccontextmanager
+async def rig_gateway(path: Path, keys: dict[str, str], pg: Any, sshd: Any) -> AsyncIterator[Running]:
+    """Every listener of the config at `path` (from write_rig_config), its targets the rig's PostgreSQL and sshd."""
+    svc, port, stop = await start_gateway(load_config(path, need_secrets=True), enable=("postgres", "ssh", "http"))
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield Running(svc, port, keys, session, stop, {"pg": pg, "sshd": sshd})
+    finally:
+        await stop()
+
+
+def cli_env(gw: Running, user: str) -> dict[str, str]:
+    """The environment of a `gateway` CLI run as `user` against `gw`, the rig's psql on PATH."""
+    pg = gw.extra["pg"]
+    return {
+        **os.environ,
+        "GATEWAY_URL": gw.url,
+        "GATEWAY_API_KEY": gw.keys[user],
+        "GATEWAY_CREDENTIALS": "/nonexistent/credentials",
+        "PATH": f"{pg.bin_dir}:{os.environ.get('PATH', '')}",
+        "PGCONNECT_TIMEOUT": "10",
+    }

@@ -5,18 +5,15 @@ actions from the config and the policy (a denied COPY, a session killed by a bur
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from gateway.config import load_config
-from tests.control.conftest import ORDERS_POLICY, Running, start_gateway, write_rig_config
+from tests.control.conftest import ORDERS_POLICY, Running, cli_env, rig_gateway, rig_passwords, write_rig_config
 from tests.rig.postgres import PgCluster
 from tests.rig.sshd import SshServer
 
@@ -63,28 +60,17 @@ async def gw(
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[Running]:
     """Every listener, the rig's PostgreSQL and sshd as targets, the detection settings above."""
-    monkeypatch.setenv("GW_TEST_RO_PASSWORD", pg_cluster.passwords["app_ro"])
-    monkeypatch.setenv("GW_TEST_RW_PASSWORD", pg_cluster.passwords["app_rw"])
+    rig_passwords(monkeypatch, pg_cluster)
     path = write_rig_config(tmp_path, api_keys, pg_cluster, sshd_server)
     path.write_text(path.read_text().replace("[alerts]", DETECTION + "\n[alerts]"))
     (tmp_path / "policies" / "orders-db.yaml").write_text(orders_policy())
     (tmp_path / "policies" / "web-1.yaml").write_text(WEB)
-    svc, port, stop = await start_gateway(load_config(path, need_secrets=True), enable=("postgres", "ssh", "http"))
-    async with aiohttp.ClientSession() as session:
-        yield Running(svc, port, api_keys, session, stop, {"pg": pg_cluster, "sshd": sshd_server})
-    await stop()
+    async with rig_gateway(path, api_keys, pg_cluster, sshd_server) as running:
+        yield running
 
 
 async def cli(gw: Running, *argv: str, user: str = "alice") -> tuple[int, str, str]:
-    pg: PgCluster = gw.extra["pg"]
-    env = {
-        **os.environ,
-        "GATEWAY_URL": gw.url,
-        "GATEWAY_API_KEY": gw.keys[user],
-        "GATEWAY_CREDENTIALS": "/nonexistent/credentials",
-        "PATH": f"{pg.bin_dir}:{os.environ.get('PATH', '')}",
-        "PGCONNECT_TIMEOUT": "10",
-    }
+    env = cli_env(gw, user)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", *argv, env=env, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

@@ -11,11 +11,9 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from gateway.config import load_config
-from tests.control.conftest import Running, start_gateway, write_rig_config
+from tests.control.conftest import Running, cli_env, rig_gateway, rig_passwords, write_rig_config
 from tests.rig.postgres import PgCluster
 from tests.rig.sshd import HELLO_TEXT, SshServer
 
@@ -31,26 +29,13 @@ async def full_gw(
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[Running]:
     """App(config) with every listener, its targets the rig's PostgreSQL and sshd."""
-    monkeypatch.setenv("GW_TEST_RO_PASSWORD", pg_cluster.passwords["app_ro"])
-    monkeypatch.setenv("GW_TEST_RW_PASSWORD", pg_cluster.passwords["app_rw"])
+    rig_passwords(monkeypatch, pg_cluster)
     path = write_rig_config(tmp_path, api_keys, pg_cluster, sshd_server)
-    config = load_config(path, need_secrets=True)
-    svc, port, stop = await start_gateway(config, enable=("postgres", "ssh", "http"))
-    async with aiohttp.ClientSession() as session:
-        yield Running(svc, port, api_keys, session, stop, {"pg": pg_cluster, "sshd": sshd_server})
-    await stop()
+    async with rig_gateway(path, api_keys, pg_cluster, sshd_server) as gw:
+        yield gw
 
 
-def _env(gw: Running, user: str) -> dict[str, str]:
-    pg: PgCluster = gw.extra["pg"]
-    return {
-        **os.environ,
-        "GATEWAY_URL": gw.url,
-        "GATEWAY_API_KEY": gw.keys[user],
-        "GATEWAY_CREDENTIALS": "/nonexistent/credentials",
-        "PATH": f"{pg.bin_dir}:{os.environ.get('PATH', '')}",
-        "PGCONNECT_TIMEOUT": "10",
-    }
+_env = cli_env  # the name test_receipts imports
 
 
 async def _cli(gw: Running, user: str, *argv: str) -> asyncio.subprocess.Process:

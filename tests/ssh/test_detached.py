@@ -21,6 +21,7 @@ from gateway.detect.sweep import ENDED_SESSION_PROCESS, UNOWNED_PROCESS
 from gateway.sandbox.procs import ensure_user, is_root
 from gateway.ssh import SshListener
 from gateway.ssh.reaper import _is_loopback, parse_output
+from tests.rig import needs
 from tests.rig.sshd import SshServer
 from tests.ssh.conftest import POLICY, USER, Gateway, make_config, remote_pids
 from tests.threaded import serve_in_thread
@@ -33,8 +34,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     Not the shared rig's `gwops`: every test run on this machine logs in as that one, and a sweep there
     would end other runs' processes. The user name is fixed per worktree, so reruns reuse it.
     """
-    if not is_root():
-        pytest.skip("a dedicated login user can only be created as root")
+    needs(is_root(), "a dedicated login user can only be created as root")
     user = "gwr" + hashlib.sha256(str(Path(__file__).resolve()).encode()).hexdigest()[:8]
     ensure_user(user, ["--create-home", "--user-group", "--shell", "/bin/bash"], ["--password", "*"])
     with SshServer(user) as sshd:

@@ -25,7 +25,8 @@ from gateway.cli.console import console_link
 from gateway.config import load_config
 from gateway.store import SessionRecord
 from gateway.web.stream import STALL
-from tests.control.conftest import Running, start_gateway, write_config, write_rig_config
+from tests.control.conftest import Running, rig_gateway, rig_passwords, start_gateway, write_config, write_rig_config
+from tests.control.conftest import cli_env as rig_cli_env
 from tests.rig.idp import NodeIdp, start_idp
 from tests.rig.ports import free_ports
 from tests.rig.postgres import PgCluster
@@ -128,30 +129,17 @@ async def full_gw(
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[Running]:
     """Every listener, the rig's PostgreSQL and sshd as targets, [oidc] the node IdP."""
-    monkeypatch.setenv("GW_TEST_RO_PASSWORD", pg_cluster.passwords["app_ro"])
-    monkeypatch.setenv("GW_TEST_RW_PASSWORD", pg_cluster.passwords["app_rw"])
+    rig_passwords(monkeypatch, pg_cluster)
     path = write_rig_config(tmp_path, api_keys, pg_cluster, sshd_server)
     text = re.sub(r'http = "127\.0\.0\.1:\d+"', f'http = "127.0.0.1:{ports[1]}"', path.read_text())
     text = text.replace("[alerts]", f"{oidc_section(idp)}\n[alerts]", 1)
     path.write_text(text)
-    config = load_config(path, need_secrets=True)
-    svc, port, stop = await start_gateway(config, enable=("postgres", "ssh", "http"))
-    async with aiohttp.ClientSession() as session:
-        yield Running(svc, port, api_keys, session, stop, {"pg": pg_cluster, "sshd": sshd_server})
-    await stop()
+    async with rig_gateway(path, api_keys, pg_cluster, sshd_server) as running:
+        yield running
 
 
 def cli_env(gw: Running, user: str) -> dict[str, str]:
-    pg: PgCluster = gw.extra["pg"]
-    return {
-        **os.environ,
-        "GATEWAY_URL": gw.url,
-        "GATEWAY_API_KEY": gw.keys[user],
-        "GATEWAY_CREDENTIALS": "/nonexistent/credentials",
-        "PATH": f"{pg.bin_dir}:{os.environ.get('PATH', '')}",
-        "PGCONNECT_TIMEOUT": "10",
-        "TERM": "xterm",
-    }
+    return {**rig_cli_env(gw, user), "TERM": "xterm"}
 
 
 async def cli(gw: Running, user: str, *argv: str, timeout: float = 60) -> tuple[int, str, str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.demo import READY_LINE
+from tests.rig import needs
 from tests.test_demo import RunningDemo, _client_env, _flow, _paste_in_order, demo
 from tests.web.browser import Browser, chrome
 from tests.web.test_browser import Pty, _player_shows, until
@@ -26,8 +27,7 @@ __all__ = ["demo"]
 @pytest.mark.timeout(300)
 async def test_the_demo_in_a_browser(demo: RunningDemo, tmp_path: Path) -> None:
     await asyncio.to_thread(demo.read_until, READY_LINE, 90)
-    if not os.access("/usr/sbin/sshd", os.X_OK):
-        pytest.skip("the demo's SSH target needs OpenSSH's server")
+    needs(os.access("/usr/sbin/sshd", os.X_OK), "the demo's SSH target needs OpenSSH's server")
     link = demo.line(r"^http://127\.0\.0\.1:\d+/signin\?t=\S+$")
     assert link is not None, demo.text
     origin = link.split("/signin", 1)[0]
