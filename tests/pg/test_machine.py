@@ -381,11 +381,14 @@ def test_set_config_parameters_are_checked_at_each_bind() -> None:
                         ("search_path", "it's, fine")):  # fmt: skip
         batch = formatted_bind("sc", (name.encode(), value.encode())) + execute()
         assert _bound(r, batch) == (batch + SYNC, None)
-    for name, value, why in (("client_encoding", "SJIS", "client_encoding SJIS is not allowed"),
-                             ("Client_Encoding", "sjis", "client_encoding SJIS is not allowed"),
-                             ("standard_conforming_strings", "off", "standard_conforming_strings must stay on"),
-                             ("client_encoding", None, "client_encoding 'null' is not an encoding")):  # fmt: skip
-        to_server, denial = _bound(r, formatted_bind("sc", (name.encode(), value and value.encode())), execute())
+    unsafe: list[tuple[str, bytes | None, str]] = [
+        ("client_encoding", b"SJIS", "client_encoding SJIS is not allowed"),
+        ("Client_Encoding", b"sjis", "client_encoding SJIS is not allowed"),
+        ("standard_conforming_strings", b"off", "standard_conforming_strings must stay on"),
+        ("client_encoding", None, "client_encoding 'null' is not an encoding"),  # NULL: as the literal NULL
+    ]
+    for name, raw, why in unsafe:
+        to_server, denial = _bound(r, formatted_bind("sc", (name.encode(), raw)), execute())
         assert b"client_encoding" not in to_server.lower() and denial is not None and why in denial, denial
         assert "blocked by gateway policy: encoding" in denial
     refused = [line for line in r.lines.lines if line.get("verdict") == "deny"]
