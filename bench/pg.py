@@ -232,10 +232,14 @@ def pct(values: list[float], p: float) -> float:
 
 
 def test_latency(ep: Endpoint, args: argparse.Namespace) -> dict[str, float]:
+    cpu0 = cpu_seconds(ep.pid)
     with tempfile.TemporaryDirectory(prefix="gw-pgbench-log-") as d:
-        pgbench(ep, "prepared", args.seconds, 1, Path(d))
+        _, n = pgbench(ep, "prepared", args.seconds, 1, Path(d))
         lat = [float(line.split()[2]) for p in Path(d).iterdir() for line in p.open()]
-    return {"p50_us": pct(lat, 0.5), "p99_us": pct(lat, 0.99)}
+    out = {"p50_us": pct(lat, 0.5), "p99_us": pct(lat, 0.99)}
+    if ep.pid is not None:
+        out["cpu_us_per_tx"] = (cpu_seconds(ep.pid) - cpu0) / n * 1e6
+    return out
 
 
 def test_bulk(ep: Endpoint, args: argparse.Namespace) -> dict[str, float]:
