@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -127,6 +127,55 @@ def start_gateway(
         info = json.loads(proc.stdout.readline())
         port, tokens = int(info["port"]), tokens or dict(info["tokens"])
     return procs, port, tokens
+
+
+# --- the floor: a bare TLS relay in Python on uvloop ----------------------------------------------------
+
+
+async def bare_relay(spec: dict[str, Any]) -> None:
+    """TLS from the client, bytes copied both ways, nothing else (no token, policy or recording): what Python
+    on uvloop costs before the gateway does any work. The client logs in to PostgreSQL through it directly."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(spec["cert"], spec["key"])
+
+    class Side(asyncio.Protocol):
+        other: asyncio.Transport | None = None
+
+        def data_received(self, data: bytes) -> None:
+            assert self.other is not None
+            self.other.write(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.other is not None:
+                self.other.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(8)  # SSLRequest
+        writer.write(b"S")
+        await writer.start_tls(ctx)
+        client = cast(asyncio.Transport, writer.transport)
+        up, up_side = await asyncio.get_running_loop().create_connection(Side, "127.0.0.1", spec["pg_port"])
+        side = Side()
+        side.other, up_side.other = up, client
+        client.set_protocol(side)
+        left = bytes(reader._buffer)  # type: ignore[attr-defined]  # what StreamReader read past the handshake
+        if left:
+            up.write(left)
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    print(json.dumps({"port": srv.sockets[0].getsockname()[1]}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+def start_bare_relay(cluster: PgCluster) -> tuple[subprocess.Popen[str], int]:
+    crt, key = self_signed(Path(tempfile.mkdtemp(prefix="gw-bare-")))
+    spec = {"pg_port": cluster.port, "cert": str(crt), "key": str(key)}
+    proc = subprocess.Popen([sys.executable, __file__, "--relay", json.dumps(spec)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    return proc, int(json.loads(proc.stdout.readline())["port"])
 
 
 # --- pgbouncer -------------------------------------------------------------------------------------------
@@ -417,11 +466,12 @@ def main() -> int:
     )
     ap.add_argument("--markdown", type=Path, help="also write the table (and the run's details) here")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
+    ap.add_argument("--relay", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.serve:
+    if args.serve or args.relay:
         import uvloop
 
-        uvloop.run(serve(json.loads(args.serve)))
+        uvloop.run(serve(json.loads(args.serve)) if args.serve else bare_relay(json.loads(args.relay)))
         return 0
 
     tests = [t for t in TESTS if t in args.tests.split(",")]
@@ -444,6 +494,10 @@ def main() -> int:
                 procs.append(proc)
                 eps.append(Endpoint(name, port, "app_ro", ro, "app_admin", admin, "require" if tls else "disable",
                                     (proc.pid,)))  # fmt: skip
+        if "python-relay" in wanted:
+            relay, port = start_bare_relay(cluster)
+            procs.append(relay)
+            eps.append(Endpoint("python-relay", port, "app_ro", ro, "app_admin", admin, "require", (relay.pid,)))
         base = Path(tempfile.mkdtemp(prefix="gw-bench-"))
         for name, tls, n in (("gateway", True, 1), ("gateway-notls", False, 1), ("gateway-2w", True, 2)):
             if name in wanted:
