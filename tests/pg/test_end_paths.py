@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,7 +46,7 @@ async def test_every_end_path(gateway: Gateway, how: str) -> None:
                                       f" LIKE '%:{sid}' AND query LIKE '%pg_sleep%' AND state = 'active'")  # fmt: skip
         return out == "1"
 
-    await _until(running, 5, "pg_sleep never started upstream")
+    await _until(running, 15, "pg_sleep never started upstream")
     t_asked = issued.grant.expires_at if how == "expiry" else time.time()
     if how == "kill":
         await gateway.run(gateway.services.registry.kill(sid, REASONS[how], by="carol"))
@@ -68,7 +69,15 @@ async def test_every_end_path(gateway: Gateway, how: str) -> None:
 
     await _until(gone, 8 if how == "expiry" else 2, f"session {sid} or its backend still there")
     took = time.time() - t_asked
-    events = [e for e in await gateway.run(gateway.services.store.events(types=["session.end"])) if e.session == sid]
+
+    async def end_events() -> list[Any]:
+        return [e for e in await gateway.run(gateway.services.store.events(types=["session.end"])) if e.session == sid]
+
+    async def recorded() -> bool:  # the registry forgets the session just before its end is stored
+        return bool(await end_events())
+
+    await _until(recorded, 30, f"the end of session {sid} was not recorded")
+    events = await end_events()
     assert [e.data["reason"] for e in events] == [REASONS[how]]
     rec = await gateway.run(gateway.services.store.get_session(sid))
     assert rec is not None and rec.recording_sha256 and rec.recording_sha256 == events[0].data["recording_sha256"]

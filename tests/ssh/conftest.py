@@ -133,7 +133,7 @@ class Gateway(OnLoop):
     async def session_record(self, session_id: str) -> Any:
         return await self.run(self.services.store.get_session(session_id))
 
-    async def wait_closed(self, session_id: str, timeout: float = 10) -> Any:
+    async def wait_closed(self, session_id: str, timeout: float = 30) -> Any:
         """Wait until the session's end is stored; returns its record."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

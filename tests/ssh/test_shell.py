@@ -51,7 +51,7 @@ class Shell:
     def send(self, keys: str) -> None:
         self.proc.stdin.write(keys)
 
-    async def expect(self, needle: str, timeout: float = 10, *, after: int = 0) -> int:
+    async def expect(self, needle: str, timeout: float = 30, *, after: int = 0) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             i = self.text.find(needle, after)
@@ -180,20 +180,29 @@ async def test_kill_rule_ends_the_session(gateway: Gateway) -> None:
 async def test_history_and_completion_lines_come_from_the_echo(gateway: Gateway) -> None:
     sh = await Shell.open(gateway, await gateway.token())
     sid = await session_of(gateway)
-    await sh.run("echo hist-one", "hist-one\r\n")
+
+    # Each key is sent at the next prompt: keys typed while the command still runs meet the terminal's own
+    # echo (cooked mode: "^[[A"), not readline's.
+    async def ran(after: int) -> None:
+        """The command's own output line ("\r" before it, not "echo "), then the prompt after it."""
+        await sh.expect("$ ", after=await sh.expect("\rhist-one\r\n", after=after))
+
+    mark = len(sh.text)
+    sh.send("echo hist-one\r")
+    await ran(mark)
     mark = len(sh.text)
     sh.send("\x1b[A")
     await sh.expect("echo hist-one", after=mark)
     mark = len(sh.text)
     sh.send("\r")
-    await sh.expect("hist-one", after=mark)
+    await ran(mark)
     (gateway.sshd.scratch_dir / "completion-target-file").write_text("x")
     mark = len(sh.text)
     sh.send(f"ls {gateway.sshd.scratch_dir}/completion-ta\t")
     await sh.expect("completion-target-file", after=mark)
     mark = len(sh.text)
     sh.send("\r")
-    await sh.expect("completion-target-file", after=mark)
+    await sh.expect("$ ", after=mark)  # ls ran and the prompt is back
     sh.close()
     await gateway.wait_closed(sid)
     lines = [e.data["line"] for e in await gateway.events(sid, types=("command",))]

@@ -44,7 +44,8 @@ async def test_upstream_process_ends_with_the_session(gateway: Gateway, how: str
     opts, template, typed = SHAPES[shape]
     n = random.randrange(10**6, 10**7)
     marker = f"sleep 1007{n}"
-    issued = await gateway.grant(ttl=4 if how == "expiry" else 600)
+    # expiry: long enough for a login and a shell to start the command on a loaded machine (checked below)
+    issued = await gateway.grant(ttl=7 if how == "expiry" else 600)
     argv = ["sshpass", "-P", "Approval token", "-p", issued.token, "ssh", *SSH_OPTS, *opts,
             "-o", "PreferredAuthentications=keyboard-interactive", "-p", str(gateway.port),
             f"{TARGET}@{gateway.host}", *([template.format(n=n)] if template else [])]  # fmt: skip
@@ -55,6 +56,8 @@ async def test_upstream_process_ends_with_the_session(gateway: Gateway, how: str
             client.stdin.write(typed.format(n=n).encode())
             client.stdin.flush()
         await wait_until(lambda: remote_pids(marker), 15, f"{marker} did not start upstream")
+        if how == "expiry":
+            assert time.time() < issued.grant.expires_at, "the command started only after the grant expired"
         sid = str((await gateway.last_session()).id)
         ended = issued.grant.expires_at if how == "expiry" else time.time()
         if how == "kill":
