@@ -6,8 +6,10 @@
 Starts a throwaway PostgreSQL (gateway.sandbox; max_connections raised for the burst), initialises pgbench tables
 (owned by app_admin, readable by the SELECT-only app_ro), two pgbouncers 1.18 in session mode (one plain, one with
 client_tls_sslmode=require and a self-signed pair made by openssl) and the gateway (its own process on uvloop, TLS
-required, policy and statement recording on; `read` scope for pgbench, `admin` scope for COPY and pg_dump).
-Every round runs every test against every target in turn (the order rotates each round):
+required, policy and statement recording on; `read` scope for pgbench, `admin` scope for COPY and pg_dump),
+once as one process and once as `gateway-2w`, two workers on one port and store as `[listen] workers = 2` runs
+them (gateway/workers.py; CPU is summed over both). Every round runs every test against every target in turn
+(the order rotates each round):
 
 - tps-simple / tps-prepared: `pgbench -n -S -M simple|prepared -c 8 -j 2 -T <seconds>`; also the proxy's CPU
   per transaction (utime+stime of its process over the run / transactions).
@@ -39,14 +41,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.sandbox.postgres import PG_OS_USER, PgCluster
 
 TESTS = ("tps-simple", "tps-prepared", "latency", "bulk", "dump", "setup", "burst")
-TARGETS = ("direct", "pgbouncer", "pgbouncer-tls", "gateway")
+TARGETS = ("direct", "pgbouncer", "pgbouncer-tls", "gateway", "gateway-2w")
 
 
 def free_port() -> int:
@@ -70,7 +72,7 @@ class BenchCluster(PgCluster):
 
 async def serve(spec: dict[str, Any]) -> None:
     """Run a gateway for the cluster in `spec`; print its port and read/admin tokens; serve until stdin closes."""
-    from gateway.config import Address, Config, Login, Target
+    from gateway.config import Address, Config, Login, Target, WorkerSlot
     from gateway.grants import issue_grant
     from gateway.pg.listener import PostgresListener
     from gateway.secret import Secret
@@ -83,7 +85,11 @@ async def serve(spec: dict[str, Any]) -> None:
     }
     target = Target(name="orders", kind="postgres", address=Address("127.0.0.1", spec["pg_port"]), logins=logins,
                     database="orders")  # fmt: skip
-    config = Config(path=None, base_dir=base, listen_postgres=Address("127.0.0.1", 0),
+    # A worker of a gateway with `[listen] workers = N` (gateway/workers.py): the same port (SO_REUSEPORT) and
+    # store as its siblings; the first makes the keys and issues the tokens, the others start after it.
+    w = spec.get("worker")
+    slot = WorkerSlot(w["index"], w["count"], Path(w["run_dir"])) if w else None
+    config = Config(path=None, base_dir=base, listen_postgres=Address("127.0.0.1", spec.get("port", 0)), worker=slot,
                     store_url=f"sqlite:///{base}/gateway.db", keys_dir=base / "keys", policies_dir=base / "policies",
                     recordings_dir=base / "recordings", tls_cert=base / "keys/tls.crt", tls_key=base / "keys/tls.key",
                     pg_require_tls=spec["require_tls"], targets={"orders": target})  # fmt: skip
@@ -91,7 +97,7 @@ async def serve(spec: dict[str, Any]) -> None:
     listener = PostgresListener(services)
     await listener.start()
     tokens = {}
-    for scope in ("read", "admin"):
+    for scope in ("read", "admin") if not slot or slot.index == 0 else ():
         issued = await issue_grant(config, services.ring, services.store, services.policies, user="bench",
                                    target="orders", scope=scope, ttl=3600, reason="BENCH", approvers=("ops",),
                                    now=time.time())  # fmt: skip
@@ -103,15 +109,73 @@ async def serve(spec: dict[str, Any]) -> None:
 
 
 def start_gateway(
-    cluster: PgCluster, base: Path, *, require_tls: bool
-) -> tuple[subprocess.Popen[str], int, dict[str, str]]:
-    spec = {"base": str(base), "pg_port": cluster.port, "ro": cluster.passwords["app_ro"],
-            "admin": cluster.passwords["app_admin"], "require_tls": require_tls}  # fmt: skip
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", json.dumps(spec)], stdin=subprocess.PIPE,
+    cluster: PgCluster, base: Path, *, require_tls: bool, workers: int = 1
+) -> tuple[list[subprocess.Popen[str]], int, dict[str, str]]:
+    """The gateway's processes (one, or `workers` on one port), its port and tokens."""
+    spec: dict[str, Any] = {"base": str(base), "pg_port": cluster.port, "ro": cluster.passwords["app_ro"],
+                            "admin": cluster.passwords["app_admin"], "require_tls": require_tls}  # fmt: skip
+    procs: list[subprocess.Popen[str]] = []
+    port, tokens = 0, dict[str, str]()
+    for i in range(workers):
+        if workers > 1:
+            spec["worker"] = {"index": i, "count": workers, "run_dir": str(base)}
+            spec["port"] = port
+        proc = subprocess.Popen([sys.executable, __file__, "--serve", json.dumps(spec)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+        procs.append(proc)
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        port, tokens = int(info["port"]), tokens or dict(info["tokens"])
+    return procs, port, tokens
+
+
+# --- the floor: a bare TLS relay in Python on uvloop ----------------------------------------------------
+
+
+async def bare_relay(spec: dict[str, Any]) -> None:
+    """TLS from the client, bytes copied both ways, nothing else (no token, policy or recording): what Python
+    on uvloop costs before the gateway does any work. The client logs in to PostgreSQL through it directly."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(spec["cert"], spec["key"])
+
+    class Side(asyncio.Protocol):
+        other: asyncio.Transport | None = None
+
+        def data_received(self, data: bytes) -> None:
+            assert self.other is not None
+            self.other.write(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.other is not None:
+                self.other.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(8)  # SSLRequest
+        writer.write(b"S")
+        await writer.start_tls(ctx)
+        client = cast(asyncio.Transport, writer.transport)
+        up, up_side = await asyncio.get_running_loop().create_connection(Side, "127.0.0.1", spec["pg_port"])
+        side = Side()
+        side.other, up_side.other = up, client
+        client.set_protocol(side)
+        left = bytes(reader._buffer)  # type: ignore[attr-defined]  # what StreamReader read past the handshake
+        if left:
+            up.write(left)
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    print(json.dumps({"port": srv.sockets[0].getsockname()[1]}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+def start_bare_relay(cluster: PgCluster) -> tuple[subprocess.Popen[str], int]:
+    crt, key = self_signed(Path(tempfile.mkdtemp(prefix="gw-bare-")))
+    spec = {"pg_port": cluster.port, "cert": str(crt), "key": str(key)}
+    proc = subprocess.Popen([sys.executable, __file__, "--relay", json.dumps(spec)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
     assert proc.stdout is not None
-    info = json.loads(proc.stdout.readline())
-    return proc, int(info["port"]), dict(info["tokens"])
+    return proc, int(json.loads(proc.stdout.readline())["port"])
 
 
 # --- pgbouncer -------------------------------------------------------------------------------------------
@@ -182,7 +246,7 @@ class Endpoint:
     admin_user: str
     admin_password: str
     sslmode: str
-    pid: int | None
+    pids: tuple[int, ...]  # the proxy's processes (a gateway's workers), for CPU; none for direct
 
     def env(self, *, admin: bool = False) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
@@ -196,12 +260,13 @@ class Endpoint:
                 f"sslmode={self.sslmode}")  # fmt: skip
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """utime + stime of a process (0 when there is none to watch: direct)."""
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pids: tuple[int, ...]) -> float:
+    """utime + stime of the processes (0 when there is none to watch: direct)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def pgbench(ep: Endpoint, mode: str, seconds: int, clients: int, log_dir: Path | None = None) -> tuple[float, int]:
@@ -218,11 +283,11 @@ def pgbench(ep: Endpoint, mode: str, seconds: int, clients: int, log_dir: Path |
 
 
 def test_tps(ep: Endpoint, args: argparse.Namespace, mode: str) -> dict[str, float]:
-    cpu0 = cpu_seconds(ep.pid)
+    cpu0 = cpu_seconds(ep.pids)
     tps, n = pgbench(ep, mode, args.seconds, 8)
     out = {"tps": tps}
-    if ep.pid is not None:
-        out["cpu_us_per_tx"] = (cpu_seconds(ep.pid) - cpu0) / n * 1e6
+    if ep.pids:
+        out["cpu_us_per_tx"] = (cpu_seconds(ep.pids) - cpu0) / n * 1e6
     return out
 
 
@@ -232,10 +297,14 @@ def pct(values: list[float], p: float) -> float:
 
 
 def test_latency(ep: Endpoint, args: argparse.Namespace) -> dict[str, float]:
+    cpu0 = cpu_seconds(ep.pids)
     with tempfile.TemporaryDirectory(prefix="gw-pgbench-log-") as d:
-        pgbench(ep, "prepared", args.seconds, 1, Path(d))
+        _, n = pgbench(ep, "prepared", args.seconds, 1, Path(d))
         lat = [float(line.split()[2]) for p in Path(d).iterdir() for line in p.open()]
-    return {"p50_us": pct(lat, 0.5), "p99_us": pct(lat, 0.99)}
+    out = {"p50_us": pct(lat, 0.5), "p99_us": pct(lat, 0.99)}
+    if ep.pids:
+        out["cpu_us_per_tx"] = (cpu_seconds(ep.pids) - cpu0) / n * 1e6
+    return out
 
 
 def test_bulk(ep: Endpoint, args: argparse.Namespace) -> dict[str, float]:
@@ -349,8 +418,11 @@ def medians(results: Results, test: str, target: str) -> dict[str, float]:
 
 def report(results: Results, tests: list[str], targets: list[str]) -> list[str]:
     """The markdown table: medians per target, then the gateway against each of the others."""
-    head = " | ".join(targets) + " | gateway / pgbouncer-tls | gateway / pgbouncer | gateway / direct"
-    lines = [f"| test | {head} |", "| --- " * (len(targets) + 4) + "|"]
+    gateways = [t for t in targets if t in ("gateway", "gateway-2w")]
+    others = ("pgbouncer-tls", "pgbouncer", "direct")
+    ratio_cols = [(g, o) for g in gateways for o in others]
+    head = " | ".join([*targets, *(f"{g} / {o}" for g, o in ratio_cols)])
+    lines = [f"| test | {head} |", "| --- " * (len(targets) + len(ratio_cols) + 1) + "|"]
     for test in tests:
         key = HEADLINE[test]
         med = {t: medians(results, test, t) for t in targets}
@@ -364,9 +436,8 @@ def report(results: Results, tests: list[str], targets: list[str]) -> list[str]:
             extra = [f"{k} {v:.0f}" if v >= 100 else f"{k} {v:.2f}" for k, v in m.items() if k != key]
             cells.append(cell + (f" ({', '.join(extra)})" if extra else ""))
         ratios = []
-        g = med.get("gateway", {})
-        for other in ("pgbouncer-tls", "pgbouncer", "direct"):
-            o = med.get(other, {})
+        for gname, other in ratio_cols:
+            g, o = med.get(gname, {}), med.get(other, {})
             if not g or not o or not o.get(key):
                 ratios.append("")
             elif test == "latency":
@@ -388,14 +459,19 @@ def main() -> int:
     ap.add_argument("--connects", type=int, default=200, help="sequential connections per setup run")
     ap.add_argument("--burst", type=int, default=500, help="connections opened at once")
     ap.add_argument("--tests", default=",".join(TESTS), help="comma-separated subset of " + ",".join(TESTS))
-    ap.add_argument("--targets", default=",".join(TARGETS), help="subset of " + ",".join(TARGETS) + ",gateway-notls")
+    ap.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help="subset of " + ",".join(TARGETS) + " (gateway-2w: two workers, gateway-notls: no TLS)",
+    )
     ap.add_argument("--markdown", type=Path, help="also write the table (and the run's details) here")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
+    ap.add_argument("--relay", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.serve:
+    if args.serve or args.relay:
         import uvloop
 
-        uvloop.run(serve(json.loads(args.serve)))
+        uvloop.run(serve(json.loads(args.serve)) if args.serve else bare_relay(json.loads(args.relay)))
         return 0
 
     tests = [t for t in TESTS if t in args.tests.split(",")]
@@ -411,21 +487,25 @@ def main() -> int:
         ro = cluster.passwords["app_ro"]
         eps: list[Endpoint] = []
         if "direct" in wanted:
-            eps.append(Endpoint("direct", cluster.port, "app_ro", ro, "app_admin", admin, "disable", None))
+            eps.append(Endpoint("direct", cluster.port, "app_ro", ro, "app_admin", admin, "disable", ()))
         for name, tls in (("pgbouncer", False), ("pgbouncer-tls", True)):
             if name in wanted:
                 proc, port = start_pgbouncer(cluster, tls=tls)
                 procs.append(proc)
                 eps.append(Endpoint(name, port, "app_ro", ro, "app_admin", admin, "require" if tls else "disable",
-                                    proc.pid))  # fmt: skip
+                                    (proc.pid,)))  # fmt: skip
+        if "python-relay" in wanted:
+            relay, port = start_bare_relay(cluster)
+            procs.append(relay)
+            eps.append(Endpoint("python-relay", port, "app_ro", ro, "app_admin", admin, "require", (relay.pid,)))
         base = Path(tempfile.mkdtemp(prefix="gw-bench-"))
-        for name, tls in (("gateway", True), ("gateway-notls", False)):
+        for name, tls, n in (("gateway", True, 1), ("gateway-notls", False, 1), ("gateway-2w", True, 2)):
             if name in wanted:
-                gw, port, tokens = start_gateway(cluster, base / name, require_tls=tls)
-                procs.append(gw)
+                gws, port, tokens = start_gateway(cluster, base / name, require_tls=tls, workers=n)
+                procs.extend(gws)
                 eps.append(Endpoint(name, port, "bench", tokens["read"], "bench", tokens["admin"],
-                                    "require" if tls else "disable", gw.pid))  # fmt: skip
-                print(f"{name} pid {gw.pid}", flush=True)
+                                    "require" if tls else "disable", tuple(g.pid for g in gws)))  # fmt: skip
+                print(f"{name} pid {' '.join(str(g.pid) for g in gws)}", flush=True)
         results: Results = {}
         for r in range(args.rounds):
             order = eps[r % len(eps) :] + eps[: r % len(eps)]

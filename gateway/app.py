@@ -147,7 +147,7 @@ class App:
                 await self._webhooks.close()  # after the kills, so their alerts still go out
             await self.services.close()
 
-    async def serve_forever(self, *, grace: float = STOP_GRACE) -> None:
+    async def serve_forever(self, *, grace: float = STOP_GRACE, ready: Callable[[], None] | None = None) -> None:
         """Run until SIGINT/SIGTERM; SIGHUP reloads policies. A failed start stops what it started and raises.
 
         The first SIGINT/SIGTERM stops gracefully; a second one, or a graceful stop still running after
@@ -168,6 +168,8 @@ class App:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload_policies()))
         try:
             await self.start()
+            if ready is not None:
+                ready()  # a worker tells its supervisor it serves
             await stop.wait()
         finally:
             try:

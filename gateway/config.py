@@ -152,6 +152,15 @@ class ApiSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerSlot:
+    """Which worker of `count` this process is, and the supervisor's private folder (cancel forwarding)."""
+
+    index: int
+    count: int
+    run_dir: Path
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything the gateway needs to start; paths are absolute."""
 
@@ -160,6 +169,8 @@ class Config:
     listen_ssh: Address = Address("127.0.0.1", 2222)
     listen_postgres: Address = Address("127.0.0.1", 6432)
     listen_http: Address = Address("127.0.0.1", 8080)
+    workers: int = 1  # processes sharing the listeners (SO_REUSEPORT) and the store; gateway/workers.py
+    worker: WorkerSlot | None = None  # set in a worker process by its supervisor
     store_url: str = "sqlite:///var/gateway.db"
     node: str = ""  # this replica's id ("" = host name and HTTP port)
     heartbeat: float = 2.0  # seconds between this replica's heartbeats
@@ -205,8 +216,10 @@ class Config:
 
     @property
     def node_id(self) -> str:
-        """This replica's id in the store: configured, else host name and HTTP port (unique on one host)."""
-        return self.node or f"{socket.gethostname()}:{self.listen_http.port}"
+        """This replica's id in the store: configured, else host name and HTTP port (unique on one host);
+        a worker's adds its index (workers of one gateway share its ports)."""
+        node = self.node or f"{socket.gethostname()}:{self.listen_http.port}"
+        return node if self.worker is None else f"{node}/w{self.worker.index}"
 
 
 def _resolve(base: Path, value: str | Path) -> Path:
@@ -246,7 +259,7 @@ _SCHEMA: dict[str, set[str]] = {
         "jwks_cache_seconds",
     },
     "gateway": {"name"},
-    "listen": {"ssh", "postgres", "http"},
+    "listen": {"ssh", "postgres", "http", "workers"},
     "store": {"url", "node", "heartbeat", "lost_after"},
     "paths": {"keys", "policies", "recordings"},
     "tokens": {"issuer", "audience", "leeway", "checkpoint_every"},
@@ -398,6 +411,7 @@ def _build(doc: dict[str, Any], path: Path | None, base: Path, need_secrets: boo
         listen_ssh=addrs["ssh"],
         listen_postgres=addrs["postgres"],
         listen_http=addrs["http"],
+        workers=r.integer(listen, "workers", "listen.", d.workers, 1, 64),
         store_url=store_url,
         node=r.string(store, "node", "store.", d.node),
         heartbeat=heartbeat,

@@ -12,7 +12,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -221,7 +221,8 @@ ops = {{ user = "{self.sshd.user}", key_file = "{self.sshd.client_key_path}" }}
         return subprocess.Popen([self.cluster.psql_bin, "-X", "-c", sql, conninfo], env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
 
-    def ssh(self, name: str, token: str, command: str, *, port: int | None = None) -> subprocess.Popen[str]:
+    def ssh(self, name: str, token: str, command: str, *, port: int | None = None,
+            stdout: IO[str] | int = subprocess.PIPE) -> subprocess.Popen[str]:  # fmt: skip
         """The stock OpenSSH client through replica `name` (or any port), sshpass answering the token prompt."""
         from tests.ssh.conftest import SSH_OPTS
 
@@ -229,7 +230,7 @@ ops = {{ user = "{self.sshd.user}", key_file = "{self.sshd.client_key_path}" }}
         cmd = ["sshpass", "-P", "Approval token", "-p", token, "ssh", *SSH_OPTS,
                "-o", "PreferredAuthentications=keyboard-interactive", "-p", str(port or self.replicas[name].ssh),
                "rig@127.0.0.1", command]  # fmt: skip
-        return subprocess.Popen(cmd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return subprocess.Popen(cmd, env=env, text=True, stdout=stdout, stderr=subprocess.PIPE)
 
     def verify(self, name: str) -> None:
         """`gateway audit verify` passes on the shared store."""
@@ -293,7 +294,7 @@ def stop_client(proc: subprocess.Popen[str]) -> str:
     if proc.poll() is None:
         proc.kill()
     out, err = proc.communicate(timeout=10)
-    return out + err
+    return (out or "") + (err or "")
 
 
 __all__ = ["ReplicaSet", "exited", "stop_client", "wait_until"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import socket
 from pathlib import Path
 
 import pytest
 
 from gateway.cli.templates import config_template
-from gateway.config import Address, ConfigError, find_config_path, load_config
+from gateway.config import Address, ConfigError, WorkerSlot, find_config_path, load_config
 from gateway.secret import Secret
 
 SECRET = "s3cr3t-value"
@@ -271,6 +273,16 @@ def test_bad_target_address(home: Path, value: object) -> None:
 def test_ipv6_listen_address(home: Path) -> None:
     cfg = load_config(write(home, BASE.replace('http = "127.0.0.1:8080"', 'http = "[::1]:8080"')))
     assert cfg.listen_http == Address("::1", 8080)
+
+
+def test_workers(home: Path) -> None:
+    assert load_config(write(home, BASE)).workers == 1
+    cfg = load_config(write(home, BASE.replace("[listen]\n", "[listen]\nworkers = 4\n")))
+    assert cfg.workers == 4 and cfg.worker is None
+    w = dataclasses.replace(cfg, node="gw-a", worker=WorkerSlot(3, 4, home))
+    assert (cfg.node_id, w.node_id) == (f"{socket.gethostname()}:8080", "gw-a/w3")  # one node id per worker
+    for bad in ("0", "65", '"2"'):
+        assert ": listen.workers: " in error(home, BASE.replace("[listen]\n", f"[listen]\nworkers = {bad}\n"))
 
 
 def test_duplicate_listen_port(home: Path) -> None:

@@ -116,7 +116,8 @@ class ApiServer:
         addr = self.services.config.listen_http
         self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, addr.host, addr.port, reuse_address=True)
+        self._site = web.TCPSite(self._runner, addr.host, addr.port, reuse_address=True,
+                                 reuse_port=self.services.config.worker is not None)  # fmt: skip
         await self._site.start()
         bound = self._runner.addresses  # public: the sockets' names, (host, port, ...) for TCP
         self._port = int(bound[0][1]) if bound else addr.port

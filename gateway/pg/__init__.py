@@ -2,9 +2,10 @@
 
 from pathlib import Path as _Path
 
-# scripts/build-mypyc compiles machine.py in place, and Python prefers the extension: one older than its
+# scripts/build-mypyc compiles the hot modules in place, and Python prefers an extension: one older than its
 # source would run code that is no longer there. Refuse it (rebuild, or `scripts/build-mypyc --clean`).
 _HERE = _Path(__file__).parent
-for _so in _HERE.glob("machine.*.so"):
-    if _so.stat().st_mtime < (_HERE / "machine.py").stat().st_mtime:
-        raise ImportError(f"{_so.name} is older than machine.py: run scripts/build-mypyc again, or with --clean")
+for _so in _HERE.glob("*.so"):
+    _src = _HERE / (_so.name.split(".", 1)[0] + ".py")
+    if _src.exists() and _so.stat().st_mtime < _src.stat().st_mtime:
+        raise ImportError(f"{_so.name} is older than {_src.name}: run scripts/build-mypyc again, or with --clean")

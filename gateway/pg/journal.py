@@ -108,6 +108,9 @@ def describe_params(
     return out, long
 
 
+_Done = tuple[Stmt, int | None, float, str | None, str | None, str | None]
+
+
 class Journal:
     """The statement FIFO: server replies arrive in the order statements were sent.
 
@@ -127,9 +130,13 @@ class Journal:
         self.rows = 0
         self.last_tag = ""
         # Finished, waiting for ReadyForQuery to learn the tx state: (stmt, rows, ms, sqlstate, error, tag).
-        self._done: list[tuple[Stmt, int | None, float, str | None, str | None, str | None]] = []
+        self._done: list[_Done] = []
         self._encoder = schema.StatementEncoder()
         self.watch: Watcher = _Unwatched()
+        # The relay writes a batch's lines after it has passed ReadyForQuery on (`write_later`), so encoding
+        # them is off the client's round trip; lines recorded for any other reason write these first (order).
+        self.defer = False
+        self._later: list[tuple[float, str, list[_Done], str | None]] = []
 
     def started(self, sql: str, params: list[str] | None, fingerprint: str, kind: str, tables: Any,
                 decision: Decision, batch: int, tx: str, limit: int = 0,
@@ -146,6 +153,7 @@ class Journal:
         self.denied += 1
         self.statements += 1
         why = f"blocked by gateway policy: {decision.rule}: {decision.reason}"
+        self.write_later()
         s = Stmt(sql, params, fingerprint, kind, tables, decision, 0, tx)
         self.recorder.record_line(self._line(self.recorder.elapsed(), s, None, 0.0, "42501", why, None, tx))
 
@@ -179,28 +187,44 @@ class Journal:
         pending = self.pending
         while pending and pending[0].batch <= batch:
             self._finish(pending.popleft(), None, "not executed: an earlier statement in the batch failed")
-        done = self._done
-        if done:
-            t = self.recorder.elapsed()
-            record_line, line = self.recorder.record_line, self._line
-            for s, rows, ms, sqlstate, error, tag in done:
-                record_line(line(t, s, rows, ms, sqlstate, error, tag, status))
-            done.clear()
+        outcome = None
         if before != "I" and status == "I":
             tag = self.last_tag.upper()
             outcome = "rollback" if before == "E" or tag.startswith("ROLLBACK") else "commit"
-            self.recorder.record_line(schema.transaction_line(self.recorder.elapsed(), outcome))
+        if not self._done and outcome is None:
+            return
+        entry = (self.recorder.elapsed(), status, self._done, outcome)
+        self._done = []
+        self._later.append(entry)
+        if not self.defer:
+            self.write_later()
+
+    def write_later(self) -> None:
+        """Record the lines of the batches that have ended (the relay calls this after writing to the client)."""
+        later = self._later
+        if not later:
+            return
+        record_line, line = self.recorder.record_line, self._line
+        for t, status, done, outcome in later:
+            for s, rows, ms, sqlstate, error, tag in done:
+                record_line(line(t, s, rows, ms, sqlstate, error, tag, status))
+            if outcome is not None:
+                record_line(schema.transaction_line(t, outcome))
+        later.clear()
 
     def killed(self, reason: str) -> None:
         """The session is being killed."""
+        self.write_later()
         self.recorder.record_line(schema.event_line(self.recorder.elapsed(), schema.KILL_EVENT, reason=reason))
 
     def tripwire(self, reason: str, **detail: str) -> None:
         """A wall fell upstream (the server reported a parameter it must not)."""
+        self.write_later()
         self.recorder.record_line(schema.event_line(self.recorder.elapsed(), schema.TRIPWIRE, reason=reason, **detail))
 
     def flush(self) -> None:
         """Write what is still waiting (the session is ending); their tx is the one they started in."""
+        self.write_later()
         t = self.recorder.elapsed()
         for s, rows, ms, sqlstate, error, tag in self._done:
             self.recorder.record_line(self._line(t, s, rows, ms, sqlstate, error, tag, s.tx))

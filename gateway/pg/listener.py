@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.access import AccessDenied
-from gateway.pg import encodings
+from gateway.pg import encodings, workercancel
 from gateway.pg.catalogload import Catalogs
 from gateway.pg.codec import ProtocolError
 from gateway.pg.journal import Journal
@@ -72,6 +72,7 @@ class PostgresListener:
         self.services = services
         self.config = services.config
         self._server: asyncio.Server | None = None
+        self._inbox: asyncio.Server | None = None  # forwarded cancels, when one of several workers
         self._ssl: ssl.SSLContext | None = None
         self._keys: dict[tuple[int, int], Relay] = {}
         self._inspectors: dict[tuple[str, SqlPolicy], Inspector] = {}
@@ -86,7 +87,15 @@ class PostgresListener:
         self._ssl = server_context(self.config.tls_cert, self.config.tls_key)
         addr = self.config.listen_postgres
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Accepted(self), addr.host, addr.port)
+        # Workers of one gateway each listen on the same port; the kernel spreads connections over them.
+        self._server = await loop.create_server(lambda: _Accepted(self), addr.host, addr.port,
+                                                reuse_port=self.config.worker is not None)  # fmt: skip
+        if (w := self.config.worker) is not None and w.count > 1:
+            path = workercancel.inbox_path(w.run_dir, w.index)
+            path.unlink(missing_ok=True)  # a previous process of this worker
+            self._inbox = await loop.create_unix_server(
+                lambda: workercancel.Inbox(lambda cancel: self._spawn(self._cancel(cancel))), str(path)
+            )
 
     @property
     def port(self) -> int:
@@ -99,6 +108,8 @@ class PostgresListener:
         """Stop accepting; connections still in their handshake are dropped (live sessions end in services.close())."""
         if self._server is not None:
             self._server.close()
+        if self._inbox is not None:
+            self._inbox.close()
         self.catalogs.close()
         for t in list(self._handshaking):
             t.cancel()
@@ -249,7 +260,7 @@ class PostgresListener:
         # Our own random key: the upstream's pid and key never reach the client, so a cancel can only come
         # through us and only for this client's own backend.
         while True:
-            key = (secrets.randbits(31) or 1, secrets.randbits(32) - 2**31)
+            key = (workercancel.new_process_id(self.config.worker), secrets.randbits(32) - 2**31)
             if key not in self._keys:
                 self._keys[key] = relay
                 return key
@@ -259,6 +270,10 @@ class PostgresListener:
 
     async def _cancel(self, event: Cancel) -> None:
         relay = self._keys.get((event.process_id, event.secret_key))
+        if relay is None and (index := workercancel.owner(self.config.worker, event.process_id)) is not None:
+            assert self.config.worker is not None
+            await workercancel.forward(self.config.worker, index, event)  # the key is another worker's
+            return
         if relay is None or not relay.busy() or relay.upstream_key is None:
             return  # an unknown key cancels nothing
         await send_cancel(relay.session.target, relay.upstream_key)

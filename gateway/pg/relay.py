@@ -52,6 +52,8 @@ class Relay:
         self.server: asyncio.Transport = upstream.pipe.transport
         self.upstream_key = upstream.key
         self.journal = journal
+        journal.defer = True
+        self._write_later = journal.write_later
         sql = session.policy.sql
         facts = facts_of(session.id, session.user, session.login.user, session.scope, session.target.name,
                          sql.mode if sql is not None else None, decide_function_call(sql), upstream.parameters,
@@ -94,6 +96,7 @@ class Relay:
         _, to_client, events = self.machine.server_data(data)
         if to_client:
             self._write_client(to_client)
+        self._write_later()  # the statement lines of batches that ended, once the client has its answer
         if events:
             self._carry_out(events)
 

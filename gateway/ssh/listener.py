@@ -297,6 +297,7 @@ class SshListener:
             log.warning("asyncssh's password handling changed: tokens go through its own (slower) SASLprep")
         self._acceptor = await asyncssh.create_server(
             lambda: _Gate(self), cfg.listen_ssh.host, cfg.listen_ssh.port,
+            reuse_port=cfg.worker is not None,  # the workers of one gateway share the port
             server_host_keys=[str(cfg.ssh_host_key)],
             login_timeout=cfg.preauth_timeout,
             agent_forwarding=False,  # asyncssh's server default is True

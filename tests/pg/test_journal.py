@@ -146,3 +146,35 @@ def test_transaction_and_flush_lines() -> None:
     assert evs[2] == {"t": 1.25, "type": "transaction", "outcome": "commit"}
     assert evs[3]["tx"] == "idle" and evs[3]["rows"] == 1
     assert j.statements == 3 and j.rows == 1
+
+
+def test_deferred_lines_wait_for_write_later_and_keep_their_order_and_times() -> None:
+    """The relay's mode: a batch's lines are encoded after the client has its answer, with the batch's time;
+    a line recorded for another reason (a refusal, a kill, the session's end) writes them first."""
+    rec = Lines()
+    j = Journal(rec, max_rows=None, alert=lambda *a, **k: None)
+    j.defer = True
+    j.started("BEGIN", None, "begin", "begin", (), Decision.allow(), 1, "I")
+    j.completed(None, "BEGIN")
+    j.batch_end(1, "I", "T")
+    j.started("COMMIT", None, "commit", "commit", (), Decision.allow(), 2, "T")
+    j.completed(None, "COMMIT")
+    j.batch_end(2, "T", "I")
+    assert rec.lines == []
+    rec.now = 9.5
+    j.write_later()
+    evs = [json.loads(line) for line in rec.lines]
+    assert [(e["type"], e["t"]) for e in evs] == [("statement", 1.25), ("statement", 1.25), ("transaction", 1.25)]
+    j.write_later()
+    assert len(rec.lines) == 3  # written once
+    j.started("SELECT 1", None, "select ?", "select", (), Decision.allow(), 3, "I")
+    j.completed(1, "SELECT 1")
+    j.batch_end(3, "I", "I")
+    j.refused("DROP TABLE t", None, "drop table t", "ddl", (), Decision.deny("r", "no"), "I")
+    j.started("SELECT 2", None, "select ?", "select", (), Decision.allow(), 4, "I")
+    j.completed(1, "SELECT 1")
+    j.batch_end(4, "I", "I")
+    j.killed("revoked")
+    sqls = [json.loads(line).get("sql") or json.loads(line)["type"] for line in rec.lines[3:]]
+    assert sqls == ["SELECT 1", "DROP TABLE t", "SELECT 2", "kill"]
+    assert json.loads(rec.lines[3])["t"] == 9.5
