@@ -15,6 +15,7 @@ from gateway.durations import format_duration
 from gateway.recording.check import check_recording
 from gateway.recording.reader import statements
 from gateway.review import replay as replay_mod
+from gateway.review.search import compile_regex
 from gateway.review.search import search as search_recordings
 from gateway.store import AuditEvent, SessionRecord, Store
 
@@ -54,7 +55,7 @@ def register(sub: Commands) -> None:
     p = sub.add_parser("search", help="search commands and statements across sessions")
     p.add_argument("pattern")
     p.add_argument("--since", help="only sessions started within this, e.g. 7d")
-    p.add_argument("--regex", action="store_true", help="pattern is a regular expression")
+    p.add_argument("--regex", action="store_true", help="pattern is a regular expression (RE2 syntax: linear time)")
     p.add_argument("--case-sensitive", action="store_true", help="match case exactly (default: ignore case)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
@@ -327,6 +328,11 @@ async def _terminal_keys() -> Any:
 
 async def cmd_search(args: argparse.Namespace) -> int:
     """Search statements and commands across recordings; exit 1 when nothing matches."""
+    if args.regex:
+        try:
+            compile_regex(args.pattern)
+        except ValueError as exc:
+            raise CliError(str(exc), 2) from None
     async with services_from(args, read_only=True) as svc:
         sessions = await svc.store.list_sessions(since=since_arg(args.since))
     started = {s.id: s for s in sessions}

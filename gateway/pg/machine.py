@@ -21,6 +21,8 @@ from gateway.pg.fastdecode import decode_bind, decode_execute
 from gateway.pg.journal import SUSPENDED, Journal, describe_params
 from gateway.pg.messages import Close, ErrorResponse, ParameterStatus, Query, error_response
 from gateway.pg.sql.inspector import Inspection, Inspector, Statement, statement_name
+from gateway.pg.sql.lex import IDENT, QIDENT, LexError, Token, tokenize
+from gateway.pg.sql.settings import bound, lexing_calls
 from gateway.pg.tripwire import Tripwires
 from gateway.policy import Decision, Verdict
 
@@ -46,6 +48,10 @@ _NO_PORTAL: tuple[str, None, None] = ("", None, None)
 _PREPARE_COMMANDS = frozenset({"PREPARE", "DEALLOCATE"})
 _LEN = struct.Struct("!I")
 _WATCHED = frozenset(b"CEISZs")  # the upstream messages server_data looks at; the rest go by untouched
+# Parameter types whose text value set_config() receives unchanged: unspecified (the server infers text), text,
+# varchar. Not name (cut to 63 bytes) or char(n) (trailing spaces dropped): the value checked would not be the
+# value set.
+_TEXT_OIDS = frozenset({0, 25, 1043})
 
 
 # --- events: what the machine asks the world to do ---------------------------------------------------
@@ -167,11 +173,15 @@ class SessionMachine:
         self._statements: dict[str, tuple[str, Inspection, Decision]] = {}
         self._denied: dict[str, Decision] = {}
         self._portals: dict[str, tuple[str, list[str] | None, list[dict[str, Any]] | None]] = {}
+        # Statements whose set_config() takes a value from a parameter (Inspection.bind), decided at each Bind:
+        # name -> (tokens, the Parse's parameter types).
+        self._bound: dict[str, tuple[list[Token], tuple[int, ...]]] = {}
         self._tripwires = Tripwires(facts.parameters, read_only=self.read_only, admin=self.admin)
         # Statement text is decoded in the session's client encoding (pg/encodings), as the server reports it.
         encoding = next((p.value for p in facts.parameters if p.name == "client_encoding"), "UTF8")
         self._decode_query = encodings.query_decoder(encoding)
         self._decode_parse = encodings.parse_decoder(encoding)
+        self._codec = encodings.codec(encoding) or "utf-8"  # of Bind values (text format)
         self._handlers: dict[int, Callable[[bytes, int, int], bool]] = {
             _Q: self._on_query, _P: self._on_parse, _B: self._on_bind, _E: self._on_execute, _C: self._on_close,
             _S: self._on_sync, _X: self._on_terminate, _F: self._on_function_call,
@@ -249,6 +259,10 @@ class SessionMachine:
 
     def _check(self, sql: str) -> tuple[Inspection, Decision]:
         insp, decision = self.inspector.check(sql, self.prepared)
+        if self._bound and decision.allowed and (name := _executes(sql, self._bound)) is not None:
+            # EXECUTE passes its values as SQL, past the Bind check that statement relies on.
+            decision = Decision.deny("encoding", f"EXECUTE {name}: its set_config() is checked only when bound"
+                                     " through the extended protocol")  # fmt: skip
         if decision.verdict is not Verdict.KILL:
             # Detection sees every statement; a rule whose action is deny or kill replaces an allowing decision.
             decision = self._observe(insp, decision)
@@ -297,12 +311,17 @@ class SessionMachine:
         if not decision.allowed:
             self._refuse(msg.sql, None, insp, decision)
             self._denied[msg.name] = decision
+            self._bound.pop(msg.name, None)
             self._deny_in_batch(decision)
             return False
         self._denied.pop(msg.name, None)
         self._statements[msg.name] = (msg.sql, insp, decision)
         if msg.name:
             self.prepared[msg.name] = insp
+        if insp.bind:
+            self._bound[msg.name] = (tokenize(msg.sql), msg.param_types)  # lexed before: it cannot fail
+        elif self._bound:
+            self._bound.pop(msg.name, None)
         self._batch_forwarded = True
         return True
 
@@ -313,6 +332,13 @@ class SessionMachine:
             # The statement never reached the upstream; a Bind to it must not reach an older one of that name.
             self._deny_in_batch(denied)
             return False
+        checked = self._bound.get(statement) if self._bound else None
+        if checked is not None and (why := self._bind_refusal(checked, formats, params)) is not None:
+            d = Decision.deny("encoding", why)
+            sql, insp, _ = self._statements[statement]
+            self._refuse(sql, describe_params(params, formats)[0], insp, d)
+            self._deny_in_batch(d)
+            return False
         if params:
             shown, long = describe_params(params, formats, self.journal.attach)
             self._portals[portal] = (statement, shown, long)
@@ -320,6 +346,26 @@ class SessionMachine:
             self._portals[portal] = (statement, None, None)
         self._batch_forwarded = True
         return True
+
+    def _bind_refusal(self, checked: tuple[list[Token], tuple[int, ...]], formats: Sequence[int],
+                      params: Sequence[bytes | None]) -> str | None:  # fmt: skip
+        """The encoding wall with this Bind's values in place of their parameters; a value not known as text stays
+        a parameter, and refused if set_config() takes it."""
+        toks, types = checked
+        values: dict[int, str | None] = {}
+        nf = len(formats)
+        for i, v in enumerate(params):
+            if v is None:
+                values[i + 1] = None
+                continue
+            fmt = formats[0] if nf == 1 else formats[i] if i < nf else 0
+            if fmt != 0 or (types[i] if i < len(types) else 0) not in _TEXT_OIDS:
+                continue
+            try:
+                values[i + 1] = v.decode(self._codec)
+            except UnicodeDecodeError:
+                continue
+        return lexing_calls(bound(toks, values))
 
     def _on_execute(self, chunk: bytes, start: int, end: int) -> bool:
         portal, max_rows = decode_execute(chunk[start + 5 : end])
@@ -342,6 +388,7 @@ class SessionMachine:
             self._statements.pop(msg.name, None)
             self.prepared.pop(msg.name, None)
             self._denied.pop(msg.name, None)
+            self._bound.pop(msg.name, None)
         else:
             self._portals.pop(msg.name, None)
         self._batch_forwarded = True
@@ -530,6 +577,7 @@ class SessionMachine:
                 # name could read differently, or fail to decode (a protocol error: the session ends).
                 self._decode_query = encodings.query_decoder(ps.value)
                 self._decode_parse = encodings.parse_decoder(ps.value)
+                self._codec = encodings.codec(ps.value) or "utf-8"
         elif ps.name == "standard_conforming_strings" and ps.value != "on":
             # With it off, a backslash escapes a quote in '...': the server and the parser would split strings apart.
             self._events.append(Kill("standard_conforming_strings turned off: not allowed through the gateway"))
@@ -553,6 +601,22 @@ class SessionMachine:
         if upstream:
             return error_response("FATAL", "08P01", "the upstream server broke the protocol")
         return error_response("FATAL", exc.sqlstate, str(exc))
+
+
+def _executes(sql: str, names: Iterable[str]) -> str | None:
+    """A name among `names` that `sql` runs by SQL: EXECUTE name, EXPLAIN ... EXECUTE name, CREATE TABLE AS EXECUTE."""
+    if "execute" not in sql.lower():  # a keyword is never quoted or escaped
+        return None
+    try:
+        toks = tokenize(sql)
+    except LexError:
+        return None  # the server runs none of it either
+    wanted = set(names)
+    for i in range(len(toks) - 1):
+        if toks[i][0] == IDENT and toks[i][1] == "execute" and toks[i + 1][0] in (IDENT, QIDENT):
+            if toks[i + 1][1] in wanted:
+                return toks[i + 1][1]
+    return None
 
 
 def facts_of(session_id: str, user: str, login: str, scope: str, target: str, sql_mode: str | None,

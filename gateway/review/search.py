@@ -10,14 +10,21 @@ Looked at, per recording kind:
   the front end's own terminal model (`gateway.terminal`).
 
 Hit texts are neutralised: they are printed to a reviewer's terminal.
+
+Regular expressions are RE2's (google-re2), not Python's `re`: RE2 matches in time linear in the text and
+holds no lock meanwhile, where `re` backtracks (`(a+)+$` over a long run of a's takes longer than the age
+of the universe) holding the interpreter's lock, so every session of the process would stall with the
+search. RE2 has no backreferences or lookaround; a pattern with them is refused, saying so.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import re2
 
 from gateway.recording import RecordingError
 from gateway.recording.reader import commands, statements, terminal_events
@@ -48,10 +55,24 @@ Span = tuple[int, int]
 _CONTEXT = 120  # characters shown either side of a match inside a long value
 
 
+def compile_regex(pattern: str, ignore_case: bool = False) -> Any:
+    """`pattern` as an RE2 expression; ValueError saying why when RE2 does not take it."""
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print its own line to stderr; the caller tells the user instead
+    options.case_sensitive = not ignore_case
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        why = exc.args[0] if exc.args else "invalid"
+        why = why.decode("utf-8", "replace") if isinstance(why, bytes) else str(why)
+        raise ValueError(f"not a regular expression the search takes: {why} (RE2 syntax, matched in linear time:"
+                         " no backreferences or lookaround)") from None  # fmt: skip
+
+
 def _matcher(pattern: str, regex: bool, ignore_case: bool) -> Callable[[str], Span | None]:
     """A function giving where one search pattern first matches a text (None: nowhere)."""
     if regex:
-        compiled = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
+        compiled = compile_regex(pattern, ignore_case)
 
         def find_re(text: str) -> Span | None:
             m = compiled.search(text)
@@ -137,7 +158,8 @@ def search(
 ) -> Iterator[Hit]:
     """Statements and commands matching `pattern` in (session_id, path, kind) recordings, in order.
 
-    A recording that is missing or unreadable is skipped (the audit check reports those).
+    A recording that is missing or unreadable is skipped (the audit check reports those). A regular
+    expression RE2 does not take raises ValueError (see compile_regex) before any recording is read.
     """
     find = _matcher(pattern, regex, ignore_case)
     for session_id, path, kind in recordings:

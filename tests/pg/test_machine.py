@@ -342,3 +342,91 @@ def test_an_unwatched_message_is_passed_on_as_it_arrives_and_a_watched_one_only_
     assert r.server(wall[:-1]) == (b"", b"", [])  # a watched message waits until whole: it may not go at all
     _, to_client, events = r.server(wall[-1:], ready())
     assert to_client == b"" and Kill in [type(e) for e in events]
+
+
+# --- set_config() with a Bind parameter: decided at each Bind ------------------------------------------------
+
+ADMIN = SqlPolicy("admin")
+SET_CONFIG = "SELECT set_config($1, $2, false)"
+
+
+def typed_parse(sql: str, name: str = "", types: tuple[int, ...] = ()) -> bytes:
+    return msg(
+        b"P", cstr(name) + cstr(sql) + struct.pack("!h", len(types)) + b"".join(struct.pack("!i", t) for t in types)
+    )
+
+
+def formatted_bind(stmt: str, params: tuple[bytes | None, ...], formats: tuple[int, ...] = ()) -> bytes:
+    body = cstr("") + cstr(stmt) + struct.pack("!h", len(formats)) + b"".join(struct.pack("!h", f) for f in formats)
+    body += struct.pack("!h", len(params))
+    body += b"".join(struct.pack("!i", -1) if p is None else struct.pack("!i", len(p)) + p for p in params)
+    return msg(b"B", body + b"\0\0")
+
+
+def _bound(r: Rig, *messages: bytes) -> tuple[bytes, str | None]:
+    """What reaches the upstream of one batch, and the denial the client will get (None: allowed)."""
+    to_server, _, events = r.client(*messages, SYNC)
+    if r.m.marker.encode() not in to_server:
+        assert events == []
+        return to_server, None
+    assert [type(e) for e in events] == [Audit]
+    _, to_client, _ = r.server(r.marked(), ready())
+    return to_server, denial_of(to_client)
+
+
+def test_set_config_parameters_are_checked_at_each_bind() -> None:
+    r = Rig(ADMIN)
+    assert r.client(parse(SET_CONFIG, "sc"), SYNC)[0].startswith(b"P")  # not refused at Parse: the values decide
+    for name, value in (("jit", "off"), ("client_encoding", "LATIN1"), ("standard_conforming_strings", "on"),
+                        ("search_path", "it's, fine")):  # fmt: skip
+        batch = formatted_bind("sc", (name.encode(), value.encode())) + execute()
+        assert _bound(r, batch) == (batch + SYNC, None)
+    unsafe: list[tuple[str, bytes | None, str]] = [
+        ("client_encoding", b"SJIS", "client_encoding SJIS is not allowed"),
+        ("Client_Encoding", b"sjis", "client_encoding SJIS is not allowed"),
+        ("standard_conforming_strings", b"off", "standard_conforming_strings must stay on"),
+        ("client_encoding", None, "client_encoding 'null' is not an encoding"),  # NULL: as the literal NULL
+    ]
+    for name, raw, why in unsafe:
+        to_server, denial = _bound(r, formatted_bind("sc", (name.encode(), raw)), execute())
+        assert b"client_encoding" not in to_server.lower() and denial is not None and why in denial, denial
+        assert "blocked by gateway policy: encoding" in denial
+    refused = [line for line in r.lines.lines if line.get("verdict") == "deny"]
+    assert len(refused) == 4 and refused[0]["params"] == ["client_encoding", "SJIS"]
+
+
+def test_a_value_not_known_as_text_stays_refused() -> None:
+    r = Rig(ADMIN)
+    r.client(typed_parse(SET_CONFIG, "bin"), typed_parse(SET_CONFIG, "named", (19, 19)), SYNC)
+    # binary format, or a type the server would change the value in (name: cut to 63 bytes)
+    for batch in (formatted_bind("bin", (b"jit", b"off"), (1,)),
+                  formatted_bind("bin", (b"client_encoding", b"UTF8"), (0, 1)),
+                  formatted_bind("named", (b"jit", b"off"))):  # fmt: skip
+        _, denial = _bound(r, batch, execute())
+        assert denial is not None and "only a text value" in denial, denial
+    # a name sent in binary leaves a computed name: a value that no setting could take unsafely still passes
+    assert _bound(r, formatted_bind("bin", (b"jit", b"on"), (1, 0)), execute())[1] is None
+    # a value that is not text in the session's encoding (the server would refuse it too)
+    _, denial = _bound(r, formatted_bind("bin", (b"client_encoding", b"\xff\xfe"), (0, 0)), execute())
+    assert denial is not None and "only a text value" in denial
+
+
+def test_a_bound_statement_cannot_be_run_by_sql_execute() -> None:
+    r = Rig(ADMIN)
+    r.client(parse(SET_CONFIG, "sc"), SYNC)
+    for sql in ("EXECUTE sc('client_encoding', 'SJIS')", 'EXPLAIN ANALYZE EXECUTE "sc"(\'a\', \'b\')',
+                "CREATE TABLE t AS EXECUTE sc('jit', 'off')"):  # fmt: skip
+        to_server, _, _ = r.client(q(sql))
+        assert b"EXECUTE" not in to_server, sql
+        _, to_client, _ = r.server(r.marked(), ready())
+        assert "EXECUTE sc: its set_config() is checked only when bound" in denial_of(to_client)
+    r.client(msg(b"C", b"S" + cstr("sc")), SYNC)  # once closed, the name is anyone's again
+    assert r.client(q("EXECUTE sc('x', 'y')"))[0] == q("EXECUTE sc('x', 'y')")
+
+
+def test_set_config_from_a_parameter_stays_refused_where_no_bind_decides() -> None:
+    r = Rig(ADMIN)
+    for sql in ("PREPARE p AS SELECT set_config($1, $2, false)", "SELECT set_config($1, 'off', false)",
+                "SELECT set_config('client_encoding', $1 || '', false)"):  # fmt: skip
+        _, denial = _bound(r, parse(sql), formatted_bind("", (b"jit", b"on")), execute())
+        assert denial is not None and "encoding" in denial, sql

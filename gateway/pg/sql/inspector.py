@@ -40,6 +40,9 @@ every  client encodings in which a quote can hide inside a character (SJIS, GBK,
        and standard_conforming_strings other than on are refused (rule "encoding"): both change where
        the server thinks a string ends. The front end must pin both in the startup packet (so
        RESET/DEFAULT are safe), watch ParameterStatus, and decode text in the session's encoding.
+       A set_config() whose value (or name and value) is a parameter `$n` is decided at each Bind from
+       the values it carries (Statement.bind, checked by the front end: pg/machine); a value not sent as
+       text stays refused, and so does the statement where no Bind decides (PREPARE, EXECUTE by SQL).
 
 Policy rules then apply to every statement (kill > floor deny > rule deny), and detections add
 alerts: UPDATE/DELETE without WHERE, statements touching sensitive tables.
@@ -77,6 +80,7 @@ from gateway.pg.sql.classify import (
     unparseable,
 )
 from gateway.pg.sql.lex import IDENT, QIDENT, LexError, Token, keeps_literals, render, split, tokenize
+from gateway.pg.sql.settings import BIND_COMMANDS
 from gateway.policy import Decision, SqlPolicy, SqlRule, Verdict
 
 __all__ = [
@@ -108,11 +112,13 @@ class Statement:
     attributes: frozenset[tuple[str, str]] = frozenset()  # (relation, name) of `x.name`: sql.parse
     types: frozenset[str] = frozenset()  # types converted to (x::t, CAST(x AS t), t 'literal')
     operators: frozenset[str] = frozenset()
+    # A set_config() whose value is a parameter ($n): the encoding wall is decided at each Bind, from its values.
+    bind: bool = False
 
     def again(self, text: str) -> Statement:
         """The same statement with another text (same fingerprint, other literals)."""
         return Statement(text, self.kind, self.command, self.tables, self.functions, self.has_where, self.reason,
-                         self.needs, self.attributes, self.types, self.operators)  # fmt: skip
+                         self.needs, self.attributes, self.types, self.operators, self.bind)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +128,7 @@ class Inspection:
     statements: tuple[Statement, ...]
     fingerprint: str  # literal-free, whitespace- and case-normalised; the cache key, and recorded
     error: str | None
+    bind: bool = False  # some statement is decided at Bind too (Statement.bind)
 
     @property
     def prepares(self) -> dict[str, Inspection]:
@@ -214,7 +221,7 @@ def _inspect(sql: str, scan: _Scan) -> Inspection:
         for text, (a, b) in zip(scan.texts(sql), scan.bounds, strict=True)
     )
     error = next((s.reason for s in stmts if s.reason.startswith(UNPARSEABLE)), None)
-    ins = Inspection(stmts, scan.fingerprint, error)
+    ins = Inspection(stmts, scan.fingerprint, error, any(s.bind for s in stmts))
     if len(scan.fingerprint) <= _MAX_CACHED_KEY:
         _INSPECTIONS.put(scan.fingerprint, ins)
     return ins
@@ -229,10 +236,14 @@ def _classify(toks: list[Token], budget: Budget) -> Facts:
 
 def _statement(text: str, f: Facts, toks: list[Token]) -> Statement:
     functions = f.functions | dangerous_calls(toks) if toks else f.functions
+    bind = False
     if f.needs != "never" and (why := lexing_calls(toks)) is not None:
-        f = f._replace(needs="never", reason=why)
+        # A value that only the Bind message carries: decided there (the front end's Parse path), or refused.
+        bind = f.command in BIND_COMMANDS and lexing_calls(toks, at_bind=True) is None
+        if not bind:
+            f = f._replace(needs="never", reason=why)
     return Statement(text, f.kind, f.command, f.tables, functions, f.has_where, f.reason, f.needs,
-                     f.attributes, f.types, f.operators)  # fmt: skip
+                     f.attributes, f.types, f.operators, bind)  # fmt: skip
 
 
 def _retext(ins: Inspection, texts: list[str]) -> Inspection:
@@ -241,11 +252,11 @@ def _retext(ins: Inspection, texts: list[str]) -> Inspection:
         s, t = ins.statements[0], texts[0]
         if s.text == t:
             return ins
-        return Inspection((s.again(t),), ins.fingerprint, ins.error)
+        return Inspection((s.again(t),), ins.fingerprint, ins.error, ins.bind)
     if all(s.text == t for s, t in zip(ins.statements, texts, strict=True)):
         return ins
     stmts = tuple(s.again(t) for s, t in zip(ins.statements, texts, strict=True))
-    return Inspection(stmts, ins.fingerprint, ins.error)
+    return Inspection(stmts, ins.fingerprint, ins.error, ins.bind)
 
 
 def statement_name(stmt: Statement) -> str | None:

@@ -8,12 +8,27 @@ disagree about the statement.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from gateway.pg import encodings
 from gateway.pg.sql import functions as fn
 from gateway.pg.sql.facts import Context, Facts, has_pair, unparseable
-from gateway.pg.sql.lex import IDENT, NUMBER, PUNCT, QIDENT, STRING, Token, fold, kw, name_at, punct, string_value
+from gateway.pg.sql.lex import (
+    IDENT,
+    NUMBER,
+    PARAM,
+    PUNCT,
+    QIDENT,
+    STRING,
+    Token,
+    fold,
+    kw,
+    name_at,
+    punct,
+    string_value,
+)
 
-__all__ = ["harmless_set_config", "lexing_calls", "reset", "set_"]
+__all__ = ["BIND_COMMANDS", "bound", "harmless_set_config", "lexing_calls", "reset", "set_"]
 
 
 def set_(t: list[Token], cx: Context) -> Facts:
@@ -157,16 +172,18 @@ def harmless_set_config(t: list[Token]) -> bool:
     return found
 
 
-def lexing_calls(t: list[Token]) -> str | None:
+def lexing_calls(t: list[Token], *, at_bind: bool = False) -> str | None:
     """Why a set_config() call could change client_encoding or standard_conforming_strings, or None.
 
-    Checked in every scope (admin too), like SET: the name and value must be plain literals.
+    Checked in every scope (admin too), like SET: the name and value must be plain literals. With `at_bind`,
+    a value that is a parameter (`$2`) is left for the Bind message, where `bound` puts its value in its place
+    and this runs again (a parameter whose value is not known then stays refused).
     """
     for i in range(len(t) - 2):
         if t[i][0] in (IDENT, QIDENT) and t[i][1] == "set_config" and punct(t, i + 1, "("):
             raw = string_value(t[i + 2][1]) if t[i + 2][0] == STRING else None
             if raw is None:
-                if (why := _unknown_name_value(t, i + 2)) is not None:
+                if (why := _unknown_name_value(t, i + 2, at_bind)) is not None:
                     return why
                 continue
             if not punct(t, i + 3, ","):
@@ -174,17 +191,50 @@ def lexing_calls(t: list[Token]) -> str | None:
             var = fold(raw)
             if var in ("client_encoding", "standard_conforming_strings"):
                 value = t[i + 4 : i + 5] if punct(t, i + 5, ",") else []
+                if value and value[0][0] == PARAM:
+                    if at_bind:
+                        continue
+                    return _unknown_param(f"set_config('{var}', {value[0][1]}, ...)")
                 facts = _lexing_setting("set_config", var, value, False)
                 if facts.needs == "never":
                     return facts.reason
     return None
 
 
+def _unknown_param(call: str) -> str:
+    return (f"{call}: the parameter's value is not known here (only a text value of type unknown, text or varchar"
+            " in a Bind message is checked), and it might make client_encoding or standard_conforming_strings"
+            " unsafe")  # fmt: skip
+
+
+# Statements in which every `$n` is a parameter of the Bind message: no function body, PREPARE or rule of their
+# own that could give `$n` another meaning (CREATE FUNCTION ... BEGIN ATOMIC, PREPARE p AS ...).
+BIND_COMMANDS = frozenset({"SELECT", "VALUES", "INSERT", "UPDATE", "DELETE", "MERGE", "DECLARE", "EXPLAIN"})
+
+
+def bound(t: list[Token], values: Mapping[int, str | None]) -> list[Token]:
+    """The statement as bound: each `$n` with a known value (None for NULL) as the literal that stands for it.
+
+    The server hands set_config() a text parameter's value unchanged, as it would the same string literal,
+    so lexing_calls() of the result judges the call that runs. A `$n` not in `values` stays a parameter.
+    """
+    out: list[Token] = []
+    for tok in t:
+        if tok[0] == PARAM and (n := int(tok[1][1:])) in values:
+            value = values[n]
+            if value is None:
+                tok = (IDENT, "null", tok[2], tok[3])
+            else:
+                tok = (STRING, "'" + value.replace("'", "''") + "'", tok[2], tok[3])
+        out.append(tok)
+    return out
+
+
 # Every spelling PostgreSQL's parse_bool reads as false: "off", "false", "no", "0" and their prefixes.
 _OFF = frozenset({"0", "o", "of", "off", "n", "no"} | {"false"[:n] for n in range(1, 6)})
 
 
-def _unknown_name_value(t: list[Token], at: int) -> str | None:
+def _unknown_name_value(t: list[Token], at: int, at_bind: bool) -> str | None:
     """Why set_config(<computed name>, value, ...) could break the lexer, or None when no setting it names could.
 
     pg_dump 15.8+ runs `set_config(name, 'view, foreign-table', false) FROM pg_settings WHERE name = ...`: the
@@ -198,8 +248,11 @@ def _unknown_name_value(t: list[Token], at: int) -> str | None:
         if depth < 0:
             break
         j += 1
+    ends = punct(t, j + 2, ",") or punct(t, j + 2, ")")
+    if ends and punct(t, j, ",") and t[j + 1][0] == PARAM:
+        return None if at_bind else _unknown_param(f"set_config(<computed name>, {t[j + 1][1]}, ...)")
     value = string_value(t[j + 1][1]) if j + 1 < len(t) and t[j + 1][0] == STRING and punct(t, j, ",") else None
-    if value is None or not (punct(t, j + 2, ",") or punct(t, j + 2, ")")):
+    if value is None or not ends:
         return "set_config() with a computed setting name and a computed value might change client_encoding"
     if (encodings.canonical(value) is not None and encodings.codec(value) is None) or fold(value.strip()) in _OFF:
         return (f"set_config() with a computed setting name and the value {value[:40]!r} might make client_encoding"
