@@ -11,7 +11,9 @@ deployed); first the idle-session memory, then rounds alternating direct and gat
   default cipher (chacha20-poly1305 for OpenSSH), and again with `-c aes128-gcm@openssh.com` (exec-gcm);
 * `scp host:<file> /dev/null` (sftp protocol, OpenSSH's default; scp-O: legacy protocol) and `sftp -b` get;
 * echo round trip: one byte into a PTY running `cat`, wait for its echo (asyncssh client, p50/p99);
-* session set-up: asyncssh connect + auth, and to the first output byte of `echo ready` (p50);
+* session set-up: asyncssh connect + auth, and to the first output byte of `echo ready` (p50), samples 0.5 s
+  apart; and connect + auth back to back (each right after the last one closed: through the gateway it then
+  shares the CPU with the previous session's end, whose detached-process sweep is a login of its own);
 * gateway RSS per idle session: --sessions connections each with an idle PTY `cat`, RSS before/after.
 Medians over rounds; ratios gateway/direct in the same round; the gateway's CPU per MB of each bulk transfer;
 the bytes its recordings took. Prints a markdown table (docs/benchmarks.md, SSH).
@@ -273,10 +275,18 @@ async def echo_rtt(paths: Paths, via: str, n: int = 300) -> list[float]:
     return out
 
 
-async def setup_time(paths: Paths, via: str, n: int = 15) -> tuple[list[float], list[float]]:
-    """Seconds to an authenticated connection, and to the first output byte of a command."""
+SETUP_PAUSE = 0.5
+"""Seconds between set-up samples: the gateway's end of the previous session (its recording sealed, the
+detached-process sweep, a login of its own on the target) is over before the next sample starts."""
+
+
+async def setup_time(
+    paths: Paths, via: str, n: int = 15, pause: float = SETUP_PAUSE
+) -> tuple[list[float], list[float]]:
+    """Seconds to an authenticated connection, and to the first output byte of a command (`pause` s apart)."""
     auth, first = [], []
     for _ in range(n):
+        await asyncio.sleep(pause)
         started = time.perf_counter()
         async with await paths.connect(via) as conn:
             auth.append(time.perf_counter() - started)
@@ -365,6 +375,8 @@ async def bench(args: argparse.Namespace) -> None:
                     auth, first = await setup_time(paths, via)
                     add("connect+auth p50 ms", via, 1000 * pct(auth, 0.5))
                     add("to first output p50 ms", via, 1000 * pct(first, 0.5))
+                    auth, _ = await setup_time(paths, via, pause=0.0)  # each right after the last one's end
+                    add("connect+auth back-to-back p50 ms", via, 1000 * pct(auth, 0.5))
             print(f"round {rnd + 1}: " + ", ".join(f"{k} {v['direct'][-1]:.1f}/{v['gateway'][-1]:.1f}"
                                                    for k, v in results.items()), file=sys.stderr)  # fmt: skip
         recorded = sum(f.stat().st_size for f in (base / "recordings").rglob("*") if f.is_file())
@@ -394,7 +406,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
         ratios = [g / d for d, g in zip(by["direct"], by["gateway"], strict=True)]
         print(f"| {name} | {statistics.median(by['direct']):.1f} | {statistics.median(by['gateway']):.1f} "
               f"| {statistics.median(ratios):.2f} |")  # fmt: skip
-    for name in ("connect+auth p50 ms", "to first output p50 ms"):
+    for name in ("connect+auth p50 ms", "to first output p50 ms", "connect+auth back-to-back p50 ms"):
         if name not in results:
             continue
         by = results[name]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import Config, Login, Target
-from gateway.policy import Policies
+from gateway.policy import Policies, ScopePolicy
 from gateway.sessions import LiveSession, SessionRegistry, new_session_record
 from gateway.store import Store
 from gateway.tokens import Claims, KeyRing, TokenError, unverified_claims, verify_token
@@ -23,6 +23,9 @@ STORE_DOWN = "store-unavailable"
 """The code of a connection refused because the store did not answer (fail closed: no grant check, no session)."""
 
 RECORDING_SUFFIX = {"postgres": ".sql.jsonl", "ssh": ".cast"}
+
+Granted = Callable[[Target, Login, ScopePolicy], None]
+"""Told the target, login and scope once the token and its grant check out, before the session is registered."""
 
 
 class AccessDenied(Exception):
@@ -54,16 +57,19 @@ class Access:
         client_addr: str,
         user: str | None = None,
         login: str | None = None,
+        on_granted: Granted | None = None,
     ) -> Admission:
         """`async with access.session(...) as s:` admits a connection (or raises AccessDenied, audited either way).
 
         The task that enters the block owns the session: a kill, revocation or expiry cancels it, and
         leaving the block ends the session once (LiveSession.__aexit__). `user` is what the client claimed
         to be (Postgres `user`), checked against the token's subject; `login` is an explicit upstream login
-        name (SSH `login@target`), checked against the grant's login.
+        name (SSH `login@target`), checked against the grant's login. `on_granted` lets a front end start
+        its upstream login while the session is registered (the store writes); the block is not entered
+        when that registration fails, and the front end must then drop what it started.
         """
         return Admission(self, dict(token=token, target=target, protocol=protocol, client_addr=client_addr,
-                                    user=user, login=login))  # fmt: skip
+                                    user=user, login=login, on_granted=on_granted))  # fmt: skip
 
     async def _open(
         self,
@@ -74,6 +80,7 @@ class Access:
         client_addr: str,
         user: str | None,
         login: str | None,
+        on_granted: Granted | None,
     ) -> LiveSession:
         """Check the token and grant and register the session (not yet started)."""
         try:
@@ -86,6 +93,8 @@ class Access:
             policy = self.policies.scope(tgt.name, claims.scope)
             if policy is None:
                 raise AccessDenied("unknown-scope", f"scope {claims.scope!r} is not defined for {tgt.name}")
+            if on_granted is not None:
+                on_granted(tgt, upstream, policy)
             now = self.clock()
             sid = secrets.token_hex(8)
             session = LiveSession(

@@ -5,7 +5,8 @@ Flow of one connection, top to bottom (``_Gate``):
     username "TARGET" or "LOGIN@TARGET"                       begin_auth
     token by keyboard-interactive ("Approval token:") or password
       -> a session task: async with access.session(...)    _live (identity = token sub)
-      -> upstream login with the gateway's key, host key pinned
+      -> once the token and grant check out, the upstream login with the gateway's key, host key pinned,
+         runs while the session is registered; a connection not admitted closes it before any channel
       -> SshConnection: the session's sides and recordings
     session channels -> ChannelRelay (checked, relayed, recorded)   session_requested
     forwarding / agent / X11 / tun requests: refused unless the scope allows, audited either way
@@ -18,17 +19,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import asyncssh
 
 from gateway.access import AccessDenied
+from gateway.config import Login, Target
 from gateway.keyfiles import ensure_ssh_host_key
+from gateway.policy import ScopePolicy
 from gateway.recording import schema
 from gateway.services import Services
 from gateway.sessions import SessionEnded
 from gateway.ssh import chacha
-from gateway.ssh.asyncssh_compat import AuditedChannel, check_internals, cork
+from gateway.ssh.asyncssh_compat import AuditedChannel, check_internals, cork, install_fast_saslprep
 from gateway.ssh.connection import SshConnection
 from gateway.ssh.forwarding import TcpRelay
 from gateway.ssh.relay import ChannelRelay
@@ -131,24 +135,35 @@ class _Gate(asyncssh.SSHServer):
         return await admitted
 
     async def _live(self, token: str, admitted: asyncio.Future[str | None]) -> None:
-        """The session's task: admission, upstream login, then wait for either side to go (kills cancel it)."""
+        """The session's task: admission and the upstream login side by side, then wait for either side to go."""
         target, login = parse_username(self.username)
         refusal = "gateway: connection closed"
+        watch = _UpstreamWatch()
+        early: asyncio.Task[asyncssh.SSHClientConnection] | None = None
+
+        def granted(tgt: Target, upstream_login: Login, policy: ScopePolicy) -> None:
+            # The token and its grant check out: the login to the target (most of the set-up time) runs while
+            # the session is registered and its start audited. Never earlier: an unauthenticated client or a
+            # revoked grant must not cause logins on the target.
+            nonlocal early
+            if policy.ssh is not None:
+                early = asyncio.ensure_future(connect_upstream(_Login(tgt, upstream_login), client_factory=watch))
+
         try:
             async with self.services.access.session(
                 token=token.strip()[:MAX_TOKEN_CHARS], target=target, protocol="ssh", client_addr=self.client_addr,
-                login=login,
+                login=login, on_granted=granted,
             ) as session:  # fmt: skip
-                if session.policy.ssh is None:
+                if session.policy.ssh is None or early is None:
                     refusal = f"gateway: scope {session.scope!r} has no ssh settings"
                     raise SessionEnded("scope has no ssh policy")
-                watch = _UpstreamWatch()
                 try:
-                    upstream = await connect_upstream(session, client_factory=watch)
+                    upstream = await early
                 except UpstreamError as exc:
                     await session.audit("ssh.upstream.failed", severity="warning", error=str(exc))
                     refusal = f"gateway: {exc}"
                     raise SessionEnded(f"upstream login failed: {exc}") from None
+                early = None  # from here on the session's end closes the upstream (SshConnection.close)
                 conn = SshConnection(session, self.conn, upstream)
                 watch.owner = conn
                 if self.conn.is_closed():  # the engineer gave up while we were logging in upstream
@@ -159,6 +174,8 @@ class _Gate(asyncssh.SSHServer):
         except AccessDenied as denied:
             refusal = f"gateway: {denied.reason}"
         finally:
+            if early is not None:  # admitted no session: the login started for it goes, before any channel
+                await _drop_upstream(early)
             if not admitted.done():
                 admitted.set_result(refusal)
 
@@ -220,6 +237,25 @@ class _Gate(asyncssh.SSHServer):
             self.connection.recordings.marker(schema.blocked_marker(what))
 
 
+@dataclass(frozen=True, slots=True)
+class _Login:
+    """The upstream login of a granted connection whose session is still being registered."""
+
+    target: Target
+    login: Login
+
+
+async def _drop_upstream(early: asyncio.Task[asyncssh.SSHClientConnection]) -> None:
+    """Stop a login started for a session that was not admitted, or close the connection it made."""
+    early.cancel()  # still logging in: asyncssh aborts the half-open connection
+    await asyncio.wait([early])
+    if early.cancelled() or early.exception() is not None:
+        return
+    upstream = early.result()
+    upstream.close()
+    await upstream.wait_closed()
+
+
 class _UpstreamWatch(asyncssh.SSHClient):
     """Tells the connection when the target drops the gateway's login."""
 
@@ -257,6 +293,8 @@ class SshListener:
             log.error("asyncssh internals changed, agent/X11 requests may go unaudited: %s", problem)
         if not chacha.install():
             log.warning("asyncssh's cipher table changed: chacha20-poly1305 runs on asyncssh's own, slower shim")
+        if not install_fast_saslprep():
+            log.warning("asyncssh's password handling changed: tokens go through its own (slower) SASLprep")
         self._acceptor = await asyncssh.create_server(
             lambda: _Gate(self), cfg.listen_ssh.host, cfg.listen_ssh.port,
             reuse_port=cfg.worker is not None,  # the workers of one gateway share the port

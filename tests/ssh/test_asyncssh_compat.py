@@ -88,3 +88,29 @@ def test_check_notices_when_send_stops_using_the_transport() -> None:
     finally:
         mp.undo()
     assert any("no longer writes to self._transport" in p for p in problems), problems
+
+
+def test_fast_saslprep_matches_asyncssh_on_ascii_and_defers_the_rest() -> None:
+    """Every ASCII character and some tokens: the same result (or the same refusal) as asyncssh's SASLprep."""
+    import asyncssh.saslprep
+
+    odd = ["", "a b", "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.sig-_~", "x\x7f", "caf\u00e9", "a\u00adb", "\u2163",
+           "a\u3000b", "\u0627", "a\x00"]  # fmt: skip
+    samples = [chr(c) for c in range(128)] + odd
+    for s in samples:
+        try:
+            want: str | type[Exception] = asyncssh.saslprep.saslprep(s)
+        except asyncssh.saslprep.SASLPrepError:
+            want = asyncssh.saslprep.SASLPrepError
+        try:
+            got: str | type[Exception] = asyncssh_compat.ascii_saslprep(s)
+        except asyncssh.saslprep.SASLPrepError:
+            got = asyncssh.saslprep.SASLPrepError
+        assert got == want, repr(s)
+
+
+def test_fast_saslprep_is_what_asyncssh_calls_on_passwords() -> None:
+    import asyncssh.auth
+
+    assert asyncssh_compat.install_fast_saslprep()
+    assert asyncssh.auth.saslprep is asyncssh_compat.ascii_saslprep  # type: ignore[attr-defined]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import subprocess
 import time
@@ -92,3 +93,51 @@ async def test_concurrent_asyncssh_connects_admit_exactly_max_sessions(gateway: 
         for c in admitted:
             c.close()
     assert len(await gateway.run(svc.store.list_sessions(grant_id=issued.grant.id))) == LIMIT
+
+
+def _sshd_log_since(gateway: Gateway, offset: int) -> str:
+    return gateway.sshd.log_path.read_bytes()[offset:].decode(errors="replace")
+
+
+def _ended(log: str, port: str) -> bool:
+    """sshd logged the end of the connection from `port` (closed, disconnected or aborted mid-handshake)."""
+    return bool(re.search(rf"(closed by|disconnect from|Disconnected from|Broken pipe|reset by).* port {port}\b"
+                          rf"|port {port}\b.*(Broken pipe|reset by peer|closed)", log))  # fmt: skip
+
+
+async def test_refused_admission_closes_the_upstream_login_started_for_it(gateway: Gateway) -> None:
+    """The upstream login starts once the grant checks out, beside the session's registration: when that
+    registration refuses the connection (max_sessions), the target sees the login end with no channel."""
+    svc = gateway.services
+    issued = await gateway.run(
+        issue_grant(gateway.config, svc.ring, svc.store, svc.policies, user=USER, target=TARGET, scope="ops",
+                    ttl=600, reason="TEST-limit", approvers=("bob",), now=time.time(), max_sessions=1)
+    )  # fmt: skip
+    held = await gateway.connect(issued.token)
+    try:
+        assert (await held.run("echo held", check=True)).stdout == "held\n"
+        offset = gateway.sshd.log_path.stat().st_size
+        try:
+            await gateway.connect(issued.token)
+        except asyncssh.PermissionDenied:
+            pass
+        else:
+            raise AssertionError("a second session was admitted with max_sessions=1")
+        log = ""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            log = _sshd_log_since(gateway, offset)
+            ports = re.findall(r"^Connection from 127\.0\.0\.1 port (\d+) ", log, re.M)
+            if ports and all(_ended(log, p) for p in ports):
+                break
+            await asyncio.sleep(0.05)
+        ports = re.findall(r"^Connection from 127\.0\.0\.1 port (\d+) ", log, re.M)
+        assert len(ports) == 1, f"expected the refused connection's one upstream login:\n{log}"
+        assert _ended(log, ports[0]), log
+        assert "Starting session" not in log, log
+        # The admitted session is untouched.
+        assert (await held.run("echo still", check=True)).stdout == "still\n"
+    finally:
+        held.close()
+    denied = await gateway.events(types=("token.rejected",))
+    assert any(e.data.get("code") == "max-sessions" and e.grant == issued.grant.id for e in denied)
