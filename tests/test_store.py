@@ -551,3 +551,39 @@ async def test_writers_cancelled_mid_transaction_leave_the_store_writable(store:
     assert await store.admit_session(session("s_after", "g_c"), max_live=1000)
     verdict = await store.verify()
     assert verdict.ok, verdict.problem
+
+
+async def test_sqlite_reads_and_writes_of_one_process_interleave_with_another_process_writing(tmp_path: Path) -> None:
+    """Two processes on one SQLite file (workers, a replica and the CLI): an open read cursor of A pins A's WAL
+    snapshot, so a write A starts meanwhile fails at once with "database is locked" once B has committed
+    (busy_timeout does not apply). Reads therefore hold A's write lock until their cursor closes."""
+    path = tmp_path / "db" / "gateway.db"
+    a = await SqliteStore(path, node="a").open()
+    b = await SqliteStore(path, node="b").open()
+    try:
+        for i in range(20):
+            await a.append("seed", data={"i": i})
+        stop = asyncio.Event()
+
+        async def reads() -> int:
+            n = 0
+            while not stop.is_set():
+                assert await a.head() is not None
+                await a.list_sessions()
+                n += 1
+            return n
+
+        async def writes(store: SqliteStore, who: str) -> None:
+            for i in range(150):
+                await store.append("w", data={"who": who, "i": i})
+
+        readers = [asyncio.ensure_future(reads()) for _ in range(3)]
+        await asyncio.gather(writes(a, "a"), writes(b, "b"))
+        stop.set()
+        assert all(n > 0 for n in await asyncio.gather(*readers))
+        assert (await a.verify()).ok
+        head = await b.head()
+        assert head is not None and head[0] == 20 + 300
+    finally:
+        await a.close(checkpoint=False)
+        await b.close(checkpoint=False)

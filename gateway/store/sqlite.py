@@ -6,7 +6,8 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -77,7 +78,7 @@ class SqliteStore:
 
     async def ping(self) -> None:
         """One round trip (health checks)."""
-        async with self.db.execute("SELECT 1") as cur:
+        async with self._read("SELECT 1") as cur:
             await cur.fetchone()
 
     async def close(self, *, checkpoint: bool = True) -> None:
@@ -107,6 +108,17 @@ class SqliteStore:
         """One autocommitted write statement, never inside another coroutine's transaction."""
         async with self._lock:
             return await self.db.execute(sql, tuple(args))
+
+    @asynccontextmanager
+    async def _read(self, sql: str, args: Iterable[Any] = ()) -> AsyncIterator[aiosqlite.Cursor]:
+        """A read cursor, held under the write lock until it is closed.
+
+        In WAL mode an open read statement pins this connection to its snapshot: once another process (a
+        worker, a replica, the CLI) has committed, the next write here fails at once with "database is
+        locked", whatever busy_timeout says. So no write may start while a read of ours is open.
+        """
+        async with self._lock, self.db.execute(sql, tuple(args)) as cur:
+            yield cur
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -209,7 +221,7 @@ class SqliteStore:
 
     async def head(self) -> tuple[int, str] | None:
         """The newest event's sequence number and chain hash, or None for an empty log."""
-        async with self.db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1") as cur:
+        async with self._read("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1") as cur:
             last = await cur.fetchone()
         return None if last is None else (int(last[0]), str(last[1]))
 
@@ -229,7 +241,7 @@ class SqliteStore:
 
     async def checkpoints(self) -> list[Checkpoint]:
         """The signed heads stored in the database, oldest first."""
-        async with self.db.execute("SELECT * FROM checkpoints ORDER BY seq") as cur:
+        async with self._read("SELECT * FROM checkpoints ORDER BY seq") as cur:
             return [Checkpoint(r["seq"], r["head"], r["kid"], r["signature"], r["ts"]) for r in await cur.fetchall()]
 
     async def events(
@@ -260,13 +272,13 @@ class SqliteStore:
         sql = f"SELECT * FROM audit WHERE {' AND '.join(where)} ORDER BY seq"  # noqa: S608 - only placeholders
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        async with self.db.execute(sql, args) as cur:
+        async with self._read(sql, args) as cur:
             rows = await cur.fetchall()
         return [event_row(r) for r in rows]
 
     async def verify(self) -> Verdict:
         """Walk the whole chain in stored order and every checkpoint (DB and side file)."""
-        async with self.db.execute("SELECT * FROM audit ORDER BY rowid") as cur:
+        async with self._read("SELECT * FROM audit ORDER BY rowid") as cur:
             events = [event_row(r) async for r in cur]
         return judge(events, await self.checkpoints(), self.checkpoint_file, self.ring)
 
@@ -303,7 +315,7 @@ class SqliteStore:
 
     async def get_grant(self, grant_id: str) -> GrantRecord | None:
         """One grant by id (the token's jti)."""
-        async with self.db.execute("SELECT * FROM grants WHERE id = ?", (grant_id,)) as cur:
+        async with self._read("SELECT * FROM grants WHERE id = ?", (grant_id,)) as cur:
             r = await cur.fetchone()
         return grant_row(r) if r else None
 
@@ -317,7 +329,7 @@ class SqliteStore:
             where.append("state = ?")
             args.append(state)
         sql = f"SELECT * FROM grants WHERE {' AND '.join(where)} ORDER BY issued_at DESC"  # noqa: S608
-        async with self.db.execute(sql, args) as cur:
+        async with self._read(sql, args) as cur:
             return [grant_row(r) for r in await cur.fetchall()]
 
     async def revoke_grant(self, grant_id: str, *, by: str, reason: str, now: float) -> GrantRecord:
@@ -338,7 +350,7 @@ class SqliteStore:
 
     async def expire_grants(self, now: float) -> list[str]:
         """Mark active grants past their expiry as expired; returns their ids."""
-        async with self.db.execute("SELECT id FROM grants WHERE state='active' AND expires_at <= ?", (now,)) as cur:
+        async with self._read("SELECT id FROM grants WHERE state='active' AND expires_at <= ?", (now,)) as cur:
             ids = [str(r[0]) for r in await cur.fetchall()]
         if ids:
             await self._write(
@@ -353,7 +365,7 @@ class SqliteStore:
         if not idl:
             return set()
         sql = f"SELECT id FROM grants WHERE state != 'active' AND id IN ({','.join('?' * len(idl))})"  # noqa: S608
-        async with self.db.execute(sql, idl) as cur:
+        async with self._read(sql, idl) as cur:
             return {str(r[0]) for r in await cur.fetchall()}
 
     async def use_workload_token(self, key: str, *, expires_at: float, now: float, used_for: str) -> bool:
@@ -410,10 +422,10 @@ class SqliteStore:
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         """One session by id (a unique prefix of at least 6 characters works too)."""
-        async with self.db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)) as cur:
+        async with self._read("SELECT * FROM sessions WHERE id = ?", (session_id,)) as cur:
             r = await cur.fetchone()
         if r is None and len(session_id) >= 6:
-            async with self.db.execute("SELECT * FROM sessions WHERE id LIKE ? LIMIT 2", (session_id + "%",)) as cur:
+            async with self._read("SELECT * FROM sessions WHERE id LIKE ? LIMIT 2", (session_id + "%",)) as cur:
                 found = list(await cur.fetchall())
             r = found[0] if len(found) == 1 else None
         return session_row(r) if r else None
@@ -440,7 +452,7 @@ class SqliteStore:
         if live is not None:
             where.append("ended_at IS NULL" if live else "ended_at IS NOT NULL")
         sql = f"SELECT * FROM sessions WHERE {' AND '.join(where)} ORDER BY started_at DESC"  # noqa: S608
-        async with self.db.execute(sql, args) as cur:
+        async with self._read(sql, args) as cur:
             return [session_row(r) for r in await cur.fetchall()]
 
     async def request_kill(self, session_id: str, reason: str) -> None:
@@ -454,7 +466,7 @@ class SqliteStore:
             return {}
         marks = ",".join("?" * len(idl))
         sql = f"SELECT id, kill_requested FROM sessions WHERE kill_requested IS NOT NULL AND id IN ({marks})"  # noqa: S608
-        async with self.db.execute(sql, idl) as cur:
+        async with self._read(sql, idl) as cur:
             return {str(r[0]): str(r[1]) for r in await cur.fetchall()}
 
     # --- requests ----------------------------------------------------------------------------------
@@ -485,7 +497,7 @@ class SqliteStore:
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
         """One request by id."""
-        async with self.db.execute("SELECT * FROM requests WHERE id = ?", (request_id,)) as cur:
+        async with self._read("SELECT * FROM requests WHERE id = ?", (request_id,)) as cur:
             r = await cur.fetchone()
         return request_row(r) if r else None
 
@@ -523,7 +535,7 @@ class SqliteStore:
                 where.append(f"{col} = ?")
                 args.append(val)
         sql = f"SELECT * FROM requests WHERE {' AND '.join(where)} ORDER BY created_at DESC"  # noqa: S608
-        async with self.db.execute(sql, args) as cur:
+        async with self._read(sql, args) as cur:
             return [request_row(r) for r in await cur.fetchall()]
 
     # --- detection baselines -------------------------------------------------------------------------
@@ -531,12 +543,12 @@ class SqliteStore:
     async def session_history(self) -> list[tuple[str, str, int, float]]:
         """Per (user, target): how many sessions, and the first one's start."""
         sql = "SELECT user, target, count(*), min(started_at) FROM sessions GROUP BY user, target"
-        async with self.db.execute(sql) as cur:
+        async with self._read(sql) as cur:
             return [(str(r[0]), str(r[1]), int(r[2]), float(r[3])) for r in await cur.fetchall()]
 
     async def baseline_seen(self) -> list[tuple[str, str, str, str]]:
         """Every (user, target, kind, value) a baseline holds."""
-        async with self.db.execute("SELECT user, target, kind, value FROM baseline_seen") as cur:
+        async with self._read("SELECT user, target, kind, value FROM baseline_seen") as cur:
             return [(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in await cur.fetchall()]
 
     async def add_baseline_seen(self, rows: list[tuple[str, str, str, str, float]]) -> None:
@@ -550,18 +562,18 @@ class SqliteStore:
         """Totals for the metrics endpoint."""
 
         async def one(sql: str) -> int:
-            async with self.db.execute(sql) as cur:
+            async with self._read(sql) as cur:
                 return int((await cur.fetchone() or (0,))[0])
 
         rejected_sql = "SELECT json_extract(data, '$.code'), COUNT(*) FROM audit WHERE type='token.rejected' GROUP BY 1"
-        async with self.db.execute(rejected_sql) as cur:
+        async with self._read(rejected_sql) as cur:
             rejected = {str(r[0]): int(r[1]) for r in await cur.fetchall()}
         stats_sql = (
             "SELECT target, SUM(COALESCE(json_extract(stats,'$.statements'),0)), "
             "SUM(COALESCE(json_extract(stats,'$.denied'),0)), SUM(COALESCE(json_extract(stats,'$.commands'),0)) "
             "FROM sessions WHERE ended_at IS NOT NULL GROUP BY target"
         )
-        async with self.db.execute(stats_sql) as cur:
+        async with self._read(stats_sql) as cur:
             ended = {str(r[0]): (float(r[1] or 0), float(r[2] or 0), float(r[3] or 0)) for r in await cur.fetchall()}
         return Counts(
             await one("SELECT COUNT(*) FROM requests WHERE state='pending'"),
@@ -584,14 +596,14 @@ class SqliteStore:
 
     async def list_nodes(self) -> list[NodeRecord]:
         """Every replica that ever heartbeat, most recent first."""
-        async with self.db.execute("SELECT * FROM nodes ORDER BY heartbeat_at DESC") as cur:
+        async with self._read("SELECT * FROM nodes ORDER BY heartbeat_at DESC") as cur:
             return [node_row(r) for r in await cur.fetchall()]
 
     async def claim_lost_nodes(self, *, older_than: float, now: float) -> dict[str, list[SessionRecord]]:
         """Mark replicas silent since `older_than` lost and end their live sessions (reason replica_lost), in
         one transaction, so exactly one survivor claims each; returns the sessions it ended, per replica."""
         sql = "SELECT count(*) FROM nodes WHERE state='up' AND heartbeat_at < ? AND id != ?"
-        async with self.db.execute(sql, (older_than, self.node)) as cur:
+        async with self._read(sql, (older_than, self.node)) as cur:
             row = await cur.fetchone()
         if not row or not row[0]:
             return {}  # the usual case, every heartbeat: no write transaction for nothing
@@ -639,7 +651,7 @@ class SqliteStore:
     async def get_web_session(self, key: str, *, now: float) -> WebSignIn | None:
         """The sign-in under this key, unless it has expired."""
         sql = "SELECT * FROM web_sessions WHERE key = ? AND expires_at > ?"
-        async with self.db.execute(sql, (key, now)) as cur:
+        async with self._read(sql, (key, now)) as cur:
             r = await cur.fetchone()
         return web_signin_row(r) if r else None
 
