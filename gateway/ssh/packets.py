@@ -16,6 +16,10 @@ What `install` changes in ``asyncssh.connection.SSHConnection`` (profiles: docs/
   zeros or a counter) instead of one ``getrandom`` per packet; the plaintext is joined once, the AES-GCM
   ciphertext is written as it comes out (header and sealed body as two writes of the corked transport).
 * The per-packet debug log calls are made only when asyncssh's packet debug level is on (their only effect).
+* Memory: asyncssh keeps both KEXINIT payloads (~3.7 KB a connection, two connections a session) for the
+  exchange hash of the key exchange they started. Both sides have computed that hash before the peer's
+  NEWKEYS arrives, and every later key exchange sends and receives fresh ones, so they are dropped then
+  (`_process_newkeys`), unless a new exchange of ours has already begun.
 
 Rekeying, strict kex, compression, the sequence numbers and every packet check are asyncssh's own lines.
 Every replaced asyncssh function is fingerprinted (`FINGERPRINTS`): if one changes, `install` leaves asyncssh
@@ -40,6 +44,7 @@ from asyncssh.constants import (
     MSG_IGNORE,
     MSG_KEX_FIRST,
     MSG_KEX_LAST,
+    MSG_KEXINIT,
     MSG_NEWKEYS,
     MSG_SERVICE_ACCEPT,
     MSG_SERVICE_REQUEST,
@@ -70,6 +75,9 @@ FINGERPRINTS = {
     "SSHConnection._recv_packet": "b3daa22e9763eee9f3ec710d1469c1b54c8df5066bae3e65b66bdf1db8063c8b",
     "GCMCipher": "e389d2b5bed8eb418d7c144f300892f7f37937f78883b753a840e010ffc3eef1",
     "SSHConnection.data_received": "b2d14a83b2604db65c8775264dfbe38e5920ba749ec627134ddbe708cb43974a",
+    "SSHConnection._process_newkeys": "a0331fe3cfd09d0b414800a9c59ffef089fa0ee67883957f597d3ccda58160b3",
+    "SSHConnection._send_kexinit": "275ddc818b59f44b24a3b9d0ccc8cdd1d283a449f75c5d36e5a57cb70d9d90e3",
+    "SSHConnection._process_kexinit": "439bdf2fc55e67370a3e0c1c5e1276fc2c7e95a5fcfb5979914bac461f072666",
     "SSHConnection._finish_recv_packet": "e12d96db58b3524e90032440bfd6f2705a53a3b74caaa121e14b7d164ad2e6de",
 }
 """SHA-256 of the source of what `install` replaces or relies on (the callers of `_recv_data`), as reviewed
@@ -384,6 +392,16 @@ def send_packet(self: Any, pkttype: int, *args: bytes, handler: Any = None) -> N
         (handler or self).log_sent_packet(pkttype, seq, orig_payload)
 
 
+def _process_newkeys(self: Any, pkttype: int, pktid: int, packet: SSHPacket) -> None:
+    """asyncssh's, then the KEXINIT payloads go (module docstring) unless a new KEXINIT of ours is out."""
+    _ORIGINAL_NEWKEYS(self, pkttype, pktid, packet)
+    if not self._kexinit_sent:
+        self._client_kexinit = self._server_kexinit = b""
+
+
+_HANDLERS: dict[int, Callable[..., Any]] = connection.SSHConnection._packet_handlers
+_ORIGINAL_NEWKEYS = _HANDLERS[MSG_NEWKEYS]
+
 _REPLACED: dict[str, tuple[Any, str, Callable[..., Any]]] = {
     "SSHConnection.send_packet": (connection.SSHConnection, "send_packet", send_packet),
     "SSHConnection._recv_data": (connection.SSHConnection, "_recv_data", _recv_data),
@@ -391,6 +409,14 @@ _REPLACED: dict[str, tuple[Any, str, Callable[..., Any]]] = {
     "SSHConnection._recv_packet": (connection.SSHConnection, "_recv_packet", _recv_packet),
 }
 _ORIGINAL = {name: getattr(owner, attr) for name, (owner, attr, _) in _REPLACED.items()}
+_RELIED: dict[str, Any] = {
+    "GCMCipher": crypto.GCMCipher,
+    "SSHConnection._process_newkeys": _ORIGINAL_NEWKEYS,
+    "SSHConnection._send_kexinit": connection.SSHConnection._send_kexinit,
+    "SSHConnection._process_kexinit": _HANDLERS[MSG_KEXINIT],
+    "SSHConnection.data_received": connection.SSHConnection.data_received,
+    "SSHConnection._finish_recv_packet": connection.SSHConnection._finish_recv_packet,
+}
 
 
 def fingerprint(obj: Any) -> str:
@@ -401,10 +427,7 @@ def fingerprint(obj: Any) -> str:
 def problems() -> list[str]:
     """What no longer matches the asyncssh code `install` replaces (empty: all as reviewed)."""
     found: list[str] = []
-    originals: dict[str, Any] = dict(_ORIGINAL)
-    originals["GCMCipher"] = crypto.GCMCipher
-    originals["SSHConnection.data_received"] = connection.SSHConnection.data_received
-    originals["SSHConnection._finish_recv_packet"] = connection.SSHConnection._finish_recv_packet
+    originals = {**_ORIGINAL, **_RELIED}
     for name, obj in originals.items():
         if fingerprint(obj) != FINGERPRINTS[name]:
             found.append(f"asyncssh {name} changed since it was reviewed: packets.install left asyncssh's own")
@@ -426,6 +449,7 @@ def install() -> bool:
     conn_cls._gw_hdr = -1
     for owner, attr, new in _REPLACED.values():
         setattr(owner, attr, new)
+    _HANDLERS[MSG_NEWKEYS] = _process_newkeys
     params: dict[bytes, tuple[Any, str]] = encryption._enc_params
     for alg in _GCM_ALGS:
         params[alg] = (FastGCMEncryption, params[alg][1])
