@@ -471,7 +471,15 @@ def main() -> int:
     if args.serve or args.relay:
         import uvloop
 
-        uvloop.run(serve(json.loads(args.serve)) if args.serve else bare_relay(json.loads(args.relay)))
+        main_coro = serve(json.loads(args.serve)) if args.serve else bare_relay(json.loads(args.relay))
+        if not os.environ.get("BENCH_CPROFILE"):
+            uvloop.run(main_coro)
+            return 0
+        import cProfile  # BENCH_CPROFILE=out.prof: the proxy's calls, counted exactly (docs/benchmarks.md)
+
+        prof = cProfile.Profile()
+        prof.runcall(uvloop.run, main_coro)
+        prof.dump_stats(f"{os.environ['BENCH_CPROFILE']}.{os.getpid()}")
         return 0
 
     tests = [t for t in TESTS if t in args.tests.split(",")]
@@ -494,10 +502,12 @@ def main() -> int:
                 procs.append(proc)
                 eps.append(Endpoint(name, port, "app_ro", ro, "app_admin", admin, "require" if tls else "disable",
                                     (proc.pid,)))  # fmt: skip
+                print(f"{name} pid {proc.pid}", flush=True)
         if "python-relay" in wanted:
             relay, port = start_bare_relay(cluster)
             procs.append(relay)
             eps.append(Endpoint("python-relay", port, "app_ro", ro, "app_admin", admin, "require", (relay.pid,)))
+            print(f"python-relay pid {relay.pid}", flush=True)
         base = Path(tempfile.mkdtemp(prefix="gw-bench-"))
         for name, tls, n in (("gateway", True, 1), ("gateway-notls", False, 1), ("gateway-2w", True, 2)):
             if name in wanted:
@@ -533,8 +543,11 @@ def main() -> int:
     finally:
         for p in procs:
             if p.stdin:
-                p.stdin.close()
-            p.terminate()
+                p.stdin.close()  # a proxy of ours ends on it (and writes its BENCH_CPROFILE stats)
+            try:
+                p.wait(10 if p.stdin else 0)
+            except subprocess.TimeoutExpired:
+                p.terminate()
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
