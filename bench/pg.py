@@ -8,8 +8,10 @@ Starts a throwaway PostgreSQL (gateway.sandbox; max_connections raised for the b
 client_tls_sslmode=require and a self-signed pair made by openssl) and the gateway (its own process on uvloop, TLS
 required, policy and statement recording on; `read` scope for pgbench, `admin` scope for COPY and pg_dump),
 once as one process and once as `gateway-2w`, two workers on one port and store as `[listen] workers = 2` runs
-them (gateway/workers.py; CPU is summed over both). Every round runs every test against every target in turn
-(the order rotates each round):
+them (gateway/workers.py; CPU is summed over both), and as `gateway-mypyc`, one process running a copy of the
+package with the hot modules compiled (`scripts/build-mypyc --into`, built at the start; the other gateway rows
+run whatever this tree has, "compiled" in the run's details says which). Every round runs every test against
+every target in turn (the order rotates each round):
 
 - tps-simple / tps-prepared: `pgbench -n -S -M simple|prepared -c 8 -j 2 -T <seconds>`; also the proxy's CPU
   per transaction (utime+stime of its process over the run / transactions).
@@ -43,12 +45,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# This tree's package, unless a gateway-mypyc process was pointed at a compiled copy (BENCH_PACKAGE).
+sys.path.insert(0, os.environ.get("BENCH_PACKAGE") or str(Path(__file__).resolve().parents[1]))
 
 from gateway.sandbox.postgres import PG_OS_USER, PgCluster
 
 TESTS = ("tps-simple", "tps-prepared", "latency", "bulk", "dump", "setup", "burst")
-TARGETS = ("direct", "pgbouncer", "pgbouncer-tls", "gateway", "gateway-2w")
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = ("direct", "pgbouncer", "pgbouncer-tls", "python-relay", "gateway", "gateway-mypyc", "gateway-2w",
+           "gateway-notls")
 
 
 def free_port() -> int:
@@ -102,16 +107,17 @@ async def serve(spec: dict[str, Any]) -> None:
                                    target="orders", scope=scope, ttl=3600, reason="BENCH", approvers=("ops",),
                                    now=time.time())  # fmt: skip
         tokens[scope] = issued.token
-    print(json.dumps({"port": listener.port, "tokens": tokens}), flush=True)
+    print(json.dumps({"port": listener.port, "tokens": tokens, "compiled": compiled()}), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await listener.close()
     await services.close()
 
 
 def start_gateway(
-    cluster: PgCluster, base: Path, *, require_tls: bool, workers: int = 1
+    cluster: PgCluster, base: Path, *, require_tls: bool, workers: int = 1, package: Path | None = None
 ) -> tuple[list[subprocess.Popen[str]], int, dict[str, str]]:
-    """The gateway's processes (one, or `workers` on one port), its port and tokens."""
+    """The gateway's processes (one, or `workers` on one port), its port and tokens; `package`: the folder
+    holding the `gateway` package to run instead of this tree's (a compiled copy)."""
     spec: dict[str, Any] = {"base": str(base), "pg_port": cluster.port, "ro": cluster.passwords["app_ro"],
                             "admin": cluster.passwords["app_admin"], "require_tls": require_tls}  # fmt: skip
     procs: list[subprocess.Popen[str]] = []
@@ -120,12 +126,15 @@ def start_gateway(
         if workers > 1:
             spec["worker"] = {"index": i, "count": workers, "run_dir": str(base)}
             spec["port"] = port
+        env = {**os.environ, "BENCH_PACKAGE": str(package)} if package else None
         proc = subprocess.Popen([sys.executable, __file__, "--serve", json.dumps(spec)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+                                stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
         procs.append(proc)
         assert proc.stdout is not None
         info = json.loads(proc.stdout.readline())
         port, tokens = int(info["port"]), tokens or dict(info["tokens"])
+        if package is not None and info["compiled"] != "mypyc":
+            raise RuntimeError(f"the gateway in {package} did not run compiled modules")
     return procs, port, tokens
 
 
@@ -418,9 +427,10 @@ def medians(results: Results, test: str, target: str) -> dict[str, float]:
 
 def report(results: Results, tests: list[str], targets: list[str]) -> list[str]:
     """The markdown table: medians per target, then the gateway against each of the others."""
-    gateways = [t for t in targets if t in ("gateway", "gateway-2w")]
-    others = ("pgbouncer-tls", "pgbouncer", "direct")
-    ratio_cols = [(g, o) for g in gateways for o in others]
+    # The gateway against every other; its variants against their equal-terms peer only (a readable table).
+    peers = {"gateway": ("pgbouncer-tls", "pgbouncer", "direct"), "gateway-mypyc": ("pgbouncer-tls", "direct"),
+             "gateway-2w": ("pgbouncer-tls",), "gateway-notls": ("pgbouncer",)}  # fmt: skip
+    ratio_cols = [(g, o) for g in targets if g in peers for o in peers[g] if o in targets]
     head = " | ".join([*targets, *(f"{g} / {o}" for g, o in ratio_cols)])
     lines = [f"| test | {head} |", "| --- " * (len(targets) + len(ratio_cols) + 1) + "|"]
     for test in tests:
@@ -509,9 +519,15 @@ def main() -> int:
             eps.append(Endpoint("python-relay", port, "app_ro", ro, "app_admin", admin, "require", (relay.pid,)))
             print(f"python-relay pid {relay.pid}", flush=True)
         base = Path(tempfile.mkdtemp(prefix="gw-bench-"))
-        for name, tls, n in (("gateway", True, 1), ("gateway-notls", False, 1), ("gateway-2w", True, 2)):
+        package = None
+        if "gateway-mypyc" in wanted:
+            package = base / "mypyc"
+            subprocess.run(["bash", str(ROOT / "scripts/build-mypyc"), "--into", str(package)], check=True)
+        for name, tls, n in (("gateway", True, 1), ("gateway-mypyc", True, 1), ("gateway-notls", False, 1),
+                             ("gateway-2w", True, 2)):  # fmt: skip
             if name in wanted:
-                gws, port, tokens = start_gateway(cluster, base / name, require_tls=tls, workers=n)
+                gws, port, tokens = start_gateway(cluster, base / name, require_tls=tls, workers=n,
+                                                  package=package if name == "gateway-mypyc" else None)  # fmt: skip
                 procs.extend(gws)
                 eps.append(Endpoint(name, port, "bench", tokens["read"], "bench", tokens["admin"],
                                     "require" if tls else "disable", tuple(g.pid for g in gws)))  # fmt: skip
