@@ -52,8 +52,16 @@ from gateway.sandbox.postgres import PG_OS_USER, PgCluster
 
 TESTS = ("tps-simple", "tps-prepared", "latency", "bulk", "dump", "setup", "burst")
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = ("direct", "pgbouncer", "pgbouncer-tls", "python-relay", "gateway", "gateway-mypyc", "gateway-2w",
-           "gateway-notls")
+TARGETS = (
+    "direct",
+    "pgbouncer",
+    "pgbouncer-tls",
+    "python-relay",
+    "gateway",
+    "gateway-mypyc",
+    "gateway-2w",
+    "gateway-notls",
+)
 
 
 def free_port() -> int:
@@ -291,12 +299,48 @@ def pgbench(ep: Endpoint, mode: str, seconds: int, clients: int, log_dir: Path |
     return float(m.group(1)), int(n.group(1))
 
 
+PERF_HZ = 999
+# perf's shared objects, grouped: where a proxy's CPU per transaction goes (--perf).
+PERF_GROUPS = (
+    ("kernel", ("[kernel",)),
+    ("interpreter", ("libpython",)),
+    ("compiled", ("__mypyc", "machine.cpython", "journal.cpython", "codec.cpython", "fastdecode.cpython")),
+    ("uvloop", ("loop.cpython",)),
+    ("OpenSSL", ("libssl", "libcrypto", "_ssl.")),
+    ("libc", ("libc.",)),
+)
+
+
+def perf_split(data: Path, window: float, tps: float) -> dict[str, float]:
+    """us of CPU per transaction by group of shared objects, from `perf record` samples over `window` seconds."""
+    out = subprocess.run(["perf", "report", "-i", str(data), "-n", "--sort", "dso", "--stdio", "-g", "none"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    split = dict.fromkeys([g for g, _ in PERF_GROUPS] + ["other"], 0.0)
+    for line in out.splitlines():
+        m = re.match(r"\s*[\d.]+%\s+(\d+)\s+(\S+)", line)
+        if m is None:
+            continue
+        group = next((g for g, keys in PERF_GROUPS if any(k in m.group(2) for k in keys)), "other")
+        split[group] += int(m.group(1)) / PERF_HZ / (tps * window) * 1e6
+    return {f"perf:{k}": v for k, v in split.items()}
+
+
 def test_tps(ep: Endpoint, args: argparse.Namespace, mode: str) -> dict[str, float]:
     cpu0 = cpu_seconds(ep.pids)
+    sampler, window = None, max(1.0, args.seconds - 2.0)
+    if args.perf and ep.pids and mode == "prepared":
+        data = Path(tempfile.mkdtemp(prefix="gw-bench-perf-")) / "perf.data"
+        sampler = subprocess.Popen(["perf", "record", "-q", "-F", str(PERF_HZ), "-p", ",".join(map(str, ep.pids)),
+                                    "-o", str(data), "--", "sleep", str(window)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)  # fmt: skip
     tps, n = pgbench(ep, mode, args.seconds, 8)
     out = {"tps": tps}
     if ep.pids:
         out["cpu_us_per_tx"] = (cpu_seconds(ep.pids) - cpu0) / n * 1e6
+    if sampler is not None:
+        sampler.wait(60)
+        out.update(perf_split(data, window, tps))
+        shutil.rmtree(data.parent, ignore_errors=True)
     return out
 
 
@@ -443,7 +487,8 @@ def report(results: Results, tests: list[str], targets: list[str]) -> list[str]:
                 cells.append("failed")
                 continue
             cell = f"{m[key]:.0f}" if m[key] >= 100 else f"{m[key]:.2f}"
-            extra = [f"{k} {v:.0f}" if v >= 100 else f"{k} {v:.2f}" for k, v in m.items() if k != key]
+            extra = [f"{k} {v:.0f}" if v >= 100 else f"{k} {v:.2f}" for k, v in m.items()
+                     if k != key and not k.startswith("perf:")]  # fmt: skip
             cells.append(cell + (f" ({', '.join(extra)})" if extra else ""))
         ratios = []
         for gname, other in ratio_cols:
@@ -457,6 +502,22 @@ def report(results: Results, tests: list[str], targets: list[str]) -> list[str]:
             else:
                 ratios.append(f"{g[key] / o[key]:.2f}x")
         lines.append(f"| {test} ({key}) | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    return lines
+
+
+def perf_table(results: Results, targets: list[str]) -> list[str]:
+    """With --perf: each proxy's CPU per prepared transaction by where it ran (medians of the rounds)."""
+    groups = [g for g, _ in PERF_GROUPS] + ["other"]
+    rows = [(t, medians(results, "tps-prepared", t)) for t in targets]
+    rows = [(t, m) for t, m in rows if "perf:kernel" in m]
+    if not rows:
+        return []
+    lines = ["| proxy (us of CPU per tx, pgbench -S -M prepared -c 8, perf samples) | " + " | ".join(groups)
+             + " | sum | cpu_us_per_tx (/proc) |", "| --- " * (len(groups) + 3) + "|"]  # fmt: skip
+    for t, m in rows:
+        cells = [f"{m['perf:' + g]:.1f}" for g in groups]
+        total = sum(m["perf:" + g] for g in groups)
+        lines.append(f"| {t} | " + " | ".join(cells) + f" | {total:.1f} | {m['cpu_us_per_tx']:.1f} |")
     return lines
 
 
@@ -475,6 +536,11 @@ def main() -> int:
         help="subset of " + ",".join(TARGETS) + " (gateway-2w: two workers, gateway-notls: no TLS)",
     )
     ap.add_argument("--markdown", type=Path, help="also write the table (and the run's details) here")
+    ap.add_argument(
+        "--perf",
+        action="store_true",
+        help="sample each proxy with perf during tps-prepared: CPU per transaction by shared object",
+    )
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--relay", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -547,6 +613,8 @@ def main() -> int:
                     print(f"round {r + 1} {test:12} {ep.name:14} {shown}", flush=True)
         names = [ep.name for ep in eps]
         table = report(results, tests, names)
+        if args.perf:
+            table += ["", *perf_table(results, names)]
         recs = sorted(base.rglob("*.sql.jsonl"))
         nlines = sum(1 for p in recs for _ in p.open())
         info = versions()
