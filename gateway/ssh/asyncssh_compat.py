@@ -14,6 +14,10 @@ each running loopback TCP in the sender's context (the largest single cost of th
 docs/benchmarks.md, SSH). `cork` swaps the connection's transport for a `CorkedTransport` that gathers the
 writes of one event-loop pass and hands them to the real transport in one ``writelines`` (one ``writev``).
 
+Idle memory: every asyncssh connection and channel holds an ``asyncio.Event`` (``_close_event``), and each
+Event builds its waiters' deque (~760 bytes) at once, though nobody waits on most of them; four of them a
+session. `lazy_close_event` swaps an untouched one for a `LazyEvent`, whose deque comes with its first waiter.
+
 SASLprep: asyncssh runs RFC 4013 SASLprep over every password it receives, a pure-Python pass per character
 (~1.1 ms for a 900-character approval token, on the set-up path of every password login).
 `install_fast_saslprep` puts a printable-ASCII fast path in front of it (the identity there); anything
@@ -23,8 +27,9 @@ else still goes through asyncssh's own.
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import asyncssh
 import asyncssh.auth
@@ -68,6 +73,11 @@ def check_internals() -> list[str]:
     create = getattr(asyncssh.SSHServerConnection, "create_server_channel", None)
     if create is None:
         problems.append("asyncssh.SSHServerConnection.create_server_channel is gone")
+    for cls in (asyncssh.connection.SSHConnection, asyncssh.channel.SSHChannel):
+        if "self._close_event = asyncio.Event()" not in inspect.getsource(cls.__init__):
+            problems.append(f"{cls.__name__} no longer makes its _close_event as expected (LazyEvent)")
+    if set(vars(asyncio.Event)) - {"__init__", "__repr__", "__doc__", "__module__", "is_set", "set", "clear", "wait"}:
+        problems.append("asyncio.Event has members LazyEvent does not expect")
     if chan.__dictoffset__ == 0:  # the swapped-in class keeps the session in the instance's __dict__
         problems.append("asyncssh.SSHServerChannel uses __slots__: a channel can no longer carry its session")
     return problems
@@ -105,6 +115,7 @@ class AuditedChannel(asyncssh.SSHServerChannel[bytes]):
     def adopt(cls, chan: asyncssh.SSHServerChannel[bytes], session: LiveSession) -> AuditedChannel:
         """Turn a channel made by ``create_server_channel`` into an audited one."""
         chan.__class__ = cls
+        lazy_close_event(chan)
         audited = cast(AuditedChannel, chan)
         audited._gw_session = session
         return audited
@@ -121,6 +132,30 @@ class AuditedChannel(asyncssh.SSHServerChannel[bytes]):
         """ssh -X / -Y: refused."""
         self._gw_session.audit_soon("ssh.forward", severity="warning", kind="x11", allowed=False)
         return False
+
+
+class LazyEvent(asyncio.Event):
+    """An `asyncio.Event` whose waiters' deque is made by the first `wait` (none for an event nobody awaits)."""
+
+    _waiters: Any = ()  # what `set` iterates and `repr` counts until someone waits
+
+    def __init__(self) -> None:
+        self._value = False  # asyncio.Event.__init__ without the deque (its loop check is for the loop= argument)
+
+    async def wait(self) -> Literal[True]:
+        """As `asyncio.Event.wait`, with the deque made first."""
+        if not self._value and type(self._waiters) is tuple:
+            self._waiters = collections.deque()
+        return await super().wait()
+
+
+def lazy_close_event(obj: Any) -> bool:
+    """Swap an asyncssh connection's or channel's untouched ``_close_event`` for a `LazyEvent`."""
+    event = getattr(obj, "_close_event", None)
+    if type(event) is not asyncio.Event or event.is_set() or event._waiters:
+        return False
+    obj._close_event = LazyEvent()
+    return True
 
 
 class CorkedTransport:
@@ -169,8 +204,9 @@ class CorkedTransport:
 
 
 def cork(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> None:
-    """Batch `conn`'s packet writes per event-loop pass (call from the connection_made callback)."""
+    """Batch `conn`'s packet writes per event-loop pass, and make its close event lazy (from connection_made)."""
     transport = getattr(conn, "_transport", None)
     # uvloop's transports are not asyncio.Transport subclasses: what matters is that writelines exists.
     if transport is not None and not isinstance(transport, CorkedTransport) and hasattr(transport, "writelines"):
         conn._transport = CorkedTransport(transport, asyncio.get_running_loop())  # type: ignore[assignment]
+    lazy_close_event(conn)

@@ -13,6 +13,7 @@ from gateway.detect.hooks import watch
 from gateway.policy import Decision, SshPolicy, Verdict
 from gateway.recording import BinaryStreamRecorder, RecordingError, schema
 from gateway.sessions import LiveSession
+from gateway.ssh.asyncssh_compat import lazy_close_event
 from gateway.ssh.commandline import Line, StdinLines
 from gateway.ssh.reaper import MARKER
 from gateway.ssh.recordings import ChannelRecorder, SessionRecordings
@@ -507,6 +508,10 @@ class UpstreamSide(asyncssh.SSHClientSession[bytes]):
 
     def __init__(self, relay: ChannelRelay) -> None:
         self.relay = relay
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        """Nobody awaits the channel's close event: no waiters' deque for it."""
+        lazy_close_event(chan)
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
         """Output (and sftp replies): recorded, inspected, then written to the engineer."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 from typing import Any
 
@@ -114,3 +115,35 @@ def test_fast_saslprep_is_what_asyncssh_calls_on_passwords() -> None:
 
     assert asyncssh_compat.install_fast_saslprep()
     assert asyncssh.auth.saslprep is asyncssh_compat.ascii_saslprep  # type: ignore[attr-defined]
+
+
+async def test_lazy_event_behaves_as_asyncio_event() -> None:
+    from gateway.ssh.asyncssh_compat import LazyEvent
+
+    ev = LazyEvent()
+    assert not ev.is_set() and ev._waiters == () and "unset" in repr(ev)
+    ev.set()  # nobody waiting: nothing made
+    assert ev.is_set() and await ev.wait() is True and ev._waiters == ()
+    ev.clear()
+    waiters = [asyncio.create_task(ev.wait()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert len(ev._waiters) == 3
+    ev.set()
+    assert await asyncio.gather(*waiters) == [True] * 3 and len(ev._waiters) == 0
+
+
+async def test_lazy_close_event_swaps_only_an_untouched_event() -> None:
+    from gateway.ssh.asyncssh_compat import LazyEvent, lazy_close_event
+
+    class Holder:
+        def __init__(self) -> None:
+            self._close_event = asyncio.Event()
+
+    fresh, waited, done = Holder(), Holder(), Holder()
+    task = asyncio.create_task(waited._close_event.wait())
+    await asyncio.sleep(0)
+    done._close_event.set()
+    assert lazy_close_event(fresh) and isinstance(fresh._close_event, LazyEvent)
+    assert not lazy_close_event(waited) and not lazy_close_event(done) and not lazy_close_event(object())
+    waited._close_event.set()
+    assert await task is True
