@@ -12,6 +12,7 @@ import asyncssh
 
 from gateway.recording import schema
 from gateway.sessions import LiveSession
+from gateway.ssh.asyncssh_compat import hang_up
 from gateway.ssh.reaper import reap_after
 from gateway.ssh.recordings import SessionRecordings
 from gateway.ssh.relay import ChannelRelay
@@ -115,10 +116,16 @@ class SshConnection:
         waits += [r.up.wait_closed() for r in self.channels if r.up is not None]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), CLOSE_GRACE)
-        self.client.close()
+        if all(r.closed for r in started):
+            self.client.close()  # the client has written out every channel's output: a DISCONNECT loses nothing
+        else:
+            hang_up(self.client)  # a client that has not read yet still prints what was sent
         self._upstream.close()
+        # Bounded: a client that does not read keeps the hang-up's data queued; it is cut off after the grace.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._upstream.wait_closed(), CLOSE_GRACE)
+            await asyncio.wait_for(asyncio.gather(self.client.wait_closed(), self._upstream.wait_closed()),
+                                   CLOSE_GRACE)  # fmt: skip
+        self.client.abort()
         self.session.stats.update(channels=len(self.channels))
         policy = self.session.policy.ssh
         if policy is not None and policy.detached != "off":
