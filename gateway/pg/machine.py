@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway.pg import encodings
 from gateway.pg.codec import BACKEND_CAP, DEFAULT_FRONTEND_CAP, FRONTEND_CAPS, Framer, ProtocolError
-from gateway.pg.fastdecode import decode_bind, decode_execute
+from gateway.pg.fastdecode import WATCHED_TAGS, decode_bind, decode_execute, skip_unwatched
 from gateway.pg.journal import SUSPENDED, Journal, describe_params
 from gateway.pg.messages import Close, ErrorResponse, ParameterStatus, Query, error_response
 from gateway.pg.sql.inspector import Inspection, Inspector, Statement, statement_name
@@ -47,7 +47,7 @@ _ALLOW = Verdict.ALLOW
 _NO_PORTAL: tuple[str, None, None] = ("", None, None)
 _PREPARE_COMMANDS = frozenset({"PREPARE", "DEALLOCATE"})
 _LEN = struct.Struct("!I")
-_WATCHED = frozenset(b"CEISZs")  # the upstream messages server_data looks at; the rest go by untouched
+_WATCHED = frozenset(WATCHED_TAGS)  # the upstream messages server_data looks at; the rest go by untouched
 # Parameter types whose text value set_config() receives unchanged: unspecified (the server infers text), text,
 # varchar. Not name (cut to 63 bytes) or char(n) (trailing spaces dropped): the value checked would not be the
 # value set.
@@ -491,6 +491,9 @@ class SessionMachine:
         unpack = _LEN.unpack_from
         watched = _WATCHED
         while n - pos >= 5:
+            pos = skip_unwatched(data, pos, BACKEND_CAP)  # whole unwatched messages: by headers, compiled
+            if n - pos < 5:
+                break
             tag = data[pos]
             length = unpack(data, pos + 1)[0]
             if length < 4 or length > BACKEND_CAP:

@@ -367,3 +367,44 @@ def test_relay_query_decoder_matches_messages(before: bytes, body: bytes, after:
 
     for b in (body + b"\0", body + b"\0" + after, body):
         assert _outcome(relay_decode, b) == _outcome(lambda x: Query.decode(x).sql, b)
+
+
+def _reference_skip(data: bytes, pos: int, cap: int) -> int:
+    """What skip_unwatched must answer, written the obvious way."""
+    while len(data) - pos >= 5 and data[pos] not in b"CEISZs":
+        length = struct.unpack("!I", data[pos + 1 : pos + 5])[0]
+        if not 4 <= length <= cap or pos + 1 + length > len(data):
+            break
+        pos += 1 + length
+    return pos
+
+
+_SERVER_TAGS = st.sampled_from(b"DdT2n1CEISZsAN")
+
+
+@FUZZ
+@given(st.lists(st.tuples(_SERVER_TAGS, st.binary(max_size=12)), max_size=12), st.integers(0, 20),
+       st.integers(0, 30), st.sampled_from([4, 8, 2**32 - 1]), st.booleans())  # fmt: skip
+def test_header_walk_both_builds_agree(messages: list[tuple[int, bytes]], start: int, trim: int, cap: int,
+                                       corrupt: bool) -> None:  # fmt: skip
+    from gateway.pg.fastdecode import _skip_native, _skip_python
+
+    data = b"".join(msg(bytes([t]), b) for t, b in messages)
+    data = data[: max(0, len(data) - trim)]  # a read that ends mid-message
+    if corrupt and len(data) > 6:
+        data = data[:1] + b"\xff\xff" + data[3:]  # a length past any cap
+    pos = min(start, len(data))
+    want = _reference_skip(data, pos, cap)
+    assert _skip_native(data, pos, cap) == want
+    assert _skip_python(data, pos, cap) == want
+
+
+def test_header_walk_runs_to_the_first_watched_message() -> None:
+    from gateway.pg.fastdecode import skip_unwatched
+
+    rows = msg(b"2", b"") + msg(b"D", b"\0\1\0\0\0\1x") * 3
+    tail = msg(b"C", b"SELECT 3\0") + msg(b"Z", b"I")
+    assert skip_unwatched(rows + tail, 0, 1 << 30) == len(rows)
+    assert skip_unwatched(rows, 0, 1 << 30) == len(rows)
+    assert skip_unwatched(rows[:-2], 0, 1 << 30) == len(rows) - len(msg(b"D", b"\0\1\0\0\0\1x"))
+    assert skip_unwatched(rows, 0, 8) == 5  # a DataRow over the cap stops the walk there
