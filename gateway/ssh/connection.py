@@ -112,6 +112,8 @@ class SshConnection:
         await asyncio.gather(*(r.end_upstream() for r in self.channels if r.up is not None))
         for relay in started:
             relay.chan.close()
+        loop = asyncio.get_running_loop()
+        grace_ends = loop.time() + CLOSE_GRACE
         waits = [r.chan.wait_closed() for r in started]
         waits += [r.up.wait_closed() for r in self.channels if r.up is not None]
         with contextlib.suppress(TimeoutError):
@@ -121,10 +123,11 @@ class SshConnection:
         else:
             hang_up(self.client)  # a client that has not read yet still prints what was sent
         self._upstream.close()
-        # Bounded: a client that does not read keeps the hang-up's data queued; it is cut off after the grace.
+        # One grace for the client in all: a client that does not read keeps the hang-up's data queued, and is
+        # cut off when it is over (a moment is left for the closes to complete).
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(self.client.wait_closed(), self._upstream.wait_closed()),
-                                   CLOSE_GRACE)  # fmt: skip
+                                   max(grace_ends - loop.time(), CLOSE_GRACE / 10))  # fmt: skip
         self.client.abort()
         self.session.stats.update(channels=len(self.channels))
         policy = self.session.policy.ssh
