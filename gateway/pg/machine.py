@@ -491,22 +491,21 @@ class SessionMachine:
         unpack = _LEN.unpack_from
         watched = _WATCHED
         while n - pos >= 5:
-            pos = skip_unwatched(data, pos, BACKEND_CAP)  # whole unwatched messages: by headers, compiled
-            if n - pos < 5:
-                break
             tag = data[pos]
+            if tag not in watched:
+                pos = skip_unwatched(data, pos, BACKEND_CAP)  # the run of whole unwatched messages, by headers
+                if n - pos < 5:
+                    break
+                tag = data[pos]
             length = unpack(data, pos + 1)[0]
             if length < 4 or length > BACKEND_CAP:
                 return b"", self._broken(ProtocolError(f"invalid upstream message length {length}"), upstream=True), \
                     self._take_events()  # fmt: skip
             end = pos + 1 + length
-            if tag not in watched:  # passed on as it is, even if only part of it is here yet
-                if end > n:
-                    self._skip = end - n
-                    pos = n
-                    break
-                pos = end
-                continue
+            if tag not in watched:  # the walk stopped at it: only part of it is here; passed on as it comes
+                self._skip = end - n
+                pos = n
+                break
             if end > n:
                 break  # a watched message is read whole before any of it is passed on
             if tag == 90:  # Z ReadyForQuery; it and CommandComplete, once a statement, are handled without a call
