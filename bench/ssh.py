@@ -128,6 +128,9 @@ key_file = "{sshd.client_key_path}"
 # --- the gateway, in its own process -----------------------------------------------------------------
 
 
+STOCK_PACKETS_ENV = "GATEWAY_BENCH_STOCK_PACKETS"
+
+
 async def serve(config_path: str, recording: str = "zstd") -> None:
     """Run the SSH front end of the composition root until stdin closes; print the port when ready."""
     from gateway.app import App
@@ -141,6 +144,11 @@ async def serve(config_path: str, recording: str = "zstd") -> None:
         from gateway.recording import blocks
 
         blocks.COMPRESS_BELOW = 0.0 if recording == "plain" else 1e30
+
+    if os.environ.get(STOCK_PACKETS_ENV):  # --stock-packets: asyncssh's own packet layer, to compare
+        from gateway.ssh import packets
+
+        packets.install = lambda: True
 
     app = App(load_config(Path(config_path)), enable=("ssh",))
     await app.start()
@@ -399,7 +407,8 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
           + (" --random" if args.random else "")
           + (" --plain-recording" if args.plain_recording else "")
           + (" --compressed-recording" if args.compressed_recording else "")
-          + (" --no-recording" if args.no_recording else "") + "`\n")  # fmt: skip
+          + (" --no-recording" if args.no_recording else "")
+          + (" --stock-packets" if args.stock_packets else "") + "`\n")  # fmt: skip
     print("| measure | direct (median) | gateway (median) | gateway / direct (median of rounds) |")
     print("| --- | --- | --- | --- |")
     for name, by in results.items():
@@ -455,7 +464,14 @@ def main() -> None:
         help="compress every bulk recording slice, however fast the disk (for comparison)",
     )
     parser.add_argument("--no-recording", action="store_true", help="stub the recorder out (relay cost only)")
+    parser.add_argument(
+        "--stock-packets",
+        action="store_true",
+        help="the gateway on asyncssh's own packet layer (gateway/ssh/packets.py not installed), to compare",
+    )
     args = parser.parse_args()
+    if args.stock_packets:
+        os.environ[STOCK_PACKETS_ENV] = "1"  # the gateway's child process inherits it
     if args.serve:
         import uvloop
 

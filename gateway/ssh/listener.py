@@ -31,7 +31,7 @@ from gateway.policy import ScopePolicy
 from gateway.recording import schema
 from gateway.services import Services
 from gateway.sessions import SessionEnded
-from gateway.ssh import chacha
+from gateway.ssh import chacha, packets
 from gateway.ssh.asyncssh_compat import AuditedChannel, check_internals, cork, install_fast_saslprep
 from gateway.ssh.connection import SshConnection
 from gateway.ssh.forwarding import TcpRelay
@@ -293,6 +293,8 @@ class SshListener:
             log.error("asyncssh internals changed, agent/X11 requests may go unaudited: %s", problem)
         if not chacha.install():
             log.warning("asyncssh's cipher table changed: chacha20-poly1305 runs on asyncssh's own, slower shim")
+        if not packets.install():
+            log.warning("asyncssh's packet layer changed: it runs as asyncssh's own (slower): %s", packets.problems())
         if not install_fast_saslprep():
             log.warning("asyncssh's password handling changed: tokens go through its own (slower) SASLprep")
         self._acceptor = await asyncssh.create_server(
