@@ -76,22 +76,64 @@ class Counters:
         return [Metric(n, "counter", self._help[n], tuple(s)) for n, s in out.items()]
 
 
-async def collect(services: Services, extra: Iterable[Metric] = ()) -> list[Metric]:
-    """Read the registry and the store into metric families."""
+@dataclass(frozen=True, slots=True)
+class Local:
+    """What only this process knows: its live sessions, their counts so far, its own counters. Workers of one
+    gateway (gateway/workers.py) share a port, so a scrape lands on any of them: each publishes its Local and
+    answers with the sum of all (gateway/workermetrics.py); everything else comes from the shared store."""
+
+    live: Mapping[tuple[str, str], float]  # (target, protocol) -> live sessions
+    stats: Mapping[str, tuple[float, float, float]]  # target -> statements, denied, commands of live sessions
+    extra: tuple[Metric, ...] = ()  # counters of this process (API auth failures, webhook deliveries)
+
+
+def local(services: Services, extra: Iterable[Metric] = ()) -> Local:
+    """This process's Local, from its session registry."""
     live: dict[tuple[str, str], float] = {}
+    stats: dict[str, tuple[float, float, float]] = {}
     for s in services.registry.live():
         live[(s.target.name, s.protocol)] = live.get((s.target.name, s.protocol), 0) + 1
+        row = stats.get(s.target.name, (0.0, 0.0, 0.0))
+        got = [s.stats.get(key, 0) for key in ("statements", "denied", "commands")]
+        add = [float(v) if isinstance(v, int | float) else 0.0 for v in got]
+        stats[s.target.name] = (row[0] + add[0], row[1] + add[1], row[2] + add[2])
+    return Local(live, stats, tuple(extra))
+
+
+def merge(parts: Iterable[Local]) -> Local:
+    """The sum of several processes' Locals (samples with the same name and labels add up)."""
+    live: dict[tuple[str, str], float] = {}
+    stats: dict[str, tuple[float, float, float]] = {}
+    families: dict[str, tuple[Metric, dict[tuple[tuple[str, str], ...], float]]] = {}
+    for part in parts:
+        for key, n in part.live.items():
+            live[key] = live.get(key, 0) + n
+        for target, row in part.stats.items():
+            have = stats.get(target, (0.0, 0.0, 0.0))
+            stats[target] = (have[0] + row[0], have[1] + row[1], have[2] + row[2])
+        for m in part.extra:
+            samples = families.setdefault(m.name, (m, {}))[1]
+            for labels, value in m.samples:
+                lkey = tuple(sorted(labels.items()))
+                samples[lkey] = samples.get(lkey, 0.0) + value
+    extra = tuple(Metric(m.name, m.kind, m.help, tuple((dict(k), v) for k, v in sorted(samples.items())))
+                  for m, samples in families.values())  # fmt: skip
+    return Local(live, stats, extra)
+
+
+async def collect(services: Services, here: Local) -> list[Metric]:
+    """The metric families: `here` (this process's Local, or the sum of the workers') and the store's counts."""
+    live = dict(here.live)
     for name, t in services.config.targets.items():
         live.setdefault((name, t.kind), 0)
     counts = await services.store.counts()
     stats: dict[str, list[float]] = {name: [0.0, 0.0, 0.0] for name in services.config.targets}
     for name, ended in counts.ended_stats.items():
         stats[name] = list(ended)
-    for s in services.registry.live():
-        row = stats.setdefault(s.target.name, [0.0, 0.0, 0.0])
-        for i, key in enumerate(("statements", "denied", "commands")):
-            value = s.stats.get(key, 0)
-            row[i] += float(value) if isinstance(value, int | float) else 0.0
+    for target, row in here.stats.items():
+        have = stats.setdefault(target, [0.0, 0.0, 0.0])
+        for i in range(3):
+            have[i] += row[i]
     pending, active, kills = counts.pending_requests, counts.active_grants, counts.kills
     rejected = [({"code": code}, float(n)) for code, n in sorted(counts.rejected.items())]
     targets = sorted(stats)
@@ -100,7 +142,7 @@ async def collect(services: Services, extra: Iterable[Metric] = ()) -> list[Metr
         Metric(
             "gateway_live_sessions",
             "gauge",
-            "Live sessions in this process, per target and protocol",
+            "Live sessions, per target and protocol (all workers of this gateway)",
             tuple(({"target": t, "protocol": p}, v) for (t, p), v in sorted(live.items())),
         ),
         Metric(
@@ -125,5 +167,5 @@ async def collect(services: Services, extra: Iterable[Metric] = ()) -> list[Metr
         Metric("gateway_session_kills_total", "counter", "Sessions killed (revocation, kill, expiry)", (({}, kills),)),
         Metric("gateway_approvals_pending", "gauge", "Access requests waiting for approval", (({}, pending),)),
         Metric("gateway_grants_active", "gauge", "Grants not yet expired or revoked", (({}, active),)),
-        *extra,
+        *here.extra,
     ]

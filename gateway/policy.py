@@ -13,8 +13,10 @@ from typing import Any
 
 import yaml
 
+from gateway import linearre
 from gateway.detect.settings import NO_OVERRIDES, Overrides, SettingsError, parse_overrides
 from gateway.durations import parse_duration
+from gateway.linearre import LinearPattern
 from gateway.workload.rules import RuleError, WorkloadRule, load_rules
 
 
@@ -75,7 +77,7 @@ class SqlRule:
     kinds: frozenset[str] = frozenset()
     tables: frozenset[str] = frozenset()
     functions: frozenset[str] = frozenset()
-    pattern: re.Pattern[str] | None = None
+    pattern: LinearPattern | None = None  # RE2, case-insensitive (gateway/linearre)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +126,7 @@ class AllowedCommand:
     def matches(self, line: str) -> bool:
         """Whether the whole exec command line is this entry."""
         if self.pattern.startswith("regex:"):
-            return re.fullmatch(self.pattern[len("regex:") :], line) is not None
+            return linearre.cached(self.pattern[len("regex:") :]).fullmatch(line) is not None
         try:
             words, pwords = shlex.split(line), shlex.split(self.pattern)
         except ValueError:
@@ -431,9 +433,9 @@ def _load_sql(ctx: _Ctx, body: Any, key: str, base: SqlPolicy) -> SqlPolicy:
         pattern = None
         if "pattern" in rule:
             try:
-                pattern = re.compile(str(rule["pattern"]), re.IGNORECASE)
-            except re.error as exc:
-                raise ctx.fail(f"{rkey}.pattern", f"invalid regular expression: {exc}") from None
+                pattern = linearre.compile_linear(str(rule["pattern"]), ignore_case=True)
+            except ValueError as exc:
+                raise ctx.fail(f"{rkey}.pattern", f"invalid regular expression: {exc} ({linearre.SYNTAX})") from None
         rules.append(
             SqlRule(
                 str(rule.get("name") or f"rule-{i}"),
@@ -531,9 +533,9 @@ def _load_allowed(ctx: _Ctx, value: Any, key: str) -> tuple[AllowedCommand, ...]
 def _check_pattern(ctx: _Ctx, pattern: str, key: str) -> None:
     if pattern.startswith("regex:"):
         try:
-            re.compile(pattern[len("regex:") :])
-        except re.error as exc:
-            raise ctx.fail(key, f"invalid regular expression: {exc}") from None
+            linearre.compile_linear(pattern[len("regex:") :])
+        except ValueError as exc:
+            raise ctx.fail(key, f"invalid regular expression: {exc} ({linearre.SYNTAX})") from None
         return
     # Glob patterns are split into words like a command line: quotes must balance.
     try:

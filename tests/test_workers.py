@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +62,16 @@ class Workers:
                                sslmode="require", autocommit=True)  # fmt: skip
 
 
+def live_gauge(port: int) -> float:
+    """gateway_live_sessions for the orders target from one scrape of /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    line = next(
+        x for x in text.splitlines() if x.startswith('gateway_live_sessions{protocol="postgres",target="orders"}')
+    )
+    return float(line.rsplit(" ", 1)[1])
+
+
 @pytest.fixture
 def workers(pg_cluster: PgCluster, sshd_server: SshServer, tmp_path: Path) -> Iterator[Workers]:
     """`gateway run` with two workers on a fresh SQLite store; stopped (and the chain verified) after."""
@@ -89,6 +100,10 @@ def test_sessions_spread_over_both_workers_and_one_revoke_ends_them_all(workers:
         nodes = w.nodes_of_live(grant)
         assert len(nodes) == 16
         assert {n.rsplit("/", 1)[1] for n in nodes} == {"w0", "w1"}, nodes
+        # Each scrape lands on either worker (a new connection each): every one counts both workers' sessions.
+        time.sleep(1.5)  # a worker publishes its live figures every second (gateway/workermetrics.py)
+        for _ in range(8):
+            assert live_gauge(w.gw.http) == 16
         t0 = time.monotonic()
         w.rs.api(NAME, "POST", f"/v1/grants/{grant}/revoke", {"reason": "INC-9 done"})
         took = wait_until(lambda: not w.nodes_of_live(grant), 5, "sessions still live after the revoke")
@@ -96,6 +111,7 @@ def test_sessions_spread_over_both_workers_and_one_revoke_ends_them_all(workers:
             with pytest.raises(psycopg.OperationalError):
                 c.execute("SELECT 1")
         print(f"revoke -> every session on both workers ended in {time.monotonic() - t0:.3f} s ({took:.3f})")
+        wait_until(lambda: all(live_gauge(w.gw.http) == 0 for _ in range(4)), 5, "live sessions still counted")
     finally:
         for c in conns:
             c.close()

@@ -6,10 +6,11 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import workermetrics
 from gateway.api.body import query
-from gateway.api.context import caller, ctx
+from gateway.api.context import ApiContext, caller, ctx
 from gateway.control.rules import approvals_needed
-from gateway.metrics import CONTENT_TYPE, collect, render
+from gateway.metrics import CONTENT_TYPE, Local, collect, local, merge, render
 from gateway.webhooks import WebhookSink
 
 routes = web.RouteTableDef()
@@ -36,12 +37,21 @@ async def jwks(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text."""
     c = ctx(request)
+    here = local_metrics(c)
+    slot = c.services.config.worker
+    if slot is not None:  # the workers share this port: answer for all of them
+        here = merge([here, *workermetrics.siblings(slot)])
+    text = render(await collect(c.services, here))
+    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+
+def local_metrics(c: ApiContext) -> Local:
+    """This process's live sessions and counters (its API's, its webhook sinks')."""
     extra = list(c.counters.metrics())
     for sink in c.services.alerts.sinks:
         if isinstance(sink, WebhookSink):
             extra.extend(sink.metrics())
-    text = render(await collect(c.services, extra))
-    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+    return local(c.services, extra)
 
 
 @routes.get("/v1/whoami")

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from gateway import workermetrics
 from gateway.api import routes_audit, routes_grants, routes_meta, routes_requests, routes_sessions
 from gateway.api.auth import Authenticator, AuthError
 from gateway.api.body import MAX_BODY
@@ -22,6 +23,7 @@ from gateway.workload.exchange import Exchanger
 log = logging.getLogger(__name__)
 
 REQUEST_EXPIRY = "request-expiry"
+METRICS_PUBLISH = "worker-metrics"
 """The scheduler job that expires stale pending requests."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -123,6 +125,13 @@ class ApiServer:
         self._port = int(bound[0][1]) if bound else addr.port
         # Pending requests past api.request_timeout expire even when nobody lists them (the process's scheduler).
         self.services.scheduler.every(self.settings.expire_interval, REQUEST_EXPIRY, self.context.workflow.expire_stale)
+        slot = self.services.config.worker
+        if slot is not None:  # a worker: its siblings answer /metrics for it too (gateway/workermetrics.py)
+
+            async def publish(now: float) -> None:
+                workermetrics.publish(slot, routes_meta.local_metrics(self.context))
+
+            self.services.scheduler.every(workermetrics.PUBLISH_EVERY, METRICS_PUBLISH, publish)
         log.info("control plane API on http://%s:%d", addr.host, self._port)
 
     @property
@@ -133,6 +142,9 @@ class ApiServer:
     async def close(self) -> None:
         """Stop serving and the expiry loop; close the IdP client."""
         self.services.scheduler.cancel(REQUEST_EXPIRY)
+        self.services.scheduler.cancel(METRICS_PUBLISH)
+        if self.services.config.worker is not None:
+            workermetrics.withdraw(self.services.config.worker)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway.detect import bursts, exfil, model, sweep, usual
+from gateway.linearre import SYNTAX, LinearPattern, compile_linear
 
 KEYS = {
     "off", "warmup_sessions", "rubber_stamp_seconds", "same_approver_count", "same_approver_days", "ticket_pattern",
@@ -68,7 +69,7 @@ class DetectionSettings:
     rubber_stamp_seconds: float = 10.0
     same_approver_count: int = 3  # this many earlier approvals of one requester by one approver in the window
     same_approver_days: float = 30.0
-    ticket_pattern: re.Pattern[str] | None = field(default=None, compare=False)
+    ticket_pattern: LinearPattern | None = field(default=None, compare=False)
     sweep_every: float = 30.0  # seconds between lingering-access sweeps
     actions: Mapping[str, str] = field(default_factory=lambda: _NO_ACTIONS)
     volume_factor: float = 3.0  # a session's volume over this many times the p95 is unusual
@@ -112,9 +113,9 @@ def parse_settings(doc: dict[str, Any]) -> DetectionSettings:
     if not isinstance(pattern, str):
         raise SettingsError("ticket_pattern", "must be a regular expression string")
     try:
-        compiled = re.compile(pattern) if pattern else None
-    except re.error as exc:
-        raise SettingsError("ticket_pattern", f"is not a valid regular expression: {exc}") from None
+        compiled = compile_linear(pattern) if pattern else None  # matched against what requesters write
+    except ValueError as exc:
+        raise SettingsError("ticket_pattern", f"is not a valid regular expression: {exc} ({SYNTAX})") from None
     return DetectionSettings(
         off=_off(doc),
         warmup_sessions=_number(doc, "warmup_sessions", d.warmup_sessions, 0, 10_000, integer=True),

@@ -55,7 +55,8 @@ class Stmt:
     __slots__ = ("batch", "decision", "fingerprint", "kind", "limit", "long", "params", "sql", "t0", "tables", "tx")
 
     def __init__(self, sql: str, params: list[str] | None, fingerprint: str, kind: str, tables: Any,
-                 decision: Decision, batch: int, tx: str) -> None:  # fmt: skip
+                 decision: Decision, batch: int, tx: str, limit: int = 0,
+                 long: list[dict[str, Any]] | None = None) -> None:  # fmt: skip
         self.sql = sql
         self.params = params
         self.fingerprint = fingerprint
@@ -64,8 +65,8 @@ class Stmt:
         self.decision = decision
         self.batch = batch
         self.tx = tx
-        self.limit = 0  # Execute's row limit: a PortalSuspended means exactly this many rows came back
-        self.long: list[dict[str, Any]] | None = None  # where elided parameters are kept whole (sidecar)
+        self.limit = limit  # Execute's row limit: a PortalSuspended means exactly this many rows came back
+        self.long = long  # where elided parameters are kept whole (sidecar)
         self.t0 = time.perf_counter()
 
 
@@ -142,10 +143,7 @@ class Journal:
                 decision: Decision, batch: int, tx: str, limit: int = 0,
                 long: list[dict[str, Any]] | None = None) -> None:  # fmt: skip
         """A statement was forwarded upstream."""
-        s = Stmt(sql, params, fingerprint, kind, tables, decision, batch, tx)
-        s.limit = limit
-        s.long = long
-        self.pending.append(s)
+        self.pending.append(Stmt(sql, params, fingerprint, kind, tables, decision, batch, tx, limit, long))
 
     def refused(self, sql: str, params: list[str] | None, fingerprint: str, kind: str, tables: Any,
                 decision: Decision, tx: str) -> None:  # fmt: skip
@@ -204,10 +202,12 @@ class Journal:
         later = self._later
         if not later:
             return
-        record_line, line = self.recorder.record_line, self._line
+        record_line, line = self.recorder.record_line, self._encoder.line
         for t, status, done, outcome in later:
+            tx = TX_NAMES.get(status) or status
             for s, rows, ms, sqlstate, error, tag in done:
-                record_line(line(t, s, rows, ms, sqlstate, error, tag, status))
+                record_line(line(t, s.sql, s.fingerprint, s.kind, s.tables, s.decision, ms, tx, s.params, s.long,
+                                 rows, sqlstate, error, tag))  # fmt: skip
             if outcome is not None:
                 record_line(schema.transaction_line(t, outcome))
         later.clear()
@@ -237,7 +237,6 @@ class Journal:
     def _line(self, t: float, s: Stmt, rows: int | None, ms: float, sqlstate: str | None, error: str | None,
               tag: str | None, status: str) -> str:  # fmt: skip
         """One statement line; `status` is ReadyForQuery's transaction status byte."""
-        return self._encoder.line(t, s.sql, fingerprint=s.fingerprint, kind=s.kind, tables=s.tables,
-                                  decision=s.decision, duration_ms=ms, tx=TX_NAMES.get(status) or status,
-                                  params=s.params, long_params=s.long, rows=rows, sqlstate=sqlstate, error=error,
-                                  tag=tag)  # fmt: skip
+        return self._encoder.line(t, s.sql, s.fingerprint, s.kind, s.tables, s.decision, ms,
+                                  TX_NAMES.get(status) or status, s.params, s.long, rows, sqlstate, error,
+                                  tag)  # fmt: skip

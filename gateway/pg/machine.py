@@ -491,32 +491,42 @@ class SessionMachine:
         unpack = _LEN.unpack_from
         watched = _WATCHED
         while n - pos >= 5:
-            pos = skip_unwatched(data, pos, BACKEND_CAP)  # whole unwatched messages: by headers, compiled
-            if n - pos < 5:
-                break
             tag = data[pos]
+            if tag not in watched:
+                pos = skip_unwatched(data, pos, BACKEND_CAP)  # the run of whole unwatched messages, by headers
+                if n - pos < 5:
+                    break
+                tag = data[pos]
             length = unpack(data, pos + 1)[0]
             if length < 4 or length > BACKEND_CAP:
                 return b"", self._broken(ProtocolError(f"invalid upstream message length {length}"), upstream=True), \
                     self._take_events()  # fmt: skip
             end = pos + 1 + length
-            if tag not in watched:  # passed on as it is, even if only part of it is here yet
-                if end > n:
-                    self._skip = end - n
-                    pos = n
-                    break
-                pos = end
-                continue
+            if tag not in watched:  # the walk stopped at it: only part of it is here; passed on as it comes
+                self._skip = end - n
+                pos = n
+                break
             if end > n:
                 break  # a watched message is read whole before any of it is passed on
-            if self._watched(data, tag, pos, end):
+            if tag == 90:  # Z ReadyForQuery; it and CommandComplete, once a statement, are handled without a call
+                if length != 5:
+                    return b"", self._broken(ProtocolError(f"invalid ReadyForQuery length {length}"), upstream=True), \
+                        self._take_events()  # fmt: skip
+                self._on_ready_for_query(chr(data[pos + 5]))
+            elif tag == 67:  # C CommandComplete: 'SELECT 1', 'INSERT 0 5'; the last word is the row count
+                cc = data[pos + 5 : end - 1]
+                last = cc[cc.rfind(b" ") + 1 :]
+                self.journal.completed(int(last) if last.isdigit() else None, cc.decode("utf-8", "replace"))
+            elif self._watched(data, tag, pos, end):
                 # The message replaced: the denial in place of its stand-in error.
                 if pieces is None:
                     pieces = []
                 pieces.append(data[fwd_from:pos])
                 pieces.append(self._denials.popleft()[1])
                 fwd_from = end
-            elif self.stop_server:
+                pos = end
+                continue
+            if self.stop_server:
                 # A tripwire: nothing from this message on reaches the client.
                 head = data[fwd_from:pos]
                 if pieces:
@@ -534,14 +544,9 @@ class SessionMachine:
         return b"", out, self._take_events() if events else _NO_EVENTS
 
     def _watched(self, data: bytes, tag: int, start: int, end: int) -> bool:
-        """One watched upstream message; True when it is the stand-in error of a denial (the caller swaps it)."""
-        if tag == 90:  # Z ReadyForQuery
-            self._on_ready_for_query(chr(data[start + 5]))
-        elif tag == 67:  # C CommandComplete: 'SELECT 1', 'INSERT 0 5'; the last word is the row count
-            cc = data[start + 5 : end - 1]
-            last = cc[cc.rfind(b" ") + 1 :]
-            self.journal.completed(int(last) if last.isdigit() else None, cc.decode("utf-8", "replace"))
-        elif tag == 69:  # E ErrorResponse
+        """A watched upstream message other than Z and C (server_data handles those); True when it is the
+        stand-in error of a denial (the caller swaps it)."""
+        if tag == 69:  # E ErrorResponse
             err = ErrorResponse.decode(data[start + 5 : end])
             if self._denials and self.marker in err.message:
                 return True  # recorded as refused already: the client gets our denial instead

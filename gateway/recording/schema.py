@@ -369,11 +369,12 @@ class StatementEncoder:
         self._shapes[fp] = (kind, tables, d, shape)
         return shape
 
-    def line(self, t: float, sql: str, *, fingerprint: str, kind: str, tables: object, decision: Judgement,
+    def line(self, t: float, sql: str, fingerprint: str, kind: str, tables: object, decision: Judgement,
              duration_ms: float, tx: str, params: Sequence[str] | None = None,
              long_params: Sequence[Mapping[str, Any]] | None = None, rows: int | None = None,
              sqlstate: str | None = None, error: str | None = None, tag: str | None = None) -> str:  # fmt: skip
-        """One statement line (JSON object and newline); `tx` is a TX_STATES value."""
+        """One statement line (JSON object and newline); `tx` is a TX_STATES value. (Positional parameters: the
+        relay calls this once a statement, and keyword arguments cost more.)"""
         line = (
             f'{{"t":{t:.6f},"type":"statement","sql":{_js(sql)}{self._shape(fingerprint, kind, tables, decision)}'
             f',"duration_ms":{duration_ms:.3f},"tx":{_js(tx)}'

@@ -11,7 +11,7 @@ Looked at, per recording kind:
 
 Hit texts are neutralised: they are printed to a reviewer's terminal.
 
-Regular expressions are RE2's (google-re2), not Python's `re`: RE2 matches in time linear in the text and
+Regular expressions are RE2's (gateway/linearre.py), not Python's `re`: RE2 matches in time linear in the text and
 holds no lock meanwhile, where `re` backtracks (`(a+)+$` over a long run of a's takes longer than the age
 of the universe) holding the interpreter's lock, so every session of the process would stall with the
 search. RE2 has no backreferences or lookaround; a pattern with them is refused, saying so.
@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import re2
-
+from gateway.linearre import SYNTAX, compile_linear
 from gateway.recording import RecordingError
 from gateway.recording.reader import commands, statements, terminal_events
 from gateway.recording.schema import Statement
@@ -57,16 +56,10 @@ _CONTEXT = 120  # characters shown either side of a match inside a long value
 
 def compile_regex(pattern: str, ignore_case: bool = False) -> Any:
     """`pattern` as an RE2 expression; ValueError saying why when RE2 does not take it."""
-    options = re2.Options()
-    options.log_errors = False  # RE2 would print its own line to stderr; the caller tells the user instead
-    options.case_sensitive = not ignore_case
     try:
-        return re2.compile(pattern, options)
-    except re2.error as exc:
-        why = exc.args[0] if exc.args else "invalid"
-        why = why.decode("utf-8", "replace") if isinstance(why, bytes) else str(why)
-        raise ValueError(f"not a regular expression the search takes: {why} (RE2 syntax, matched in linear time:"
-                         " no backreferences or lookaround)") from None  # fmt: skip
+        return compile_linear(pattern, ignore_case=ignore_case)
+    except ValueError as exc:
+        raise ValueError(f"not a regular expression the search takes: {exc} ({SYNTAX})") from None
 
 
 def _matcher(pattern: str, regex: bool, ignore_case: bool) -> Callable[[str], Span | None]:

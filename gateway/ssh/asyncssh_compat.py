@@ -210,3 +210,16 @@ def cork(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> N
     if transport is not None and not isinstance(transport, CorkedTransport) and hasattr(transport, "writelines"):
         conn._transport = CorkedTransport(transport, asyncio.get_running_loop())  # type: ignore[assignment]
     lazy_close_event(conn)
+
+
+def hang_up(conn: asyncssh.SSHServerConnection) -> None:
+    """Close `conn`'s TCP connection once what is queued has been sent, without an SSH disconnect message.
+
+    OpenSSH acts on a DISCONNECT as soon as it parses it, dropping channel output it has read but not yet
+    written: a client that was not scheduled while the gateway ended its session reads the output, the
+    notice and the DISCONNECT in one go and prints none of them. A plain close reaches it after the output.
+    asyncssh then sees the connection lost as usual.
+    """
+    transport = getattr(conn, "_transport", None)  # a CorkedTransport: its close sends what is queued first
+    if transport is not None and not transport.is_closing():
+        transport.close()

@@ -12,17 +12,18 @@ with `-`), then OPERAND globs. A simple command matches when
 
 or when its canonical text (name and arguments joined by single spaces) matches the whole pattern
 as a glob (so `*passwd*` still catches `grep root /etc/passwd`). `regex:` patterns are searched in
-each simple command's canonical text and in the whole line.
+each simple command's canonical text and in the whole line, by RE2 (gateway/linearre.py: linear time).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import re
 import shlex
 from dataclasses import dataclass
 from functools import lru_cache
 
+from gateway import linearre
+from gateway.linearre import LinearPattern
 from gateway.policy import CommandRule
 from gateway.ssh.shellparse import Analysis, SimpleCommand
 
@@ -45,7 +46,7 @@ SYNONYMS: dict[str, dict[str, str]] = {
 class Pattern:
     """A compiled command pattern."""
 
-    regex: re.Pattern[str] | None
+    regex: LinearPattern | None  # RE2 (gateway/linearre); None for a glob
     name: str = ""
     flags: tuple[str, ...] = ()  # each flag word of the pattern, normalised
     operands: str = ""
@@ -56,7 +57,7 @@ class Pattern:
 def compile_pattern(pattern: str) -> Pattern:
     """Parse a rule's pattern once (policies are validated at load, so this does not fail)."""
     if pattern.startswith("regex:"):
-        return Pattern(re.compile(pattern[len("regex:") :]))
+        return Pattern(linearre.cached(pattern[len("regex:") :]))
     try:
         words = shlex.split(pattern)
     except ValueError:

@@ -12,6 +12,7 @@ import asyncssh
 
 from gateway.recording import schema
 from gateway.sessions import LiveSession
+from gateway.ssh.asyncssh_compat import hang_up
 from gateway.ssh.reaper import reap_after
 from gateway.ssh.recordings import SessionRecordings
 from gateway.ssh.relay import ChannelRelay
@@ -111,14 +112,23 @@ class SshConnection:
         await asyncio.gather(*(r.end_upstream() for r in self.channels if r.up is not None))
         for relay in started:
             relay.chan.close()
+        loop = asyncio.get_running_loop()
+        grace_ends = loop.time() + CLOSE_GRACE
         waits = [r.chan.wait_closed() for r in started]
         waits += [r.up.wait_closed() for r in self.channels if r.up is not None]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), CLOSE_GRACE)
-        self.client.close()
+        if all(r.closed for r in started):
+            self.client.close()  # the client has written out every channel's output: a DISCONNECT loses nothing
+        else:
+            hang_up(self.client)  # a client that has not read yet still prints what was sent
         self._upstream.close()
+        # One grace for the client in all: a client that does not read keeps the hang-up's data queued, and is
+        # cut off when it is over (a moment is left for the closes to complete).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._upstream.wait_closed(), CLOSE_GRACE)
+            await asyncio.wait_for(asyncio.gather(self.client.wait_closed(), self._upstream.wait_closed()),
+                                   max(grace_ends - loop.time(), CLOSE_GRACE / 10))  # fmt: skip
+        self.client.abort()
         self.session.stats.update(channels=len(self.channels))
         policy = self.session.policy.ssh
         if policy is not None and policy.detached != "off":

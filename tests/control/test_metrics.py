@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import re
+import time
+from pathlib import Path
 
-from gateway.metrics import Metric, render
+from gateway.config import WorkerSlot
+from gateway.metrics import Local, Metric, merge, render
+from gateway.workermetrics import STALE, decode, encode, publish, siblings, withdraw
 from tests.control.conftest import Running
 from tests.held import hold
 
@@ -62,3 +66,21 @@ async def test_metrics_parse_and_count(gw: Running) -> None:
 def test_render_escapes_labels() -> None:
     text = render([Metric("x_total", "counter", "a\nb", (({"t": 'q"\\\n'}, 1.5),))])
     assert parse(text) == {"x_total": [('{t="q\\"\\\\\\n"}', 1.5)]}
+
+
+def test_workers_locals_add_up_and_stale_or_broken_files_are_left_out(tmp_path: Path) -> None:
+    auth = "gateway_api_auth_failures_total"
+    w0 = Local({("orders", "postgres"): 3}, {"orders": (10.0, 1.0, 0.0)}, (Metric(auth, "counter", "h", (({}, 2.0),)),))
+    w1 = Local({("orders", "postgres"): 2, ("web-1", "ssh"): 1}, {"orders": (5.0, 0.0, 0.0)},
+               (Metric(auth, "counter", "h", (({}, 1.0),)),))  # fmt: skip
+    assert decode(encode(w1)) == w1
+    total = merge([w0, w1])
+    assert total.live == {("orders", "postgres"): 5, ("web-1", "ssh"): 1}
+    assert total.stats == {"orders": (15.0, 1.0, 0.0)} and total.extra[0].samples == (({}, 3.0),)
+    slots = [WorkerSlot(i, 3, tmp_path) for i in range(3)]
+    publish(slots[1], w1)
+    (tmp_path / "metrics-w2.json").write_text("{not json")
+    assert siblings(slots[0]) == [w1]  # w2's file is unreadable: left out, nothing raised
+    assert siblings(slots[0], now=time.time() + STALE + 1) == []  # a dead worker's file goes stale
+    withdraw(slots[1])
+    assert siblings(slots[0]) == []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +20,7 @@ from gateway.grants import Issued, issue_grant
 from gateway.pg.listener import PostgresListener
 from gateway.secret import Secret
 from gateway.services import Services
+from tests.pg.rawclient import tls_context
 from tests.rig.postgres import PgCluster
 from tests.threaded import OnLoop, serve_in_thread
 
@@ -73,11 +73,8 @@ class Gateway(OnLoop):
 
     async def connect(self, token: str, *, user: str = USER, database: str = TARGET, **kw: Any) -> asyncpg.Connection:
         """asyncpg through the gateway, TLS without verification (self-signed)."""
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
         return await asyncpg.connect(host=self.host, port=self.port, user=user, password=token, database=database,
-                                     ssl=ctx, **kw)  # fmt: skip
+                                     ssl=tls_context(), **kw)  # fmt: skip
 
     def conninfo(self, token: str, *, user: str = USER, database: str = TARGET, sslmode: str = "require") -> str:
         """libpq conninfo (psql, psycopg)."""

@@ -215,6 +215,9 @@ def test_protocol_errors_end_the_session_with_a_fatal() -> None:
     r = Rig()
     _, to_client, events = r.server(b"D\x00\x00\x00\x02")
     assert "upstream server broke the protocol" in denial_of(to_client) and [type(e) for e in events] == [Broken]
+    for bad_ready in (b"Z\x00\x00\x00\x04", b"Z\x00\x00\x00\x06II"):  # ReadyForQuery carries one byte
+        _, to_client, events = Rig().server(bad_ready + ready())
+        assert "upstream server broke the protocol" in denial_of(to_client) and [type(e) for e in events] == [Broken]
 
 
 def test_terminate_is_forwarded_and_remembered() -> None:

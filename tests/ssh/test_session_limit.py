@@ -3,27 +3,56 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
 import secrets
+import signal
 import subprocess
 import time
+from typing import Any
 
 import asyncssh
 
 from gateway.grants import issue_grant
 from tests.ssh.conftest import SSH_OPTS, TARGET, USER, Gateway
+from tests.ssh.test_end_paths import until
 
 CLIENTS = 20
 LIMIT = 2
 # The admitted clients' upstream command, found on the rig's sshd side by pgrep; unique per run, so another
-# run of this test on the same machine is not counted.
-CANARY = f"sleep 2.7{secrets.randbelow(10**6):06d}"
+# run of this test on the same machine is not counted. It runs until the test ends it: an admitted session
+# that ended by itself would free its slot for a client still connecting (on a loaded machine the last of
+# 20 clients can authenticate seconds after the first).
+CANARY = f"sleep 300.{secrets.randbelow(10**6):06d}"
+ANSWERED = 60.0
+"""Seconds for every client to be admitted or refused."""
+
+
+def canary_pids() -> list[int]:
+    """Processes whose whole command line is the canary: the upstream's, not the local clients' argv."""
+    out = subprocess.run(["pgrep", "-f", "-x", CANARY], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
 
 
 def upstream_canaries() -> int:
-    """Processes whose whole command line is the canary: the upstream's, not the local clients' argv."""
-    out = subprocess.run(["pgrep", "-f", "-x", CANARY], capture_output=True, text=True)
-    return len(out.stdout.split())
+    """How many canaries run upstream."""
+    return len(canary_pids())
+
+
+def end_canaries() -> None:
+    """End the admitted sessions' commands (each session then prints "admitted" and ends)."""
+    for pid in canary_pids():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+
+async def until_answered(tasks: list[asyncio.Task[Any]], refused: int) -> None:
+    """Wait until `refused` of the clients are done (the admitted ones run on), or ANSWERED seconds."""
+    deadline = time.monotonic() + ANSWERED
+    while sum(t.done() for t in tasks) < refused and time.monotonic() < deadline:
+        await asyncio.wait([t for t in tasks if not t.done()], timeout=deadline - time.monotonic(),
+                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
 
 
 async def test_concurrent_ssh_connects_admit_exactly_max_sessions(gateway: Gateway) -> None:
@@ -52,7 +81,15 @@ async def test_concurrent_ssh_connects_admit_exactly_max_sessions(gateway: Gatew
         return proc.returncode or 0, out.decode(), err.decode()
 
     watcher = asyncio.create_task(watch_upstream())
-    results = await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    tasks = [asyncio.create_task(client()) for _ in range(CLIENTS)]
+    try:
+        await until_answered(tasks, CLIENTS - LIMIT)
+        with contextlib.suppress(AssertionError):  # too few admitted: the results below say why
+            await until(lambda: upstream_canaries() >= LIMIT, 10, "")
+        running = upstream_canaries()
+    finally:
+        end_canaries()
+    results = await asyncio.gather(*tasks)
     done.set()
     await watcher
     admitted = [r for r in results if r[1].strip() == "admitted"]
@@ -60,7 +97,7 @@ async def test_concurrent_ssh_connects_admit_exactly_max_sessions(gateway: Gatew
     assert len(admitted) == LIMIT, results
     for code, _, err in refused:
         assert code != 0 and f"this grant allows {LIMIT} concurrent session(s)" in err, err
-    assert 1 <= peak <= LIMIT, f"upstream ran the canary {peak} times at once for max_sessions={LIMIT}"
+    assert running == LIMIT and peak <= LIMIT, f"upstream ran the canary {max(running, peak)} times at once"
     sessions = await gateway.run(svc.store.list_sessions(grant_id=issued.grant.id))
     assert len(sessions) == LIMIT
 
@@ -86,8 +123,10 @@ async def test_concurrent_asyncssh_connects_admit_exactly_max_sessions(gateway: 
         assert len(admitted) == LIMIT, f"{len(admitted)} of {CLIENTS} admitted with max_sessions={LIMIT}"
         assert all(isinstance(r, asyncssh.PermissionDenied) for r in refused), refused
         runs = [asyncio.create_task(c.run(f"{CANARY}; echo admitted", check=True)) for c in admitted]
-        await asyncio.sleep(1.0)
-        assert await asyncio.to_thread(upstream_canaries) == LIMIT
+        try:
+            await until(lambda: upstream_canaries() == LIMIT, 30, "the admitted sessions' commands did not start")
+        finally:
+            end_canaries()
         assert [r.stdout for r in await asyncio.gather(*runs)] == ["admitted\n"] * LIMIT
     finally:
         for c in admitted:
@@ -132,8 +171,10 @@ async def test_refused_admission_closes_the_upstream_login_started_for_it(gatewa
                 break
             await asyncio.sleep(0.05)
         ports = re.findall(r"^Connection from 127\.0\.0\.1 port (\d+) ", log, re.M)
-        assert len(ports) == 1, f"expected the refused connection's one upstream login:\n{log}"
-        assert _ended(log, ports[0]), log
+        # One login, or none when the refusal came before its TCP connect (then it was cancelled before it
+        # reached the target: on a loaded machine the admission check can be the quicker of the two).
+        assert len(ports) <= 1, f"expected at most the refused connection's one upstream login:\n{log}"
+        assert all(_ended(log, p) for p in ports), log
         assert "Starting session" not in log, log
         # The admitted session is untouched.
         assert (await held.run("echo still", check=True)).stdout == "still\n"
